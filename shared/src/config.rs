@@ -1,0 +1,179 @@
+//! Settings read from the environment (contract section 6).
+//!
+//! Everything is read once at start-up into plain structs, so a bad value stops
+//! the service before it touches NATS, with a message naming the variable.
+
+use std::{path::PathBuf, time::Duration};
+
+/// A configuration value that could not be used; the message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it, for a person.
+    pub message: String,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// `NATS_URL`, default `nats://127.0.0.1:4222`; a comma-separated list is
+    /// allowed so a client can fail over between cluster nodes.
+    pub url: String,
+    /// `NATS_CREDS`: a credentials file (JWT + nkey).
+    pub creds: Option<PathBuf>,
+    /// `NATS_USER` / `NATS_PASSWORD`.
+    pub user_password: Option<(String, String)>,
+}
+
+/// Settings every service shares.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// Connection settings.
+    pub nats: NatsConfig,
+    /// `UPR_REPLICAS`: replicas of the streams and buckets a service creates.
+    pub replicas: usize,
+}
+
+/// Reads one variable through a lookup function, so tests can pass a map
+/// instead of mutating the process environment.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment as a [`Lookup`]; empty values count as unset.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl CommonConfig {
+    /// Reads the shared settings.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable when a value cannot be used.
+    pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
+        let url = env("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
+        let creds = env("NATS_CREDS").map(PathBuf::from);
+        let user_password = match (env("NATS_USER"), env("NATS_PASSWORD")) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("NATS_PASSWORD", "must be set with NATS_USER")),
+            (None, Some(_)) => return Err(err("NATS_USER", "must be set with NATS_PASSWORD")),
+        };
+        if creds.is_some() && user_password.is_some() {
+            return Err(err(
+                "NATS_CREDS",
+                "set either NATS_CREDS or NATS_USER/NATS_PASSWORD, not both",
+            ));
+        }
+        let replicas = match env("UPR_REPLICAS") {
+            None => 1,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n @ 1..=5) => n,
+                _ => return Err(err("UPR_REPLICAS", &format!("must be 1 to 5, got {v:?}"))),
+            },
+        };
+        Ok(Self {
+            nats: NatsConfig {
+                url,
+                creds,
+                user_password,
+            },
+            replicas,
+        })
+    }
+}
+
+/// Builds a [`ConfigError`].
+pub fn err(var: &'static str, message: &str) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.to_string(),
+    }
+}
+
+/// Parses a duration such as `90s`, `10m`, `1h`, `2d`, `1w` (the units of
+/// `UPR_REMINDER_LEADS`), for duration-valued variables.
+///
+/// # Errors
+/// A [`ConfigError`] naming `var` when the text is not a positive whole number
+/// followed by one of the units.
+pub fn parse_duration(var: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let text = text.trim();
+    let bad = || {
+        err(
+            var,
+            &format!(
+                "expected a positive whole number and a unit s, m, h, d or w (like 10m), got {text:?}"
+            ),
+        )
+    };
+    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err(bad());
+    }
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_point_at_a_local_server_with_one_replica() {
+        let c = CommonConfig::from_lookup(&lookup(&[])).unwrap();
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.replicas, 1);
+        assert!(c.nats.creds.is_none() && c.nats.user_password.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let e = CommonConfig::from_lookup(&lookup(&[("UPR_REPLICAS", "0")])).unwrap_err();
+        assert_eq!(e.var, "UPR_REPLICAS");
+        let e = CommonConfig::from_lookup(&lookup(&[("NATS_USER", "x")])).unwrap_err();
+        assert_eq!(e.var, "NATS_PASSWORD");
+        let e = CommonConfig::from_lookup(&lookup(&[
+            ("NATS_USER", "x"),
+            ("NATS_PASSWORD", "y"),
+            ("NATS_CREDS", "/c"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, "NATS_CREDS");
+    }
+
+    #[test]
+    fn durations_take_the_lead_time_units() {
+        assert_eq!(
+            parse_duration("X", "10m").unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_duration("X", "1w").unwrap(),
+            Duration::from_secs(604_800)
+        );
+        for bad in ["", "10", "m", "0s", "-1s", "1.5h", "10y"] {
+            assert_eq!(parse_duration("X", bad).unwrap_err().var, "X", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Every public name of the system, defined once: subjects, streams, buckets,
+//! service names, and the JetStream configuration each of them is created with.
+//!
+//! The services and the tests build subjects only through this module, so a
+//! rename is one edit and a typo is a compile error rather than a silent
+//! mismatch between two binaries.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+use crate::domain::{Country, EventType, ReviewKey, Session};
+
+/// Largest intake payload ingest accepts (contract section 2, `too_large`).
+pub const MAX_INTAKE_BYTES: usize = 64 * 1024;
+
+/// Rejected payloads are kept as text cut at this many bytes, so a flood of
+/// huge garbage cannot fill the rejection stream.
+pub const REJECTED_PAYLOAD_BYTES: usize = 4 * 1024;
+
+/// Subject names and builders.
+pub mod subjects {
+    use super::*;
+
+    /// Prefix of intake subjects: `upr.ingest.<type>`.
+    pub const INGEST_PREFIX: &str = "upr.ingest.";
+    /// What ingest subscribes to.
+    pub const INGEST_ALL: &str = "upr.ingest.>";
+    /// Queue group shared by all ingest replicas, so each message is handled once.
+    pub const INGEST_QUEUE: &str = "upr-ingest";
+    /// Every rejection, requested or not, is announced here.
+    pub const REJECTED: &str = "upr.rejected";
+    /// All subjects of the event log.
+    pub const EVENTS_ALL: &str = "upr.events.>";
+    /// All notification subjects.
+    pub const NOTIFY_ALL: &str = "upr.notify.>";
+    /// Prefix of the query API served by the projection.
+    pub const QUERY_PREFIX: &str = "upr.query";
+
+    /// `upr.ingest.<type>`.
+    pub fn ingest(event_type: EventType) -> String {
+        format!("{INGEST_PREFIX}{}", event_type.as_str())
+    }
+
+    /// `upr.events.<COUNTRY>.<session>.<type>`: where one accepted event is stored.
+    pub fn event(country: Country, session: Session, event_type: EventType) -> String {
+        format!("upr.events.{}.{}.{}", country, session, event_type.as_str())
+    }
+
+    /// `upr.events.<COUNTRY>.<session>.>`: one review's whole history. Ingest uses
+    /// it as the scope of its optimistic-concurrency check.
+    pub fn review_events(key: ReviewKey) -> String {
+        format!("upr.events.{}.{}.>", key.country, key.session)
+    }
+
+    /// Splits `upr.events.<COUNTRY>.<session>.<type>` into its parts, `None` for
+    /// anything else (consumers must survive whatever is found in the stream).
+    pub fn parse_event(subject: &str) -> Option<(Country, Session, EventType)> {
+        let rest = subject.strip_prefix("upr.events.")?;
+        let mut parts = rest.split('.');
+        let country = Country::parse(parts.next()?).ok()?;
+        let session = Session::new(parts.next()?.parse().ok()?).ok()?;
+        let event_type = EventType::parse(parts.next()?)?;
+        parts
+            .next()
+            .is_none()
+            .then_some((country, session, event_type))
+    }
+
+    /// `upr.notify.reminder.<COUNTRY>`.
+    pub fn reminder(country: Country) -> String {
+        format!("upr.notify.reminder.{country}")
+    }
+
+    /// `upr.notify.rescheduled.<COUNTRY>`.
+    pub fn rescheduled(country: Country) -> String {
+        format!("upr.notify.rescheduled.{country}")
+    }
+
+    /// `upr.notify.cancelled.<COUNTRY>`.
+    pub fn cancelled(country: Country) -> String {
+        format!("upr.notify.cancelled.{country}")
+    }
+}
+
+/// Names of the services as NATS micro services (`nats micro ls`), also the
+/// names of the binaries.
+pub mod services {
+    /// The ingest service.
+    pub const INGEST: &str = "upr-ingest";
+    /// The projection service (read models and queries).
+    pub const PROJECTION: &str = "upr-projection";
+    /// The notifier service (reminders).
+    pub const NOTIFIER: &str = "upr-notifier";
+}
+
+// --- ingest: internal names -------------------------------------------------
+
+/// Ingest's names that are not subjects of the public contract.
+pub mod ingest {
+    /// Name of the intake endpoint in the micro service (`nats micro info
+    /// upr-ingest`), whose STATS data carries the accepted/duplicate/rejected counts.
+    pub const ENDPOINT: &str = "intake";
+    /// `UPR_DEDUP_WINDOW`: the event log's de-duplication window.
+    pub const ENV_DEDUP_WINDOW: &str = "UPR_DEDUP_WINDOW";
+    /// `UPR_INGEST_WORKERS`: how many reviews ingest appends to concurrently.
+    pub const ENV_WORKERS: &str = "UPR_INGEST_WORKERS";
+    /// `UPR_INGEST_CACHE`: how many reviews' state ingest keeps in memory.
+    pub const ENV_CACHE: &str = "UPR_INGEST_CACHE";
+    /// JetStream header scoping `Nats-Expected-Last-Subject-Sequence` to a
+    /// wildcard, here one review's subjects `upr.events.<C>.<S>.>`.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+        "Nats-Expected-Last-Subject-Sequence-Subject";
+
+    /// `$JS.API.DIRECT.GET.<stream>`: where ingest reads a review's history.
+    pub fn direct_get(stream: &str) -> String {
+        format!("$JS.API.DIRECT.GET.{stream}")
+    }
+}
+
+// --- end ingest ---------------------------------------------------------------
+
+/// The event log.
+pub const EVENTS_STREAM: &str = "UPR_EVENTS";
+/// Every refusal, kept a week.
+pub const REJECTED_STREAM: &str = "UPR_REJECTED";
+/// Every notification sent.
+pub const NOTIFICATIONS_STREAM: &str = "UPR_NOTIFICATIONS";
+/// Read model: one value per review, key `<COUNTRY>.<session>`.
+pub const REVIEWS_BUCKET: &str = "upr_reviews";
+/// Read model: one value per session, key `<session>`.
+pub const SESSIONS_BUCKET: &str = "upr_sessions";
+/// Read model: one value per country, key `<COUNTRY>`.
+pub const COUNTRIES_BUCKET: &str = "upr_countries";
+
+/// How long rejections are kept (contract: 7 days).
+pub const REJECTED_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Default JetStream de-duplication window of the event log: how long a retry
+/// with the same `event_id` is caught by the server itself. Ingest also checks
+/// a review's own history, which has no time limit (see docs/architecture.md).
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The event log: file storage, kept forever, direct gets on so ingest can
+/// read a review's last message without a consumer.
+pub fn events_stream(replicas: usize, dedup_window: Duration) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("UPR Tracker event log: every accepted event, never changed".into()),
+        subjects: vec![subjects::EVENTS_ALL.into()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        num_replicas: replicas,
+        duplicate_window: dedup_window,
+        allow_direct: true,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
+/// Rejections: file storage, one week.
+pub fn rejected_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: REJECTED_STREAM.into(),
+        description: Some("UPR Tracker: every refused intake message, kept 7 days".into()),
+        subjects: vec![subjects::REJECTED.into()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: REJECTED_MAX_AGE,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Notifications: every reminder and change notice, de-duplicated by its id.
+pub fn notifications_stream(replicas: usize, dedup_window: Duration) -> stream::Config {
+    stream::Config {
+        name: NOTIFICATIONS_STREAM.into(),
+        description: Some("UPR Tracker: every notification sent".into()),
+        subjects: vec![subjects::NOTIFY_ALL.into()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        num_replicas: replicas,
+        duplicate_window: dedup_window,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// A read-model bucket: only the latest value matters (history 1), file storage.
+pub fn read_model_bucket(bucket: &str, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: bucket.into(),
+        description: format!("UPR Tracker read model {bucket}"),
+        history: 1,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+// ---- projection: its consumer and its query subjects -----------------------
+
+/// Durable pull consumer of the projection on `UPR_EVENTS`. Its ack floor and
+/// the `last_seq` stored in each read-model value are the projection's
+/// checkpoint.
+pub const PROJECTION_CONSUMER: &str = "upr-projection";
+
+/// Most events the projection folds before it writes and acks; the
+/// consumer's `max_ack_pending` is above it so a full batch is never throttled.
+pub const PROJECTION_MAX_BATCH: usize = 20_000;
+
+/// The projection's consumer: from sequence 1, ack-all (one ack per written
+/// batch), a generous ack wait because a batch is acked only after its KV
+/// writes are durable.
+pub fn projection_consumer() -> async_nats::jetstream::consumer::pull::Config {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+    async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(PROJECTION_CONSUMER.into()),
+        description: Some("UPR Tracker projection: folds the log into upr_reviews, upr_sessions, upr_countries".into()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::All,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: (PROJECTION_MAX_BATCH * 2) as i64,
+        ..Default::default()
+    }
+}
+
+/// Query subjects served by the projection (`upr.query.…`).
+pub mod query {
+    use super::*;
+
+    /// Group of the query endpoints in the micro service.
+    pub const GROUP: &str = subjects::QUERY_PREFIX;
+    /// `upr.query.status`.
+    pub const STATUS: &str = "upr.query.status";
+    /// `upr.query.upcoming`.
+    pub const UPCOMING: &str = "upr.query.upcoming";
+
+    /// `upr.query.review.<COUNTRY>.<session>`.
+    pub fn review(key: ReviewKey) -> String {
+        format!("upr.query.review.{}.{}", key.country, key.session)
+    }
+
+    /// `upr.query.session.<session>`.
+    pub fn session(session: Session) -> String {
+        format!("upr.query.session.{session}")
+    }
+
+    /// `upr.query.country.<COUNTRY>`.
+    pub fn country(country: Country) -> String {
+        format!("upr.query.country.{country}")
+    }
+}
+
+// ---- notifier: its timers, state, consumers and status -----------------------
+
+/// The notifier's names that are not part of the public contract, and the
+/// de-duplication window of `UPR_NOTIFICATIONS`.
+pub mod notifier {
+    use std::time::Duration;
+
+    use async_nats::jetstream::{
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        kv,
+        stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+    };
+
+    use crate::domain::{Country, Session};
+
+    /// `UPR_REMINDER_LEADS`: the reminder lead times.
+    pub const ENV_LEADS: &str = "UPR_REMINDER_LEADS";
+    /// The lead times when `UPR_REMINDER_LEADS` is unset.
+    pub const DEFAULT_LEADS: &str = "30d,7d,1d";
+
+    /// De-duplication window of `UPR_NOTIFICATIONS`: long, so a notifier that
+    /// crashed between publishing and recording its sent-mark is still caught
+    /// by the server days later (the sent-mark covers anything older).
+    pub const NOTIFICATIONS_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// The stream holding one JetStream message schedule per pending reminder
+    /// and the messages those schedules produce when they come due.
+    pub const TIMERS_STREAM: &str = "UPR_NOTIFIER_TIMERS";
+    /// Every subject of [`TIMERS_STREAM`].
+    pub const TIMERS_ALL: &str = "upr.notifier.timer.>";
+    /// The subjects the schedules write to when they fire.
+    pub const DUE_ALL: &str = "upr.notifier.timer.due.>";
+    /// The notifier's own state: `review.<C>.<S>` and `sent.<C>.<S>.<lead>.<ms>`.
+    pub const STATE_BUCKET: &str = "upr_notifier";
+    /// Durable consumer of `UPR_EVENTS`.
+    pub const EVENTS_CONSUMER: &str = "upr-notifier";
+    /// Durable consumer of the fired timers.
+    pub const TIMERS_CONSUMER: &str = "upr-notifier-timers";
+    /// `upr.notifier.status`: `{"ok":true,"pending":N,"sent":N,"late":N,"skipped":N}`.
+    pub const STATUS: &str = "upr.notifier.status";
+
+    /// `upr.notifier.timer.at.<C>.<S>.<lead>`: the schedule of one reminder.
+    /// One subject per review and lead, so publishing again replaces it.
+    pub fn schedule(country: Country, session: Session, lead: &str) -> String {
+        format!("upr.notifier.timer.at.{country}.{session}.{lead}")
+    }
+
+    /// `upr.notifier.timer.due.<C>.<S>.<lead>`: where that schedule fires.
+    pub fn due(country: Country, session: Session, lead: &str) -> String {
+        format!("upr.notifier.timer.due.{country}.{session}.{lead}")
+    }
+
+    /// `upr.notifier.timer.*.<C>.<S>.>`: every timer of one review, for a purge.
+    pub fn review_timers(country: Country, session: Session) -> String {
+        format!("upr.notifier.timer.*.{country}.{session}.>")
+    }
+
+    /// The timers stream: schedules allowed, one message per subject (a
+    /// schedule or its fired message), so its size is bounded by the number
+    /// of reviews times leads.
+    pub fn timers_stream(replicas: usize) -> stream::Config {
+        stream::Config {
+            name: TIMERS_STREAM.into(),
+            description: Some("UPR Tracker notifier: one message schedule per pending reminder".into()),
+            subjects: vec![TIMERS_ALL.into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_messages_per_subject: 1,
+            num_replicas: replicas,
+            allow_message_schedules: true,
+            ..Default::default()
+        }
+    }
+
+    /// The notifier's state bucket (history 1, file storage).
+    pub fn state_bucket(replicas: usize) -> kv::Config {
+        kv::Config {
+            bucket: STATE_BUCKET.into(),
+            description: "UPR Tracker notifier: review dates and sent-marks".into(),
+            history: 1,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        }
+    }
+
+    /// The notifier's consumer of `UPR_EVENTS`: one event in flight across all
+    /// replicas (`max_ack_pending` 1), so events of a review are applied in
+    /// log order; a short ack wait so a killed replica's event is retried soon.
+    pub fn events_consumer() -> pull::Config {
+        pull::Config {
+            durable_name: Some(EVENTS_CONSUMER.into()),
+            description: Some("UPR Tracker notifier: plans reminders from the event log".into()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            max_ack_pending: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The notifier's consumer of fired timers: each goes to one replica; a
+    /// short ack wait so a killed replica's reminder is retried within seconds.
+    pub fn timers_consumer() -> pull::Config {
+        pull::Config {
+            durable_name: Some(TIMERS_CONSUMER.into()),
+            description: Some("UPR Tracker notifier: sends reminders whose timer fired".into()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            max_ack_pending: 1024,
+            filter_subject: DUE_ALL.into(),
+            ..Default::default()
+        }
+    }
+}
+
+// ---- end notifier -------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_subjects_round_trip_and_reject_anything_else() {
+        let kz = Country::parse("kz").unwrap();
+        let s48 = Session::new(48).unwrap();
+        let subject = subjects::event(kz, s48, EventType::ReviewScheduled);
+        assert_eq!(subject, "upr.events.KZ.48.review_scheduled");
+        assert_eq!(
+            subjects::parse_event(&subject),
+            Some((kz, s48, EventType::ReviewScheduled))
+        );
+        for bad in [
+            "upr.events.KZ.48",
+            "upr.events.KZ.48.review_scheduled.x",
+            "upr.events.XX.48.review_scheduled",
+            "upr.events.KZ.0.review_scheduled",
+            "upr.events.KZ.48.nope",
+            "upr.ingest.review_scheduled",
+        ] {
+            assert_eq!(subjects::parse_event(bad), None, "{bad}");
+        }
+        let key = ReviewKey {
+            country: kz,
+            session: s48,
+        };
+        assert_eq!(subjects::review_events(key), "upr.events.KZ.48.>");
+    }
+}

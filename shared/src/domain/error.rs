@@ -1,0 +1,198 @@
+//! The error every reply and every rejection carries: a stable code for
+//! programs, a sentence for people, and the field that was wrong.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The stable, machine-readable error codes of the contract.
+///
+/// Grouped by what the caller should do: fix the message (`invalid_json`,
+/// `unknown_type`, `missing_field`, `invalid_field`, `too_large`), re-read
+/// and decide again (`conflict`), retry with the same `event_id`
+/// (`unavailable`, `timeout`), or accept the answer (`not_found`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is not a single, well-formed JSON object.
+    InvalidJson,
+    /// The subject names an event type that does not exist.
+    UnknownType,
+    /// A required field is absent or `null`.
+    MissingField,
+    /// A field is unknown, has the wrong JSON type or is out of range.
+    InvalidField,
+    /// The review's lifecycle does not allow this event now.
+    Conflict,
+    /// The payload exceeds 64 KiB.
+    TooLarge,
+    /// JetStream was not reachable; nothing was stored.
+    Unavailable,
+    /// A query asked for a read model that does not exist.
+    NotFound,
+    /// A query waited too long for `min_seq`.
+    Timeout,
+}
+
+impl ErrorCode {
+    /// The wire name, e.g. `"invalid_field"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::UnknownType => "unknown_type",
+            Self::MissingField => "missing_field",
+            Self::InvalidField => "invalid_field",
+            Self::Conflict => "conflict",
+            Self::TooLarge => "too_large",
+            Self::Unavailable => "unavailable",
+            Self::NotFound => "not_found",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal, serialized as `{"code", "message", "field"}` with `field`
+/// `null` when the problem is not about one field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RejectError {
+    /// What kind of problem, for programs.
+    pub code: ErrorCode,
+    /// A sentence naming the problem, for people.
+    pub message: String,
+    /// The offending field as a path (`speakers[1].name`), if any.
+    pub field: Option<String>,
+}
+
+impl RejectError {
+    /// Any code with a message and no field.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// `missing_field`: a required field is absent or `null`.
+    pub fn missing(field: impl Into<String>) -> Self {
+        let field = field.into();
+        Self {
+            code: ErrorCode::MissingField,
+            message: format!("field \"{field}\" is required"),
+            field: Some(field),
+        }
+    }
+
+    /// `invalid_field`: `reason` completes the sentence `field "x" ...`, e.g.
+    /// `invalid("session", "must be an integer from 1 to 999, got 1000")`.
+    pub fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> Self {
+        let field = field.into();
+        Self {
+            code: ErrorCode::InvalidField,
+            message: format!("field \"{field}\" {reason}"),
+            field: Some(field),
+        }
+    }
+
+    /// `invalid_field` for a field the event type does not have.
+    pub fn unknown_field(field: impl Into<String>, allowed: &[&str]) -> Self {
+        Self::invalid(
+            field,
+            format_args!(
+                "is not allowed here; allowed fields: {}",
+                allowed.join(", ")
+            ),
+        )
+    }
+
+    /// `invalid_json`, with what was wrong with the document.
+    pub fn invalid_json(detail: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::InvalidJson,
+            format!("payload is not a valid JSON object: {detail}"),
+        )
+    }
+
+    /// `too_large`, with the size that was refused.
+    pub fn too_large(len: usize, max: usize) -> Self {
+        Self::new(
+            ErrorCode::TooLarge,
+            format!("payload is {len} bytes; the limit is {max} bytes"),
+        )
+    }
+
+    /// `conflict`, with the lifecycle explanation.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// `unavailable`: nothing was stored, retrying is safe.
+    pub fn unavailable(detail: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the event store is unavailable ({detail}); nothing was stored, retry with the same event_id"
+            ),
+        )
+    }
+
+    /// `not_found`, naming what was looked up.
+    pub fn not_found(what: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    /// `timeout`, with what was waited for.
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Timeout, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_code_message_and_null_field_in_order() {
+        let e = RejectError::conflict("review KZ 48 is held");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"code":"conflict","message":"review KZ 48 is held","field":null}"#
+        );
+    }
+
+    #[test]
+    fn field_errors_name_the_field_in_the_sentence() {
+        let e = RejectError::invalid("session", "must be an integer from 1 to 999, got 1000");
+        assert_eq!(
+            e.message,
+            "field \"session\" must be an integer from 1 to 999, got 1000"
+        );
+        assert_eq!(e.field.as_deref(), Some("session"));
+        assert_eq!(
+            RejectError::missing("country").code,
+            ErrorCode::MissingField
+        );
+    }
+
+    #[test]
+    fn codes_use_their_wire_names() {
+        for code in [
+            ErrorCode::InvalidJson,
+            ErrorCode::TooLarge,
+            ErrorCode::NotFound,
+            ErrorCode::Timeout,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+}

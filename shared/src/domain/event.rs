@@ -1,0 +1,621 @@
+//! The facts we store: six past-tense event types, their data, and the
+//! envelope (id, country, session, times) that wraps them in `UPR_EVENTS`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::country::Country;
+use super::json::parse_strict;
+use super::time::Timestamp;
+
+/// The envelope schema version this code writes and reads; a stored event
+/// with any other version is reported as malformed rather than guessed at.
+pub const SCHEMA: u32 = 1;
+
+/// What happened. The wire name (`review_scheduled`, ...) appears in intake
+/// subjects, event subjects, envelopes and read-model histories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A review was put on a session's calendar.
+    ReviewScheduled,
+    /// A scheduled review moved to another date.
+    ReviewRescheduled,
+    /// A scheduled review was called off.
+    ReviewCancelled,
+    /// The Working Group held the review.
+    ReviewHeld,
+    /// A delegation held a side event around the review.
+    SideEventHeld,
+    /// The outcome report of a held review was published.
+    ReportPublished,
+}
+
+impl EventType {
+    /// Every type, in lifecycle order; for listing valid types in errors.
+    pub const ALL: [EventType; 6] = [
+        Self::ReviewScheduled,
+        Self::ReviewRescheduled,
+        Self::ReviewCancelled,
+        Self::ReviewHeld,
+        Self::SideEventHeld,
+        Self::ReportPublished,
+    ];
+
+    /// The wire name, e.g. `"review_scheduled"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ReviewScheduled => "review_scheduled",
+            Self::ReviewRescheduled => "review_rescheduled",
+            Self::ReviewCancelled => "review_cancelled",
+            Self::ReviewHeld => "review_held",
+            Self::SideEventHeld => "side_event_held",
+            Self::ReportPublished => "report_published",
+        }
+    }
+
+    /// The type with this exact wire name (case-sensitive, as subjects are).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A UPR Working Group session number, 1..=999.
+///
+/// Serialized as a JSON number; `Display` gives the plain decimal used in
+/// subjects and KV keys (`48`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Session(u16);
+
+/// Why a number or text is not a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be an integer from 1 to 999, got {0}")]
+pub struct SessionError(pub String);
+
+impl Session {
+    /// The largest session number accepted.
+    pub const MAX: u16 = 999;
+
+    /// # Errors
+    /// [`SessionError`] outside 1..=999.
+    pub fn new(n: u64) -> Result<Self, SessionError> {
+        match u16::try_from(n) {
+            Ok(s @ 1..=Self::MAX) => Ok(Self(s)),
+            _ => Err(SessionError(n.to_string())),
+        }
+    }
+
+    /// Parses the canonical decimal form used in subjects and keys (`48`,
+    /// not `048` or `+48`), so one session has exactly one key.
+    ///
+    /// # Errors
+    /// [`SessionError`] for anything else.
+    pub fn parse(text: &str) -> Result<Self, SessionError> {
+        let canonical =
+            !text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit());
+        text.parse::<u64>()
+            .ok()
+            .filter(|_| canonical)
+            .ok_or_else(|| SessionError(format!("{text:?}")))
+            .and_then(Self::new)
+    }
+
+    /// The number.
+    pub fn get(&self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for Session {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Session {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Identifies a review: one country at one session.
+///
+/// Orders by country, then session; `Display` is the KV key, `KZ.48`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReviewKey {
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+}
+
+impl ReviewKey {
+    /// Parses the `KZ.48` form (as found in KV keys and subjects).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (c, s) = text.split_once('.')?;
+        Some(Self {
+            country: Country::parse(c).ok()?,
+            session: Session::parse(s).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ReviewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.country, self.session)
+    }
+}
+
+/// `review_scheduled` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewScheduled {
+    /// When the review starts.
+    pub scheduled_for: Timestamp,
+    /// Where; `"Geneva"` unless given, as nearly all reviews are there.
+    #[serde(default = "default_location")]
+    pub location: String,
+}
+
+/// The location used when `review_scheduled` names none.
+pub const DEFAULT_LOCATION: &str = "Geneva";
+
+fn default_location() -> String {
+    DEFAULT_LOCATION.to_owned()
+}
+
+/// `review_rescheduled` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRescheduled {
+    /// The new start time.
+    pub scheduled_for: Timestamp,
+    /// Why it moved, if known.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `review_cancelled` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewCancelled {
+    /// Why it was cancelled, if known.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `review_held` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewHeld {
+    /// When it was held, if reported.
+    #[serde(default)]
+    pub held_on: Option<Timestamp>,
+    /// How many recommendations the state received, if reported.
+    #[serde(default)]
+    pub recommendations_received: Option<u32>,
+}
+
+/// One speaker at a side event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speaker {
+    /// The speaker's name.
+    pub name: String,
+    /// Their role or affiliation, if given.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// `side_event_held` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideEventHeld {
+    /// The event's title.
+    pub title: String,
+    /// When it was held.
+    pub held_on: Timestamp,
+    /// Who spoke; empty when not reported.
+    #[serde(default)]
+    pub speakers: Vec<Speaker>,
+    /// How many states took part, if reported.
+    #[serde(default)]
+    pub participating_states: Option<u32>,
+    /// Subjects covered; empty when not reported.
+    #[serde(default)]
+    pub topics: Vec<String>,
+}
+
+/// Recommendation counts of an outcome report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recommendations {
+    /// All recommendations made.
+    pub total: u32,
+    /// Those the state supported.
+    pub supported: u32,
+    /// Those the state noted; `supported + noted <= total`.
+    pub noted: u32,
+}
+
+/// `report_published` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportPublished {
+    /// When it was published.
+    pub published_on: Timestamp,
+    /// The UN document symbol, e.g. `A/HRC/59/10`, if known.
+    #[serde(default)]
+    pub document_symbol: Option<String>,
+    /// The recommendation counts, if known.
+    #[serde(default)]
+    pub recommendations: Option<Recommendations>,
+}
+
+/// The data of one event; the variant is the event's type.
+///
+/// Serialized as just the variant's fields (the type sits in the envelope).
+/// Absent optional scalars and objects are written as `null` and absent
+/// lists as `[]`, so every stored event of a type has the same keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventData {
+    /// See [`ReviewScheduled`].
+    ReviewScheduled(ReviewScheduled),
+    /// See [`ReviewRescheduled`].
+    ReviewRescheduled(ReviewRescheduled),
+    /// See [`ReviewCancelled`].
+    ReviewCancelled(ReviewCancelled),
+    /// See [`ReviewHeld`].
+    ReviewHeld(ReviewHeld),
+    /// See [`SideEventHeld`].
+    SideEventHeld(SideEventHeld),
+    /// See [`ReportPublished`].
+    ReportPublished(ReportPublished),
+}
+
+impl EventData {
+    /// The type this data belongs to.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Self::ReviewScheduled(_) => EventType::ReviewScheduled,
+            Self::ReviewRescheduled(_) => EventType::ReviewRescheduled,
+            Self::ReviewCancelled(_) => EventType::ReviewCancelled,
+            Self::ReviewHeld(_) => EventType::ReviewHeld,
+            Self::SideEventHeld(_) => EventType::SideEventHeld,
+            Self::ReportPublished(_) => EventType::ReportPublished,
+        }
+    }
+
+    /// Decodes `data` for a known type (strict: unknown keys are errors).
+    ///
+    /// # Errors
+    /// The `serde_json` error when the value does not fit the type.
+    pub fn from_value(ty: EventType, data: Value) -> Result<Self, serde_json::Error> {
+        use serde_json::from_value as v;
+        Ok(match ty {
+            EventType::ReviewScheduled => Self::ReviewScheduled(v(data)?),
+            EventType::ReviewRescheduled => Self::ReviewRescheduled(v(data)?),
+            EventType::ReviewCancelled => Self::ReviewCancelled(v(data)?),
+            EventType::ReviewHeld => Self::ReviewHeld(v(data)?),
+            EventType::SideEventHeld => Self::SideEventHeld(v(data)?),
+            EventType::ReportPublished => Self::ReportPublished(v(data)?),
+        })
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::ReviewScheduled(d) => d.serialize(s),
+            Self::ReviewRescheduled(d) => d.serialize(s),
+            Self::ReviewCancelled(d) => d.serialize(s),
+            Self::ReviewHeld(d) => d.serialize(s),
+            Self::SideEventHeld(d) => d.serialize(s),
+            Self::ReportPublished(d) => d.serialize(s),
+        }
+    }
+}
+
+/// One stored event: what `UPR_EVENTS` holds, as JSON
+/// `{"id","type","schema","country","session","occurred_at","recorded_at","source","data"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The event id; also the `Nats-Msg-Id`, which makes retries idempotent.
+    pub id: Uuid,
+    /// The type-specific facts; its variant is the event type.
+    pub data: EventData,
+    /// The envelope version; always [`SCHEMA`] for envelopes this code builds.
+    pub schema: u32,
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+    /// When it happened in the world.
+    pub occurred_at: Timestamp,
+    /// When the ingest service stored it.
+    pub recorded_at: Timestamp,
+    /// Who reported it, if given.
+    pub source: Option<String>,
+}
+
+/// A message in the event stream that is not a valid envelope; consumers log,
+/// count and skip it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed event envelope: {0}")]
+pub struct EnvelopeError(pub String);
+
+/// Borrowed mirror of the wire shape: field order here is key order there.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    id: &'a Uuid,
+    #[serde(rename = "type")]
+    ty: EventType,
+    schema: u32,
+    country: Country,
+    session: Session,
+    occurred_at: Timestamp,
+    recorded_at: Timestamp,
+    source: &'a Option<String>,
+    data: &'a EventData,
+}
+
+/// Owned mirror for decoding; `data` is decoded once `type` is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireIn {
+    id: Uuid,
+    #[serde(rename = "type")]
+    ty: String,
+    schema: u32,
+    country: Country,
+    session: Session,
+    occurred_at: Timestamp,
+    recorded_at: Timestamp,
+    #[serde(default)]
+    source: Option<String>,
+    data: Value,
+}
+
+impl Envelope {
+    /// The event type (from the data variant, so the two cannot disagree).
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+
+    /// The review this event belongs to.
+    pub fn review_key(&self) -> ReviewKey {
+        ReviewKey {
+            country: self.country,
+            session: self.session,
+        }
+    }
+
+    /// The stored JSON bytes, keys in contract order.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing these types into a Vec cannot fail: keys are strings
+        // and there are no floats or maps with non-string keys.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes anything found in the stream; never panics.
+    ///
+    /// Strict: duplicated or unknown keys, an unknown `type`, a `schema`
+    /// other than [`SCHEMA`], an invalid country, session or time are all
+    /// errors, so a consumer never folds a half-understood event.
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] describing the first problem.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let value = parse_strict(bytes).map_err(EnvelopeError)?;
+        serde_json::from_value(value).map_err(|e| EnvelopeError(e.to_string()))
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireOut {
+            id: &self.id,
+            ty: self.event_type(),
+            schema: self.schema,
+            country: self.country,
+            session: self.session,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            source: &self.source,
+            data: &self.data,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let w = WireIn::deserialize(d)?;
+        if w.schema != SCHEMA {
+            return Err(D::Error::custom(format_args!(
+                "unsupported schema {}, expected {SCHEMA}",
+                w.schema
+            )));
+        }
+        let ty = EventType::parse(&w.ty)
+            .ok_or_else(|| D::Error::custom(format_args!("unknown event type {:?}", w.ty)))?;
+        let data = EventData::from_value(ty, w.data)
+            .map_err(|e| D::Error::custom(format_args!("data of {ty}: {e}")))?;
+        Ok(Self {
+            id: w.id,
+            data,
+            schema: w.schema,
+            country: w.country,
+            session: w.session,
+            occurred_at: w.occurred_at,
+            recorded_at: w.recorded_at,
+            source: w.source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT_EXAMPLE: &str = r#"{"id": "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b", "type": "review_scheduled", "schema": 1,
+ "country": "KZ", "session": 48,
+ "occurred_at": "2024-11-06T10:00:00Z", "recorded_at": "2024-11-06T10:00:00.123Z",
+ "source": null,
+ "data": {"scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva"}}"#;
+
+    fn minified(s: &str) -> String {
+        serde_json::to_string(&serde_json::from_str::<Value>(s).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_contract_example_round_trips_byte_for_byte_in_key_order() {
+        let env = Envelope::from_json(CONTRACT_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(env.event_type(), EventType::ReviewScheduled);
+        assert_eq!(env.review_key().to_string(), "KZ.48");
+        assert_eq!(
+            String::from_utf8(env.to_json()).unwrap(),
+            minified(CONTRACT_EXAMPLE)
+        );
+        assert_eq!(Envelope::from_json(&env.to_json()).unwrap(), env);
+    }
+
+    fn example_with(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+        let mut v: Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
+        edit(v.as_object_mut().unwrap());
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn every_type_round_trips_with_null_for_absent_options_and_empty_lists() {
+        let t = Timestamp::parse_rfc3339("2025-01-23T08:30:00Z").unwrap();
+        let datas = [
+            EventData::ReviewRescheduled(ReviewRescheduled {
+                scheduled_for: t,
+                reason: None,
+            }),
+            EventData::ReviewCancelled(ReviewCancelled {
+                reason: Some("x".into()),
+            }),
+            EventData::ReviewHeld(ReviewHeld {
+                held_on: None,
+                recommendations_received: Some(3),
+            }),
+            EventData::SideEventHeld(SideEventHeld {
+                title: "T".into(),
+                held_on: t,
+                speakers: vec![Speaker {
+                    name: "A".into(),
+                    role: None,
+                }],
+                participating_states: None,
+                topics: vec![],
+            }),
+            EventData::ReportPublished(ReportPublished {
+                published_on: t,
+                document_symbol: None,
+                recommendations: Some(Recommendations {
+                    total: 3,
+                    supported: 2,
+                    noted: 1,
+                }),
+            }),
+        ];
+        let expected_data = [
+            r#"{"scheduled_for":"2025-01-23T08:30:00Z","reason":null}"#,
+            r#"{"reason":"x"}"#,
+            r#"{"held_on":null,"recommendations_received":3}"#,
+            r#"{"title":"T","held_on":"2025-01-23T08:30:00Z","speakers":[{"name":"A","role":null}],"participating_states":null,"topics":[]}"#,
+            r#"{"published_on":"2025-01-23T08:30:00Z","document_symbol":null,"recommendations":{"total":3,"supported":2,"noted":1}}"#,
+        ];
+        let mut env = Envelope::from_json(CONTRACT_EXAMPLE.as_bytes()).unwrap();
+        for (data, expected) in datas.into_iter().zip(expected_data) {
+            env.data = data;
+            let json = String::from_utf8(env.to_json()).unwrap();
+            assert!(json.ends_with(&format!(r#""data":{expected}}}"#)), "{json}");
+            assert_eq!(Envelope::from_json(json.as_bytes()).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors_not_panics() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"[]".to_vec(),
+            b"\xff".to_vec(),
+            example_with(|m| {
+                m.insert("schema".into(), 2.into());
+            }),
+            example_with(|m| {
+                m.insert("type".into(), "review_postponed".into());
+            }),
+            example_with(|m| {
+                m.insert("extra".into(), 1.into());
+            }),
+            example_with(|m| {
+                m.insert("country".into(), "XK".into());
+            }),
+            example_with(|m| {
+                m.insert("session".into(), 0.into());
+            }),
+            example_with(|m| {
+                m.remove("id");
+            }),
+            example_with(|m| {
+                m["data"]["bogus"] = 1.into();
+            }),
+            example_with(|m| {
+                m["data"] = Value::Null;
+            }),
+            CONTRACT_EXAMPLE
+                .replace(r#""schema": 1,"#, r#""schema": 1, "schema": 1,"#)
+                .into_bytes(),
+        ];
+        for bytes in cases {
+            assert!(
+                Envelope::from_json(&bytes).is_err(),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn event_types_parse_their_wire_names_only() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        assert_eq!(EventType::parse("Review_Scheduled"), None);
+    }
+
+    #[test]
+    fn sessions_are_1_to_999_in_canonical_form() {
+        assert!(Session::new(0).is_err());
+        assert!(Session::new(1000).is_err());
+        assert_eq!(Session::new(999).unwrap().get(), 999);
+        assert_eq!(Session::parse("48").unwrap().to_string(), "48");
+        for bad in ["048", "+48", "", "4 8", "0"] {
+            assert!(Session::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<Session>("48.0").is_err());
+        assert_eq!(ReviewKey::parse("kz.48").unwrap().to_string(), "KZ.48");
+        assert_eq!(ReviewKey::parse("KZ.048"), None);
+    }
+}

@@ -1,0 +1,867 @@
+//! Turning an intake message (`upr.ingest.<type>` + JSON bytes) into a
+//! validated [`Command`], or a [`RejectError`] that names what is wrong.
+//!
+//! Checks run in a fixed order and the first failure is reported:
+//! size, type, JSON well-formedness, unknown fields (document order), missing
+//! required fields (table order), then each field's value (table order).
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::country::Country;
+use super::error::{ErrorCode, RejectError};
+use super::event::{
+    DEFAULT_LOCATION, Envelope, EventData, EventType, Recommendations, ReportPublished,
+    ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled, ReviewScheduled, SCHEMA, Session,
+    SideEventHeld, Speaker,
+};
+use super::json::parse_strict;
+use super::time::Timestamp;
+
+/// The largest intake payload accepted, in bytes (64 KiB).
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Upper bound for every count field (participating states, recommendations):
+/// far above any real value, low enough to catch unit mistakes.
+pub const MAX_COUNT: u64 = 10_000;
+
+/// A validated intake message: everything needed to decide and to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The client's id for idempotent retries; ingest picks one when absent.
+    pub event_id: Option<Uuid>,
+    /// When it happened; defaults to the recording time.
+    pub occurred_at: Option<Timestamp>,
+    /// Who reported it.
+    pub source: Option<String>,
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+    /// The type-specific facts.
+    pub data: EventData,
+}
+
+impl Command {
+    /// The review whose lifecycle decides this command.
+    pub fn review_key(&self) -> ReviewKey {
+        ReviewKey {
+            country: self.country,
+            session: self.session,
+        }
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+
+    /// The envelope to store; `id` should be `event_id` when the client gave
+    /// one (the caller decides, so the domain never generates randomness).
+    pub fn into_envelope(self, id: Uuid, recorded_at: Timestamp) -> Envelope {
+        Envelope {
+            id,
+            data: self.data,
+            schema: SCHEMA,
+            country: self.country,
+            session: self.session,
+            occurred_at: self.occurred_at.unwrap_or(recorded_at),
+            recorded_at,
+            source: self.source,
+        }
+    }
+}
+
+const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "source"];
+
+/// The type-specific fields in table order, with whether each is required.
+fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
+    match ty {
+        EventType::ReviewScheduled => &[("scheduled_for", true), ("location", false)],
+        EventType::ReviewRescheduled => &[("scheduled_for", true), ("reason", false)],
+        EventType::ReviewCancelled => &[("reason", false)],
+        EventType::ReviewHeld => &[("held_on", false), ("recommendations_received", false)],
+        EventType::SideEventHeld => &[
+            ("title", true),
+            ("held_on", true),
+            ("speakers", false),
+            ("participating_states", false),
+            ("topics", false),
+        ],
+        EventType::ReportPublished => &[
+            ("published_on", true),
+            ("document_symbol", false),
+            ("recommendations", false),
+        ],
+    }
+}
+
+/// Validates one intake message.
+///
+/// `event_type` is the last token of the subject. Strings are stored
+/// trimmed; a string that is empty after trimming is invalid even where the
+/// field is optional (send `null` or omit it instead), so a blank value is
+/// never mistaken for information.
+///
+/// # Errors
+/// A [`RejectError`] for the first problem found, in the order described in
+/// the module documentation.
+pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(RejectError::too_large(payload.len(), MAX_PAYLOAD));
+    }
+    let ty = EventType::parse(event_type).ok_or_else(|| {
+        let valid: Vec<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        RejectError::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown event type {event_type:?}; valid types: {}",
+                valid.join(", ")
+            ),
+        )
+    })?;
+    let text =
+        std::str::from_utf8(payload).map_err(|_| RejectError::invalid_json("it is not UTF-8"))?;
+    let Value::Object(map) = parse_strict(text.as_bytes()).map_err(RejectError::invalid_json)?
+    else {
+        return Err(RejectError::invalid_json("the top level must be an object"));
+    };
+
+    let specific = type_fields(ty);
+    let allowed: Vec<&str> = COMMON
+        .iter()
+        .copied()
+        .chain(specific.iter().map(|(n, _)| *n))
+        .collect();
+    let required = ["country", "session"]
+        .into_iter()
+        .chain(specific.iter().filter(|f| f.1).map(|f| f.0));
+    let obj = Obj::check(&map, "", &allowed, required)?;
+
+    let country = obj.req("country", |v, f| {
+        let s = v
+            .as_str()
+            .ok_or_else(|| RejectError::invalid(f, "must be a string"))?;
+        Country::parse(s).map_err(|e| RejectError::invalid(f, e))
+    })?;
+    let session = obj.req("session", |v, f| {
+        let n = v.as_u64().ok_or_else(|| {
+            RejectError::invalid(f, format_args!("must be an integer from 1 to 999, got {v}"))
+        })?;
+        Session::new(n).map_err(|e| RejectError::invalid(f, e))
+    })?;
+    let event_id = obj.opt("event_id", |v, f| {
+        let s = v
+            .as_str()
+            .ok_or_else(|| RejectError::invalid(f, "must be a UUID string"))?;
+        match Uuid::try_parse(s) {
+            Ok(id) if !id.is_nil() => Ok(id),
+            _ => Err(RejectError::invalid(
+                f,
+                format_args!("must be a non-nil UUID, got {s:?}"),
+            )),
+        }
+    })?;
+    let occurred_at = obj.opt("occurred_at", time)?;
+    let source = obj.opt("source", text_of(200))?;
+
+    let data = match ty {
+        EventType::ReviewScheduled => EventData::ReviewScheduled(ReviewScheduled {
+            scheduled_for: obj.req("scheduled_for", time)?,
+            location: obj
+                .opt("location", text_of(200))?
+                .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
+        }),
+        EventType::ReviewRescheduled => EventData::ReviewRescheduled(ReviewRescheduled {
+            scheduled_for: obj.req("scheduled_for", time)?,
+            reason: obj.opt("reason", text_of(1000))?,
+        }),
+        EventType::ReviewCancelled => EventData::ReviewCancelled(ReviewCancelled {
+            reason: obj.opt("reason", text_of(1000))?,
+        }),
+        EventType::ReviewHeld => EventData::ReviewHeld(ReviewHeld {
+            held_on: obj.opt("held_on", date_or_time)?,
+            recommendations_received: obj.opt("recommendations_received", count)?,
+        }),
+        EventType::SideEventHeld => EventData::SideEventHeld(SideEventHeld {
+            title: obj.req("title", text_of(300))?,
+            held_on: obj.req("held_on", date_or_time)?,
+            speakers: obj.opt("speakers", speakers)?.unwrap_or_default(),
+            participating_states: obj.opt("participating_states", count)?,
+            topics: obj.opt("topics", topics)?.unwrap_or_default(),
+        }),
+        EventType::ReportPublished => EventData::ReportPublished(ReportPublished {
+            published_on: obj.req("published_on", date_or_time)?,
+            document_symbol: obj.opt("document_symbol", text_of(50))?,
+            recommendations: obj.opt("recommendations", recommendations)?,
+        }),
+    };
+    Ok(Command {
+        event_id,
+        occurred_at,
+        source,
+        country,
+        session,
+        data,
+    })
+}
+
+/// A JSON object whose key set has been checked; `prefix` makes nested
+/// field paths (`speakers[1].`, `recommendations.`).
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl<'a> Obj<'a> {
+    fn check<'r>(
+        map: &'a Map<String, Value>,
+        prefix: &str,
+        allowed: &[&str],
+        required: impl IntoIterator<Item = &'r str>,
+    ) -> Result<Self, RejectError> {
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(RejectError::unknown_field(
+                format!("{prefix}{unknown}"),
+                allowed,
+            ));
+        }
+        if let Some(missing) = required
+            .into_iter()
+            .find(|k| map.get(*k).is_none_or(Value::is_null))
+        {
+            return Err(RejectError::missing(format!("{prefix}{missing}")));
+        }
+        Ok(Self {
+            map,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// A field already known to be present and non-null.
+    fn req<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&Value, &str) -> Result<T, RejectError>,
+    ) -> Result<T, RejectError> {
+        match self.map.get(name) {
+            Some(v) if !v.is_null() => parse(v, &self.path(name)),
+            _ => Err(RejectError::missing(self.path(name))),
+        }
+    }
+
+    /// An optional field; `null` means absent.
+    fn opt<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&Value, &str) -> Result<T, RejectError>,
+    ) -> Result<Option<T>, RejectError> {
+        match self.map.get(name) {
+            Some(v) if !v.is_null() => parse(v, &self.path(name)).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn time(v: &Value, f: &str) -> Result<Timestamp, RejectError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| RejectError::invalid(f, "must be an RFC 3339 time string"))?;
+    Timestamp::parse_rfc3339(s).map_err(|e| RejectError::invalid(f, e))
+}
+
+fn date_or_time(v: &Value, f: &str) -> Result<Timestamp, RejectError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| RejectError::invalid(f, "must be a date or RFC 3339 time string"))?;
+    Timestamp::parse_on(s).map_err(|e| RejectError::invalid(f, e))
+}
+
+/// A non-blank string of at most `max` characters (not bytes), trimmed.
+fn text_of(max: usize) -> impl Fn(&Value, &str) -> Result<String, RejectError> {
+    move |v, f| {
+        let s = v
+            .as_str()
+            .ok_or_else(|| RejectError::invalid(f, "must be a string"))?
+            .trim();
+        let len = s.chars().count();
+        if len == 0 {
+            Err(RejectError::invalid(f, "must not be empty or blank"))
+        } else if len > max {
+            Err(RejectError::invalid(
+                f,
+                format_args!("must be at most {max} characters, got {len}"),
+            ))
+        } else {
+            Ok(s.to_owned())
+        }
+    }
+}
+
+fn count(v: &Value, f: &str) -> Result<u32, RejectError> {
+    v.as_u64()
+        .filter(|n| *n <= MAX_COUNT)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            RejectError::invalid(
+                f,
+                format_args!("must be an integer from 0 to {MAX_COUNT}, got {v}"),
+            )
+        })
+}
+
+fn array<'v>(v: &'v Value, f: &str, max: usize) -> Result<&'v [Value], RejectError> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| RejectError::invalid(f, "must be an array"))?;
+    if items.len() > max {
+        return Err(RejectError::invalid(
+            f,
+            format_args!("must have at most {max} items, got {}", items.len()),
+        ));
+    }
+    Ok(items)
+}
+
+fn speakers(v: &Value, f: &str) -> Result<Vec<Speaker>, RejectError> {
+    array(v, f, 100)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("{f}[{i}]");
+            let map = item.as_object().ok_or_else(|| {
+                RejectError::invalid(&at, "must be an object like {\"name\": ..., \"role\": ...}")
+            })?;
+            let obj = Obj::check(map, &format!("{at}."), &["name", "role"], ["name"])?;
+            Ok(Speaker {
+                name: obj.req("name", text_of(200))?,
+                role: obj.opt("role", text_of(200))?,
+            })
+        })
+        .collect()
+}
+
+fn topics(v: &Value, f: &str) -> Result<Vec<String>, RejectError> {
+    array(v, f, 50)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| text_of(100)(item, &format!("{f}[{i}]")))
+        .collect()
+}
+
+fn recommendations(v: &Value, f: &str) -> Result<Recommendations, RejectError> {
+    let map = v.as_object().ok_or_else(|| {
+        RejectError::invalid(f, "must be an object {\"total\", \"supported\", \"noted\"}")
+    })?;
+    let names = ["total", "supported", "noted"];
+    let obj = Obj::check(map, &format!("{f}."), &names, names)?;
+    let r = Recommendations {
+        total: obj.req("total", count)?,
+        supported: obj.req("supported", count)?,
+        noted: obj.req("noted", count)?,
+    };
+    if r.supported + r.noted > r.total {
+        return Err(RejectError::invalid(
+            f,
+            format_args!(
+                "must have supported + noted <= total, got {} + {} > {}",
+                r.supported, r.noted, r.total
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `intake(type, payload).then_ok()` / `.then_err(code, field)`.
+    struct When(Result<Command, RejectError>);
+
+    fn intake(ty: &str, payload: impl AsRef<[u8]>) -> When {
+        When(parse_intake(ty, payload.as_ref()))
+    }
+
+    fn intake_json(ty: &str, payload: Value) -> When {
+        intake(ty, serde_json::to_vec(&payload).unwrap())
+    }
+
+    impl When {
+        #[track_caller]
+        fn then_ok(self) -> Command {
+            self.0
+                .unwrap_or_else(|e| panic!("expected acceptance, got {e:?}"))
+        }
+
+        #[track_caller]
+        fn then_err(self, code: ErrorCode, field: Option<&str>) -> RejectError {
+            let e = self.0.expect_err("expected a rejection");
+            assert_eq!((e.code, e.field.as_deref()), (code, field), "{}", e.message);
+            e
+        }
+
+        #[track_caller]
+        fn then_invalid(self, field: &str) -> RejectError {
+            self.then_err(ErrorCode::InvalidField, Some(field))
+        }
+    }
+
+    fn scheduled() -> Value {
+        json!({"country": "KZ", "session": 48, "scheduled_for": "2025-01-23T08:30:00Z"})
+    }
+
+    fn side_event() -> Value {
+        json!({"country": "KZ", "session": 48, "title": "Civic space", "held_on": "2025-01-22"})
+    }
+
+    fn report() -> Value {
+        json!({"country": "KZ", "session": 48, "published_on": "2025-03-01"})
+    }
+
+    fn with(mut base: Value, key: &str, value: Value) -> Value {
+        base[key] = value;
+        base
+    }
+
+    #[test]
+    fn a_minimal_review_scheduled_gets_defaults() {
+        let cmd = intake_json("review_scheduled", scheduled()).then_ok();
+        assert_eq!(cmd.review_key().to_string(), "KZ.48");
+        assert_eq!(
+            (cmd.event_id, cmd.occurred_at, cmd.source.as_deref()),
+            (None, None, None)
+        );
+        let EventData::ReviewScheduled(d) = &cmd.data else {
+            panic!()
+        };
+        assert_eq!(
+            (d.scheduled_for.to_string().as_str(), d.location.as_str()),
+            ("2025-01-23T08:30:00Z", "Geneva")
+        );
+    }
+
+    #[test]
+    fn common_optional_fields_are_parsed_and_normalised() {
+        let id = "0190F3A2-7B1C-7D4E-9A2B-3C4D5E6F7A8B";
+        let mut p = with(scheduled(), "event_id", id.into());
+        p["occurred_at"] = "2024-11-06T11:00:00+01:00".into();
+        p["source"] = "  UPR Info  ".into();
+        p["country"] = "kz".into();
+        let cmd = intake_json("review_scheduled", p).then_ok();
+        assert_eq!(cmd.country.as_str(), "KZ");
+        assert_eq!(cmd.event_id.unwrap().to_string(), id.to_lowercase());
+        assert_eq!(cmd.occurred_at.unwrap().to_string(), "2024-11-06T10:00:00Z");
+        assert_eq!(cmd.source.as_deref(), Some("UPR Info"));
+    }
+
+    #[test]
+    fn into_envelope_defaults_occurred_at_to_recorded_at() {
+        let cmd = intake_json("review_scheduled", scheduled()).then_ok();
+        let now = Timestamp::parse_rfc3339("2024-11-06T10:00:00.123Z").unwrap();
+        let env = cmd.into_envelope(Uuid::nil(), now);
+        assert_eq!(
+            (env.occurred_at, env.recorded_at, env.schema),
+            (now, now, 1)
+        );
+    }
+
+    #[test]
+    fn every_type_accepts_its_full_example() {
+        let full = [
+            (
+                "review_scheduled",
+                with(scheduled(), "location", "New York".into()),
+            ),
+            (
+                "review_rescheduled",
+                with(scheduled(), "reason", "Liquidity crisis".into()),
+            ),
+            (
+                "review_cancelled",
+                json!({"country": "KZ", "session": 48, "reason": null}),
+            ),
+            (
+                "review_held",
+                json!({"country": "KZ", "session": 48, "held_on": "2025-01-23T08:30:00Z", "recommendations_received": 0}),
+            ),
+            (
+                "side_event_held",
+                json!({"country": "KZ", "session": 48, "title": "Civic space", "held_on": "2025-01-22",
+                       "speakers": [{"name": "A. B."}, {"name": "C", "role": "NGO"}],
+                       "participating_states": 12, "topics": ["press", "assembly"]}),
+            ),
+            (
+                "report_published",
+                json!({"country": "KZ", "session": 48, "published_on": "2025-03-01", "document_symbol": "A/HRC/59/10",
+                       "recommendations": {"total": 300, "supported": 250, "noted": 50}}),
+            ),
+        ];
+        for (ty, payload) in full {
+            let cmd = intake_json(ty, payload).then_ok();
+            assert_eq!(cmd.event_type().as_str(), ty);
+        }
+    }
+
+    #[test]
+    fn payloads_over_64_kib_are_too_large_before_anything_else() {
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        intake("no_such_type", &big).then_err(ErrorCode::TooLarge, None);
+        let mut padded = serde_json::to_vec(&scheduled()).unwrap();
+        padded.resize(MAX_PAYLOAD, b' ');
+        intake("review_scheduled", padded).then_ok();
+    }
+
+    #[test]
+    fn unknown_types_list_the_valid_ones() {
+        let e = intake_json("review_postponed", scheduled()).then_err(ErrorCode::UnknownType, None);
+        assert!(
+            e.message.contains("review_postponed") && e.message.contains("report_published"),
+            "{}",
+            e.message
+        );
+        intake("", b"{}").then_err(ErrorCode::UnknownType, None);
+    }
+
+    #[test]
+    fn malformed_documents_are_invalid_json() {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"\xff\xfe{}",
+            b"[]",
+            b"\"KZ\"",
+            b"null",
+            b"{\"country\": \"KZ\",}",
+            b"{} {}",
+            br#"{"country":"KZ","session":48,"session":999,"scheduled_for":"2025-01-23T08:30:00Z"}"#,
+            br#"{"country":"KZ","session":48,"title":"t","held_on":"2025-01-22","speakers":[{"name":"a","name":"b"}]}"#,
+        ] {
+            intake("side_event_held", bad).then_err(ErrorCode::InvalidJson, None);
+        }
+        let deep = format!("{{\"topics\": {}{}}}", "[".repeat(40), "]".repeat(40));
+        intake("side_event_held", deep).then_err(ErrorCode::InvalidJson, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_invalid_and_named() {
+        let e = intake_json(
+            "review_scheduled",
+            with(scheduled(), "locaton", "Geneva".into()),
+        )
+        .then_invalid("locaton");
+        assert!(
+            e.message.contains("location"),
+            "the message lists allowed fields: {}",
+            e.message
+        );
+        intake_json("review_scheduled", with(scheduled(), "type", "x".into())).then_invalid("type");
+        intake_json("review_cancelled", with(scheduled(), "reason", "x".into()))
+            .then_invalid("scheduled_for");
+        let p = with(
+            side_event(),
+            "speakers",
+            json!([{"name": "a"}, {"name": "b", "title": "Dr"}]),
+        );
+        intake_json("side_event_held", p).then_invalid("speakers[1].title");
+        let p = with(
+            report(),
+            "recommendations",
+            json!({"total": 1, "supported": 1, "noted": 0, "rejected": 0}),
+        );
+        intake_json("report_published", p).then_invalid("recommendations.rejected");
+    }
+
+    #[test]
+    fn missing_or_null_required_fields_are_missing_and_named() {
+        let missing = ErrorCode::MissingField;
+        intake("review_scheduled", b"{}").then_err(missing, Some("country"));
+        intake_json("review_scheduled", json!({"country": "KZ"}))
+            .then_err(missing, Some("session"));
+        intake_json("review_scheduled", json!({"country": "KZ", "session": 48}))
+            .then_err(missing, Some("scheduled_for"));
+        intake_json(
+            "review_scheduled",
+            with(scheduled(), "country", Value::Null),
+        )
+        .then_err(missing, Some("country"));
+        intake_json(
+            "side_event_held",
+            json!({"country": "KZ", "session": 48, "held_on": "2025-01-22"}),
+        )
+        .then_err(missing, Some("title"));
+        intake_json("report_published", json!({"country": "KZ", "session": 48}))
+            .then_err(missing, Some("published_on"));
+        let p = with(side_event(), "speakers", json!([{"role": "NGO"}]));
+        intake_json("side_event_held", p).then_err(missing, Some("speakers[0].name"));
+        let p = with(
+            report(),
+            "recommendations",
+            json!({"total": 1, "supported": 1}),
+        );
+        intake_json("report_published", p).then_err(missing, Some("recommendations.noted"));
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_before_missing_ones_and_missing_before_invalid() {
+        intake_json("review_scheduled", json!({"session": 0, "bogus": 1})).then_invalid("bogus");
+        intake_json("review_scheduled", json!({"country": "XK", "session": 0}))
+            .then_err(ErrorCode::MissingField, Some("scheduled_for"));
+    }
+
+    #[test]
+    fn null_optional_fields_mean_absent() {
+        let mut p = side_event();
+        for k in [
+            "speakers",
+            "topics",
+            "participating_states",
+            "event_id",
+            "occurred_at",
+            "source",
+        ] {
+            p[k] = Value::Null;
+        }
+        let cmd = intake_json("side_event_held", p).then_ok();
+        let EventData::SideEventHeld(d) = cmd.data else {
+            panic!()
+        };
+        assert!(d.speakers.is_empty() && d.topics.is_empty() && d.participating_states.is_none());
+        let cmd = intake_json(
+            "review_scheduled",
+            with(scheduled(), "location", Value::Null),
+        )
+        .then_ok();
+        let EventData::ReviewScheduled(d) = cmd.data else {
+            panic!()
+        };
+        assert_eq!(d.location, "Geneva");
+    }
+
+    #[test]
+    fn country_must_be_an_assigned_code() {
+        for bad in [json!("XK"), json!("KAZ"), json!(""), json!(7)] {
+            intake_json("review_scheduled", with(scheduled(), "country", bad))
+                .then_invalid("country");
+        }
+    }
+
+    #[test]
+    fn session_must_be_an_integer_from_1_to_999() {
+        let e = intake_json(
+            "review_scheduled",
+            with(scheduled(), "session", 1000.into()),
+        )
+        .then_invalid("session");
+        assert_eq!(
+            e.message,
+            "field \"session\" must be an integer from 1 to 999, got 1000"
+        );
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(48.0),
+            json!(48.5),
+            json!("48"),
+            json!(1e3),
+            json!(u64::MAX),
+        ] {
+            intake_json("review_scheduled", with(scheduled(), "session", bad))
+                .then_invalid("session");
+        }
+        intake_json("review_scheduled", with(scheduled(), "session", 999.into())).then_ok();
+        intake_json("review_scheduled", with(scheduled(), "session", 1.into())).then_ok();
+    }
+
+    #[test]
+    fn times_need_an_offset_and_a_real_date() {
+        let field = |v: &str| with(scheduled(), "scheduled_for", v.into());
+        intake_json("review_scheduled", field("2025-01-23T08:30:00")).then_invalid("scheduled_for");
+        intake_json("review_scheduled", field("2025-02-30T08:30:00Z"))
+            .then_invalid("scheduled_for");
+        intake_json("review_scheduled", field("2025-01-23")).then_invalid("scheduled_for");
+        intake_json(
+            "review_scheduled",
+            with(scheduled(), "scheduled_for", 1737620000.into()),
+        )
+        .then_invalid("scheduled_for");
+        intake_json(
+            "review_scheduled",
+            with(scheduled(), "occurred_at", "2024-11-06".into()),
+        )
+        .then_invalid("occurred_at");
+        intake_json(
+            "side_event_held",
+            with(side_event(), "held_on", "2025-02-30".into()),
+        )
+        .then_invalid("held_on");
+        intake_json(
+            "report_published",
+            with(report(), "published_on", "yesterday".into()),
+        )
+        .then_invalid("published_on");
+        let held = json!({"country": "KZ", "session": 48, "held_on": "2025-01-23T08:30:00"});
+        intake_json("review_held", held).then_invalid("held_on");
+    }
+
+    #[test]
+    fn event_id_must_be_a_non_nil_uuid_string() {
+        for bad in [
+            json!("not-a-uuid"),
+            json!(42),
+            json!("00000000-0000-0000-0000-000000000000"),
+        ] {
+            intake_json("review_scheduled", with(scheduled(), "event_id", bad))
+                .then_invalid("event_id");
+        }
+    }
+
+    #[test]
+    fn string_lengths_count_characters_and_blank_is_empty() {
+        let title = |t: String| with(side_event(), "title", t.into());
+        intake_json("side_event_held", title("é".repeat(300))).then_ok();
+        let e = intake_json("side_event_held", title("a".repeat(301))).then_invalid("title");
+        assert!(
+            e.message.contains("300") && e.message.contains("301"),
+            "{}",
+            e.message
+        );
+        intake_json("side_event_held", title("   ".into())).then_invalid("title");
+        intake_json("side_event_held", with(side_event(), "title", 5.into())).then_invalid("title");
+        intake_json(
+            "review_scheduled",
+            with(scheduled(), "source", "s".repeat(201).into()),
+        )
+        .then_invalid("source");
+        intake_json("review_scheduled", with(scheduled(), "location", "".into()))
+            .then_invalid("location");
+        intake_json(
+            "review_scheduled",
+            with(scheduled(), "location", "l".repeat(201).into()),
+        )
+        .then_invalid("location");
+        intake_json(
+            "review_rescheduled",
+            with(scheduled(), "reason", "r".repeat(1001).into()),
+        )
+        .then_invalid("reason");
+        intake_json(
+            "review_rescheduled",
+            with(scheduled(), "reason", "r".repeat(1000).into()),
+        )
+        .then_ok();
+        intake_json(
+            "report_published",
+            with(report(), "document_symbol", "d".repeat(51).into()),
+        )
+        .then_invalid("document_symbol");
+        intake_json(
+            "report_published",
+            with(report(), "document_symbol", " ".into()),
+        )
+        .then_invalid("document_symbol");
+    }
+
+    #[test]
+    fn speakers_and_topics_are_checked_item_by_item() {
+        let sp = |v: Value| with(side_event(), "speakers", v);
+        intake_json("side_event_held", sp(json!({"name": "a"}))).then_invalid("speakers");
+        intake_json("side_event_held", sp(json!(["a"]))).then_invalid("speakers[0]");
+        intake_json("side_event_held", sp(json!([{"name": "a"}, {"name": " "}])))
+            .then_invalid("speakers[1].name");
+        intake_json(
+            "side_event_held",
+            sp(json!([{"name": "a", "role": "r".repeat(201)}])),
+        )
+        .then_invalid("speakers[0].role");
+        intake_json("side_event_held", sp(json!([{"name": "n".repeat(201)}])))
+            .then_invalid("speakers[0].name");
+        intake_json(
+            "side_event_held",
+            sp(Value::Array(vec![json!({"name": "a"}); 101])),
+        )
+        .then_invalid("speakers");
+        intake_json(
+            "side_event_held",
+            sp(Value::Array(vec![json!({"name": "a"}); 100])),
+        )
+        .then_ok();
+        let tp = |v: Value| with(side_event(), "topics", v);
+        intake_json("side_event_held", tp(json!(["ok", ""]))).then_invalid("topics[1]");
+        intake_json("side_event_held", tp(json!(["t".repeat(101)]))).then_invalid("topics[0]");
+        intake_json("side_event_held", tp(json!([1]))).then_invalid("topics[0]");
+        intake_json("side_event_held", tp(Value::Array(vec![json!("t"); 51])))
+            .then_invalid("topics");
+        intake_json("side_event_held", tp(Value::Array(vec![json!("t"); 50]))).then_ok();
+    }
+
+    #[test]
+    fn counts_are_integers_from_0_to_10000() {
+        for bad in [json!(-1), json!(1.5), json!("3"), json!(10_001)] {
+            intake_json(
+                "side_event_held",
+                with(side_event(), "participating_states", bad.clone()),
+            )
+            .then_invalid("participating_states");
+            let held = json!({"country": "KZ", "session": 48, "recommendations_received": bad});
+            intake_json("review_held", held).then_invalid("recommendations_received");
+        }
+        intake_json(
+            "side_event_held",
+            with(side_event(), "participating_states", 10_000.into()),
+        )
+        .then_ok();
+    }
+
+    #[test]
+    fn recommendations_must_add_up() {
+        let rec = |v: Value| with(report(), "recommendations", v);
+        let e = intake_json(
+            "report_published",
+            rec(json!({"total": 10, "supported": 6, "noted": 5})),
+        )
+        .then_invalid("recommendations");
+        assert!(e.message.contains("6 + 5 > 10"), "{}", e.message);
+        intake_json(
+            "report_published",
+            rec(json!({"total": 10, "supported": 6, "noted": 4})),
+        )
+        .then_ok();
+        intake_json(
+            "report_published",
+            rec(json!({"total": 10, "supported": -1, "noted": 4})),
+        )
+        .then_invalid("recommendations.supported");
+        intake_json(
+            "report_published",
+            rec(json!({"total": "10", "supported": 1, "noted": 4})),
+        )
+        .then_invalid("recommendations.total");
+        intake_json("report_published", rec(json!([10, 6, 4]))).then_invalid("recommendations");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics_on_arbitrary_bytes(ty in "[a-z_]{0,20}", bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_intake(&ty, &bytes);
+            }
+
+            #[test]
+            fn never_panics_on_json_shaped_text(
+                ty in prop::sample::select(EventType::ALL.map(|t| t.as_str()).to_vec()),
+                body in r#"\{("(country|session|title|held_on|speakers|topics|recommendations|total|name|x)": ?(-?[0-9]{1,20}(\.[0-9])?|"[A-Za-z0-9:\- ]{0,30}"|null|true|\[|\{|\]|\}),? ?){0,12}\}?"#,
+            ) {
+                let _ = parse_intake(ty, body.as_bytes());
+            }
+        }
+    }
+}

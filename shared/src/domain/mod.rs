@@ -1,0 +1,41 @@
+//! The pure domain core: no I/O, no async, no NATS, no clock. Services pass
+//! bytes and times in and get decisions, events and views out, so every rule
+//! here is tested without a server.
+//!
+//! - [`country`]: ISO 3166-1 alpha-2 codes, the only way a country enters.
+//! - [`time`]: UTC timestamps, parsed strictly and written as RFC 3339 `Z`.
+//! - [`event`]: the six event types, their data, the stored envelope.
+//! - [`error`]: error codes and the `{code, message, field}` rejection.
+//! - [`intake`]: intake payload bytes to a validated command, or a rejection.
+//! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
+//! - [`read_models`]: the review, session and country views as idempotent folds.
+//! - [`reminders`]: lead times, reminder planning and notice payloads.
+
+pub mod country;
+pub mod error;
+pub mod event;
+pub mod intake;
+mod json;
+pub mod lifecycle;
+pub mod read_models;
+pub mod reminders;
+pub mod time;
+
+pub use country::{COUNTRIES, Country, CountryError};
+pub use error::{ErrorCode, RejectError};
+pub use event::{
+    DEFAULT_LOCATION, Envelope, EnvelopeError, EventData, EventType, Recommendations,
+    ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled, ReviewScheduled,
+    SCHEMA, Session, SessionError, SideEventHeld, Speaker,
+};
+pub use intake::{Command, MAX_PAYLOAD, parse_intake};
+pub use lifecycle::{ReviewState, ReviewStatus, decide, evolve};
+pub use read_models::{
+    CountryReport, CountryReview, CountryView, HistoryEntry, ReadModels, ReportView, ReviewView,
+    SessionReview, SessionView, SideEventView, Touched, Upcoming,
+};
+pub use reminders::{
+    CancelledNotice, ChangeNotice, Firing, LATE_AFTER, Lead, LeadError, NoticeKind, Reminder,
+    ReminderNotice, RescheduledNotice, classify, parse_leads, plan,
+};
+pub use time::{TimeError, Timestamp};

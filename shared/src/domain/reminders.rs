@@ -1,0 +1,667 @@
+//! Reminder planning: lead times, which reminders a scheduled review gets,
+//! whether one is on time, late or too late, and the notice payloads.
+//!
+//! A reminder's id contains the review, the lead and the scheduled date, so
+//! the same reminder always has the same id (the `Nats-Msg-Id` that makes it
+//! exactly-once) and a rescheduled review gets new ids for its new date.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::country::Country;
+use super::event::{Envelope, EventData, Session};
+use super::time::Timestamp;
+
+/// How long before the review a reminder is due, e.g. `7d`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lead {
+    secs: u64,
+    label: String,
+}
+
+/// The longest lead accepted: ten years, far beyond any UPR planning and
+/// safely inside timestamp arithmetic.
+pub const MAX_LEAD_SECS: u64 = 3650 * 86_400;
+
+/// Why `UPR_REMINDER_LEADS` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeadError {
+    /// Nothing but separators or blanks.
+    #[error("no reminder leads given; expected a list like 30d,7d,1d")]
+    Empty,
+    /// An empty item between commas (1-based position).
+    #[error("reminder lead {0} is empty; expected a list like 30d,7d,1d")]
+    EmptyItem(usize),
+    /// An item that is not `<positive integer><unit>`.
+    #[error("reminder lead {item:?} {reason}")]
+    Invalid {
+        /// The item as given.
+        item: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two items of the same length of time (`7d` and `1w`).
+    #[error("reminder lead {item:?} repeats {same_as:?}")]
+    Duplicate {
+        /// The later item.
+        item: String,
+        /// The earlier item with the same duration.
+        same_as: String,
+    },
+}
+
+impl Lead {
+    /// Parses one item like `7d` (units `s`, `m`, `h`, `d`, `w`, lower case
+    /// so `m` can only mean minutes). The label is normalised (`07d` -> `7d`).
+    ///
+    /// # Errors
+    /// [`LeadError::Invalid`] for anything else, zero, or more than ten years.
+    pub fn parse(item: &str) -> Result<Self, LeadError> {
+        let invalid = |reason| LeadError::Invalid {
+            item: item.to_owned(),
+            reason,
+        };
+        let unit = item.chars().last().ok_or_else(|| invalid("is empty"))?;
+        let digits = &item[..item.len() - unit.len_utf8()];
+        let unit_secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(invalid("must end with a unit: s, m, h, d or w")),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(
+                "must be a positive integer followed by a unit, like 7d",
+            ));
+        }
+        let n: u64 = digits.parse().map_err(|_| invalid("is too long"))?;
+        let secs = n
+            .checked_mul(unit_secs)
+            .filter(|s| *s <= MAX_LEAD_SECS)
+            .ok_or_else(|| invalid("is longer than 3650d"))?;
+        if secs == 0 {
+            return Err(invalid("must be positive"));
+        }
+        Ok(Self {
+            secs,
+            label: format!("{n}{unit}"),
+        })
+    }
+
+    /// The lead in seconds (always > 0).
+    pub fn secs(&self) -> u64 {
+        self.secs
+    }
+
+    /// The normalised label used in reminder ids and notices, e.g. `7d`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The lead as a duration.
+    pub fn duration(&self) -> time::Duration {
+        // secs <= MAX_LEAD_SECS, which fits i64.
+        time::Duration::seconds(self.secs as i64)
+    }
+}
+
+impl fmt::Display for Lead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+/// Parses `UPR_REMINDER_LEADS` (`30d,7d,1d`): comma-separated, blanks
+/// around items ignored, sorted longest first (so reminders come out in the
+/// order they fall due).
+///
+/// # Errors
+/// A [`LeadError`] for an empty list or item, a malformed item, or two items
+/// of the same length.
+pub fn parse_leads(spec: &str) -> Result<Vec<Lead>, LeadError> {
+    if spec.trim().is_empty() {
+        return Err(LeadError::Empty);
+    }
+    let mut leads: Vec<Lead> = Vec::new();
+    for (i, item) in spec.split(',').map(str::trim).enumerate() {
+        if item.is_empty() {
+            return Err(LeadError::EmptyItem(i + 1));
+        }
+        let lead = Lead::parse(item)?;
+        if let Some(same) = leads.iter().find(|l| l.secs == lead.secs) {
+            return Err(LeadError::Duplicate {
+                item: item.to_owned(),
+                same_as: same.label.clone(),
+            });
+        }
+        leads.push(lead);
+    }
+    leads.sort_by_key(|l| std::cmp::Reverse(l.secs));
+    Ok(leads)
+}
+
+/// One planned reminder. Serializable, so a timer can carry it until it
+/// comes due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reminder {
+    /// `KZ.48.7d.2025-01-23T08:30:00Z`: stable, so it is its own `Nats-Msg-Id`.
+    pub id: String,
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+    /// The review date this reminder is for.
+    pub scheduled_for: Timestamp,
+    /// Where the review takes place.
+    pub location: String,
+    /// The lead label, e.g. `7d`.
+    pub lead: String,
+    /// `scheduled_for - lead`.
+    pub due_at: Timestamp,
+}
+
+/// How long after `due_at` a sent reminder counts as late: the contract
+/// promises delivery within one second of the due time.
+pub const LATE_AFTER: time::Duration = time::Duration::SECOND;
+
+/// What to do with a reminder at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firing {
+    /// Send it with `late: false`.
+    OnTime,
+    /// Send it with `late: true` (it came due while the notifier was down).
+    Late,
+    /// Drop it: the review date has arrived, a reminder is pointless now.
+    Never,
+}
+
+/// The reminders for a review scheduled (or rescheduled) at `scheduled_at`
+/// for `scheduled_for`, one per lead, skipping those already due at
+/// `scheduled_at`. Pass the scheduling event's `recorded_at`: that is when
+/// the system learnt the date. Leads that reach before year 0000 are skipped.
+pub fn plan(
+    country: Country,
+    session: Session,
+    scheduled_for: Timestamp,
+    location: &str,
+    leads: &[Lead],
+    scheduled_at: Timestamp,
+) -> Vec<Reminder> {
+    leads
+        .iter()
+        .filter_map(|lead| {
+            let due_at = scheduled_for.checked_sub(lead.duration())?;
+            (due_at > scheduled_at).then(|| Reminder {
+                id: format!("{country}.{session}.{}.{scheduled_for}", lead.label),
+                country,
+                session,
+                scheduled_for,
+                location: location.to_owned(),
+                lead: lead.label.clone(),
+                due_at,
+            })
+        })
+        .collect()
+}
+
+/// Whether `reminder`, being sent at `now`, is on time, late or pointless.
+///
+/// Callers send only at or after `due_at`; a `now` before it is treated as
+/// on time (and flagged in debug builds) rather than invented into a fourth
+/// case.
+pub fn classify(reminder: &Reminder, now: Timestamp) -> Firing {
+    debug_assert!(
+        now >= reminder.due_at,
+        "reminder {} classified before it is due",
+        reminder.id
+    );
+    if now >= reminder.scheduled_for {
+        Firing::Never
+    } else if reminder
+        .due_at
+        .checked_add(LATE_AFTER)
+        .is_none_or(|limit| now > limit)
+    {
+        Firing::Late
+    } else {
+        Firing::OnTime
+    }
+}
+
+/// The `kind` of a notification, also the subject token
+/// (`upr.notify.<kind>.<COUNTRY>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// A review is coming up.
+    Reminder,
+    /// A review moved.
+    Rescheduled,
+    /// A review was called off.
+    Cancelled,
+}
+
+impl NoticeKind {
+    /// The wire name, e.g. `"reminder"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Reminder => "reminder",
+            Self::Rescheduled => "rescheduled",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The payload on `upr.notify.reminder.<COUNTRY>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderNotice {
+    /// The reminder id (also its `Nats-Msg-Id`).
+    pub id: String,
+    /// Always [`NoticeKind::Reminder`].
+    pub kind: NoticeKind,
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+    /// The review date.
+    pub scheduled_for: Timestamp,
+    /// Where.
+    pub location: String,
+    /// The lead label.
+    pub lead: String,
+    /// When it was due.
+    pub due_at: Timestamp,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+    /// Whether it was sent later than one second after `due_at`.
+    pub late: bool,
+}
+
+impl Reminder {
+    /// The notice to publish for this reminder.
+    pub fn notice(&self, sent_at: Timestamp, late: bool) -> ReminderNotice {
+        ReminderNotice {
+            id: self.id.clone(),
+            kind: NoticeKind::Reminder,
+            country: self.country,
+            session: self.session,
+            scheduled_for: self.scheduled_for,
+            location: self.location.clone(),
+            lead: self.lead.clone(),
+            due_at: self.due_at,
+            sent_at,
+            late,
+        }
+    }
+}
+
+impl ReminderNotice {
+    /// The payload bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The payload on `upr.notify.rescheduled.<COUNTRY>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescheduledNotice {
+    /// `KZ.48.rescheduled.<event id>`.
+    pub id: String,
+    /// Always [`NoticeKind::Rescheduled`].
+    pub kind: NoticeKind,
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+    /// The date before the change (`null` if the notifier never saw it).
+    pub old_scheduled_for: Option<Timestamp>,
+    /// The new date.
+    pub scheduled_for: Timestamp,
+    /// Why, if given.
+    pub reason: Option<String>,
+    /// The `review_rescheduled` event.
+    pub event_id: Uuid,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+}
+
+/// The payload on `upr.notify.cancelled.<COUNTRY>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelledNotice {
+    /// `KZ.48.cancelled.<event id>`.
+    pub id: String,
+    /// Always [`NoticeKind::Cancelled`].
+    pub kind: NoticeKind,
+    /// The state under review.
+    pub country: Country,
+    /// The Working Group session.
+    pub session: Session,
+    /// The date that was cancelled (`null` if the notifier never saw it).
+    pub scheduled_for: Option<Timestamp>,
+    /// Why, if given.
+    pub reason: Option<String>,
+    /// The `review_cancelled` event.
+    pub event_id: Uuid,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+}
+
+/// A notice about a change of date; its id contains the event id, so
+/// re-processing the event publishes the same message id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChangeNotice {
+    /// See [`RescheduledNotice`].
+    Rescheduled(RescheduledNotice),
+    /// See [`CancelledNotice`].
+    Cancelled(CancelledNotice),
+}
+
+impl ChangeNotice {
+    /// The notice for a `review_rescheduled` or `review_cancelled` event
+    /// (`None` for other types). `previous_scheduled_for` is the review's
+    /// date before this event.
+    pub fn for_event(
+        event: &Envelope,
+        previous_scheduled_for: Option<Timestamp>,
+        sent_at: Timestamp,
+    ) -> Option<Self> {
+        let (country, session, event_id) = (event.country, event.session, event.id);
+        match &event.data {
+            EventData::ReviewRescheduled(d) => Some(Self::Rescheduled(RescheduledNotice {
+                id: format!("{country}.{session}.rescheduled.{event_id}"),
+                kind: NoticeKind::Rescheduled,
+                country,
+                session,
+                old_scheduled_for: previous_scheduled_for,
+                scheduled_for: d.scheduled_for,
+                reason: d.reason.clone(),
+                event_id,
+                sent_at,
+            })),
+            EventData::ReviewCancelled(d) => Some(Self::Cancelled(CancelledNotice {
+                id: format!("{country}.{session}.cancelled.{event_id}"),
+                kind: NoticeKind::Cancelled,
+                country,
+                session,
+                scheduled_for: previous_scheduled_for,
+                reason: d.reason.clone(),
+                event_id,
+                sent_at,
+            })),
+            _ => None,
+        }
+    }
+
+    /// The id, also the `Nats-Msg-Id`.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Rescheduled(n) => &n.id,
+            Self::Cancelled(n) => &n.id,
+        }
+    }
+
+    /// The kind, for the subject.
+    pub fn kind(&self) -> NoticeKind {
+        match self {
+            Self::Rescheduled(_) => NoticeKind::Rescheduled,
+            Self::Cancelled(_) => NoticeKind::Cancelled,
+        }
+    }
+
+    /// The country, for the subject.
+    pub fn country(&self) -> Country {
+        match self {
+            Self::Rescheduled(n) => n.country,
+            Self::Cancelled(n) => n.country,
+        }
+    }
+
+    /// The payload bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::EventType;
+    use crate::domain::read_models::tests::envelope;
+    use serde_json::json;
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap()
+    }
+
+    fn kz() -> (Country, Session) {
+        (Country::parse("KZ").unwrap(), Session::new(48).unwrap())
+    }
+
+    fn leads() -> Vec<Lead> {
+        parse_leads("30d,7d,1d").unwrap()
+    }
+
+    fn plan_kz(scheduled_for: &str, scheduled_at: &str) -> Vec<Reminder> {
+        let (c, s) = kz();
+        plan(
+            c,
+            s,
+            ts(scheduled_for),
+            "Geneva",
+            &leads(),
+            ts(scheduled_at),
+        )
+    }
+
+    fn ids(rs: &[Reminder]) -> Vec<&str> {
+        rs.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn leads_parse_sorted_longest_first_with_normalised_labels() {
+        let l = parse_leads(" 1d, 30d ,07d,90m,2w,45s,3h").unwrap();
+        let labels: Vec<_> = l.iter().map(Lead::label).collect();
+        assert_eq!(labels, ["30d", "2w", "7d", "1d", "3h", "90m", "45s"]);
+        assert_eq!(l[2].secs(), 7 * 86_400);
+    }
+
+    #[test]
+    fn bad_lead_lists_are_rejected_with_a_clear_message() {
+        assert_eq!(parse_leads(""), Err(LeadError::Empty));
+        assert_eq!(parse_leads("30d,,1d"), Err(LeadError::EmptyItem(2)));
+        assert_eq!(parse_leads("7d,"), Err(LeadError::EmptyItem(2)));
+        assert_eq!(
+            parse_leads("7d,1w").unwrap_err().to_string(),
+            "reminder lead \"1w\" repeats \"7d\""
+        );
+        assert!(matches!(
+            parse_leads("7d,7d"),
+            Err(LeadError::Duplicate { .. })
+        ));
+        for bad in [
+            "0d",
+            "7",
+            "d",
+            "7D",
+            "7y",
+            "-7d",
+            "+7d",
+            "1.5d",
+            "7 d",
+            "99999999999999999999d",
+            "3651d",
+            "é",
+        ] {
+            assert!(
+                matches!(parse_leads(bad), Err(LeadError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_leads("3650d").is_ok());
+    }
+
+    #[test]
+    fn plan_gives_one_reminder_per_lead_with_the_contract_id() {
+        let rs = plan_kz("2025-01-23T08:30:00Z", "2024-11-06T10:00:00Z");
+        assert_eq!(
+            ids(&rs),
+            [
+                "KZ.48.30d.2025-01-23T08:30:00Z",
+                "KZ.48.7d.2025-01-23T08:30:00Z",
+                "KZ.48.1d.2025-01-23T08:30:00Z"
+            ]
+        );
+        assert_eq!(rs[1].due_at, ts("2025-01-16T08:30:00Z"));
+        assert_eq!(
+            (rs[1].lead.as_str(), rs[1].location.as_str()),
+            ("7d", "Geneva")
+        );
+    }
+
+    #[test]
+    fn reminders_already_due_when_scheduled_are_not_planned() {
+        // Scheduled 10 days ahead: the 30d reminder is already past.
+        let rs = plan_kz("2025-01-23T08:30:00Z", "2025-01-13T08:30:00Z");
+        assert_eq!(
+            ids(&rs),
+            [
+                "KZ.48.7d.2025-01-23T08:30:00Z",
+                "KZ.48.1d.2025-01-23T08:30:00Z"
+            ]
+        );
+        // Due exactly at the scheduling moment counts as past.
+        let rs = plan_kz("2025-01-23T08:30:00Z", "2025-01-22T08:30:00Z");
+        assert!(rs.is_empty());
+        // Scheduled after the date itself: nothing.
+        assert!(plan_kz("2025-01-23T08:30:00Z", "2025-02-01T00:00:00Z").is_empty());
+    }
+
+    #[test]
+    fn rescheduling_replaces_the_old_dates_reminders() {
+        let old = plan_kz("2025-01-23T08:30:00Z", "2024-11-06T10:00:00Z");
+        // Rescheduled on Jan 10 to Jan 30: the new 30d is past, 7d and 1d are new ids.
+        let new = plan_kz("2025-01-30T08:30:00Z", "2025-01-10T00:00:00Z");
+        assert_eq!(
+            ids(&new),
+            [
+                "KZ.48.7d.2025-01-30T08:30:00Z",
+                "KZ.48.1d.2025-01-30T08:30:00Z"
+            ]
+        );
+        assert!(new.iter().all(|n| old.iter().all(|o| o.id != n.id)));
+    }
+
+    #[test]
+    fn classify_on_time_late_and_never() {
+        let r = &plan_kz("2025-01-23T08:30:00Z", "2024-11-06T10:00:00Z")[1];
+        assert_eq!(classify(r, ts("2025-01-16T08:30:00Z")), Firing::OnTime);
+        assert_eq!(classify(r, ts("2025-01-16T08:30:01Z")), Firing::OnTime);
+        assert_eq!(classify(r, ts("2025-01-16T08:30:01.001Z")), Firing::Late);
+        assert_eq!(classify(r, ts("2025-01-23T08:29:59Z")), Firing::Late);
+        assert_eq!(classify(r, ts("2025-01-23T08:30:00Z")), Firing::Never);
+        assert_eq!(classify(r, ts("2025-02-01T00:00:00Z")), Firing::Never);
+    }
+
+    #[test]
+    fn the_reminder_notice_matches_the_contract_shape() {
+        let r = &plan_kz("2025-01-23T08:30:00Z", "2024-11-06T10:00:00Z")[1];
+        let n = r.notice(ts("2025-01-16T08:30:00.250Z"), false);
+        let expected = json!({"id": "KZ.48.7d.2025-01-23T08:30:00Z", "kind": "reminder", "country": "KZ",
+            "session": 48, "scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva",
+            "lead": "7d", "due_at": "2025-01-16T08:30:00Z", "sent_at": "2025-01-16T08:30:00.25Z", "late": false});
+        assert_eq!(
+            String::from_utf8(n.to_json()).unwrap(),
+            expected.to_string()
+        );
+    }
+
+    #[test]
+    fn change_notices_carry_old_and_new_dates_and_idempotent_ids() {
+        let sent = ts("2025-01-10T00:00:00Z");
+        let old = Some(ts("2025-01-23T08:30:00Z"));
+        let e = envelope(
+            5,
+            "KZ.48",
+            json!({"scheduled_for": "2025-01-30T08:30:00Z", "reason": "room"}),
+            EventType::ReviewRescheduled,
+        );
+        let n = ChangeNotice::for_event(&e, old, sent).unwrap();
+        let id = Uuid::from_u128(5);
+        assert_eq!(
+            (n.id(), n.kind(), n.country().as_str()),
+            (
+                format!("KZ.48.rescheduled.{id}").as_str(),
+                NoticeKind::Rescheduled,
+                "KZ"
+            )
+        );
+        let expected = json!({"id": format!("KZ.48.rescheduled.{id}"), "kind": "rescheduled", "country": "KZ", "session": 48,
+            "old_scheduled_for": "2025-01-23T08:30:00Z", "scheduled_for": "2025-01-30T08:30:00Z",
+            "reason": "room", "event_id": id, "sent_at": "2025-01-10T00:00:00Z"});
+        assert_eq!(
+            String::from_utf8(n.to_json()).unwrap(),
+            expected.to_string()
+        );
+
+        let e = envelope(
+            6,
+            "KZ.48",
+            json!({"reason": null}),
+            EventType::ReviewCancelled,
+        );
+        let n = ChangeNotice::for_event(&e, old, sent).unwrap();
+        let id = Uuid::from_u128(6);
+        let expected = json!({"id": format!("KZ.48.cancelled.{id}"), "kind": "cancelled", "country": "KZ", "session": 48,
+            "scheduled_for": "2025-01-23T08:30:00Z", "reason": null, "event_id": id, "sent_at": "2025-01-10T00:00:00Z"});
+        assert_eq!(
+            String::from_utf8(n.to_json()).unwrap(),
+            expected.to_string()
+        );
+
+        let e = envelope(
+            7,
+            "KZ.48",
+            json!({"held_on": null, "recommendations_received": null}),
+            EventType::ReviewHeld,
+        );
+        assert_eq!(ChangeNotice::for_event(&e, old, sent), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn plan_never_yields_due_at_after_the_review_nor_duplicate_ids(
+                date in 0i64..4_000_000_000,
+                before in -10_000_000i64..100_000_000,
+                lead_set in proptest::collection::btree_set((1u64..400, 0usize..5), 0..8),
+            ) {
+                let units = ["s", "m", "h", "d", "w"];
+                let mut seen = std::collections::HashSet::new();
+                let spec: Vec<String> = lead_set
+                    .into_iter()
+                    .map(|(n, u)| Lead::parse(&format!("{n}{}", units[u])).unwrap())
+                    .filter(|l| seen.insert(l.secs()))
+                    .map(|l| l.label().to_owned())
+                    .collect();
+                let leads = if spec.is_empty() { vec![] } else { parse_leads(&spec.join(",")).unwrap() };
+                let scheduled_for = Timestamp::from_unix_millis(date * 1000).unwrap();
+                let scheduled_at = Timestamp::from_unix_millis((date - before) * 1000).unwrap();
+                let (c, s) = kz();
+                let rs = plan(c, s, scheduled_for, "Geneva", &leads, scheduled_at);
+                let ids: std::collections::HashSet<_> = rs.iter().map(|r| &r.id).collect();
+                prop_assert_eq!(ids.len(), rs.len());
+                prop_assert!(rs.iter().all(|r| r.due_at < scheduled_for && r.due_at > scheduled_at));
+                prop_assert!(rs.windows(2).all(|w| w[0].due_at < w[1].due_at));
+                prop_assert!(rs.iter().all(|r| classify(r, r.due_at) == Firing::OnTime));
+            }
+        }
+    }
+}

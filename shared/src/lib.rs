@@ -1,0 +1,19 @@
+//! The library the three UPR Tracker services share.
+//!
+//! Where things live:
+//! - [`domain`]: the pure core (no I/O, no async): intake validation, events and
+//!   their envelope, the review lifecycle, the read-model folds, reminder planning.
+//! - [`contract`]: every public name of the system — subjects, streams, buckets —
+//!   and their JetStream configurations, defined once.
+//! - [`config`]: settings read from the environment (contract section 6).
+//! - [`telemetry`]: the tracing subscriber (`RUST_LOG`, `UPR_LOG_FORMAT=json`).
+//! - [`nats`]: connecting with retry and creating/verifying streams and buckets.
+//! - [`service`]: what every binary does the same way: the NATS micro service,
+//!   the `healthcheck` subcommand and the shutdown signal.
+
+pub mod config;
+pub mod contract;
+pub mod domain;
+pub mod nats;
+pub mod service;
+pub mod telemetry;

@@ -1,0 +1,279 @@
+//! Connecting to NATS and making sure the streams and buckets exist as the
+//! contract describes them.
+//!
+//! Every service creates what it needs when it is missing, so the first start
+//! on an empty server just works; but a stream that exists with another
+//! configuration is refused with the difference named, because silently
+//! "fixing" an operator's stream (say, its replicas or retention) could lose
+//! events.
+
+use std::time::Duration;
+
+use async_nats::{
+    Client, ConnectOptions, ServerAddr,
+    jetstream::{self, ErrorCode, context::GetStreamErrorKind, kv, stream},
+};
+use tracing::{info, warn};
+
+use crate::config::NatsConfig;
+
+/// Why a stream or bucket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// It exists, but with settings the service cannot work with.
+    #[error(
+        "{kind} {name} exists with an incompatible configuration: {differences}. \
+         Fix or remove it (see the README, Operations), then start again"
+    )]
+    Incompatible {
+        /// "stream" or "bucket".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Each difference as `field: found X, expected Y`.
+        differences: String,
+    },
+    /// JetStream refused or did not answer.
+    #[error("{kind} {name}: {source}")]
+    JetStream {
+        /// "stream" or "bucket".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The client's error.
+        source: async_nats::Error,
+    },
+}
+
+/// Connects, retrying with back-off until the server answers, because in a
+/// compose deployment the services may start before NATS is ready. Once
+/// connected, the client reconnects by itself forever; connection events are
+/// logged.
+///
+/// # Errors
+/// Only for settings that can never work (an unreadable credentials file, an
+/// unparsable URL); an unreachable server is retried, not an error.
+pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, async_nats::Error> {
+    let addrs: Vec<ServerAddr> = config
+        .url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match options(config, name).await?.connect(addrs.as_slice()).await {
+            Ok(client) => {
+                info!(url = %config.url, "connected to NATS");
+                return Ok(client);
+            }
+            Err(e) => {
+                warn!(url = %config.url, error = %e, retry_in = ?delay, "NATS not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, async_nats::Error> {
+    let mut opts = ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        // Big enough that a burst of intake does not hit a client-side slow
+        // consumer while the service is busy with JetStream acks.
+        .subscription_capacity(64 * 1024)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("NATS connection (re)established"),
+                async_nats::Event::Disconnected => warn!("NATS connection lost; reconnecting"),
+                other => warn!(event = %other, "NATS connection event"),
+            }
+        });
+    if let Some(path) = &config.creds {
+        opts = opts.credentials_file(path).await?;
+    }
+    if let Some((user, password)) = &config.user_password {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    Ok(opts)
+}
+
+/// Creates the stream when missing, accepts it when compatible, refuses it
+/// otherwise. The de-duplication window and description may differ (they are
+/// tuning, not semantics): they are updated to the wanted value.
+///
+/// # Errors
+/// [`SetupError::Incompatible`] naming each difference, or
+/// [`SetupError::JetStream`] when JetStream does not answer.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Stream, SetupError> {
+    let name = want.name.clone();
+    let js_err = |source: async_nats::Error| SetupError::JetStream {
+        kind: "stream",
+        name: name.clone(),
+        source,
+    };
+    match js.get_stream(&name).await {
+        Ok(mut existing) => {
+            let have = existing
+                .info()
+                .await
+                .map_err(|e| js_err(e.into()))?
+                .config
+                .clone();
+            let differences = stream_differences(&have, &want);
+            if !differences.is_empty() {
+                return Err(SetupError::Incompatible {
+                    kind: "stream",
+                    name,
+                    differences: differences.join("; "),
+                });
+            }
+            if have.duplicate_window != want.duplicate_window
+                || have.description != want.description
+            {
+                info!(stream = %name, "updating de-duplication window / description");
+                js.update_stream(&want)
+                    .await
+                    .map_err(|e| js_err(e.into()))?;
+            }
+            Ok(existing)
+        }
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            info!(stream = %name, replicas = want.num_replicas, "creating stream");
+            js.create_stream(want).await.map_err(|e| js_err(e.into()))
+        }
+        Err(e) => Err(js_err(e.into())),
+    }
+}
+
+/// The settings whose difference changes what the system guarantees.
+fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |field: &str, h: String, w: String| {
+        if h != w {
+            out.push(format!("{field}: found {h}, expected {w}"));
+        }
+    };
+    check(
+        "subjects",
+        format!("{:?}", have.subjects),
+        format!("{:?}", want.subjects),
+    );
+    check(
+        "storage",
+        format!("{:?}", have.storage),
+        format!("{:?}", want.storage),
+    );
+    check(
+        "retention",
+        format!("{:?}", have.retention),
+        format!("{:?}", want.retention),
+    );
+    check(
+        "replicas",
+        have.num_replicas.to_string(),
+        want.num_replicas.to_string(),
+    );
+    check(
+        "max_age",
+        format!("{:?}", have.max_age),
+        format!("{:?}", want.max_age),
+    );
+    check(
+        "max_msgs",
+        have.max_messages.to_string(),
+        want.max_messages.to_string(),
+    );
+    check(
+        "max_bytes",
+        have.max_bytes.to_string(),
+        want.max_bytes.to_string(),
+    );
+    check(
+        "max_msgs_per_subject",
+        have.max_messages_per_subject.to_string(),
+        want.max_messages_per_subject.to_string(),
+    );
+    check(
+        "allow_direct",
+        have.allow_direct.to_string(),
+        want.allow_direct.to_string(),
+    );
+    check(
+        "allow_msg_schedules",
+        have.allow_message_schedules.to_string(),
+        want.allow_message_schedules.to_string(),
+    );
+    out
+}
+
+/// Creates the bucket when missing; an existing one must keep the same
+/// storage, history and replicas.
+///
+/// # Errors
+/// As [`ensure_stream`].
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    want: kv::Config,
+) -> Result<kv::Store, SetupError> {
+    let name = want.bucket.clone();
+    let js_err = |source: async_nats::Error| SetupError::JetStream {
+        kind: "bucket",
+        name: name.clone(),
+        source,
+    };
+    match js.get_stream(format!("KV_{name}")).await {
+        Ok(mut existing) => {
+            let have = existing
+                .info()
+                .await
+                .map_err(|e| js_err(e.into()))?
+                .config
+                .clone();
+            let mut differences = Vec::new();
+            if have.storage != want.storage {
+                differences.push(format!(
+                    "storage: found {:?}, expected {:?}",
+                    have.storage, want.storage
+                ));
+            }
+            if have.max_messages_per_subject != want.history {
+                differences.push(format!(
+                    "history: found {}, expected {}",
+                    have.max_messages_per_subject, want.history
+                ));
+            }
+            if have.num_replicas != want.num_replicas {
+                differences.push(format!(
+                    "replicas: found {}, expected {}",
+                    have.num_replicas, want.num_replicas
+                ));
+            }
+            if !differences.is_empty() {
+                return Err(SetupError::Incompatible {
+                    kind: "bucket",
+                    name,
+                    differences: differences.join("; "),
+                });
+            }
+            js.get_key_value(&name).await.map_err(|e| js_err(e.into()))
+        }
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            info!(bucket = %name, replicas = want.num_replicas, "creating bucket");
+            js.create_key_value(want)
+                .await
+                .map_err(|e| js_err(e.into()))
+        }
+        Err(e) => Err(js_err(e.into())),
+    }
+}

