@@ -1,22 +1,50 @@
-//! `upr-notifier`: Sends reminders before UPR review dates.
+//! `upr-notifier`: sends reminders before UPR review dates (contract section 5).
+//!
+//! Where things live:
+//! - [`planner`]: follows `UPR_EVENTS` with a durable consumer and keeps one
+//!   JetStream message schedule per pending reminder, plus the change notices.
+//! - [`sender`]: consumes the messages those schedules produce when they come
+//!   due and publishes each reminder exactly once.
+//! - [`state`]: the notifier's KV bucket: each review's date and status, and
+//!   the durable sent-marks.
+//! - [`stats`]: the counters behind micro STATS and `upr.notifier.status`.
+//!
+//! The timers live in NATS, not in this process: a notifier that is down
+//! misses nothing, any number of replicas share the work, and the process
+//! holds no per-review state, so its memory does not grow with the calendar.
+//! docs/architecture.md (notifier part) explains the choice and its limits.
 //!
 //! [`App::build`] connects and sets up what the service needs; [`App::run`]
 //! serves until the shutdown future resolves, then drains the connection.
-//! `main.rs` only wires configuration, telemetry and the signal.
 
-use std::future::Future;
+pub mod planner;
+pub mod sender;
+pub mod state;
+pub mod stats;
 
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, kv, stream::Stream};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{info, warn};
 use upr_shared::{
-    config::{CommonConfig, ConfigError, process_env},
-    contract::services,
+    config::{self, CommonConfig, ConfigError, Lookup, process_env},
+    contract::{self, notifier as names, services},
+    domain::{Lead, Timestamp, parse_leads},
+    nats::ensure_stream,
     service::{self, BoxError},
 };
+
+use crate::stats::Stats;
 
 /// Settings of this service, read from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// NATS connection and replicas.
     pub common: CommonConfig,
+    /// `UPR_REMINDER_LEADS` (default `30d,7d,1d`), longest first.
+    pub leads: Vec<Lead>,
 }
 
 impl Config {
@@ -25,44 +53,221 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the variable that cannot be used.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: CommonConfig::from_lookup(&process_env)?,
-        })
+        Self::from_lookup(&process_env)
     }
+
+    /// Reads the settings through `env`, so tests need not touch the process
+    /// environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable that cannot be used, e.g.
+    /// `UPR_REMINDER_LEADS` for `30d,7x`.
+    pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_lookup(env)?;
+        let spec = env(names::ENV_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
+        let leads = parse_leads(&spec).map_err(|e| {
+            config::err(
+                names::ENV_LEADS,
+                &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
+            )
+        })?;
+        Ok(Self { common, leads })
+    }
+}
+
+/// What the loops share: handles and settings, no per-review data.
+pub struct Shared {
+    js: jetstream::Context,
+    kv: kv::Store,
+    events: Stream,
+    timers: Stream,
+    leads: Vec<Lead>,
+    stats: Arc<Stats>,
 }
 
 /// The running service.
 pub struct App {
     client: async_nats::Client,
     service: async_nats::service::Service,
+    shared: Arc<Shared>,
 }
 
 impl App {
-    /// Connects to NATS (retrying until it answers) and registers the micro service.
+    /// Connects to NATS (retrying until it answers), creates or checks the
+    /// streams and the bucket it needs, and registers the micro service.
     ///
     /// # Errors
-    /// When NATS refuses the setup.
+    /// When NATS refuses the setup, e.g. a stream exists with an
+    /// incompatible configuration.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
+        let replicas = config.common.replicas;
         let client = upr_shared::nats::connect(&config.common.nats, services::NOTIFIER).await?;
+        let js = jetstream::new(client.clone());
+
+        // Keep the event log's de-duplication window as ingest set it
+        // (UPR_DEDUP_WINDOW); the default only applies when creating it.
+        let window = match js.get_stream(contract::EVENTS_STREAM).await {
+            Ok(mut s) => s
+                .info()
+                .await
+                .map(|i| i.config.duplicate_window)
+                .unwrap_or(contract::DEFAULT_DEDUP_WINDOW),
+            Err(_) => contract::DEFAULT_DEDUP_WINDOW,
+        };
+        let events = ensure_stream(&js, contract::events_stream(replicas, window)).await?;
+        ensure_stream(
+            &js,
+            contract::notifications_stream(replicas, names::NOTIFICATIONS_DEDUP_WINDOW),
+        )
+        .await?;
+        let timers = ensure_stream(&js, names::timers_stream(replicas)).await?;
+        let kv = upr_shared::nats::ensure_bucket(&js, names::state_bucket(replicas)).await?;
+        info!(
+            leads = %config.leads.iter().map(Lead::label).collect::<Vec<_>>().join(","),
+            "reminder leads"
+        );
+
+        let stats = Arc::new(Stats::default());
+        let for_handler = stats.clone();
         let service = service::start_micro(
             &client,
             services::NOTIFIER,
             "Sends reminders before UPR review dates",
-            |_, _| serde_json::Value::Null,
+            move |_, _| for_handler.to_json(),
         )
         .await
         .map_err(|e| e.to_string())?;
-        Ok(Self { client, service })
+        let shared = Arc::new(Shared {
+            js,
+            kv,
+            events,
+            timers,
+            leads: config.leads,
+            stats,
+        });
+        Ok(Self {
+            client,
+            service,
+            shared,
+        })
     }
 
-    /// Serves until `shutdown` resolves, then stops the micro service and drains.
+    /// Serves until `shutdown` resolves; then each loop finishes the message
+    /// in hand and acks it, the micro service stops and the connection drains.
     ///
     /// # Errors
-    /// When draining the connection fails.
+    /// When the status endpoint cannot be added or draining fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let status = self
+            .service
+            .endpoint_builder()
+            .name("status")
+            .add(names::STATUS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tasks = vec![
+            tokio::spawn(planner::run(self.shared.clone(), stop_rx.clone())),
+            tokio::spawn(sender::run(self.shared.clone(), stop_rx.clone())),
+            tokio::spawn(serve_status(self.shared.clone(), status, stop_rx.clone())),
+            tokio::spawn(refresh_pending(self.shared.clone(), stop_rx)),
+        ];
         shutdown.await;
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            if let Err(e) = task.await {
+                warn!(error = %e, "a notifier task ended abnormally");
+            }
+        }
         self.service.stop().await.map_err(|e| e.to_string())?;
         self.client.drain().await?;
         Ok(())
+    }
+}
+
+/// The current time; the domain never reads the clock itself.
+fn now() -> Timestamp {
+    let t = time::OffsetDateTime::now_utc();
+    // The clock is inside years 0000..=9999 on any machine this runs on.
+    Timestamp::from_offset_datetime(t)
+        .unwrap_or_else(|_| Timestamp::from_unix_millis(0).expect("epoch"))
+}
+
+/// Waits a second before a retry; `true` when asked to stop meanwhile.
+async fn pause(stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stop.changed() => true,
+        _ = tokio::time::sleep(Duration::from_secs(1)) => *stop.borrow(),
+    }
+}
+
+/// Reads the number of pending reminders from the timers stream.
+async fn read_pending(shared: &Shared) -> Result<u64, async_nats::Error> {
+    let info = shared.timers.get_info().await?;
+    shared
+        .stats
+        .pending
+        .store(info.state.messages, std::sync::atomic::Ordering::Relaxed);
+    Ok(info.state.messages)
+}
+
+/// Keeps `pending` fresh for the STATS handler, which cannot wait on NATS.
+async fn refresh_pending(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = read_pending(&shared).await {
+            tracing::debug!(error = %e, "cannot read the timers stream");
+        }
+        if pause(&mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Answers `upr.notifier.status` with fresh counters.
+async fn serve_status(
+    shared: Arc<Shared>,
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            request = endpoint.next() => {
+                let Some(request) = request else { return };
+                let _ = read_pending(&shared).await;
+                let body = serde_json::to_vec(&shared.stats.status()).unwrap_or_default();
+                if let Err(e) = request.respond(Ok(body.into())).await {
+                    warn!(error = %e, "cannot answer a status request");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(leads: Option<&'static str>) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            (k == names::ENV_LEADS)
+                .then_some(leads)
+                .flatten()
+                .map(str::to_string)
+        }
+    }
+
+    #[test]
+    fn leads_default_to_30d_7d_1d() {
+        let c = Config::from_lookup(&lookup(None)).unwrap();
+        let labels: Vec<_> = c.leads.iter().map(Lead::label).collect();
+        assert_eq!(labels, ["30d", "7d", "1d"]);
+    }
+
+    #[test]
+    fn a_bad_lead_list_names_the_variable() {
+        let e = Config::from_lookup(&lookup(Some("30d,7x"))).unwrap_err();
+        assert_eq!(e.var, names::ENV_LEADS);
+        assert!(e.to_string().starts_with("UPR_REMINDER_LEADS: "), "{e}");
     }
 }

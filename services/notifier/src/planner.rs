@@ -1,0 +1,256 @@
+//! Follows `UPR_EVENTS` and keeps the timers in step with each review.
+//!
+//! For every `review_scheduled` / `review_rescheduled` it publishes one
+//! JetStream message schedule per reminder ([`upr_shared::domain::plan`]
+//! decides which, with the event's `recorded_at` as the moment the date became
+//! known). Each review and lead has its own schedule subject, so publishing
+//! again replaces the schedule; cancel, hold and reschedule purge the review's
+//! schedules first. The change notices for reschedule and cancel are
+//! published here too, de-duplicated by their id.
+//!
+//! Effects come first, then the review's state with the event's sequence, then
+//! the ack: a crash anywhere repeats the event, and every effect is idempotent
+//! (a schedule is replaced by itself, a notice is de-duplicated, the state
+//! write is skipped once `last_seq` has reached the event).
+
+use std::sync::Arc;
+
+use async_nats::{
+    HeaderMap, header,
+    jetstream::{
+        AckKind, Message,
+        consumer::{PullConsumer, pull::MessagesErrorKind},
+    },
+};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+use upr_shared::{
+    contract::{self, notifier as names},
+    domain::{ChangeNotice, DEFAULT_LOCATION, Envelope, EventType, plan},
+};
+
+use crate::{
+    Shared, now,
+    state::{self, StoredReview},
+    stats::Stats,
+};
+
+/// Why an event could not be applied.
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    /// The message is not a valid event: logged, counted, terminated.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+    /// NATS failed or another replica got there first: retried.
+    #[error("{0}")]
+    Retry(String),
+}
+
+fn retry(e: impl std::fmt::Display) -> ApplyError {
+    ApplyError::Retry(e.to_string())
+}
+
+/// Consumes `UPR_EVENTS` until `stop` flips, finishing the event in hand.
+pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let consumer: PullConsumer = match shared
+            .events
+            .create_consumer(names::events_consumer())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot open the events consumer; retrying");
+                if crate::pause(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "cannot pull events; retrying");
+                if crate::pause(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => handle(&shared, msg).await,
+                    // Someone deleted the consumer: create it again.
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        warn!("events consumer was deleted; recreating it");
+                        break;
+                    }
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    Some(Err(e)) => debug!(error = %e, "events consumer hiccup"),
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+async fn handle(shared: &Shared, msg: Message) {
+    let seq = match msg.info() {
+        Ok(info) => info.stream_sequence,
+        Err(e) => {
+            warn!(subject = %msg.subject, error = %e, "event without JetStream metadata; skipped");
+            return;
+        }
+    };
+    let span = info_span!("event", subject = %msg.subject, seq);
+    async {
+        match apply(shared, &msg, seq).await {
+            Ok(()) => {
+                if let Err(e) = msg.ack().await {
+                    warn!(error = %e, "ack failed; the event will be applied again (harmless)");
+                }
+            }
+            Err(ApplyError::Malformed(why)) => {
+                warn!(why, "malformed event skipped");
+                Stats::add(&shared.stats.malformed, 1);
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    warn!(error = %e, "term failed");
+                }
+            }
+            Err(ApplyError::Retry(why)) => {
+                warn!(why, "event not applied; retrying in 1 s");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyError> {
+    let event =
+        Envelope::from_json(&msg.payload).map_err(|e| ApplyError::Malformed(e.to_string()))?;
+    let from_subject = contract::subjects::parse_event(&msg.subject);
+    if from_subject != Some((event.country, event.session, event.event_type())) {
+        return Err(ApplyError::Malformed(format!(
+            "subject {} does not match the envelope ({} {} {})",
+            msg.subject,
+            event.country,
+            event.session,
+            event.event_type()
+        )));
+    }
+    let ty = event.event_type();
+    if matches!(ty, EventType::SideEventHeld | EventType::ReportPublished) {
+        return Ok(()); // no bearing on reminders
+    }
+    let (country, session) = (event.country, event.session);
+    let (stored, revision) = state::load_review(&shared.kv, country, session)
+        .await
+        .map_err(retry)?;
+    let stored = stored.unwrap_or_default();
+    if stored.last_seq >= seq {
+        debug!("already applied");
+        return Ok(());
+    }
+    let previous_date = stored.scheduled_for;
+    let mut review = stored.lifecycle();
+    review.apply(&event);
+
+    // Whatever the event, the review's old timers go (a fresh review has none).
+    if revision != 0 {
+        shared
+            .timers
+            .purge()
+            .filter(names::review_timers(country, session))
+            .await
+            .map_err(retry)?;
+    }
+    if let (EventType::ReviewScheduled | EventType::ReviewRescheduled, Some(date)) =
+        (ty, review.scheduled_for)
+    {
+        let location = review.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+        let reminders = plan(
+            country,
+            session,
+            date,
+            location,
+            &shared.leads,
+            event.recorded_at,
+        );
+        let skipped = shared.leads.len() - reminders.len();
+        let mut acks = Vec::with_capacity(reminders.len());
+        for r in &reminders {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::NATS_SCHEDULE, format!("@at {}", r.due_at).as_str());
+            headers.insert(
+                header::NATS_SCHEDULE_TARGET,
+                names::due(country, session, &r.lead).as_str(),
+            );
+            let body = serde_json::to_vec(r).map_err(retry)?;
+            let ack = shared
+                .js
+                .publish_with_headers(
+                    names::schedule(country, session, &r.lead),
+                    headers,
+                    body.into(),
+                )
+                .await
+                .map_err(retry)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(retry)?;
+        }
+        Stats::add(&shared.stats.skipped, skipped as u64);
+        info!(planned = reminders.len(), skipped, scheduled_for = %date, "reminders planned");
+    }
+    if let Some(notice) = ChangeNotice::for_event(&event, previous_date, now()) {
+        publish_notice(shared, &notice).await?;
+    }
+
+    let value = StoredReview::from_lifecycle(review, seq).to_bytes();
+    let key = state::review_key(country, session);
+    let written = if revision == 0 {
+        shared.kv.create(&key, value).await.map(drop).map_err(retry)
+    } else {
+        shared
+            .kv
+            .update(&key, value, revision)
+            .await
+            .map(drop)
+            .map_err(retry)
+    };
+    // A lost compare-and-set means another replica applied something to this
+    // review meanwhile (only after this one overran its ack wait): retry, and
+    // `last_seq` will tell whether this event still needs applying.
+    written
+}
+
+async fn publish_notice(shared: &Shared, notice: &ChangeNotice) -> Result<(), ApplyError> {
+    let subject = match notice {
+        ChangeNotice::Rescheduled(n) => contract::subjects::rescheduled(n.country),
+        ChangeNotice::Cancelled(n) => contract::subjects::cancelled(n.country),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::NATS_MESSAGE_ID, notice.id());
+    let ack = shared
+        .js
+        .publish_with_headers(subject, headers, notice.to_json().into())
+        .await
+        .map_err(retry)?
+        .await
+        .map_err(retry)?;
+    info!(
+        id = notice.id(),
+        duplicate = ack.duplicate,
+        "change notice published"
+    );
+    Ok(())
+}

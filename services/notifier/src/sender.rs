@@ -1,0 +1,209 @@
+//! Sends the reminders whose timer fired.
+//!
+//! A schedule that comes due makes JetStream store its payload (the planned
+//! [`Reminder`]) on `upr.notifier.timer.due.<C>.<S>.<lead>`; this module's
+//! durable consumer hands each such message to one replica. Before
+//! announcing, it checks the reminder against the review as it stands now
+//! (still scheduled, same date), its sent-mark, and the clock
+//! ([`classify`]: on time, late, or past the review date).
+//!
+//! Exactly once: the notice is published with `Nats-Msg-Id` = the reminder
+//! id into `UPR_NOTIFICATIONS` (a week's de-duplication window), then the
+//! sent-mark is written, then the timer message is deleted and acked. A crash
+//! between any two steps redelivers the timer (to this or another replica,
+//! after the consumer's ack wait); the sent-mark or the server's
+//! de-duplication stops the second copy from being stored.
+
+use std::sync::Arc;
+
+use async_nats::{
+    HeaderMap, header,
+    jetstream::{
+        AckKind, Message,
+        consumer::{PullConsumer, pull::MessagesErrorKind},
+        kv::CreateErrorKind,
+    },
+};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+use upr_shared::{
+    contract::{self, notifier as names},
+    domain::{Firing, Reminder, classify},
+};
+
+use crate::{
+    Shared, now,
+    state::{self, SentMark},
+    stats::Stats,
+};
+
+/// Consumes fired timers until `stop` flips, finishing the one in hand.
+pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let consumer: PullConsumer = match shared
+            .timers
+            .create_consumer(names::timers_consumer())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot open the timers consumer; retrying");
+                if crate::pause(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        // A small batch: timers handed to a replica that is then killed wait
+        // out the ack wait, so keep few of them in flight per replica.
+        let pulled = consumer
+            .stream()
+            .max_messages_per_batch(4)
+            .heartbeat(std::time::Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut messages = match pulled {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "cannot pull timers; retrying");
+                if crate::pause(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => handle(&shared, msg).await,
+                    // Someone deleted the consumer: create it again.
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        warn!("timers consumer was deleted; recreating it");
+                        break;
+                    }
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    Some(Err(e)) => debug!(error = %e, "timers consumer hiccup"),
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+/// What became of one fired timer.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Published now.
+    Sent { late: bool },
+    /// Its sent-mark exists: published before.
+    AlreadySent,
+    /// The review moved, was cancelled or held since the timer was set.
+    Stale,
+    /// The review date has come: a reminder is pointless now.
+    TooLate,
+}
+
+async fn handle(shared: &Shared, msg: Message) {
+    let seq = match msg.info() {
+        Ok(info) => info.stream_sequence,
+        Err(e) => {
+            warn!(subject = %msg.subject, error = %e, "timer without JetStream metadata; skipped");
+            return;
+        }
+    };
+    let span = info_span!("timer", subject = %msg.subject, seq);
+    async {
+        let reminder: Reminder = match serde_json::from_slice(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "unreadable timer message; dropped");
+                Stats::add(&shared.stats.malformed, 1);
+                finish(shared, &msg, seq, AckKind::Term).await;
+                return;
+            }
+        };
+        match deliver(shared, &reminder).await {
+            Ok(outcome) => {
+                match outcome {
+                    Outcome::Sent { late } => {
+                        Stats::add(&shared.stats.sent, 1);
+                        if late {
+                            Stats::add(&shared.stats.late, 1);
+                        }
+                    }
+                    Outcome::Stale | Outcome::TooLate => Stats::add(&shared.stats.skipped, 1),
+                    Outcome::AlreadySent => {}
+                }
+                info!(id = %reminder.id, ?outcome, "reminder handled");
+                finish(shared, &msg, seq, AckKind::Ack).await;
+            }
+            Err(e) => {
+                warn!(id = %reminder.id, error = %e, "reminder not handled; retrying in 1 s");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Deletes the handled timer message (so the stream holds only pending
+/// reminders) and acks it. A failed delete only leaves a stale message
+/// behind, replaced by the next timer of the same subject.
+async fn finish(shared: &Shared, msg: &Message, seq: u64, ack: AckKind) {
+    if let Err(e) = shared.timers.delete_message(seq).await {
+        debug!(error = %e, "timer message already gone");
+    }
+    if let Err(e) = msg.ack_with(ack).await {
+        warn!(error = %e, "ack failed; the timer will come back and find its sent-mark");
+    }
+}
+
+async fn deliver(shared: &Shared, reminder: &Reminder) -> Result<Outcome, async_nats::Error> {
+    let (review, _) = state::load_review(&shared.kv, reminder.country, reminder.session).await?;
+    if !review.is_some_and(|r| r.still_wants(reminder)) {
+        return Ok(Outcome::Stale);
+    }
+    let mark_key = state::sent_key(reminder);
+    if shared.kv.entry(mark_key.as_str()).await?.is_some() {
+        return Ok(Outcome::AlreadySent);
+    }
+    // The server fires at the due time by its clock; never stamp a reminder
+    // as sent before it was due should this host's clock lag a little.
+    let sent_at = now().max(reminder.due_at);
+    let late = match classify(reminder, sent_at) {
+        Firing::Never => return Ok(Outcome::TooLate),
+        Firing::OnTime => false,
+        Firing::Late => true,
+    };
+    let notice = reminder.notice(sent_at, late);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::NATS_MESSAGE_ID, reminder.id.as_str());
+    let ack = shared
+        .js
+        .publish_with_headers(
+            contract::subjects::reminder(reminder.country),
+            headers,
+            notice.to_json().into(),
+        )
+        .await?
+        .await?;
+    let mark = serde_json::to_vec(&SentMark { sent_at, late })?;
+    match shared.kv.create(mark_key.as_str(), mark.into()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    if ack.duplicate {
+        // Published before a crash that came before the sent-mark.
+        return Ok(Outcome::AlreadySent);
+    }
+    let lateness_ms = sent_at.since(reminder.due_at).whole_milliseconds();
+    debug!(lateness_ms, "reminder published");
+    Ok(Outcome::Sent { late })
+}

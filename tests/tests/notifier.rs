@@ -1,0 +1,584 @@
+//! The notifier end to end: a real nats-server, the built `upr-notifier`, and
+//! events published straight into `UPR_EVENTS` as ingest stores them. Lead
+//! times are seconds (`UPR_REMINDER_LEADS=4s,2s`) and reviews a few seconds
+//! ahead, so each test takes seconds.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::{HeaderMap, header, jetstream};
+use futures::StreamExt;
+use serde_json::Value;
+use upr_shared::{
+    contract::{self, notifier as names, services},
+    domain::{
+        Country, Envelope, EventData, ReviewCancelled, ReviewHeld, ReviewRescheduled,
+        ReviewScheduled, SCHEMA, Session, Timestamp,
+    },
+    nats::ensure_stream,
+};
+use upr_tests::{NatsServer, ServiceProcess, eventually};
+use uuid::Uuid;
+
+const LEADS: &str = "4s,2s";
+
+fn now() -> Timestamp {
+    Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+        .unwrap()
+        .truncate_to_millis()
+}
+
+fn in_ms(ms: i64) -> Timestamp {
+    now().checked_add(time::Duration::milliseconds(ms)).unwrap()
+}
+
+fn ms_until(t: Timestamp) -> Duration {
+    Duration::from_millis(t.since(now()).whole_milliseconds().max(0) as u64)
+}
+
+fn country(code: &str) -> Country {
+    Country::parse(code).unwrap()
+}
+
+fn s(n: u64) -> Session {
+    Session::new(n).unwrap()
+}
+
+/// A nats-server with the event log, a core subscription on `upr.notify.>`
+/// (as `nats sub` would have), and a notifier.
+struct Bed {
+    nats: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    heard: Arc<Mutex<Vec<(String, Value)>>>,
+    notifier: ServiceProcess,
+}
+
+impl Bed {
+    async fn start(leads: &str) -> Self {
+        let nats = NatsServer::start();
+        let client = nats.client().await;
+        let js = jetstream::new(client.clone());
+        ensure_stream(
+            &js,
+            contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+        )
+        .await
+        .unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let mut sub = client
+            .subscribe(contract::subjects::NOTIFY_ALL)
+            .await
+            .unwrap();
+        let sink = heard.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                sink.lock().unwrap().push((m.subject.to_string(), v));
+            }
+        });
+        client.flush().await.unwrap();
+        let notifier = start_notifier(&nats, leads).await;
+        Self {
+            nats,
+            client,
+            js,
+            heard,
+            notifier,
+        }
+    }
+
+    /// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
+    async fn publish(&self, code: &str, session: u64, data: EventData) -> Envelope {
+        let at = now();
+        let envelope = Envelope {
+            id: Uuid::new_v4(),
+            data,
+            schema: SCHEMA,
+            country: country(code),
+            session: s(session),
+            occurred_at: at,
+            recorded_at: at,
+            source: None,
+        };
+        let subject =
+            contract::subjects::event(envelope.country, envelope.session, envelope.event_type());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_MESSAGE_ID, envelope.id.to_string().as_str());
+        self.js
+            .publish_with_headers(subject, headers, envelope.to_json().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        envelope
+    }
+
+    async fn schedule(&self, code: &str, session: u64, when: Timestamp) -> Envelope {
+        self.publish(
+            code,
+            session,
+            EventData::ReviewScheduled(ReviewScheduled {
+                scheduled_for: when,
+                location: "Geneva".into(),
+            }),
+        )
+        .await
+    }
+
+    async fn status(&self) -> Option<Value> {
+        let reply = self.client.request(names::STATUS, "".into()).await.ok()?;
+        serde_json::from_slice(&reply.payload).ok()
+    }
+
+    /// Waits until the notifier holds exactly `n` pending reminders.
+    async fn wait_pending(&self, n: u64) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} pending reminders"),
+            || async {
+                self.status()
+                    .await
+                    .filter(|s| s["pending"] == n)
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Everything in `UPR_NOTIFICATIONS`: (subject, Nats-Msg-Id, payload).
+    async fn stored(&self) -> Vec<(String, String, Value)> {
+        stored(&self.js).await
+    }
+
+    /// Stored reminders' ids, in order.
+    async fn stored_reminder_ids(&self) -> Vec<String> {
+        self.stored()
+            .await
+            .into_iter()
+            .filter(|(subject, _, _)| subject.starts_with("upr.notify.reminder."))
+            .map(|(_, id, _)| id)
+            .collect()
+    }
+
+    fn heard(&self) -> Vec<(String, Value)> {
+        self.heard.lock().unwrap().clone()
+    }
+}
+
+async fn start_notifier(nats: &NatsServer, leads: &str) -> ServiceProcess {
+    let p = ServiceProcess::start(
+        services::NOTIFIER,
+        &nats.url(),
+        &[(names::ENV_LEADS, leads)],
+    );
+    p.wait_healthy().await;
+    p
+}
+
+async fn stored(js: &jetstream::Context) -> Vec<(String, String, Value)> {
+    let Ok(mut stream) = js.get_stream(contract::NOTIFICATIONS_STREAM).await else {
+        return Vec::new();
+    };
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let id = m
+                .headers
+                .get(header::NATS_MESSAGE_ID)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push((
+                m.subject.to_string(),
+                id,
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn reminder_id(code: &str, session: u64, lead: &str, date: Timestamp) -> String {
+    format!("{code}.{session}.{lead}.{date}")
+}
+
+#[tokio::test]
+async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_the_stream() {
+    let bed = Bed::start(LEADS).await;
+    // A malformed message in the log is skipped, not a stall.
+    bed.js
+        .publish("upr.events.KZ.48.review_scheduled", "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let date = in_ms(6_000);
+    bed.schedule("KZ", 48, date).await;
+    let ids = [
+        reminder_id("KZ", 48, "4s", date),
+        reminder_id("KZ", 48, "2s", date),
+    ];
+
+    let heard = eventually(
+        Duration::from_secs(10),
+        "two reminders on upr.notify.>",
+        || async {
+            let h = bed.heard();
+            (h.len() >= 2).then_some(h)
+        },
+    )
+    .await;
+    for ((subject, n), (id, lead)) in heard.iter().zip(ids.iter().zip(["4s", "2s"])) {
+        assert_eq!(subject, "upr.notify.reminder.KZ");
+        let due = date
+            .checked_sub(time::Duration::seconds(if lead == "4s" { 4 } else { 2 }))
+            .unwrap();
+        let keys: Vec<&str> = n.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "kind",
+                "country",
+                "session",
+                "scheduled_for",
+                "location",
+                "lead",
+                "due_at",
+                "sent_at",
+                "late"
+            ]
+        );
+        assert_eq!(n["id"], id.as_str());
+        assert_eq!(n["kind"], "reminder");
+        assert_eq!(n["country"], "KZ");
+        assert_eq!(n["session"], 48);
+        assert_eq!(n["scheduled_for"], date.to_string());
+        assert_eq!(n["location"], "Geneva");
+        assert_eq!(n["lead"], lead);
+        assert_eq!(n["due_at"], due.to_string());
+        assert_eq!(n["late"], false);
+        let sent_at = Timestamp::parse_rfc3339(n["sent_at"].as_str().unwrap()).unwrap();
+        let lateness = sent_at.since(due);
+        println!(
+            "reminder {id}: sent {} ms after due",
+            lateness.whole_milliseconds()
+        );
+        assert!(
+            lateness >= time::Duration::ZERO && lateness < time::Duration::milliseconds(1_500),
+            "{id} sent {lateness} after its due time"
+        );
+    }
+    let stored = bed.stored().await;
+    let stored_ids: Vec<&str> = stored.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(stored_ids, ids);
+    for ((_, _, payload), (_, heard)) in stored.iter().zip(&heard) {
+        assert_eq!(payload, heard);
+    }
+    let status = bed.status().await.unwrap();
+    assert_eq!(status["ok"], true);
+    assert_eq!(
+        (status["sent"].as_u64(), status["late"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(status["pending"], 0);
+}
+
+#[tokio::test]
+async fn a_reminder_already_due_when_the_review_is_scheduled_is_not_sent() {
+    let bed = Bed::start(LEADS).await;
+    let date = in_ms(3_000); // the 4s reminder was due a second ago
+    bed.schedule("KZ", 48, date).await;
+    eventually(Duration::from_secs(6), "the 2s reminder", || async {
+        (!bed.stored_reminder_ids().await.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(ms_until(date) + Duration::from_millis(300)).await;
+    assert_eq!(
+        bed.stored_reminder_ids().await,
+        [reminder_id("KZ", 48, "2s", date)]
+    );
+    let status = bed.status().await.unwrap();
+    assert_eq!(
+        (status["skipped"].as_u64(), status["sent"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn rescheduling_replaces_the_reminders_and_announces_old_and_new_dates() {
+    let bed = Bed::start(LEADS).await;
+    let old = in_ms(7_000);
+    bed.schedule("KZ", 48, old).await;
+    let new = in_ms(9_000);
+    let event = bed
+        .publish(
+            "KZ",
+            48,
+            EventData::ReviewRescheduled(ReviewRescheduled {
+                scheduled_for: new,
+                reason: Some("room".into()),
+            }),
+        )
+        .await;
+    let expected = [
+        reminder_id("KZ", 48, "4s", new),
+        reminder_id("KZ", 48, "2s", new),
+    ];
+    eventually(
+        Duration::from_secs(10),
+        "the new date's reminders",
+        || async { (bed.stored_reminder_ids().await.len() >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(bed.stored_reminder_ids().await, expected);
+    let notices: Vec<_> = bed
+        .stored()
+        .await
+        .into_iter()
+        .filter(|(subject, _, _)| subject == "upr.notify.rescheduled.KZ")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let (_, id, n) = &notices[0];
+    assert_eq!(id, &format!("KZ.48.rescheduled.{}", event.id));
+    assert_eq!(n["kind"], "rescheduled");
+    assert_eq!(n["old_scheduled_for"], old.to_string());
+    assert_eq!(n["scheduled_for"], new.to_string());
+    assert_eq!(n["reason"], "room");
+    assert!(
+        bed.heard()
+            .iter()
+            .any(|(s, v)| s == "upr.notify.rescheduled.KZ" && v == n)
+    );
+}
+
+#[tokio::test]
+async fn cancelling_drops_the_reminders_and_announces_it() {
+    let bed = Bed::start(LEADS).await;
+    let date = in_ms(6_500);
+    bed.schedule("KZ", 48, date).await;
+    let event = bed
+        .publish(
+            "KZ",
+            48,
+            EventData::ReviewCancelled(ReviewCancelled { reason: None }),
+        )
+        .await;
+    let notice = eventually(Duration::from_secs(5), "the cancelled notice", || async {
+        bed.stored()
+            .await
+            .into_iter()
+            .find(|(subject, _, _)| subject == "upr.notify.cancelled.KZ")
+    })
+    .await;
+    assert_eq!(notice.1, format!("KZ.48.cancelled.{}", event.id));
+    assert_eq!(notice.2["kind"], "cancelled");
+    assert_eq!(notice.2["scheduled_for"], date.to_string());
+    bed.wait_pending(0).await;
+    tokio::time::sleep(ms_until(date)).await;
+    assert!(bed.stored_reminder_ids().await.is_empty());
+    assert!(
+        bed.heard()
+            .iter()
+            .all(|(s, _)| !s.starts_with("upr.notify.reminder."))
+    );
+}
+
+#[tokio::test]
+async fn a_held_review_gets_no_more_reminders() {
+    let bed = Bed::start(LEADS).await;
+    let date = in_ms(6_500);
+    bed.schedule("KZ", 48, date).await;
+    bed.wait_pending(2).await;
+    bed.publish(
+        "KZ",
+        48,
+        EventData::ReviewHeld(ReviewHeld {
+            held_on: None,
+            recommendations_received: None,
+        }),
+    )
+    .await;
+    bed.wait_pending(0).await;
+    tokio::time::sleep(ms_until(date)).await;
+    assert!(bed.stored().await.is_empty(), "{:?}", bed.stored().await);
+}
+
+#[tokio::test]
+async fn a_reminder_that_came_due_during_downtime_is_sent_once_marked_late() {
+    let mut bed = Bed::start("5s,2s").await;
+    bed.notifier.kill9();
+    // Scheduled while the notifier is down; the 5s reminder falls due at +3 s.
+    let date = in_ms(8_000);
+    bed.schedule("KZ", 48, date).await;
+    tokio::time::sleep(ms_until(
+        date.checked_sub(time::Duration::milliseconds(3_500))
+            .unwrap(),
+    ))
+    .await;
+    bed.notifier.restart();
+    let ids = eventually(Duration::from_secs(8), "both reminders", || async {
+        let ids = bed.stored_reminder_ids().await;
+        (ids.len() >= 2).then_some(ids)
+    })
+    .await;
+    assert_eq!(
+        ids,
+        [
+            reminder_id("KZ", 48, "5s", date),
+            reminder_id("KZ", 48, "2s", date)
+        ]
+    );
+    let stored = bed.stored().await;
+    assert_eq!(stored[0].2["late"], true);
+    assert_eq!(stored[1].2["late"], false);
+    tokio::time::sleep(ms_until(date)).await;
+    assert_eq!(bed.stored_reminder_ids().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_reminder_is_never_sent_after_the_review_date() {
+    let mut bed = Bed::start("2s").await;
+    bed.notifier.kill9();
+    // Planned while the notifier is down, due at +1 s, review at +3 s.
+    let date = in_ms(3_000);
+    bed.schedule("KZ", 48, date).await;
+    tokio::time::sleep(ms_until(date) + Duration::from_millis(200)).await;
+    bed.notifier.restart();
+    bed.notifier.wait_healthy().await;
+    eventually(
+        Duration::from_secs(10),
+        "the reminder to be dropped",
+        || async {
+            bed.status()
+                .await
+                .filter(|s| s["skipped"] == 1 && s["pending"] == 0)
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(bed.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn exactly_once_while_the_notifier_is_killed_every_second() {
+    // Leads long enough that a reminder stuck with a killed process (the
+    // consumer's 5 s ack wait) still comes before its review date.
+    let mut bed = Bed::start("12s,8s").await;
+    let base = now();
+    let mut expected = Vec::new();
+    for i in 0..15u64 {
+        let date = base
+            .checked_add(time::Duration::milliseconds(14_000 + 250 * i as i64))
+            .unwrap();
+        bed.schedule("KZ", 1 + i, date).await;
+        expected.push(reminder_id("KZ", 1 + i, "12s", date));
+        expected.push(reminder_id("KZ", 1 + i, "8s", date));
+    }
+    bed.wait_pending(30).await;
+    // Dues run from +2 s to +9.5 s: kill -9 and restart through all of them.
+    while now().since(base) < time::Duration::seconds(10) {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        bed.notifier.restart();
+    }
+    bed.notifier.wait_healthy().await;
+    bed.wait_pending(0).await;
+    let mut ids = bed.stored_reminder_ids().await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &ids {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "stored more than once: {repeated:?}");
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected);
+    let late = bed
+        .stored()
+        .await
+        .iter()
+        .filter(|(_, _, n)| n["late"] == true)
+        .count();
+    println!("kill storm: 30 reminders stored once each, {late} of them late");
+}
+
+#[tokio::test]
+async fn two_replicas_send_each_reminder_once() {
+    let bed = Bed::start(LEADS).await;
+    let _second = start_notifier(&bed.nats, LEADS).await;
+    let mut expected = Vec::new();
+    for (i, code) in ["KZ", "FR", "BR", "JP", "NG"].into_iter().enumerate() {
+        let date = in_ms(6_000 + 200 * i as i64);
+        bed.schedule(code, 48, date).await;
+        expected.push(reminder_id(code, 48, "4s", date));
+        expected.push(reminder_id(code, 48, "2s", date));
+    }
+    expected.sort();
+    eventually(Duration::from_secs(12), "ten reminders", || async {
+        (bed.stored_reminder_ids().await.len() >= 10).then_some(())
+    })
+    .await;
+    bed.wait_pending(0).await;
+    let mut stored = bed.stored_reminder_ids().await;
+    stored.sort();
+    assert_eq!(stored, expected);
+    let mut heard: Vec<String> = bed
+        .heard()
+        .into_iter()
+        .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+        .collect();
+    heard.sort();
+    assert_eq!(heard, expected, "each reminder heard once on core NATS");
+}
+
+#[tokio::test]
+async fn a_reminder_due_while_nats_is_down_is_sent_once_after_it_restarts() {
+    let mut bed = Bed::start(LEADS).await;
+    let date = in_ms(7_000);
+    bed.schedule("KZ", 48, date).await;
+    bed.wait_pending(2).await;
+    bed.nats.kill();
+    // The 4s reminder falls due at +3 s with the server down.
+    tokio::time::sleep(ms_until(
+        date.checked_sub(time::Duration::milliseconds(3_500))
+            .unwrap(),
+    ))
+    .await;
+    bed.nats.restart();
+    let js = jetstream::new(bed.nats.client().await);
+    let ids = eventually(Duration::from_secs(15), "both reminders", || async {
+        let ids: Vec<String> = stored(&js).await.into_iter().map(|(_, id, _)| id).collect();
+        (ids.len() >= 2).then_some(ids)
+    })
+    .await;
+    assert_eq!(
+        ids,
+        [
+            reminder_id("KZ", 48, "4s", date),
+            reminder_id("KZ", 48, "2s", date)
+        ]
+    );
+    tokio::time::sleep(ms_until(date)).await;
+    assert_eq!(stored(&js).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_bad_reminder_lead_list_stops_start_up_naming_the_variable() {
+    let nats = NatsServer::start();
+    let mut p = ServiceProcess::start(
+        services::NOTIFIER,
+        &nats.url(),
+        &[(names::ENV_LEADS, "30d,7x")],
+    );
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    let logs = p.logs();
+    assert!(
+        logs.contains("UPR_REMINDER_LEADS") && logs.contains("7x"),
+        "{logs}"
+    );
+}
