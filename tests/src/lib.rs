@@ -23,12 +23,18 @@ use std::{
 use tempfile::TempDir;
 
 /// Where the binaries of the workspace were built: the test executable lives
-/// in `target/<profile>/deps/`, the binaries in `target/<profile>/`.
+/// in `target/<profile>/deps/`, the binaries in `target/<profile>/`. A
+/// workspace binary using the harness (`upr-bench`) lives in
+/// `target/<profile>/` itself, so that directory is looked at first.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
+    let own_dir = exe.parent().expect("an executable is in a directory");
+    let beside = own_dir.join(name);
+    if beside.exists() {
+        return beside;
+    }
+    let dir = own_dir
         .parent()
-        .and_then(Path::parent)
         .expect("test binary is in target/<profile>/deps");
     let path = dir.join(name);
     assert!(
@@ -83,7 +89,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -94,6 +103,7 @@ pub struct NatsServer {
     store: TempDir,
     config: Option<PathBuf>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -107,13 +117,39 @@ impl NatsServer {
     /// Starts a server with a configuration file (for the security tests) and
     /// extra arguments (cluster routes).
     pub fn start_with(config: Option<PathBuf>, extra_args: Vec<String>) -> Self {
+        Self::start_with_env(config, extra_args, &[])
+    }
+
+    /// Like [`NatsServer::start_with`], with environment variables for the
+    /// server process (a configuration file's `$VAR` references, such as the
+    /// passwords of `deploy/nats/nats.conf`).
+    pub fn start_with_env(
+        config: Option<PathBuf>,
+        extra_args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_on(free_port(), config, extra_args, env)
+    }
+
+    /// Like [`NatsServer::start_with_env`] on a given client port (cluster
+    /// nodes need each other's ports before the first one starts).
+    pub fn start_on(
+        port: u16,
+        config: Option<PathBuf>,
+        extra_args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
         let log = store.path().join("nats-server.log");
         let mut server = Self {
-            port: free_port(),
+            port,
             store,
             config,
             extra_args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             log,
         };
@@ -131,23 +167,37 @@ impl NatsServer {
             .arg("-sd")
             .arg(self.store.path().join("js"))
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::options().create(true).append(true).open(&self.log).expect("log"));
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("log"),
+            );
+        // After a restart the log already holds the previous run's lines:
+        // wait for one more "ready" than before spawning, not just for one.
+        let readies_before = self.ready_lines();
         self.child = Some(cmd.spawn().expect("spawn nats-server"));
-        self.wait_ready();
+        self.wait_ready(readies_before);
     }
 
-    fn wait_ready(&self) {
+    fn ready_lines(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("Server is ready")
+            .count()
+    }
+
+    fn wait_ready(&self, readies_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            // Count "ready" lines: after a restart the log holds the old one too.
-            let starts = log.matches("Starting nats-server").count();
-            let readies = log.matches("Server is ready").count();
-            if starts > 0 && readies >= starts {
+            if self.ready_lines() > readies_before {
                 return;
             }
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not become ready on port {}:\n{log}",
@@ -174,7 +224,9 @@ impl NatsServer {
 
     /// A plain client, as a user with the NATS CLI would have.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats-server")
     }
 
     /// SIGKILL: the server dies without flushing anything.
@@ -202,6 +254,114 @@ impl NatsServer {
     /// Whether the server process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// A client authenticated as `user` (servers started with a
+    /// configuration file that has users).
+    pub async fn client_as(&self, user: &str, password: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+    }
+
+    /// Everything the server logged so far (e.g. to look for
+    /// "Permissions Violation").
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Several `nats-server -js` processes on 127.0.0.1 joined by routes into
+/// one cluster named `upr`, each with its own store, for tests of replicated
+/// streams and node failures.
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (`n0`, `n1`, ...) and waits until JetStream has
+    /// elected a meta leader, so streams can be created at once.
+    pub async fn start(size: usize) -> Self {
+        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = (0..size)
+            .map(|i| {
+                let args = vec![
+                    "--server_name".to_string(),
+                    format!("n{i}"),
+                    "--cluster_name".to_string(),
+                    "upr".to_string(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    "--routes".to_string(),
+                    routes.clone(),
+                ];
+                NatsServer::start_on(client_ports[i], None, args, &[])
+            })
+            .collect();
+        let cluster = Self { nodes };
+        cluster.wait_meta_leader().await;
+        cluster
+    }
+
+    /// Waits until `$JS.API.INFO` answers without an error, which needs an
+    /// elected JetStream meta leader.
+    pub async fn wait_meta_leader(&self) {
+        let client = self.client().await;
+        eventually(Duration::from_secs(30), "a JetStream meta leader", || {
+            let client = client.clone();
+            async move {
+                let reply = client.request("$JS.API.INFO", "".into()).await.ok()?;
+                let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+                info.get("error").is_none().then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Client URLs of all nodes, comma-separated (as `NATS_URL` takes them),
+    /// including stopped ones.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client that may connect to and fail over between all nodes.
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("server url"))
+            .collect();
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(addrs.as_slice())
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on the same ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
     }
 }
 
@@ -350,7 +510,11 @@ impl ServiceProcess {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{} did not exit within {timeout:?} of SIGTERM; log:\n{}", self.name, self.logs());
+                panic!(
+                    "{} did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -364,7 +528,9 @@ impl ServiceProcess {
 
     /// Exit status when it has exited by itself.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the process to exit by itself.
@@ -375,7 +541,12 @@ impl ServiceProcess {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit; log:\n{}", self.name, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit; log:\n{}",
+                self.name,
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,857 @@
+//! Deployment: the compose files, the Dockerfile and the NATS permissions.
+//!
+//! There is no Docker engine in CI, so the compose files and the Dockerfile
+//! are checked by reading them: what `docker compose up -d` needs to give a
+//! working system is asserted field by field. The permissions in
+//! `deploy/nats/nats.conf` are checked for real: a nats-server runs with that
+//! very file, the services connect with their own users, and the `publisher`
+//! and `reader` users are refused what they must not do.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use upr_shared::contract::{self, services};
+use upr_tests::{NatsCluster, NatsServer, ServiceProcess, eventually};
+use yaml_rust2::{Yaml, YamlLoader, yaml::Hash};
+
+// ---- helpers -------------------------------------------------------------------
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// Loads a compose file with YAML merge keys (`<<: *anchor`) applied, as
+/// compose does: explicit keys win over merged ones.
+fn compose(path: &str) -> Yaml {
+    let docs = YamlLoader::load_from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    merge_keys(docs.into_iter().next().expect("one YAML document"))
+}
+
+fn merge_keys(node: Yaml) -> Yaml {
+    match node {
+        Yaml::Hash(hash) => {
+            let merge_key = Yaml::String("<<".into());
+            let mut out = Hash::new();
+            for (k, v) in hash.iter() {
+                if *k != merge_key {
+                    out.insert(k.clone(), merge_keys(v.clone()));
+                }
+            }
+            if let Some(merged) = hash.get(&merge_key) {
+                let sources: Vec<Yaml> = match merged {
+                    Yaml::Array(items) => items.clone(),
+                    other => vec![other.clone()],
+                };
+                for source in sources {
+                    if let Yaml::Hash(source) = merge_keys(source) {
+                        for (k, v) in source {
+                            out.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+            Yaml::Hash(out)
+        }
+        Yaml::Array(items) => Yaml::Array(items.into_iter().map(merge_keys).collect()),
+        other => other,
+    }
+}
+
+/// A list of strings (`command`, health-check `test`).
+fn strings(node: &Yaml, what: &str) -> Vec<String> {
+    node.as_vec()
+        .unwrap_or_else(|| panic!("{what} is not a list: {node:?}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("{what}: {v:?} is not a string"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// `environment` as a mapping (the form the compose files use).
+fn env_var(service: &Yaml, name: &str) -> Option<String> {
+    let value = &service["environment"][name];
+    value
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| value.as_i64().map(|n| n.to_string()))
+}
+
+/// The value of `flag` in a command line.
+fn flag<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
+    command
+        .iter()
+        .position(|a| a == flag)
+        .and_then(|i| command.get(i + 1))
+        .map(String::as_str)
+}
+
+/// The passwords `deploy/nats/nats.conf` reads from the environment, with
+/// development values, as compose passes them from `.env`.
+const PASSWORDS: [(&str, &str); 6] = [
+    ("UPR_INGEST_PASSWORD", "test-ingest-pw"),
+    ("UPR_PROJECTION_PASSWORD", "test-projection-pw"),
+    ("UPR_NOTIFIER_PASSWORD", "test-notifier-pw"),
+    ("UPR_PUBLISHER_PASSWORD", "test-publisher-pw"),
+    ("UPR_READER_PASSWORD", "test-reader-pw"),
+    ("UPR_ADMIN_PASSWORD", "test-admin-pw"),
+];
+
+fn password(user: &str) -> &'static str {
+    let var = format!("UPR_{}_PASSWORD", user.to_uppercase());
+    PASSWORDS
+        .iter()
+        .find(|(k, _)| *k == var)
+        .map(|(_, v)| *v)
+        .expect("known user")
+}
+
+/// A nats-server with JetStream and the project's own `nats.conf`.
+fn secured_server() -> NatsServer {
+    NatsServer::start_with_env(
+        Some(root().join("deploy/nats/nats.conf")),
+        Vec::new(),
+        &PASSWORDS,
+    )
+}
+
+/// Starts a service with its own user, as compose does.
+fn start_service(
+    nats: &NatsServer,
+    name: &str,
+    user: &str,
+    extra: &[(&str, &str)],
+) -> ServiceProcess {
+    let mut env = vec![("NATS_USER", user), ("NATS_PASSWORD", password(user))];
+    env.extend_from_slice(extra);
+    ServiceProcess::start(name, &nats.url(), &env)
+}
+
+/// Records `review_scheduled` for KZ at session 48 as a person with the
+/// `publisher` user would (`nats req upr.ingest.review_scheduled '{...}'`)
+/// and returns ingest's `{"ok": true, ...}` reply.
+async fn publish_review_scheduled(
+    publisher: &async_nats::Client,
+    scheduled_for: &str,
+) -> serde_json::Value {
+    let payload = serde_json::json!({
+        "country": "KZ", "session": 48, "scheduled_for": scheduled_for, "location": "Geneva"
+    });
+    let reply = eventually(
+        Duration::from_secs(10),
+        "ingest to answer the publisher",
+        || {
+            let publisher = publisher.clone();
+            let payload = payload.to_string();
+            async move {
+                publisher
+                    .request("upr.ingest.review_scheduled", payload.into())
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON reply");
+    assert_eq!(reply["ok"], true, "ingest refused: {reply}");
+    reply
+}
+
+/// RFC 3339 UTC, whole seconds, `offset` from now.
+fn from_now(offset: Duration) -> String {
+    let t = time::OffsetDateTime::now_utc() + offset;
+    let t = t.replace_nanosecond(0).expect("zero nanoseconds");
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// Permission refusals the server logged, e.g.
+/// `"$G/user:publisher" - Publish Violation - Subject "upr.events.KZ.48.review_cancelled"`.
+fn violations(nats: &NatsServer) -> Vec<String> {
+    nats.log()
+        .lines()
+        .filter(|l| l.contains("Violation"))
+        .map(str::to_string)
+        .collect()
+}
+
+// ---- compose.yaml ----------------------------------------------------------------
+
+#[test]
+fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
+    let doc = compose("compose.yaml");
+    let nats = &doc["services"]["nats"];
+    let image = nats["image"].as_str().expect("nats image");
+    let tag = image
+        .strip_prefix("nats:")
+        .expect("the official nats image");
+    let (version, variant) = tag.split_once('-').expect("a <version>-alpine tag");
+    assert_eq!(
+        variant, "alpine",
+        "alpine: the plain image has no shell or wget for the health check"
+    );
+    let mut parts = version
+        .split('.')
+        .map(|p| p.parse::<u32>().expect("numeric version"));
+    let (major, minor) = (parts.next().unwrap(), parts.next().unwrap_or(0));
+    assert!(
+        (major, minor) >= (2, 12),
+        "nats {version}: message schedules need 2.12 or newer"
+    );
+
+    let command = strings(&nats["command"], "nats command");
+    assert!(
+        command.iter().any(|a| a == "-js" || a == "--jetstream"),
+        "JetStream on: {command:?}"
+    );
+    assert_eq!(
+        flag(&command, "-m"),
+        Some("8222"),
+        "monitoring port for the health check"
+    );
+    let conf = flag(&command, "-c").expect("the config file is used");
+    let store = flag(&command, "-sd").expect("JetStream store dir");
+
+    let volumes = strings(&nats["volumes"], "nats volumes");
+    let named: Vec<&str> = doc["volumes"]
+        .as_hash()
+        .expect("top-level volumes")
+        .keys()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(
+        volumes.iter().any(|v| {
+            let mut p = v.split(':');
+            named.contains(&p.next().unwrap()) && p.next() == Some(store)
+        }),
+        "a named volume on {store}: {volumes:?}"
+    );
+    assert!(
+        volumes.iter().any(|v| v.starts_with("./deploy/nats/nats.conf:") && v.split(':').nth(1) == Some(conf)),
+        "deploy/nats/nats.conf mounted at {conf}: {volumes:?}"
+    );
+
+    let check = strings(&nats["healthcheck"]["test"], "nats healthcheck").join(" ");
+    assert!(
+        check.contains("wget") && check.contains("/healthz?js-enabled-only=true"),
+        "{check}"
+    );
+    for (var, _) in PASSWORDS {
+        let value = env_var(nats, var).unwrap_or_else(|| panic!("nats gets {var}"));
+        assert!(
+            value.starts_with(&format!("${{{var}:?")),
+            "{var} must come from .env, no default: {value}"
+        );
+    }
+}
+
+#[test]
+fn compose_builds_each_service_from_the_dockerfile_after_nats_is_healthy() {
+    let doc = compose("compose.yaml");
+    for (service, binary, user) in [
+        ("ingest", services::INGEST, "ingest"),
+        ("projection", services::PROJECTION, "projection"),
+        ("notifier", services::NOTIFIER, "notifier"),
+    ] {
+        let s = &doc["services"][service];
+        assert!(!s.is_badvalue(), "service {service} exists");
+        assert_eq!(
+            s["build"]["dockerfile"].as_str(),
+            Some("Dockerfile"),
+            "{service} build"
+        );
+        assert_eq!(
+            s["build"]["context"].as_str(),
+            Some("."),
+            "{service} build context"
+        );
+        assert_eq!(
+            s["depends_on"]["nats"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{service} waits for a healthy nats"
+        );
+        assert!(
+            matches!(
+                s["restart"].as_str(),
+                Some("unless-stopped" | "always" | "on-failure")
+            ),
+            "{service} restart policy"
+        );
+        assert_eq!(
+            strings(&s["command"], "command"),
+            [binary],
+            "{service} runs {binary}"
+        );
+        assert_eq!(
+            strings(&s["healthcheck"]["test"], "healthcheck"),
+            ["CMD", binary, "healthcheck"],
+            "{service} health check"
+        );
+        assert_eq!(
+            env_var(s, "NATS_USER").as_deref(),
+            Some(user),
+            "{service} has its own user"
+        );
+        let var = format!("UPR_{}_PASSWORD", user.to_uppercase());
+        let pw = env_var(s, "NATS_PASSWORD").expect("NATS_PASSWORD");
+        assert!(
+            pw.starts_with(&format!("${{{var}:?")),
+            "{service} password from .env: {pw}"
+        );
+        assert!(
+            env_var(s, "NATS_URL").is_some_and(|u| u.contains("nats:4222")),
+            "{service} NATS_URL"
+        );
+    }
+}
+
+#[test]
+fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
+    let doc = compose("compose.cluster.yaml");
+    let nodes = ["nats", "nats-2", "nats-3"];
+    let mut cluster_names = Vec::new();
+    for node in nodes {
+        let s = &doc["services"][node];
+        let command = strings(&s["command"], &format!("{node} command"));
+        assert!(
+            command.iter().any(|a| a == "-js"),
+            "{node} JetStream: {command:?}"
+        );
+        assert_eq!(
+            flag(&command, "-c"),
+            Some("/etc/nats/nats.conf"),
+            "{node} uses the users"
+        );
+        let routes = flag(&command, "--routes").unwrap_or_else(|| panic!("{node} has routes"));
+        for other in nodes {
+            assert!(
+                routes.contains(&format!("nats://{other}:6222")),
+                "{node} routes to {other}: {routes}"
+            );
+        }
+        assert!(
+            flag(&command, "--cluster").is_some(),
+            "{node} listens for routes"
+        );
+        cluster_names.push(
+            flag(&command, "--cluster_name")
+                .expect("cluster name")
+                .to_string(),
+        );
+        assert!(
+            flag(&command, "--server_name").is_some(),
+            "{node} has a stable server name"
+        );
+        let check = strings(&s["healthcheck"]["test"], "healthcheck").join(" ");
+        assert!(
+            check.contains("/healthz?js-enabled-only=true"),
+            "{node}: {check}"
+        );
+        let volumes = strings(&s["volumes"], "volumes");
+        assert!(
+            volumes.iter().any(|v| v.ends_with(":/data")),
+            "{node} own store volume"
+        );
+    }
+    cluster_names.dedup();
+    assert_eq!(cluster_names.len(), 1, "one cluster name");
+    for service in ["ingest", "projection", "notifier"] {
+        let s = &doc["services"][service];
+        assert_eq!(
+            env_var(s, "UPR_REPLICAS").as_deref(),
+            Some("3"),
+            "{service} replicas"
+        );
+        let url = env_var(s, "NATS_URL").expect("NATS_URL");
+        for node in nodes {
+            assert!(
+                url.contains(&format!("nats://{node}:4222")),
+                "{service} can fail over to {node}: {url}"
+            );
+            assert_eq!(
+                s["depends_on"][node]["condition"].as_str(),
+                Some("service_healthy"),
+                "{service} waits for {node}"
+            );
+        }
+    }
+}
+
+#[test]
+fn env_example_defines_every_password_the_nats_config_reads() {
+    let conf = read("deploy/nats/nats.conf");
+    let env = read(".env.example");
+    let mut referenced: Vec<&str> = conf
+        .split('$')
+        .skip(1)
+        .map(|s| {
+            s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap()
+        })
+        .filter(|v| v.starts_with("UPR_") && v.ends_with("_PASSWORD"))
+        .collect();
+    referenced.sort_unstable();
+    referenced.dedup();
+    let mut expected: Vec<&str> = PASSWORDS.iter().map(|(k, _)| *k).collect();
+    expected.sort_unstable();
+    assert_eq!(referenced, expected, "the passwords nats.conf reads");
+    for var in referenced {
+        assert!(
+            env.lines().any(|l| l.starts_with(&format!("{var}="))),
+            ".env.example sets {var}"
+        );
+    }
+    assert!(
+        env.contains("DEVELOPMENT DEFAULTS"),
+        ".env.example says its values are for development"
+    );
+}
+
+// ---- Dockerfile ---------------------------------------------------------------------
+
+/// The workspace members as cargo reads them from the root Cargo.toml.
+fn workspace_members() -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(root().join("Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let workspace_root = PathBuf::from(meta["workspace_root"].as_str().expect("workspace_root"));
+    let ids: Vec<&serde_json::Value> = meta["workspace_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .collect();
+    meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| ids.contains(&&p["id"]))
+        .map(|p| {
+            let manifest = PathBuf::from(p["manifest_path"].as_str().expect("manifest_path"));
+            manifest
+                .strip_prefix(&workspace_root)
+                .expect("member inside the workspace")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dockerfile_caches_dependencies_builds_locked_and_runs_as_non_root() {
+    let dockerfile = read("Dockerfile");
+    // Instructions with their continuation lines joined.
+    let joined = dockerfile.replace("\\\n", " ");
+    let instructions: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("FROM "))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(stages.len() >= 2, "multi-stage build");
+    let runtime = &instructions[*stages.last().unwrap()..];
+    assert!(
+        runtime[0].contains("debian:bookworm-slim"),
+        "slim runtime image: {}",
+        runtime[0]
+    );
+
+    let builds: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("RUN ") && l.contains("cargo build"))
+        .collect();
+    assert!(
+        builds.len() >= 2,
+        "dependencies built apart from the sources"
+    );
+    for b in &builds {
+        assert!(b.contains("--locked"), "cargo build --locked: {b}");
+        assert!(
+            b.contains("--release") && b.contains("--bins"),
+            "release binaries: {b}"
+        );
+    }
+
+    // Every member's manifest is copied before the first build, so the
+    // dependency layer knows the whole workspace.
+    let first_build = instructions
+        .iter()
+        .position(|l| l.starts_with("RUN ") && l.contains("cargo build"))
+        .unwrap();
+    let copies_before = &instructions[..first_build];
+    let copied = |path: &str| {
+        copies_before
+            .iter()
+            .any(|l| l.starts_with("COPY ") && l.split_whitespace().any(|w| w == path))
+    };
+    assert!(
+        copied("Cargo.toml") && copied("Cargo.lock"),
+        "root manifest and lock file copied first"
+    );
+    let members = workspace_members();
+    assert!(members.len() >= 5, "members: {members:?}");
+    for manifest in &members {
+        assert!(
+            copied(manifest),
+            "the Dockerfile copies {manifest} before building dependencies"
+        );
+        // ... and the member itself afterwards, so the workspace is complete.
+        let dir = manifest.trim_end_matches("/Cargo.toml");
+        assert!(
+            instructions[first_build..]
+                .iter()
+                .filter(|l| l.starts_with("COPY ") && !l.starts_with("COPY --from"))
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .any(|src| dir == src || dir.starts_with(&format!("{src}/"))),
+            "the Dockerfile copies the sources of {dir}"
+        );
+    }
+
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER in the runtime stage");
+    let user = user.split(':').next().unwrap().trim();
+    assert!(
+        user != "root" && user != "0",
+        "runs as non-root, not {user}"
+    );
+    for binary in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
+        assert!(
+            runtime
+                .iter()
+                .any(|l| l.starts_with("COPY --from=") && l.contains(binary)),
+            "the runtime stage contains {binary}"
+        );
+    }
+    let ignore = read(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim_end_matches('/') == "target"),
+        ".dockerignore keeps target/ out"
+    );
+}
+
+// ---- permissions, with a real nats-server ------------------------------------------
+
+#[tokio::test]
+async fn each_service_works_with_its_own_user() {
+    let nats = secured_server();
+    let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
+    let projection = start_service(&nats, services::PROJECTION, "projection", &[]);
+    // A lead of 2 s makes a reminder come due within the test.
+    let notifier = start_service(
+        &nats,
+        services::NOTIFIER,
+        "notifier",
+        &[("UPR_REMINDER_LEADS", "2s")],
+    );
+    for p in [&ingest, &projection, &notifier] {
+        p.wait_healthy().await;
+    }
+
+    let reader = nats.client_as("reader", password("reader")).await;
+    let mut reminders = reader
+        .subscribe("upr.notify.reminder.KZ")
+        .await
+        .expect("reader subscribes");
+    reader.flush().await.expect("flush");
+    let publisher = nats.client_as("publisher", password("publisher")).await;
+    let accepted = publish_review_scheduled(&publisher, &from_now(Duration::from_secs(5))).await;
+    let seq = accepted["seq"].as_u64().expect("seq");
+
+    // Projection: the reader's query sees the write.
+    let query = serde_json::json!({"min_seq": seq}).to_string();
+    let answer = reader
+        .request("upr.query.review.KZ.48", query.into())
+        .await
+        .expect("projection answers the reader");
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["review"]["status"], "scheduled", "{answer}");
+    assert_eq!(answer["review"]["location"], "Geneva", "{answer}");
+
+    // The reader reads the bucket as `nats kv get upr_reviews KZ.48` does.
+    let js = jetstream::new(reader.clone());
+    let bucket = js
+        .get_key_value(contract::REVIEWS_BUCKET)
+        .await
+        .expect("reader opens upr_reviews");
+    let value = bucket
+        .get("KZ.48")
+        .await
+        .expect("reader reads KZ.48")
+        .expect("KZ.48 is there");
+    let value: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(value["status"], "scheduled");
+
+    // Notifier: the reminder arrives 2 s before the review.
+    let reminder = tokio::time::timeout(
+        Duration::from_secs(15),
+        futures::StreamExt::next(&mut reminders),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reminder; notifier log:\n{}", notifier.logs()))
+    .expect("subscription open");
+    let reminder: serde_json::Value = serde_json::from_slice(&reminder.payload).unwrap();
+    assert_eq!(reminder["kind"], "reminder", "{reminder}");
+    assert_eq!(reminder["lead"], "2s", "{reminder}");
+
+    // Rescheduling: the notifier drops the old timers (a purge) and tells.
+    let mut changes = reader
+        .subscribe("upr.notify.rescheduled.KZ")
+        .await
+        .expect("subscribe");
+    reader.flush().await.expect("flush");
+    let payload = serde_json::json!({
+        "country": "KZ", "session": 48, "scheduled_for": from_now(Duration::from_secs(3600))
+    });
+    let reply = publisher
+        .request("upr.ingest.review_rescheduled", payload.to_string().into())
+        .await
+        .expect("ingest answers");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut changes),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no rescheduled notice; notifier log:\n{}", notifier.logs()));
+
+    // `upr-projection rebuild` (deletes and recreates its buckets and consumer).
+    let mut projection = projection;
+    assert!(projection.terminate(Duration::from_secs(10)).success());
+    let mut rebuild = ServiceProcess::start_args(
+        services::PROJECTION,
+        &nats.url(),
+        &[
+            ("NATS_USER", "projection"),
+            ("NATS_PASSWORD", password("projection")),
+        ],
+        &["rebuild"],
+    );
+    let status = rebuild.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "rebuild failed; log:\n{}", rebuild.logs());
+
+    assert_eq!(
+        violations(&nats),
+        Vec::<String>::new(),
+        "no service was refused anything"
+    );
+}
+
+#[tokio::test]
+async fn a_publisher_cannot_write_the_event_log_or_delete_a_stream() {
+    let nats = secured_server();
+    let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
+    ingest.wait_healthy().await;
+    let publisher = nats.client_as("publisher", password("publisher")).await;
+    publish_review_scheduled(&publisher, "2025-01-23T08:30:00Z").await;
+
+    // Around ingest, straight into the log: refused.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(publisher.clone());
+    let forged = js
+        .publish(
+            "upr.events.KZ.48.review_cancelled",
+            r#"{"forged":true}"#.into(),
+        )
+        .await;
+    let forged = match forged {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(forged.is_err(), "a publisher wrote to the event log");
+
+    // Deleting the event log: refused.
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(1),
+        publisher.request("$JS.API.STREAM.DELETE.UPR_EVENTS", "".into()),
+    )
+    .await;
+    assert!(
+        !matches!(deleted, Ok(Ok(_))),
+        "a publisher got an answer from STREAM.DELETE"
+    );
+
+    let admin = nats.client_as("admin", password("admin")).await;
+    let mut events = jetstream::new(admin)
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .expect("UPR_EVENTS is still there");
+    let info = events.info().await.expect("stream info");
+    assert_eq!(info.state.messages, 1, "only ingest's event is in the log");
+
+    let refused = violations(&nats).join("\n");
+    assert!(
+        refused.contains("\"upr.events.KZ.48.review_cancelled\""),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("\"$JS.API.STREAM.DELETE.UPR_EVENTS\""),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_cannot_publish_intake() {
+    let nats = secured_server();
+    let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
+    ingest.wait_healthy().await;
+    let reader = nats.client_as("reader", password("reader")).await;
+    let payload = r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(1),
+        reader.request("upr.ingest.review_scheduled", payload.into()),
+    )
+    .await;
+    assert!(!matches!(answer, Ok(Ok(_))), "ingest answered a reader");
+    eventually(
+        Duration::from_secs(5),
+        "the refusal in the server log",
+        || async {
+            violations(&nats)
+                .iter()
+                .any(|l| l.contains("\"upr.ingest.review_scheduled\""))
+                .then_some(())
+        },
+    )
+    .await;
+    let admin = nats.client_as("admin", password("admin")).await;
+    let mut events = jetstream::new(admin)
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .expect("UPR_EVENTS");
+    assert_eq!(
+        events.info().await.expect("info").state.messages,
+        0,
+        "nothing was recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused() {
+    let nats = secured_server();
+    let refused = async_nats::ConnectOptions::with_user_and_password(
+        "ingest".into(),
+        "not-the-password".into(),
+    )
+    .connect(nats.url())
+    .await;
+    assert!(refused.is_err(), "connected with a wrong password");
+    let anonymous = async_nats::connect(nats.url()).await;
+    assert!(anonymous.is_err(), "connected without a user");
+}
+
+// ---- cluster ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_r3_event_log_survives_the_loss_of_one_node() {
+    let mut cluster = NatsCluster::start(3).await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    upr_shared::nats::ensure_stream(
+        &js,
+        contract::events_stream(3, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .expect("R3 event log");
+    let publish = |i: u32| {
+        let js = js.clone();
+        async move {
+            let ack = js
+                .publish(
+                    "upr.events.KZ.48.side_event_held",
+                    format!("{{\"n\":{i}}}").into(),
+                )
+                .await
+                .ok()?;
+            ack.await.ok().map(|a| a.sequence)
+        }
+    };
+    for i in 1..=3 {
+        eventually(
+            Duration::from_secs(10),
+            "a publish to the R3 stream",
+            || publish(i),
+        )
+        .await;
+    }
+
+    cluster.kill(0);
+    for i in 4..=6 {
+        eventually(
+            Duration::from_secs(20),
+            "a publish with one node down",
+            || publish(i),
+        )
+        .await;
+    }
+    let stream = eventually(
+        Duration::from_secs(20),
+        "the stream with one node down",
+        || {
+            let js = js.clone();
+            async move { js.get_stream(contract::EVENTS_STREAM).await.ok() }
+        },
+    )
+    .await;
+    for seq in 1..=6u64 {
+        let message = eventually(Duration::from_secs(10), "reading the log back", || {
+            let stream = stream.clone();
+            async move { stream.direct_get(seq).await.ok() }
+        })
+        .await;
+        let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(body["n"], seq, "message {seq}");
+    }
+
+    // Back with its old store: the node rejoins and serves the stream again.
+    cluster.restart(0);
+    let node0 = cluster.node(0).client().await;
+    let js0 = jetstream::new(node0);
+    eventually(
+        Duration::from_secs(30),
+        "n0 to serve the stream again",
+        || {
+            let js0 = js0.clone();
+            async move {
+                let mut stream = js0.get_stream(contract::EVENTS_STREAM).await.ok()?;
+                (stream.info().await.ok()?.state.messages == 6).then_some(())
+            }
+        },
+    )
+    .await;
+}
