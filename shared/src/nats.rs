@@ -153,6 +153,16 @@ pub async fn ensure_stream(
     }
 }
 
+/// A stream limit as text; 0 (what a config asks for) and -1 (what the
+/// server reports back) both mean unlimited, so they must compare equal.
+fn limit(value: i64) -> String {
+    if value <= 0 {
+        "unlimited".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
 /// The settings whose difference changes what the system guarantees.
 fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -188,18 +198,18 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<Strin
     );
     check(
         "max_msgs",
-        have.max_messages.to_string(),
-        want.max_messages.to_string(),
+        limit(have.max_messages),
+        limit(want.max_messages),
     );
     check(
         "max_bytes",
-        have.max_bytes.to_string(),
-        want.max_bytes.to_string(),
+        limit(have.max_bytes),
+        limit(want.max_bytes),
     );
     check(
         "max_msgs_per_subject",
-        have.max_messages_per_subject.to_string(),
-        want.max_messages_per_subject.to_string(),
+        limit(have.max_messages_per_subject),
+        limit(want.max_messages_per_subject),
     );
     check(
         "allow_direct",

@@ -1,22 +1,65 @@
-//! `upr-ingest`: Validates intake and appends events to the UPR event log.
+//! `upr-ingest`: validates intake and appends events to the UPR event log.
 //!
-//! [`App::build`] connects and sets up what the service needs; [`App::run`]
-//! serves until the shutdown future resolves, then drains the connection.
+//! [`App::build`] connects, makes sure `UPR_EVENTS` and `UPR_REJECTED` exist
+//! as the contract describes them, and registers the micro service with its
+//! intake endpoint; [`App::run`] serves until the shutdown future resolves.
 //! `main.rs` only wires configuration, telemetry and the signal.
+//!
+//! Modules:
+//! - [`pipeline`]: intake loop, per-review workers, replies.
+//! - [`review`]: a review's state and the decision for a command (pure).
+//! - [`store`]: reading a review's history and appending under an expected sequence.
+//! - [`rejection`]: the `upr.rejected` record and its writer.
+//! - [`stats`]: counters for the endpoint's STATS data.
 
-use std::future::Future;
+pub mod pipeline;
+pub mod rejection;
+pub mod review;
+pub mod stats;
+pub mod store;
 
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::{
+    jetstream,
+    service::{Service, endpoint::Endpoint},
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 use upr_shared::{
-    config::{CommonConfig, ConfigError, process_env},
-    contract::services,
+    config::{self, CommonConfig, ConfigError, Lookup, process_env},
+    contract::{self, ingest, services, subjects},
+    nats::SetupError,
     service::{self, BoxError},
 };
+
+use crate::{
+    pipeline::{Dispatcher, Responder},
+    stats::Counters,
+    store::EventLog,
+};
+
+/// Default number of workers (reviews appended to concurrently).
+pub const DEFAULT_WORKERS: usize = 256;
+/// Default number of reviews whose state is kept in memory.
+pub const DEFAULT_CACHE: usize = 100_000;
+/// How long JetStream may stay unreachable at start before ingest gives up
+/// (a supervisor restarts it).
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Settings of this service, read from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// NATS connection and replicas.
     pub common: CommonConfig,
+    /// `UPR_DEDUP_WINDOW` (default 1h): how long JetStream itself recognises
+    /// a repeated `event_id`, across all reviews.
+    pub dedup_window: Duration,
+    /// `UPR_INGEST_WORKERS` (default 256).
+    pub workers: usize,
+    /// `UPR_INGEST_CACHE` (default 100000 reviews).
+    pub cache: usize,
 }
 
 impl Config {
@@ -25,44 +68,228 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the variable that cannot be used.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads settings through `env`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable that cannot be used.
+    pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
+        let dedup_window = match env(ingest::ENV_DEDUP_WINDOW) {
+            Some(v) => config::parse_duration(ingest::ENV_DEDUP_WINDOW, &v)?,
+            None => contract::DEFAULT_DEDUP_WINDOW,
+        };
+        let count = |var: &'static str, default: usize, max: usize| match env(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(config::err(
+                    var,
+                    &format!("must be a whole number from 1 to {max}, got {v:?}"),
+                )),
+            },
+        };
         Ok(Self {
-            common: CommonConfig::from_lookup(&process_env)?,
+            common: CommonConfig::from_lookup(env)?,
+            dedup_window,
+            workers: count(ingest::ENV_WORKERS, DEFAULT_WORKERS, 65_536)?,
+            cache: count(ingest::ENV_CACHE, DEFAULT_CACHE, 100_000_000)?,
         })
     }
 }
 
 /// The running service.
 pub struct App {
+    config: Config,
     client: async_nats::Client,
-    service: async_nats::service::Service,
+    js: jetstream::Context,
+    service: Service,
+    endpoint: Endpoint,
+    counters: Arc<Counters>,
 }
 
 impl App {
-    /// Connects to NATS (retrying until it answers) and registers the micro service.
+    /// Connects to NATS (retrying until it answers), creates or verifies the
+    /// streams, and registers the micro service with its intake endpoint.
     ///
     /// # Errors
-    /// When NATS refuses the setup.
+    /// When a stream exists with an incompatible configuration (the message
+    /// names each difference), or JetStream stays unreachable.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let client = upr_shared::nats::connect(&config.common.nats, services::INGEST).await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(store::ACK_TIMEOUT)
+            .max_ack_inflight(4 * config.workers + 1024)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let replicas = config.common.replicas;
+        ensure_streams(
+            &js,
+            &[
+                contract::events_stream(replicas, config.dedup_window),
+                contract::rejected_stream(replicas),
+            ],
+        )
+        .await?;
+        let counters = Arc::new(Counters::default());
+        let stats = counters.clone();
         let service = service::start_micro(
             &client,
             services::INGEST,
             "Validates intake and appends events to the UPR event log",
-            |_, _| serde_json::Value::Null,
+            move |_, _| stats.snapshot(),
         )
         .await
         .map_err(|e| e.to_string())?;
-        Ok(Self { client, service })
+        let endpoint = service
+            .endpoint_builder()
+            .name(ingest::ENDPOINT)
+            .queue_group(subjects::INGEST_QUEUE)
+            .add(subjects::INGEST_ALL)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(
+            workers = config.workers,
+            dedup_window = ?config.dedup_window,
+            "listening on {} in queue group {}",
+            subjects::INGEST_ALL,
+            subjects::INGEST_QUEUE
+        );
+        Ok(Self {
+            config,
+            client,
+            js,
+            service,
+            endpoint,
+            counters,
+        })
     }
 
-    /// Serves until `shutdown` resolves, then stops the micro service and drains.
+    /// Serves until `shutdown` resolves; then stops taking messages, finishes
+    /// those already received, and drains the connection.
     ///
     /// # Errors
     /// When draining the connection fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        shutdown.await;
-        self.service.stop().await.map_err(|e| e.to_string())?;
-        self.client.drain().await?;
+        let Self {
+            config,
+            client,
+            js,
+            service,
+            mut endpoint,
+            counters,
+        } = self;
+        let log = EventLog::new(client.clone(), js);
+        let (records, record_rx) = mpsc::channel(rejection::QUEUE);
+        let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
+        let responder = Responder::new(counters, records);
+        let (dispatcher, workers) = Dispatcher::start(config.workers, config.cache, log, responder);
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                request = endpoint.next() => match request {
+                    Some(request) => dispatcher.dispatch(request).await,
+                    None => break,
+                },
+            }
+        }
+
+        // Stop the subscription, then handle what it had already delivered.
+        if let Err(e) = endpoint.stop().await {
+            warn!(error = %e, "could not unsubscribe the intake endpoint");
+        }
+        let drained = async {
+            while let Some(request) = endpoint.next().await {
+                dispatcher.dispatch(request).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .is_err()
+        {
+            warn!("intake still delivering after 5 s; stopping anyway");
+        }
+        drop(dispatcher);
+        for worker in workers {
+            let _ = worker.await;
+        }
+        let _ = writer.await;
+        service.stop().await.map_err(|e| e.to_string())?;
+        client.drain().await?;
         Ok(())
+    }
+}
+
+/// Creates or verifies each stream; an incompatible one stops the service at
+/// once, an unreachable JetStream is retried for a while (the server may
+/// still be starting).
+async fn ensure_streams(
+    js: &jetstream::Context,
+    configs: &[jetstream::stream::Config],
+) -> Result<(), BoxError> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    for want in configs {
+        loop {
+            match upr_shared::nats::ensure_stream(js, want.clone()).await {
+                Ok(_) => break,
+                Err(e @ SetupError::Incompatible { .. }) => return Err(e.into()),
+                Err(e) if started.elapsed() < SETUP_PATIENCE => {
+                    warn!(error = %e, retry_in = ?delay, "JetStream not ready");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_lookup(&lookup(&[])).unwrap();
+        assert_eq!(c.dedup_window, contract::DEFAULT_DEDUP_WINDOW);
+        assert_eq!((c.workers, c.cache), (DEFAULT_WORKERS, DEFAULT_CACHE));
+    }
+
+    #[test]
+    fn settings_are_read_and_bad_values_name_their_variable() {
+        let c = Config::from_lookup(&lookup(&[
+            ("UPR_DEDUP_WINDOW", "10m"),
+            ("UPR_INGEST_WORKERS", "8"),
+        ]))
+        .unwrap();
+        assert_eq!((c.dedup_window, c.workers), (Duration::from_secs(600), 8));
+        for (var, value) in [
+            ("UPR_DEDUP_WINDOW", "0s"),
+            ("UPR_INGEST_WORKERS", "0"),
+            ("UPR_INGEST_CACHE", "x"),
+        ] {
+            assert_eq!(
+                Config::from_lookup(&lookup(&[(var, value)]))
+                    .unwrap_err()
+                    .var,
+                var
+            );
+        }
     }
 }

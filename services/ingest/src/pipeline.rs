@@ -1,0 +1,324 @@
+//! From intake message to reply: validate, route to the review's worker,
+//! decide against the log, append, answer.
+//!
+//! Concurrency: reviews are sharded by hash over N workers. A worker handles
+//! its messages one at a time, so one review's commands are decided and
+//! appended in arrival order, while the N workers keep up to N appends in
+//! flight at once. Each worker owns its part of the review cache, so there
+//! are no locks. Queues are bounded: when a worker falls behind, the intake
+//! loop waits, the subscription buffers, and requesters (who wait for their
+//! reply) slow down.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_nats::service::Request;
+use bytes::Bytes;
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{Instrument, debug, info_span, warn};
+use upr_shared::{
+    contract::subjects,
+    domain::{Command, RejectError, ReviewKey, Timestamp, parse_intake},
+};
+use uuid::Uuid;
+
+use crate::{
+    rejection::{RecordSender, RejectionRecord},
+    review::{Decision, ReviewCache},
+    stats::Counters,
+    store::{EventLog, StoreError},
+};
+
+/// Messages waiting for one worker; beyond this the intake loop waits.
+pub const WORKER_QUEUE: usize = 64;
+
+/// Time one command may take from the moment its worker starts it, so a
+/// `nats req` (5 s timeout) gets `unavailable` rather than a timeout.
+pub const BUDGET: Duration = Duration::from_millis(2500);
+
+/// Lost races retried before answering `unavailable`.
+pub const MAX_ATTEMPTS: usize = 20;
+
+/// The current time as ingest records it: UTC, milliseconds.
+pub fn now() -> Timestamp {
+    Timestamp::from_offset_datetime(OffsetDateTime::now_utc())
+        .map(Timestamp::truncate_to_millis)
+        .unwrap_or_else(|_| Timestamp::from_unix_millis(0).expect("the epoch is a valid timestamp"))
+}
+
+/// Replies, rejection records and counters: what every outcome goes through.
+#[derive(Clone)]
+pub struct Responder {
+    counters: Arc<Counters>,
+    records: RecordSender,
+}
+
+impl Responder {
+    /// A responder writing records to `records`.
+    pub fn new(counters: Arc<Counters>, records: RecordSender) -> Self {
+        Self { counters, records }
+    }
+
+    /// Answers a stored (or already stored) event.
+    async fn stored(&self, request: &Request, id: Uuid, seq: u64, duplicate: bool) {
+        if duplicate {
+            self.counters.duplicate();
+        } else {
+            self.counters.accepted();
+        }
+        let body = json!({"ok": true, "event_id": id, "seq": seq, "duplicate": duplicate});
+        reply(request, body).await;
+    }
+
+    /// Answers a refusal and records it on `upr.rejected`.
+    async fn refused(&self, request: &Request, error: RejectError, received_at: Timestamp) {
+        self.counters.rejected(error.code);
+        debug!(subject = %request.message.subject, code = %error.code, field = ?error.field, "refused");
+        let record = RejectionRecord::new(
+            request.message.subject.as_str(),
+            error.clone(),
+            &request.message.payload,
+            received_at,
+        );
+        reply(request, json!({"ok": false, "error": error})).await;
+        if self.records.send(record).await.is_err() {
+            warn!("rejection writer stopped; record dropped");
+        }
+    }
+}
+
+/// Sends the reply when the message was a request; a plain publish gets none.
+async fn reply(request: &Request, body: serde_json::Value) {
+    if request.message.reply.is_none() {
+        return;
+    }
+    let bytes = Bytes::from(body.to_string());
+    if let Err(e) = request.respond(Ok(bytes)).await {
+        warn!(subject = %request.message.subject, error = %e, "reply not sent");
+    }
+}
+
+/// One validated command on its way to its worker.
+pub struct Job {
+    request: Request,
+    command: Command,
+    received_at: Timestamp,
+}
+
+/// Validates and routes messages; owns the senders of the workers' queues.
+pub struct Dispatcher {
+    workers: Vec<mpsc::Sender<Job>>,
+    responder: Responder,
+}
+
+impl Dispatcher {
+    /// Starts `count` workers over `log`, each caching up to
+    /// `cache / count` reviews, and returns the dispatcher and their handles.
+    pub fn start(
+        count: usize,
+        cache: usize,
+        log: EventLog,
+        responder: Responder,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let count = count.max(1);
+        let per_worker = cache.div_ceil(count).max(1);
+        let mut senders = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            let worker = Worker {
+                log: log.clone(),
+                cache: ReviewCache::new(per_worker),
+                responder: responder.clone(),
+            };
+            handles.push(tokio::spawn(worker.run(rx)));
+            senders.push(tx);
+        }
+        (
+            Self {
+                workers: senders,
+                responder,
+            },
+            handles,
+        )
+    }
+
+    /// Validates one intake message; refuses it here or queues it for the
+    /// worker of its review (waiting while that queue is full).
+    pub async fn dispatch(&self, request: Request) {
+        let received_at = now();
+        let subject = request.message.subject.as_str();
+        let event_type = subject
+            .strip_prefix(subjects::INGEST_PREFIX)
+            .unwrap_or(subject);
+        match parse_intake(event_type, &request.message.payload) {
+            Err(error) => self.responder.refused(&request, error, received_at).await,
+            Ok(command) => {
+                let worker = &self.workers[shard(command.review_key(), self.workers.len())];
+                let job = Job {
+                    request,
+                    command,
+                    received_at,
+                };
+                if let Err(mpsc::error::SendError(job)) = worker.send(job).await {
+                    let error = RejectError::unavailable("ingest is shutting down");
+                    self.responder
+                        .refused(&job.request, error, job.received_at)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// The worker that owns `key`: stable for the life of the process.
+fn shard(key: ReviewKey, workers: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
+/// Handles the commands of its share of reviews, one at a time.
+struct Worker {
+    log: EventLog,
+    cache: ReviewCache,
+    responder: Responder,
+}
+
+/// A command's stored event.
+struct Stored {
+    id: Uuid,
+    seq: u64,
+    duplicate: bool,
+}
+
+impl Worker {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            let key = job.command.review_key();
+            let span = info_span!(
+                "intake",
+                subject = %job.request.message.subject,
+                review = %key,
+                seq = tracing::field::Empty,
+            );
+            self.handle(job).instrument(span).await;
+        }
+    }
+
+    async fn handle(&mut self, job: Job) {
+        let Job {
+            request,
+            command,
+            received_at,
+        } = job;
+        match self.append(command).await {
+            Ok(stored) => {
+                tracing::Span::current().record("seq", stored.seq);
+                debug!(event_id = %stored.id, duplicate = stored.duplicate, "stored");
+                self.responder
+                    .stored(&request, stored.id, stored.seq, stored.duplicate)
+                    .await;
+            }
+            Err(error) => self.responder.refused(&request, error, received_at).await,
+        }
+    }
+
+    /// Decide against the review's state and append under its last sequence;
+    /// a lost race reloads the state and decides again.
+    async fn append(&mut self, command: Command) -> Result<Stored, RejectError> {
+        let deadline = Instant::now() + BUDGET;
+        let key = command.review_key();
+        let event_type = command.event_type();
+        let id = command.event_id.unwrap_or_else(Uuid::now_v7);
+        let subject = subjects::event(key.country, key.session, event_type);
+        let envelope = Bytes::from(command.into_envelope(id, now()).to_json());
+        for attempt in 1..=MAX_ATTEMPTS {
+            let state = match self.cache.get_mut(&key) {
+                Some(state) => state,
+                None => {
+                    let loaded = self.log.load(key, deadline).await.map_err(unavailable)?;
+                    self.cache.insert(key, loaded)
+                }
+            };
+            let expected = match state.decide(id, event_type, key) {
+                Decision::Duplicate(seq) => {
+                    return Ok(Stored {
+                        id,
+                        seq,
+                        duplicate: true,
+                    });
+                }
+                Decision::Refuse(error) => return Err(error),
+                Decision::Append { expected_last_seq } => expected_last_seq,
+            };
+            let result = self
+                .log
+                .append(key, &subject, id, envelope.clone(), expected, deadline)
+                .await;
+            match result {
+                Ok(ack) if ack.duplicate => {
+                    // The server's window knew the id but this state did not:
+                    // the state is stale.
+                    self.cache.forget(&key);
+                    return Ok(Stored {
+                        id,
+                        seq: ack.sequence,
+                        duplicate: true,
+                    });
+                }
+                Ok(ack) => {
+                    state.appended(id, event_type, ack.sequence);
+                    return Ok(Stored {
+                        id,
+                        seq: ack.sequence,
+                        duplicate: false,
+                    });
+                }
+                Err(StoreError::Conflict) => {
+                    debug!(attempt, expected, "review changed meanwhile; reloading");
+                    self.cache.forget(&key);
+                }
+                Err(e @ StoreError::Unavailable(_)) => {
+                    // Whether it was stored is unknown: forget the state so
+                    // the next command reads the log.
+                    self.cache.forget(&key);
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        Err(RejectError::unavailable(format_args!(
+            "review {key} kept changing during {MAX_ATTEMPTS} attempts"
+        )))
+    }
+}
+
+fn unavailable(e: StoreError) -> RejectError {
+    warn!(error = %e, "event store unavailable");
+    RejectError::unavailable(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_review_always_goes_to_the_same_worker() {
+        let kz = ReviewKey::parse("KZ.48").unwrap();
+        let first = shard(kz, 256);
+        assert!((0..10).all(|_| shard(kz, 256) == first));
+        assert!(first < 256);
+        assert_eq!(shard(kz, 1), 0);
+    }
+
+    #[test]
+    fn recorded_times_have_millisecond_precision() {
+        let t = now();
+        assert_eq!(t.as_offset_datetime().nanosecond() % 1_000_000, 0);
+    }
+}

@@ -1,0 +1,250 @@
+//! What ingest knows about one review, folded from its history in the log,
+//! and the decision for a new command against it. Pure: no I/O, no clock.
+//!
+//! The state is only a cache of the log. Every append carries the review's
+//! last sequence as its expected value, so a stale state can never store a
+//! wrong event: the server refuses it, ingest reloads and decides again.
+
+use std::collections::HashMap;
+
+use upr_shared::domain::{EventType, RejectError, ReviewKey, ReviewStatus, decide, evolve};
+use uuid::Uuid;
+
+/// One review's status, last sequence over its subjects and every event id
+/// it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReviewLog {
+    status: Option<ReviewStatus>,
+    last_seq: u64,
+    /// Event id -> stream sequence. Keeps duplicates detectable for the
+    /// review's whole life, unlike the server's de-duplication window.
+    events: HashMap<Uuid, u64>,
+}
+
+/// What to do with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The event id is already stored at this sequence: answer, store nothing.
+    Duplicate(u64),
+    /// Append, expecting this last sequence over the review's subjects.
+    Append {
+        /// `Nats-Expected-Last-Subject-Sequence` (0: the review has no events).
+        expected_last_seq: u64,
+    },
+    /// The lifecycle forbids it.
+    Refuse(RejectError),
+}
+
+impl ReviewLog {
+    /// Folds one stored message of the review while loading its history.
+    /// `event` is `None` for a message that is not a valid event of this
+    /// review (written around ingest): it moves the sequence and may carry an
+    /// id, but does not change the status, as consumers skip it too.
+    pub fn load(&mut self, seq: u64, id: Option<Uuid>, event: Option<EventType>) {
+        self.last_seq = self.last_seq.max(seq);
+        if let Some(id) = id {
+            self.events.entry(id).or_insert(seq);
+        }
+        if let Some(event) = event {
+            self.status = evolve(self.status, event);
+        }
+    }
+
+    /// Duplicate first (a retry gets its original answer even when the
+    /// lifecycle has moved on), then the lifecycle rule.
+    pub fn decide(&self, id: Uuid, event: EventType, review: ReviewKey) -> Decision {
+        if let Some(seq) = self.events.get(&id) {
+            return Decision::Duplicate(*seq);
+        }
+        match decide(self.status, event, review) {
+            Ok(()) => Decision::Append {
+                expected_last_seq: self.last_seq,
+            },
+            Err(e) => Decision::Refuse(e),
+        }
+    }
+
+    /// Records an event ingest has just appended at `seq`.
+    pub fn appended(&mut self, id: Uuid, event: EventType, seq: u64) {
+        self.load(seq, Some(id), Some(event));
+    }
+
+    /// The last sequence over the review's subjects (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The review's status, `None` before its first lifecycle event.
+    pub fn status(&self) -> Option<ReviewStatus> {
+        self.status
+    }
+}
+
+/// A bounded map of review states. When full, an arbitrary entry is
+/// evicted: a miss only costs one read of the review's history.
+#[derive(Debug)]
+pub struct ReviewCache {
+    capacity: usize,
+    reviews: HashMap<ReviewKey, ReviewLog>,
+}
+
+impl ReviewCache {
+    /// A cache holding at most `capacity` reviews (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            reviews: HashMap::new(),
+        }
+    }
+
+    /// The cached state, if any.
+    pub fn get_mut(&mut self, key: &ReviewKey) -> Option<&mut ReviewLog> {
+        self.reviews.get_mut(key)
+    }
+
+    /// Stores a freshly loaded state, evicting another when full.
+    pub fn insert(&mut self, key: ReviewKey, log: ReviewLog) -> &mut ReviewLog {
+        if self.reviews.len() >= self.capacity
+            && !self.reviews.contains_key(&key)
+            && let Some(victim) = self.reviews.keys().next().copied()
+        {
+            self.reviews.remove(&victim);
+        }
+        self.reviews.entry(key).insert_entry(log).into_mut()
+    }
+
+    /// Forgets a review whose cached state proved stale or uncertain.
+    pub fn forget(&mut self, key: &ReviewKey) {
+        self.reviews.remove(key);
+    }
+
+    /// How many reviews are cached.
+    pub fn len(&self) -> usize {
+        self.reviews.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.reviews.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use EventType::*;
+    use upr_shared::domain::ErrorCode;
+
+    fn key() -> ReviewKey {
+        ReviewKey::parse("KZ.48").unwrap()
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    /// A review whose history is `(seq, id, type)`.
+    fn given(history: &[(u64, u128, EventType)]) -> ReviewLog {
+        let mut log = ReviewLog::default();
+        for (seq, n, ty) in history {
+            log.load(*seq, Some(id(*n)), Some(*ty));
+        }
+        log
+    }
+
+    #[test]
+    fn a_new_review_appends_expecting_sequence_zero() {
+        assert_eq!(
+            given(&[]).decide(id(1), ReviewScheduled, key()),
+            Decision::Append {
+                expected_last_seq: 0
+            }
+        );
+    }
+
+    #[test]
+    fn appends_expect_the_last_sequence_of_the_whole_review() {
+        let log = given(&[(3, 1, ReviewScheduled), (17, 2, SideEventHeld)]);
+        assert_eq!(
+            log.decide(id(3), ReviewHeld, key()),
+            Decision::Append {
+                expected_last_seq: 17
+            }
+        );
+        assert_eq!(
+            log.decide(id(3), SideEventHeld, key()),
+            Decision::Append {
+                expected_last_seq: 17
+            }
+        );
+    }
+
+    #[test]
+    fn a_known_event_id_is_a_duplicate_even_when_the_lifecycle_would_refuse_it() {
+        let log = given(&[(3, 1, ReviewScheduled), (9, 2, ReviewHeld)]);
+        assert_eq!(
+            log.decide(id(1), ReviewScheduled, key()),
+            Decision::Duplicate(3)
+        );
+        assert_eq!(log.decide(id(2), ReviewHeld, key()), Decision::Duplicate(9));
+    }
+
+    #[test]
+    fn lifecycle_conflicts_are_refused() {
+        let log = given(&[(3, 1, ReviewScheduled)]);
+        let Decision::Refuse(e) = log.decide(id(5), ReviewScheduled, key()) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(e.code, ErrorCode::Conflict);
+        let Decision::Refuse(e) = given(&[]).decide(id(5), ReportPublished, key()) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(e.code, ErrorCode::Conflict);
+    }
+
+    #[test]
+    fn malformed_messages_move_the_sequence_but_not_the_status() {
+        let mut log = given(&[(3, 1, ReviewScheduled)]);
+        log.load(8, None, None);
+        assert_eq!(log.status(), Some(ReviewStatus::Scheduled));
+        assert_eq!(
+            log.decide(id(4), ReviewHeld, key()),
+            Decision::Append {
+                expected_last_seq: 8
+            }
+        );
+    }
+
+    #[test]
+    fn appended_events_update_status_sequence_and_ids() {
+        let mut log = given(&[(3, 1, ReviewScheduled)]);
+        log.appended(id(2), ReviewCancelled, 12);
+        assert_eq!(
+            (log.status(), log.last_seq()),
+            (Some(ReviewStatus::Cancelled), 12)
+        );
+        assert_eq!(
+            log.decide(id(2), ReviewCancelled, key()),
+            Decision::Duplicate(12)
+        );
+        assert_eq!(
+            log.decide(id(3), ReviewScheduled, key()),
+            Decision::Append {
+                expected_last_seq: 12
+            }
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let mut cache = ReviewCache::new(2);
+        for k in ["KZ.48", "KZ.49", "FR.48", "FR.49"] {
+            cache.insert(ReviewKey::parse(k).unwrap(), ReviewLog::default());
+            assert!(cache.len() <= 2);
+        }
+        let fr = ReviewKey::parse("FR.49").unwrap();
+        assert!(cache.get_mut(&fr).is_some());
+        cache.forget(&fr);
+        assert!(cache.get_mut(&fr).is_none());
+    }
+}

@@ -1,0 +1,233 @@
+//! The event log as ingest uses it: read one review's history, append one
+//! event under an expected last sequence. JetStream details stay here.
+
+use std::time::Duration;
+
+use async_nats::{
+    Client, HeaderMap,
+    connection::State,
+    jetstream::{self, context::PublishErrorKind, message::PublishMessage, publish::PublishAck},
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::time::{Instant, timeout_at};
+use upr_shared::{
+    contract::{self, subjects},
+    domain::{Envelope, ReviewKey},
+};
+use uuid::Uuid;
+
+use crate::review::ReviewLog;
+
+/// How many history messages one direct-get batch asks for.
+const HISTORY_BATCH: usize = 256;
+
+/// Why an operation on the log did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the review since it was read.
+    #[error("the review changed since it was read")]
+    Conflict,
+    /// JetStream did not answer, or not in time. For an append this means
+    /// "not confirmed": the event id makes a retry safe.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Reads and appends to `UPR_EVENTS`.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    client: Client,
+    js: jetstream::Context,
+    direct_get: String,
+}
+
+impl EventLog {
+    /// An adapter over `js`, whose timeout bounds every publish acknowledgement.
+    pub fn new(client: Client, js: jetstream::Context) -> Self {
+        Self {
+            client,
+            js,
+            direct_get: contract::ingest::direct_get(contract::EVENTS_STREAM),
+        }
+    }
+
+    fn connected(&self) -> Result<(), StoreError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(StoreError::Unavailable(format!(
+                "NATS connection is {state}"
+            ))),
+        }
+    }
+
+    /// Reads the review's whole history (`upr.events.<C>.<S>.>`) with batched
+    /// direct gets, which need no consumer and answer 404 at once for a review
+    /// that has no events yet.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when JetStream does not answer by `deadline`.
+    pub async fn load(&self, key: ReviewKey, deadline: Instant) -> Result<ReviewLog, StoreError> {
+        let filter = subjects::review_events(key);
+        let mut log = ReviewLog::default();
+        let mut from = 1u64;
+        loop {
+            let (count, last) = self
+                .load_batch(key, &filter, from, deadline, &mut log)
+                .await?;
+            if count < HISTORY_BATCH {
+                return Ok(log);
+            }
+            from = last + 1;
+        }
+    }
+
+    /// One batch from `from`: returns how many messages came and the last seq.
+    async fn load_batch(
+        &self,
+        key: ReviewKey,
+        filter: &str,
+        from: u64,
+        deadline: Instant,
+        log: &mut ReviewLog,
+    ) -> Result<(usize, u64), StoreError> {
+        self.connected()?;
+        let unavailable =
+            |what: &str| StoreError::Unavailable(format!("reading review {key}: {what}"));
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?;
+        let request =
+            serde_json::json!({"seq": from, "next_by_subj": filter, "batch": HISTORY_BATCH});
+        self.client
+            .publish_with_reply(
+                self.direct_get.clone(),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?;
+        let mut count = 0;
+        let mut last = from.saturating_sub(1);
+        let result = loop {
+            let message = match timeout_at(deadline, replies.next()).await {
+                Err(_) => break Err(unavailable("no answer in time")),
+                Ok(None) => break Err(unavailable("connection closed")),
+                Ok(Some(m)) => m,
+            };
+            match message.status.map(|s| s.as_u16()) {
+                // 204: end of batch; 404: nothing (more) on these subjects.
+                Some(204 | 404) => break Ok((count, last)),
+                Some(503) => break Err(unavailable("no responders for the event stream")),
+                Some(code) => {
+                    let what = format!("status {code} {}", message.description.unwrap_or_default());
+                    break Err(unavailable(&what));
+                }
+                None => {}
+            }
+            let headers = message.headers.unwrap_or_default();
+            let Some(seq) = header(&headers, "Nats-Sequence").and_then(|s| s.parse().ok()) else {
+                break Err(unavailable("a history message without Nats-Sequence"));
+            };
+            let subject = header(&headers, "Nats-Subject").unwrap_or_default();
+            let id = header(&headers, "Nats-Msg-Id").and_then(|s| Uuid::try_parse(s).ok());
+            log.load(seq, id, valid_event(key, subject, &message.payload));
+            count += 1;
+            last = seq;
+        };
+        let _ = replies.unsubscribe().await;
+        result
+    }
+
+    /// Appends `envelope` on `subject` with `Nats-Msg-Id: id`, accepted by the
+    /// server only if the review's last sequence is still `expected_last_seq`.
+    ///
+    /// Nothing is sent while the connection is down: the client would queue
+    /// the publish and deliver it after reconnecting, long after the caller
+    /// was told `unavailable`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the review moved on;
+    /// [`StoreError::Unavailable`] when JetStream refused or did not answer by `deadline`.
+    pub async fn append(
+        &self,
+        key: ReviewKey,
+        subject: &str,
+        id: Uuid,
+        envelope: Bytes,
+        expected_last_seq: u64,
+        deadline: Instant,
+    ) -> Result<PublishAck, StoreError> {
+        self.connected()?;
+        let message = PublishMessage::build()
+            .payload(envelope)
+            .message_id(id.to_string())
+            .expected_last_subject_sequence(expected_last_seq)
+            .header(
+                contract::ingest::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                subjects::review_events(key).as_str(),
+            );
+        let timed_out =
+            || StoreError::Unavailable("the event stream did not acknowledge in time".into());
+        let ack = timeout_at(deadline, self.js.send_publish(subject.to_owned(), message))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(publish_error)?;
+        timeout_at(deadline, ack)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(publish_error)
+    }
+
+    /// Publishes a rejection record on `upr.rejected` (kept by `UPR_REJECTED`)
+    /// and returns the acknowledgement to await.
+    ///
+    /// # Errors
+    /// When the publish cannot even be sent.
+    pub async fn publish_rejection(
+        &self,
+        payload: Bytes,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        self.js.publish(subjects::REJECTED, payload).await
+    }
+}
+
+fn publish_error(e: jetstream::context::PublishError) -> StoreError {
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence => StoreError::Conflict,
+        PublishErrorKind::StreamNotFound => {
+            StoreError::Unavailable("no responders for the event stream".into())
+        }
+        PublishErrorKind::TimedOut => {
+            StoreError::Unavailable("the event stream did not acknowledge in time".into())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+/// The event type when `payload` is a valid envelope of this review stored on
+/// its own type's subject; `None` for anything written around ingest, which
+/// consumers skip and the lifecycle therefore ignores.
+fn valid_event(
+    key: ReviewKey,
+    subject: &str,
+    payload: &[u8],
+) -> Option<upr_shared::domain::EventType> {
+    let (country, session, ty) = subjects::parse_event(subject)?;
+    let envelope = Envelope::from_json(payload).ok()?;
+    let same = country == key.country
+        && session == key.session
+        && envelope.review_key() == key
+        && envelope.event_type() == ty;
+    same.then_some(ty)
+}
+
+/// How long a JetStream publish may wait for its acknowledgement.
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(2500);
