@@ -101,7 +101,9 @@ async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, asyn
 
 /// Creates the stream when missing, accepts it when compatible, refuses it
 /// otherwise. The de-duplication window and description may differ (they are
-/// tuning, not semantics): they are updated to the wanted value.
+/// tuning, not semantics) and are left as found: only the stream's owner
+/// sets them ([`ensure_own_stream`]), so a reader of the stream never resets
+/// what the owner was configured with (`UPR_DEDUP_WINDOW`).
 ///
 /// # Errors
 /// [`SetupError::Incompatible`] naming each difference, or
@@ -109,6 +111,27 @@ async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, asyn
 pub async fn ensure_stream(
     js: &jetstream::Context,
     want: stream::Config,
+) -> Result<stream::Stream, SetupError> {
+    ensure(js, want, false).await
+}
+
+/// Like [`ensure_stream`], for the service that owns the stream (ingest for
+/// the event log, the notifier for its streams): an existing stream's
+/// de-duplication window and description are updated to `want`.
+///
+/// # Errors
+/// As [`ensure_stream`].
+pub async fn ensure_own_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Stream, SetupError> {
+    ensure(js, want, true).await
+}
+
+async fn ensure(
+    js: &jetstream::Context,
+    want: stream::Config,
+    owner: bool,
 ) -> Result<stream::Stream, SetupError> {
     let name = want.name.clone();
     let js_err = |source: async_nats::Error| SetupError::JetStream {
@@ -132,8 +155,9 @@ pub async fn ensure_stream(
                     differences: differences.join("; "),
                 });
             }
-            if have.duplicate_window != want.duplicate_window
-                || have.description != want.description
+            if owner
+                && (have.duplicate_window != want.duplicate_window
+                    || have.description != want.description)
             {
                 info!(stream = %name, "updating de-duplication window / description");
                 js.update_stream(&want)
@@ -201,11 +225,7 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<Strin
         limit(have.max_messages),
         limit(want.max_messages),
     );
-    check(
-        "max_bytes",
-        limit(have.max_bytes),
-        limit(want.max_bytes),
-    );
+    check("max_bytes", limit(have.max_bytes), limit(want.max_bytes));
     check(
         "max_msgs_per_subject",
         limit(have.max_messages_per_subject),

@@ -235,7 +235,7 @@ async fn ensure_streams(
     let mut delay = Duration::from_millis(100);
     for want in configs {
         loop {
-            match upr_shared::nats::ensure_stream(js, want.clone()).await {
+            match upr_shared::nats::ensure_own_stream(js, want.clone()).await {
                 Ok(_) => break,
                 Err(e @ SetupError::Incompatible { .. }) => return Err(e.into()),
                 Err(e) if started.elapsed() < SETUP_PATIENCE => {

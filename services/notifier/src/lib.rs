@@ -32,7 +32,7 @@ use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, notifier as names, services},
     domain::{Lead, Timestamp, parse_leads},
-    nats::ensure_stream,
+    nats::{ensure_own_stream, ensure_stream},
     service::{self, BoxError},
 };
 
@@ -104,23 +104,19 @@ impl App {
         let client = upr_shared::nats::connect(&config.common.nats, services::NOTIFIER).await?;
         let js = jetstream::new(client.clone());
 
-        // Keep the event log's de-duplication window as ingest set it
-        // (UPR_DEDUP_WINDOW); the default only applies when creating it.
-        let window = match js.get_stream(contract::EVENTS_STREAM).await {
-            Ok(mut s) => s
-                .info()
-                .await
-                .map(|i| i.config.duplicate_window)
-                .unwrap_or(contract::DEFAULT_DEDUP_WINDOW),
-            Err(_) => contract::DEFAULT_DEDUP_WINDOW,
-        };
-        let events = ensure_stream(&js, contract::events_stream(replicas, window)).await?;
-        ensure_stream(
+        // The event log belongs to ingest: ensure_stream leaves its
+        // de-duplication window (UPR_DEDUP_WINDOW) as ingest set it.
+        let events = ensure_stream(
+            &js,
+            contract::events_stream(replicas, contract::DEFAULT_DEDUP_WINDOW),
+        )
+        .await?;
+        ensure_own_stream(
             &js,
             contract::notifications_stream(replicas, names::NOTIFICATIONS_DEDUP_WINDOW),
         )
         .await?;
-        let timers = ensure_stream(&js, names::timers_stream(replicas)).await?;
+        let timers = ensure_own_stream(&js, names::timers_stream(replicas)).await?;
         let kv = upr_shared::nats::ensure_bucket(&js, names::state_bucket(replicas)).await?;
         info!(
             leads = %config.leads.iter().map(Lead::label).collect::<Vec<_>>().join(","),

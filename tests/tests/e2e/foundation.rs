@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-use upr_shared::contract::services;
+use upr_shared::contract::{self, services};
 use upr_tests::{NatsServer, ServiceProcess};
 
 #[tokio::test]
 async fn each_service_answers_ping_and_healthcheck_and_exits_0_on_sigterm() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let mut processes: Vec<ServiceProcess> = [services::INGEST, services::PROJECTION, services::NOTIFIER]
-        .into_iter()
-        .map(|name| ServiceProcess::start(name, &nats.url(), &[]))
-        .collect();
+    let mut processes: Vec<ServiceProcess> =
+        [services::INGEST, services::PROJECTION, services::NOTIFIER]
+            .into_iter()
+            .map(|name| ServiceProcess::start(name, &nats.url(), &[]))
+            .collect();
     for p in &processes {
         p.wait_healthy().await;
     }
@@ -28,7 +29,11 @@ async fn each_service_answers_ping_and_healthcheck_and_exits_0_on_sigterm() {
     }
     for p in &mut processes {
         let status = p.terminate(Duration::from_secs(10));
-        assert!(status.success(), "exit status {status:?}; log:\n{}", p.logs());
+        assert!(
+            status.success(),
+            "exit status {status:?}; log:\n{}",
+            p.logs()
+        );
     }
 }
 
@@ -49,4 +54,25 @@ async fn a_service_started_before_nats_connects_once_nats_is_up() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.restart();
     ingest.wait_healthy().await;
+}
+
+#[tokio::test]
+async fn only_ingest_sets_the_event_logs_dedup_window() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let ingest =
+        ServiceProcess::start(services::INGEST, &nats.url(), &[("UPR_DEDUP_WINDOW", "2h")]);
+    ingest.wait_healthy().await;
+    for name in [services::PROJECTION, services::NOTIFIER] {
+        let p = ServiceProcess::start(name, &nats.url(), &[]);
+        p.wait_healthy().await;
+    }
+    let info = js
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(7200));
 }
