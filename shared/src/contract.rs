@@ -146,6 +146,15 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The event log: file storage, kept forever, direct gets on so ingest can
 /// read a review's last message without a consumer.
+///
+/// Durability (docs/reliability.md): every stream and bucket here is file
+/// storage with the server's default persist mode (`persist_mode` unset),
+/// so a publish is acknowledged only after the message is written to the
+/// store: it survives a crash of nats-server (`kill -9`). Whether it also
+/// survives a power loss is the server's `jetstream.sync_interval` (default
+/// 2 min; `always` fsyncs before each ack), an operator setting, not a
+/// stream one. Replicas come from `UPR_REPLICAS` (3 on a cluster: the ack
+/// then waits for a quorum of 2).
 pub fn events_stream(replicas: usize, dedup_window: Duration) -> stream::Config {
     stream::Config {
         name: EVENTS_STREAM.into(),
@@ -213,22 +222,29 @@ pub fn read_model_bucket(bucket: &str, replicas: usize) -> kv::Config {
 /// checkpoint.
 pub const PROJECTION_CONSUMER: &str = "upr-projection";
 
-/// Most events the projection folds before it writes and acks; the
-/// consumer's `max_ack_pending` is above it so a full batch is never throttled.
+/// Most events the projection folds in one batch.
 pub const PROJECTION_MAX_BATCH: usize = 20_000;
 
-/// The projection's consumer: from sequence 1, ack-all (one ack per written
-/// batch), a generous ack wait because a batch is acked only after its KV
-/// writes are durable.
+/// Most messages the projection holds unacked: it acks at checkpoints (at
+/// most 200,000 events apart while catching up), so this is above that plus
+/// a batch and the server never throttles a catch-up.
+pub const PROJECTION_MAX_ACK_PENDING: i64 = 300_000;
+
+/// The projection's consumer: from sequence 1, ack-all (one ack per
+/// checkpoint), a generous ack wait because messages are acked only after
+/// their KV writes are durable.
 pub fn projection_consumer() -> async_nats::jetstream::consumer::pull::Config {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
     async_nats::jetstream::consumer::pull::Config {
         durable_name: Some(PROJECTION_CONSUMER.into()),
-        description: Some("UPR Tracker projection: folds the log into upr_reviews, upr_sessions, upr_countries".into()),
+        description: Some(
+            "UPR Tracker projection: folds the log into upr_reviews, upr_sessions, upr_countries"
+                .into(),
+        ),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::All,
         ack_wait: Duration::from_secs(60),
-        max_ack_pending: (PROJECTION_MAX_BATCH * 2) as i64,
+        max_ack_pending: PROJECTION_MAX_ACK_PENDING,
         ..Default::default()
     }
 }
@@ -323,7 +339,9 @@ pub mod notifier {
     pub fn timers_stream(replicas: usize) -> stream::Config {
         stream::Config {
             name: TIMERS_STREAM.into(),
-            description: Some("UPR Tracker notifier: one message schedule per pending reminder".into()),
+            description: Some(
+                "UPR Tracker notifier: one message schedule per pending reminder".into(),
+            ),
             subjects: vec![TIMERS_ALL.into()],
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,

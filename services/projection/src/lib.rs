@@ -1,22 +1,51 @@
-//! `upr-projection`: Folds the UPR event log into read models and answers queries.
+//! `upr-projection`: folds the UPR event log into read models and answers
+//! queries about them.
 //!
-//! [`App::build`] connects and sets up what the service needs; [`App::run`]
-//! serves until the shutdown future resolves, then drains the connection.
-//! `main.rs` only wires configuration, telemetry and the signal.
+//! Where things live:
+//! - [`store`]: the three buckets and the durable consumer; created, checked,
+//!   emptied (replay from sequence 1) and scanned.
+//! - [`projector`]: the consumer loop: batch, fold (the domain's pure
+//!   `read_models`), write each changed value once, then ack.
+//! - [`cache`]: the bounded working set of decoded values.
+//! - [`upcoming`]: the in-memory index of scheduled reviews.
+//! - [`query`]: the `upr.query.*` endpoints of the micro service.
+//! - [`state`]: what the loop shares with the queries and the stats.
+//!
+//! [`App::build`] connects and sets everything up; [`App::run`] serves until
+//! the shutdown future resolves. [`rebuild`] is `upr-projection rebuild`.
 
-use std::future::Future;
+pub mod cache;
+pub mod projector;
+pub mod query;
+pub mod state;
+pub mod store;
+pub mod upcoming;
 
+use std::{future::Future, sync::Arc};
+
+use async_nats::jetstream;
+use tokio::sync::watch;
+use tracing::info;
 use upr_shared::{
-    config::{CommonConfig, ConfigError, process_env},
-    contract::services,
+    config::{self, CommonConfig, ConfigError, Lookup, process_env},
+    contract::{self, PROJECTION_MAX_BATCH, services},
     service::{self, BoxError},
 };
+
+use crate::{projector::Projector, query::Queries, state::Shared, store::Store};
 
 /// Settings of this service, read from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// NATS connection and replicas.
     pub common: CommonConfig,
+    /// `UPR_PROJECTION_BATCH` (default 10000, at most 20000): most events
+    /// folded before one round of writes and one ack. Larger batches
+    /// coalesce more writes when catching up.
+    pub max_batch: usize,
+    /// `UPR_PROJECTION_CACHE_MB` (default 32): memory for cached values
+    /// between batches, counted as their JSON size plus overhead.
+    pub cache_bytes: usize,
 }
 
 impl Config {
@@ -25,44 +54,174 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the variable that cannot be used.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&process_env)
+    }
+
+    /// Reads settings through `env` (tests pass a map).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable that cannot be used.
+    pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
+        let number = |var: &'static str, default: usize, max: usize| match env(var) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    config::err(
+                        var,
+                        &format!("must be a whole number from 1 to {max}, got {v:?}"),
+                    )
+                }),
+        };
         Ok(Self {
-            common: CommonConfig::from_lookup(&process_env)?,
+            common: CommonConfig::from_lookup(env)?,
+            max_batch: number("UPR_PROJECTION_BATCH", 10_000, PROJECTION_MAX_BATCH)?,
+            cache_bytes: number("UPR_PROJECTION_CACHE_MB", 32, 64 * 1024)? * 1024 * 1024,
         })
     }
+}
+
+/// Connects and makes sure the event log exists (the projection may start
+/// before ingest).
+async fn connect(
+    config: &Config,
+) -> Result<
+    (
+        async_nats::Client,
+        jetstream::Context,
+        jetstream::stream::Stream,
+    ),
+    BoxError,
+> {
+    let client = upr_shared::nats::connect(&config.common.nats, services::PROJECTION).await?;
+    let js = jetstream::new(client.clone());
+    let events = upr_shared::nats::ensure_stream(
+        &js,
+        contract::events_stream(config.common.replicas, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await?;
+    Ok((client, js, events))
 }
 
 /// The running service.
 pub struct App {
     client: async_nats::Client,
     service: async_nats::service::Service,
+    projector: Projector,
+    stop: watch::Sender<bool>,
 }
 
 impl App {
-    /// Connects to NATS (retrying until it answers) and registers the micro service.
+    /// Connects (retrying until NATS answers), checks or creates the stream,
+    /// the buckets and the consumer (replaying from 1 when any was missing),
+    /// loads the upcoming index and registers the micro service with its
+    /// query endpoints.
     ///
     /// # Errors
-    /// When NATS refuses the setup.
+    /// When NATS refuses the setup (e.g. an incompatible bucket).
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let client = upr_shared::nats::connect(&config.common.nats, services::PROJECTION).await?;
+        let (client, js, events) = connect(&config).await?;
+        let (store, _) = Store::open(js, events, config.common.replicas).await?;
+        let shared = Arc::new(Shared::default());
+        let (stop, stopping) = watch::channel(false);
+        let mut projector = Projector::new(
+            store.clone(),
+            shared.clone(),
+            config.cache_bytes,
+            config.max_batch,
+            stopping,
+        );
+        projector.load().await?;
+        let stats = shared.clone();
         let service = service::start_micro(
             &client,
             services::PROJECTION,
             "Folds the UPR event log into read models and answers queries",
-            |_, _| serde_json::Value::Null,
+            move |_, _| stats.stats_json(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok(Self { client, service })
+        .await?;
+        Queries::new(store, shared).serve(&service).await?;
+        Ok(Self {
+            client,
+            service,
+            projector,
+            stop,
+        })
     }
 
-    /// Serves until `shutdown` resolves, then stops the micro service and drains.
+    /// Consumes and serves until `shutdown` resolves; then finishes the
+    /// batch in hand (written and acked), stops the micro service and drains.
     ///
     /// # Errors
-    /// When draining the connection fails.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        shutdown.await;
-        self.service.stop().await.map_err(|e| e.to_string())?;
+    /// When the read models cannot be reset, or draining fails.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let run = self.projector.run(None);
+        tokio::pin!(run, shutdown);
+        let result = tokio::select! {
+            r = &mut run => r,
+            () = &mut shutdown => {
+                self.stop.send_replace(true);
+                run.await
+            }
+        };
+        self.service.stop().await?;
         self.client.drain().await?;
-        Ok(())
+        result
     }
+}
+
+/// `upr-projection rebuild`: empties the read models (buckets and consumer
+/// deleted and recreated), replays the log from sequence 1 and returns once
+/// everything that was in the stream at the start is applied.
+///
+/// Run it while the service is stopped: a running instance would see its
+/// consumer deleted and start its own replay.
+///
+/// # Errors
+/// When JetStream refuses the reset, or `shutdown` resolves first.
+pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+    let (client, js, events) = connect(&config).await?;
+    let (store, was_reset) = Store::open(js, events, config.common.replicas).await?;
+    if !was_reset {
+        store.reset().await?;
+    }
+    let target = store.stream_last_seq().await?;
+    info!(target, "rebuilding the read models from sequence 1");
+    let started = std::time::Instant::now();
+    let shared = Arc::new(Shared::default());
+    let (stop, stopping) = watch::channel(false);
+    let mut projector = Projector::new(
+        store,
+        shared.clone(),
+        config.cache_bytes,
+        config.max_batch,
+        stopping,
+    );
+    projector.load().await?;
+    let run = projector.run(Some(target));
+    tokio::pin!(run, shutdown);
+    tokio::select! {
+        r = &mut run => r?,
+        () = &mut shutdown => {
+            stop.send_replace(true);
+            run.await?;
+            client.drain().await?;
+            return Err("rebuild interrupted before it finished; run it again".into());
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = shared.stats_json();
+    info!(
+        applied_seq = shared.applied_seq(),
+        events_applied = %stats["events_applied"],
+        malformed_skipped = %stats["malformed_skipped"],
+        seconds = elapsed.as_secs_f64(),
+        events_per_second = (target as f64 / elapsed.as_secs_f64().max(1e-9)) as u64,
+        "rebuild complete"
+    );
+    client.drain().await?;
+    Ok(())
 }

@@ -215,14 +215,18 @@ impl SessionView {
             let status = evolve(prev.as_ref().map(|r| r.status), event.event_type());
             let scheduled_for = new_date(event).or(prev.and_then(|r| r.scheduled_for));
             if let Some(status) = status {
-                self.reviews.push(SessionReview {
+                // The list is kept sorted and a country appears once, so a
+                // binary search finds the place a full sort would give.
+                let order =
+                    |r: &SessionReview| (r.scheduled_for.is_none(), r.scheduled_for, r.country);
+                let item = SessionReview {
                     country: event.country,
                     status,
                     scheduled_for,
-                });
+                };
+                let at = self.reviews.partition_point(|r| order(r) < order(&item));
+                self.reviews.insert(at, item);
             }
-            self.reviews
-                .sort_by_key(|r| (r.scheduled_for.is_none(), r.scheduled_for, r.country));
         }
         self.last_seq = seq;
         true
@@ -757,6 +761,10 @@ pub(crate) mod tests {
                 let log: Vec<Envelope> = specs.into_iter().enumerate().map(|(i, s)| make(i as u64 + 1, s)).collect();
                 let seqd = || log.iter().enumerate().map(|(i, e)| (i as u64 + 1, e));
                 let once = ReadModels::fold(seqd());
+                for s in once.sessions.values() {
+                    let order: Vec<_> = s.reviews.iter().map(|r| (r.scheduled_for.is_none(), r.scheduled_for, r.country)).collect();
+                    prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "session reviews out of order: {:?}", order);
+                }
                 prop_assert_eq!(bytes(&once), bytes(&ReadModels::fold(seqd())));
 
                 // Live: each event may be redelivered right away, or an old one later.

@@ -1,0 +1,715 @@
+//! The consumer loop: pull a batch from `UPR_EVENTS`, fold it into the
+//! working set, write every changed review value once (puts in flight
+//! together), and at each checkpoint also the changed session and country
+//! values, then publish the applied sequence and ack (ack-all on the last
+//! message).
+//!
+//! Checkpoints happen after every batch once caught up (so a live event is
+//! visible at once), and every [`CHECKPOINT_INTERVAL`] or
+//! [`CHECKPOINT_EVENTS`] while catching up: session and country values
+//! aggregate hundreds of reviews, so writing them once per checkpoint rather
+//! than once per batch is what makes a rebuild fast.
+//!
+//! Exactly-once effect: a value's `last_seq` is written with the value, and
+//! the fold skips any sequence at or below it, so events redelivered after a
+//! crash before the ack change nothing where they were already written. The
+//! ack only moves the consumer past what is durable in all three buckets.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind, kv};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+use upr_shared::{
+    contract::subjects,
+    domain::{CountryView, Envelope, ReviewView, SessionView},
+    service::BoxError,
+};
+
+use crate::{
+    cache::{Table, View, WorkingSet},
+    state::Shared,
+    store::Store,
+};
+
+/// How many messages one pull request asks for.
+const PULL_BATCH: usize = 1000;
+/// KV reads in flight at once when a batch misses the cache.
+const LOAD_CONCURRENCY: usize = 256;
+/// Most values written in one round of concurrent puts.
+const WRITE_CHUNK_VALUES: usize = 2048;
+/// Most JSON bytes written in one round of concurrent puts, which bounds the
+/// memory a write round needs however large the values are.
+const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// While catching up, write session and country values and ack at least
+/// this often, or, when a checkpoint takes long (large aggregates), so that
+/// at most a tenth of the time is spent checkpointing...
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// ...and at the latest after this many messages (kept below the
+/// consumer's `max_ack_pending`).
+pub const CHECKPOINT_EVENTS: u64 = 200_000;
+/// How long the loop waits for more messages with a checkpoint due before
+/// writing it anyway.
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
+
+/// Why a batch could not be completed.
+#[derive(Debug)]
+enum Interrupt {
+    /// The service is stopping; nothing of the batch was acked.
+    Shutdown,
+    /// The buckets or the consumer no longer match (deleted by an operator,
+    /// or a known value is gone): empty everything and replay from 1.
+    Replay(String),
+    /// A delivery skipped ahead of the applied sequence; what came before
+    /// the gap is written and acked, the consumer must deliver from
+    /// `applied + 1` again.
+    Gap {
+        /// The sequence expected.
+        expected: u64,
+        /// The sequence delivered.
+        got: u64,
+    },
+}
+
+/// Folds the event log into the read models.
+pub struct Projector {
+    store: Store,
+    shared: Arc<Shared>,
+    set: WorkingSet,
+    max_batch: usize,
+    /// The last sequence durable in all three buckets and acked (mirrors
+    /// `shared`).
+    applied: u64,
+    /// The last sequence folded into the working set (>= `applied`).
+    folded: u64,
+    /// The last message folded but not yet acked (acked at the checkpoint).
+    unacked: Option<jetstream::Message>,
+    /// When the last checkpoint was written.
+    checkpointed_at: std::time::Instant,
+    /// How long the last checkpoint took.
+    checkpoint_cost: Duration,
+    /// Set right after the consumer was (re)created at a start sequence:
+    /// the first delivery is then the first message that exists, so a
+    /// jump there is a real hole in the stream, not a lost delivery.
+    accept_gap: bool,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Projector {
+    /// A projector over `store`; `cache_bytes` bounds the working set,
+    /// `max_batch` the events folded per write.
+    pub fn new(
+        store: Store,
+        shared: Arc<Shared>,
+        cache_bytes: usize,
+        max_batch: usize,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            store,
+            shared,
+            set: WorkingSet::new(cache_bytes),
+            max_batch,
+            applied: 0,
+            folded: 0,
+            unacked: None,
+            checkpointed_at: std::time::Instant::now(),
+            checkpoint_cost: Duration::ZERO,
+            accept_gap: false,
+            stopping,
+        }
+    }
+
+    /// Reads what the buckets already hold: the keys that exist, the
+    /// upcoming index, and the consumer's ack floor as the applied sequence.
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn load(&mut self) -> Result<(), BoxError> {
+        self.set.clear();
+        let mut index = crate::upcoming::UpcomingIndex::default();
+        let reviews = &mut self.set.reviews;
+        let mut corrupt = 0u64;
+        let bucket = upr_shared::contract::REVIEWS_BUCKET;
+        self.store
+            .scan(bucket, false, |key, value| {
+                match serde_json::from_slice::<ReviewView>(value) {
+                    Ok(view) if ReviewView::parse_key(key) == Some(view.key()) => {
+                        reviews.mark_known(view.key());
+                        index.update(&view);
+                    }
+                    _ => corrupt += 1,
+                }
+            })
+            .await?;
+        if corrupt > 0 {
+            warn!(
+                bucket,
+                corrupt,
+                "values that are not read models found; they are replaced when their review changes"
+            );
+        }
+        let sessions = &mut self.set.sessions;
+        self.store
+            .scan(upr_shared::contract::SESSIONS_BUCKET, true, |key, _| {
+                if let Some(k) = SessionView::parse_key(key) {
+                    sessions.mark_known(k);
+                }
+            })
+            .await?;
+        let countries = &mut self.set.countries;
+        self.store
+            .scan(upr_shared::contract::COUNTRIES_BUCKET, true, |key, _| {
+                if let Some(k) = CountryView::parse_key(key) {
+                    countries.mark_known(k);
+                }
+            })
+            .await?;
+        let scheduled = index.len();
+        *self
+            .shared
+            .upcoming
+            .write()
+            .map_err(|_| "upcoming index poisoned")? = index;
+        let consumer = self.store.consumer().await?;
+        self.applied = consumer.cached_info().ack_floor.stream_sequence;
+        self.folded = self.applied;
+        self.unacked = None;
+        self.shared.set_applied(self.applied);
+        info!(applied_seq = self.applied, scheduled, "read models loaded");
+        Ok(())
+    }
+
+    /// Empties the read models and starts over from sequence 1.
+    async fn replay(&mut self, reason: &str) -> Result<(), BoxError> {
+        warn!(
+            reason,
+            "emptying the read models and replaying the log from sequence 1"
+        );
+        self.store.reset().await?;
+        self.set.clear();
+        self.shared
+            .upcoming
+            .write()
+            .map_err(|_| "upcoming index poisoned")?
+            .clear();
+        self.applied = 0;
+        self.folded = 0;
+        self.unacked = None;
+        self.accept_gap = true;
+        self.shared.set_applied(0);
+        self.shared.replays.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Waits `delay`, or less when the service is stopping.
+    async fn pause(&mut self, delay: Duration) {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// Consumes until the service stops or, with `until`, until every
+    /// sequence up to `until` is applied.
+    ///
+    /// # Errors
+    /// Only when the read models cannot be reset (JetStream refusing);
+    /// transient failures are retried.
+    pub async fn run(&mut self, until: Option<u64>) -> Result<(), BoxError> {
+        let mut backoff = Duration::from_millis(100);
+        'consume: loop {
+            if self.is_stopping() || until.is_some_and(|t| self.applied >= t) {
+                return Ok(());
+            }
+            let consumer = match self.store.consumer().await {
+                Ok(c) => c,
+                Err(e) => {
+                    if matches!(self.store.consumer_exists().await, Ok(false)) {
+                        self.replay("the consumer is gone").await?;
+                    } else {
+                        warn!(error = %e, retry_in = ?backoff, "cannot bind to the consumer");
+                        self.pause(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    continue 'consume;
+                }
+            };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(PULL_BATCH)
+                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "cannot pull from the consumer");
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue 'consume;
+                }
+            };
+            loop {
+                let mut stopping = self.stopping.clone();
+                let due = self.folded > self.applied;
+                let first = tokio::select! {
+                    m = messages.next() => m,
+                    () = tokio::time::sleep(IDLE_CHECKPOINT), if due => {
+                        if let Err(i) = self.checkpoint().await {
+                            match i {
+                                Interrupt::Replay(reason) => self.replay(&reason).await?,
+                                Interrupt::Shutdown | Interrupt::Gap { .. } => return Ok(()),
+                            }
+                            continue 'consume;
+                        }
+                        continue;
+                    }
+                    _ = stopping.wait_for(|s| *s) => {
+                        // Finish the work in hand: write it and ack it.
+                        let _ = self.checkpoint().await;
+                        return Ok(());
+                    }
+                };
+                let mut batch = Vec::new();
+                let mut failure = None;
+                match first {
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(e)) => failure = Some(e),
+                    None => continue 'consume,
+                }
+                // Take what is ready, and wait briefly for more while the
+                // consumer says more is pending: bigger batches coalesce
+                // more writes.
+                while failure.is_none() && batch.len() < self.max_batch {
+                    let pending = batch
+                        .last()
+                        .and_then(|m| m.info().ok())
+                        .map_or(0, |i| i.pending);
+                    let next = if pending > 0 {
+                        tokio::time::timeout(Duration::from_millis(100), messages.next())
+                            .await
+                            .ok()
+                            .flatten()
+                    } else {
+                        messages.next().now_or_never().flatten()
+                    };
+                    match next {
+                        Some(Ok(m)) => batch.push(m),
+                        Some(Err(e)) => failure = Some(e),
+                        None => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    match self.process(batch).await {
+                        Ok(()) => backoff = Duration::from_millis(100),
+                        Err(Interrupt::Shutdown) => return Ok(()),
+                        Err(Interrupt::Replay(reason)) => {
+                            self.replay(&reason).await?;
+                            continue 'consume;
+                        }
+                        Err(Interrupt::Gap { expected, got }) => {
+                            warn!(
+                                expected,
+                                got,
+                                "delivery skipped ahead; redelivering from the last applied sequence"
+                            );
+                            drop(messages);
+                            if let Err(e) = self.store.reposition(expected).await {
+                                warn!(error = %e, retry_in = ?backoff, "cannot reposition the consumer");
+                                self.pause(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                            } else {
+                                self.accept_gap = true;
+                            }
+                            continue 'consume;
+                        }
+                    }
+                    if until.is_some_and(|t| self.applied >= t) {
+                        return Ok(());
+                    }
+                }
+                if let Some(e) = failure {
+                    if e.kind() == MessagesErrorKind::ConsumerDeleted
+                        || matches!(self.store.consumer_exists().await, Ok(false))
+                    {
+                        self.replay("the consumer was deleted").await?;
+                    } else {
+                        warn!(error = %e, "pulling from the consumer failed; pulling again");
+                        self.pause(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    continue 'consume;
+                }
+            }
+        }
+    }
+
+    /// Folds one batch (up to a gap, if there is one), writes its review
+    /// values, and checkpoints when due.
+    async fn process(&mut self, batch: Vec<jetstream::Message>) -> Result<(), Interrupt> {
+        let stamp = self.set.tick();
+        let mut events = Vec::with_capacity(batch.len());
+        let mut last_seq = self.folded;
+        let mut malformed = 0u64;
+        let mut lag = None;
+        let mut gap = None;
+        // The last message taken from the batch: acking it acks all before it.
+        let mut ack = None;
+        for (i, message) in batch.iter().enumerate() {
+            let Ok(info) = message.info() else {
+                warn!(subject = %message.subject, "message without JetStream metadata; skipped");
+                continue;
+            };
+            let seq = info.stream_sequence;
+            if seq <= self.folded {
+                ack = Some(i);
+                continue; // redelivered, already folded
+            }
+            if seq != last_seq + 1 && !self.accept_gap {
+                gap = Some(Interrupt::Gap {
+                    expected: last_seq + 1,
+                    got: seq,
+                });
+                break;
+            }
+            self.accept_gap = false;
+            ack = Some(i);
+            lag = Some(info.pending);
+            last_seq = seq;
+            match decode(message.subject.as_str(), &message.payload) {
+                Ok(event) => events.push((seq, event)),
+                Err(reason) => {
+                    malformed += 1;
+                    warn!(seq, subject = %message.subject, %reason, "skipping a message that is not a valid event");
+                }
+            }
+        }
+        let span = info_span!(
+            "batch",
+            first_seq = events.first().map(|e| e.0),
+            last_seq,
+            events = events.len()
+        );
+        async {
+            let started = std::time::Instant::now();
+            self.load_missing(&events, stamp).await?;
+            let loaded = started.elapsed();
+            let mut applied = 0u64;
+            for (seq, event) in &events {
+                let _e = tracing::trace_span!("event", seq, subject = %subjects::event(event.country, event.session, event.event_type())).entered();
+                if self.set.apply(*seq, event) {
+                    applied += 1;
+                }
+            }
+            let folded = started.elapsed();
+            self.write_reviews().await?;
+            let written = started.elapsed();
+            self.folded = last_seq;
+            if let Some(i) = ack {
+                self.unacked = batch.into_iter().nth(i);
+            }
+            self.shared.events_applied.fetch_add(applied, Ordering::Relaxed);
+            self.shared.malformed_skipped.fetch_add(malformed, Ordering::Relaxed);
+            let caught_up = lag.is_none_or(|l| l == 0);
+            if let Some(l) = lag {
+                self.shared.lag.store(l, Ordering::Relaxed);
+            }
+            if caught_up
+                || gap.is_some()
+                || self.folded - self.applied >= CHECKPOINT_EVENTS
+                || self.checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL.max(self.checkpoint_cost * 9)
+            {
+                self.checkpoint().await?;
+            }
+            self.set.evict();
+            debug!(
+                applied,
+                malformed,
+                lag,
+                load_ms = loaded.as_millis(),
+                fold_ms = (folded - loaded).as_millis(),
+                write_ms = (written - folded).as_millis(),
+                total_ms = started.elapsed().as_millis(),
+                cache_bytes = self.set.weight(),
+                "batch folded"
+            );
+            gap.map_or(Ok(()), Err)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes the changed session and country values, then publishes the
+    /// applied sequence and acks everything folded so far.
+    async fn checkpoint(&mut self) -> Result<(), Interrupt> {
+        let started = std::time::Instant::now();
+        let buckets = self.store.buckets.clone();
+        self.write_reviews().await?;
+        self.write_dirty(|s| &mut s.sessions, &buckets.sessions)
+            .await?;
+        self.write_dirty(|s| &mut s.countries, &buckets.countries)
+            .await?;
+        self.checkpointed_at = std::time::Instant::now();
+        self.checkpoint_cost = started.elapsed();
+        if self.folded == self.applied && self.unacked.is_none() {
+            return Ok(());
+        }
+        self.applied = self.folded;
+        self.shared.set_applied(self.applied);
+        if let Some(last) = self.unacked.take()
+            && let Err(e) = last.ack().await
+        {
+            // Harmless: the messages are redelivered and skipped by last_seq.
+            warn!(error = %e, "ack failed; the messages will be redelivered and skipped");
+        }
+        debug!(
+            applied_seq = self.applied,
+            ms = self.checkpoint_cost.as_millis(),
+            "checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Reads from KV the values this batch needs that exist there but are
+    /// not cached.
+    async fn load_missing(
+        &mut self,
+        events: &[(u64, Envelope)],
+        stamp: u64,
+    ) -> Result<(), Interrupt> {
+        let buckets = self.store.buckets.clone();
+        let values = self
+            .fetch(&buckets.reviews, missing_keys(&self.set.reviews, events))
+            .await?;
+        insert_loaded(&mut self.set.reviews, values, stamp)?;
+        let values = self
+            .fetch(&buckets.sessions, missing_keys(&self.set.sessions, events))
+            .await?;
+        insert_loaded(&mut self.set.sessions, values, stamp)?;
+        let values = self
+            .fetch(
+                &buckets.countries,
+                missing_keys(&self.set.countries, events),
+            )
+            .await?;
+        insert_loaded(&mut self.set.countries, values, stamp)
+    }
+
+    /// Gets `keys` from `bucket` concurrently, retrying until JetStream answers.
+    async fn fetch<K: Copy + std::fmt::Display>(
+        &mut self,
+        bucket: &kv::Store,
+        keys: Vec<K>,
+    ) -> Result<Vec<(K, Option<bytes::Bytes>)>, Interrupt> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let gets = futures::stream::iter(keys.iter().copied())
+                .map(|key| async move { bucket.get(key.to_string()).await.map(|v| (key, v)) })
+                .buffer_unordered(LOAD_CONCURRENCY)
+                .try_collect::<Vec<_>>()
+                .await;
+            match gets {
+                Ok(values) => return Ok(values),
+                Err(e) => {
+                    self.check_buckets().await?;
+                    warn!(error = %e, retry_in = ?backoff, "reading the read models failed; retrying");
+                    self.pause(backoff).await;
+                    if self.is_stopping() {
+                        return Err(Interrupt::Shutdown);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Writes the dirty values of one table: rounds of concurrent puts
+    /// (bounded by [`WRITE_CHUNK_VALUES`] / [`WRITE_CHUNK_BYTES`]), each
+    /// retried until JetStream has all of it. Returns the keys written.
+    async fn write_dirty<V: View>(
+        &mut self,
+        table: fn(&mut WorkingSet) -> &mut Table<V>,
+        bucket: &kv::Store,
+    ) -> Result<Vec<V::Key>, Interrupt> {
+        let keys = table(&mut self.set).take_dirty();
+        let mut written = Vec::with_capacity(keys.len());
+        let mut chunk: Vec<(V::Key, bytes::Bytes)> = Vec::new();
+        let mut bytes = 0;
+        let last = keys.len().saturating_sub(1);
+        for (i, key) in keys.into_iter().enumerate() {
+            if let Some(json) = table(&mut self.set).serialize(&key) {
+                bytes += json.len();
+                chunk.push((key, json));
+            }
+            if i == last || chunk.len() >= WRITE_CHUNK_VALUES || bytes >= WRITE_CHUNK_BYTES {
+                self.put_all(bucket, &chunk).await?;
+                let t = table(&mut self.set);
+                for (key, json) in &chunk {
+                    t.mark_clean(*key, json.len());
+                }
+                written.extend(chunk.drain(..).map(|(key, _)| key));
+                bytes = 0;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes the dirty review values and files them in the upcoming index
+    /// (only now, so the index never runs ahead of the bucket).
+    async fn write_reviews(&mut self) -> Result<(), Interrupt> {
+        let bucket = self.store.buckets.reviews.clone();
+        let written = self.write_dirty(|s| &mut s.reviews, &bucket).await?;
+        if let Ok(mut index) = self.shared.upcoming.write() {
+            for key in &written {
+                if let Some(view) = self.set.reviews.get(key) {
+                    index.update(view);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts all values concurrently, retrying until JetStream has them all.
+    async fn put_all<K: std::fmt::Display>(
+        &mut self,
+        bucket: &kv::Store,
+        values: &[(K, bytes::Bytes)],
+    ) -> Result<(), Interrupt> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let puts = values
+                .iter()
+                .map(|(k, v)| bucket.put(k.to_string(), v.clone()));
+            match futures::future::try_join_all(puts).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    self.check_buckets().await?;
+                    warn!(error = %e, retry_in = ?backoff, "writing the read models failed; retrying");
+                    self.pause(backoff).await;
+                    if self.is_stopping() {
+                        return Err(Interrupt::Shutdown);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// After a failed write or read: a missing bucket means replay.
+    async fn check_buckets(&self) -> Result<(), Interrupt> {
+        match self.store.buckets_exist().await {
+            Ok(false) => Err(Interrupt::Replay("a read-model bucket is gone".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The keys of `table` that `events` touch, exist in KV and are not cached.
+fn missing_keys<V: View>(table: &Table<V>, events: &[(u64, Envelope)]) -> Vec<V::Key> {
+    let mut keys: Vec<V::Key> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (_, event) in events {
+        let key = V::key_of(event);
+        if table.needs_load(&key) && seen.insert(key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Caches values read from KV. A known key without a value, or a value that
+/// is not a read model, means the bucket was tampered with: replay.
+fn insert_loaded<V: View>(
+    table: &mut Table<V>,
+    values: Vec<(V::Key, Option<bytes::Bytes>)>,
+    stamp: u64,
+) -> Result<(), Interrupt> {
+    for (key, value) in values {
+        let Some(bytes) = value else {
+            return Err(Interrupt::Replay(format!(
+                "value {key} was deleted from its bucket"
+            )));
+        };
+        match serde_json::from_slice::<V>(&bytes) {
+            Ok(view) => table.insert_loaded(key, view, bytes.len(), stamp),
+            Err(e) => {
+                return Err(Interrupt::Replay(format!(
+                    "value {key} is not a read model: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A stored message as an event: a valid envelope on the subject its own
+/// country, session and type name.
+///
+/// # Errors
+/// A sentence for the log.
+pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+    // Fast path: ingest stores canonical bytes (`Envelope::to_json`). When the
+    // bytes serialize back identically they have no duplicated keys and
+    // nothing the strict reader would refuse, so its extra pass (a whole
+    // JSON tree first) is skipped; anything else takes the strict path.
+    let event = match serde_json::from_slice::<Envelope>(payload) {
+        Ok(event) if event.to_json() == payload => event,
+        _ => Envelope::from_json(payload).map_err(|e| e.to_string())?,
+    };
+    let expected = subjects::event(event.country, event.session, event.event_type());
+    if subject != expected {
+        return Err(format!("the envelope belongs on {expected}"));
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KZ: &str = r#"{"id":"0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b","type":"review_scheduled","schema":1,"country":"KZ","session":48,"occurred_at":"2024-11-06T10:00:00Z","recorded_at":"2024-11-06T10:00:00.123Z","source":null,"data":{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva"}}"#;
+    const SUBJECT: &str = "upr.events.KZ.48.review_scheduled";
+
+    #[test]
+    fn canonical_and_hand_written_envelopes_decode_alike() {
+        let canonical = decode(SUBJECT, KZ.as_bytes()).unwrap();
+        assert_eq!(canonical, Envelope::from_json(KZ.as_bytes()).unwrap());
+        // Another key order and spacing: the strict path, same envelope.
+        let v: serde_json::Value = serde_json::from_str(KZ).unwrap();
+        let pretty = serde_json::to_vec_pretty(&v).unwrap();
+        assert_eq!(decode(SUBJECT, &pretty).unwrap(), canonical);
+    }
+
+    #[test]
+    fn anything_the_strict_reader_refuses_is_refused() {
+        let duplicated = KZ.replace(
+            r#""location":"Geneva""#,
+            r#""location":"Geneva","location":"Bern""#,
+        );
+        let cases: [(&str, &[u8]); 5] = [
+            (SUBJECT, b"{not json"),
+            (SUBJECT, b""),
+            (SUBJECT, duplicated.as_bytes()),
+            ("upr.events.CH.48.review_scheduled", KZ.as_bytes()),
+            ("upr.events.KZ.48.review_held", KZ.as_bytes()),
+        ];
+        for (subject, payload) in cases {
+            assert!(
+                decode(subject, payload).is_err(),
+                "{subject} {}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+}

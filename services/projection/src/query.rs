@@ -1,0 +1,429 @@
+//! The query API, served as endpoints of the `upr-projection` NATS micro
+//! service under `upr.query`.
+//!
+//! Each request is answered in its own task (at most [`MAX_IN_FLIGHT`] at
+//! once), reading KV or the in-memory upcoming index, so a slow query or a
+//! `min_seq` wait never holds up the consumer loop. Values are returned as
+//! stored, byte for byte, wrapped in `{"ok":true,"review":…}`.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::service::{Service, endpoint::Endpoint};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::{sync::Semaphore, task::JoinHandle};
+use tracing::{Instrument, debug, info_span, warn};
+use upr_shared::{
+    contract::query,
+    domain::{Country, ErrorCode, RejectError, ReviewKey, Session, Timestamp},
+};
+
+use crate::{state::Shared, store::Store};
+
+/// Requests answered concurrently; more wait in the subscription's buffer.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// How long a query waits for `min_seq` before answering `timeout`.
+pub const MIN_SEQ_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest `within_days` accepted (a century), so the horizon stays a date.
+const MAX_WITHIN_DAYS: u64 = 36_500;
+
+/// What a request asks for, from its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// `upr.query.review.<COUNTRY>.<session>`.
+    Review(ReviewKey),
+    /// `upr.query.session.<session>`.
+    Session(Session),
+    /// `upr.query.country.<COUNTRY>`.
+    Country(Country),
+    /// `upr.query.upcoming`.
+    Upcoming,
+    /// `upr.query.status`.
+    Status,
+}
+
+impl Query {
+    /// Reads the subject; a malformed country or session is `invalid_field`
+    /// naming it.
+    ///
+    /// # Errors
+    /// `invalid_field` (`country` / `session`), or `invalid_field` with no
+    /// field for a subject that is not a query at all.
+    pub fn parse(subject: &str) -> Result<Self, RejectError> {
+        let rest = subject.strip_prefix("upr.query.").unwrap_or("");
+        let parts: Vec<&str> = rest.split('.').collect();
+        let country = |t: &str| Country::parse(t).map_err(|e| RejectError::invalid("country", e));
+        let session = |t: &str| Session::parse(t).map_err(|e| RejectError::invalid("session", e));
+        match parts.as_slice() {
+            ["review", c, s] => Ok(Self::Review(ReviewKey {
+                country: country(c)?,
+                session: session(s)?,
+            })),
+            ["session", s] => Ok(Self::Session(session(s)?)),
+            ["country", c] => Ok(Self::Country(country(c)?)),
+            ["upcoming"] => Ok(Self::Upcoming),
+            ["status"] => Ok(Self::Status),
+            _ => Err(RejectError::new(
+                ErrorCode::InvalidField,
+                format!("{subject} is not a query subject"),
+            )),
+        }
+    }
+}
+
+/// The optional payload of a query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Answer only once this stream sequence is applied.
+    pub min_seq: Option<u64>,
+    /// `upcoming` only: no later than this many days from now.
+    pub within_days: Option<u32>,
+    /// `upcoming` only: this country's reviews.
+    pub country: Option<Country>,
+}
+
+impl Options {
+    /// Parses the payload: empty means no options; otherwise a JSON object
+    /// with `min_seq` (any query) and `within_days` / `country` (`upcoming`
+    /// only). `null` counts as absent; any other key is refused.
+    ///
+    /// # Errors
+    /// `invalid_json` when the payload is not a JSON object; `invalid_field`
+    /// naming the field otherwise.
+    pub fn parse(payload: &[u8], query: Query) -> Result<Self, RejectError> {
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let value: Value = serde_json::from_slice(payload).map_err(RejectError::invalid_json)?;
+        let Value::Object(map) = value else {
+            return Err(RejectError::invalid_json(
+                "expected an object like {\"min_seq\": 42}",
+            ));
+        };
+        let upcoming = query == Query::Upcoming;
+        let mut options = Self::default();
+        for (key, value) in &map {
+            if value.is_null() {
+                continue;
+            }
+            match key.as_str() {
+                "min_seq" => {
+                    let n = value.as_u64().ok_or_else(|| {
+                        RejectError::invalid("min_seq", "must be a whole number >= 0")
+                    })?;
+                    options.min_seq = Some(n);
+                }
+                "within_days" if upcoming => {
+                    let n = value
+                        .as_u64()
+                        .filter(|n| *n <= MAX_WITHIN_DAYS)
+                        .ok_or_else(|| {
+                            RejectError::invalid(
+                                "within_days",
+                                format_args!("must be a whole number from 0 to {MAX_WITHIN_DAYS}"),
+                            )
+                        })?;
+                    options.within_days = u32::try_from(n).ok();
+                }
+                "country" if upcoming => {
+                    let text = value.as_str().ok_or_else(|| {
+                        RejectError::invalid("country", "must be a string like \"KZ\"")
+                    })?;
+                    options.country =
+                        Some(Country::parse(text).map_err(|e| RejectError::invalid("country", e))?);
+                }
+                other => {
+                    let allowed: &[&str] = if upcoming {
+                        &["min_seq", "within_days", "country"]
+                    } else {
+                        &["min_seq"]
+                    };
+                    return Err(RejectError::unknown_field(other, allowed));
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct Queries {
+    store: Store,
+    shared: Arc<Shared>,
+}
+
+fn error(e: &RejectError) -> Bytes {
+    Bytes::from(json!({"ok": false, "error": e}).to_string())
+}
+
+/// `{"ok":true,"<name>":<value as stored>}` without re-encoding the value.
+fn wrap(name: &str, value: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(value.len() + name.len() + 16);
+    out.extend_from_slice(b"{\"ok\":true,\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+impl Queries {
+    /// Handlers over these buckets and this shared state.
+    pub fn new(store: Store, shared: Arc<Shared>) -> Self {
+        Self { store, shared }
+    }
+
+    /// The reply to one request.
+    pub async fn answer(&self, subject: &str, payload: &[u8]) -> Bytes {
+        match self.try_answer(subject, payload).await {
+            Ok(reply) => reply,
+            Err(e) => error(&e),
+        }
+    }
+
+    async fn try_answer(&self, subject: &str, payload: &[u8]) -> Result<Bytes, RejectError> {
+        let query = Query::parse(subject)?;
+        let options = Options::parse(payload, query)?;
+        if let Some(n) = options.min_seq {
+            self.wait_applied(n).await?;
+        }
+        let buckets = &self.store.buckets;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            RejectError::new(
+                ErrorCode::Unavailable,
+                format!("the read models cannot be read ({e}); retry"),
+            )
+        };
+        let get = |bucket: &async_nats::jetstream::kv::Store,
+                   key: String,
+                   what: String,
+                   name: &'static str| {
+            let bucket = bucket.clone();
+            async move {
+                match bucket.get(key).await {
+                    Ok(Some(value)) => Ok(wrap(name, &value)),
+                    Ok(None) => Err(RejectError::not_found(what)),
+                    Err(e) => Err(unavailable(&e)),
+                }
+            }
+        };
+        match query {
+            Query::Review(key) => {
+                get(
+                    &buckets.reviews,
+                    key.to_string(),
+                    format!("review {} {}", key.country, key.session),
+                    "review",
+                )
+                .await
+            }
+            Query::Session(s) => {
+                get(
+                    &buckets.sessions,
+                    s.to_string(),
+                    format!("session {s}"),
+                    "session",
+                )
+                .await
+            }
+            Query::Country(c) => {
+                get(
+                    &buckets.countries,
+                    c.to_string(),
+                    format!("country {c}"),
+                    "country",
+                )
+                .await
+            }
+            Query::Upcoming => {
+                let now = Timestamp::from_unix_millis(now_millis())
+                    .ok_or_else(|| unavailable(&"clock out of range"))?;
+                let reviews = self
+                    .shared
+                    .upcoming
+                    .read()
+                    .map_err(|_| unavailable(&"index poisoned"))?
+                    .query(now, options.within_days, options.country);
+                Ok(Bytes::from(
+                    json!({"ok": true, "reviews": reviews}).to_string(),
+                ))
+            }
+            Query::Status => {
+                let applied = self.shared.applied_seq();
+                let last = self
+                    .store
+                    .stream_last_seq()
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                Ok(Bytes::from(
+                    json!({"ok": true, "applied_seq": applied, "stream_last_seq": last})
+                        .to_string(),
+                ))
+            }
+        }
+    }
+
+    /// Waits (up to [`MIN_SEQ_WAIT`]) until sequence `n` is applied.
+    async fn wait_applied(&self, n: u64) -> Result<(), RejectError> {
+        let mut applied = self.shared.watch_applied();
+        match tokio::time::timeout(MIN_SEQ_WAIT, applied.wait_for(|a| *a >= n)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(RejectError::timeout(format!(
+                "stream sequence {n} was not applied within {} s (applied: {}); retry later",
+                MIN_SEQ_WAIT.as_secs(),
+                self.shared.applied_seq()
+            ))),
+        }
+    }
+
+    /// Adds the endpoints to the micro service and answers their requests
+    /// until the service stops.
+    ///
+    /// # Errors
+    /// When subscribing fails.
+    pub async fn serve(self, service: &Service) -> Result<Vec<JoinHandle<()>>, async_nats::Error> {
+        let group = service.group(query::GROUP);
+        let endpoints = [
+            ("review", "review.*.*"),
+            ("session", "session.*"),
+            ("country", "country.*"),
+            ("upcoming", "upcoming"),
+            ("status", "status"),
+        ];
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut tasks = Vec::new();
+        for (name, subject) in endpoints {
+            let endpoint = group.endpoint_builder().name(name).add(subject).await?;
+            tasks.push(tokio::spawn(
+                self.clone().serve_endpoint(endpoint, limit.clone()),
+            ));
+        }
+        Ok(tasks)
+    }
+
+    async fn serve_endpoint(self, mut endpoint: Endpoint, limit: Arc<Semaphore>) {
+        while let Some(request) = endpoint.next().await {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let queries = self.clone();
+            let span = info_span!("query", subject = %request.message.subject);
+            tokio::spawn(
+                async move {
+                    let reply = queries
+                        .answer(request.message.subject.as_str(), &request.message.payload)
+                        .await;
+                    debug!(bytes = reply.len(), "answered");
+                    if let Err(e) = request.respond(Ok(reply)).await {
+                        warn!(error = %e, "cannot send the reply");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_name_the_malformed_field() {
+        assert_eq!(
+            Query::parse("upr.query.review.kz.48").unwrap(),
+            Query::Review(ReviewKey::parse("KZ.48").unwrap())
+        );
+        assert_eq!(
+            Query::parse("upr.query.review.XX.48")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("country")
+        );
+        assert_eq!(
+            Query::parse("upr.query.review.KZ.048")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("session")
+        );
+        assert_eq!(
+            Query::parse("upr.query.session.1000")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("session")
+        );
+        assert_eq!(
+            Query::parse("upr.query.country.KZZ")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("country")
+        );
+        assert_eq!(Query::parse("upr.query.status").unwrap(), Query::Status);
+    }
+
+    #[test]
+    fn options_are_checked_field_by_field() {
+        let up = Query::Upcoming;
+        assert_eq!(Options::parse(b"", up).unwrap(), Options::default());
+        assert_eq!(Options::parse(b" \n", up).unwrap(), Options::default());
+        let o =
+            Options::parse(br#"{"within_days": 30, "country": "kz", "min_seq": 7}"#, up).unwrap();
+        assert_eq!(
+            (o.within_days, o.country.unwrap().as_str(), o.min_seq),
+            (Some(30), "KZ", Some(7))
+        );
+        let code = |p: &[u8], q| {
+            let e = Options::parse(p, q).unwrap_err();
+            (e.code.as_str(), e.field)
+        };
+        assert_eq!(code(b"{", up), ("invalid_json", None));
+        assert_eq!(code(b"[]", up), ("invalid_json", None));
+        assert_eq!(
+            code(br#"{"within_days": -1}"#, up),
+            ("invalid_field", Some("within_days".into()))
+        );
+        assert_eq!(
+            code(br#"{"within_days": "7"}"#, up),
+            ("invalid_field", Some("within_days".into()))
+        );
+        assert_eq!(
+            code(br#"{"country": "XX"}"#, up),
+            ("invalid_field", Some("country".into()))
+        );
+        assert_eq!(
+            code(br#"{"min_seq": 1.5}"#, Query::Status),
+            ("invalid_field", Some("min_seq".into()))
+        );
+        assert_eq!(
+            code(br#"{"within_days": 3}"#, Query::Status),
+            ("invalid_field", Some("within_days".into()))
+        );
+        assert_eq!(
+            code(br#"{"bogus": 3}"#, up),
+            ("invalid_field", Some("bogus".into()))
+        );
+    }
+
+    #[test]
+    fn values_are_wrapped_as_stored() {
+        assert_eq!(
+            &wrap("review", br#"{"a":1}"#)[..],
+            br#"{"ok":true,"review":{"a":1}}"#
+        );
+    }
+}

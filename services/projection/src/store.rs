@@ -1,0 +1,259 @@
+//! The JetStream side of the projection: the three read-model buckets and
+//! the durable consumer, created, checked, emptied and scanned here.
+//!
+//! The buckets and the consumer are one unit: the consumer's position only
+//! means something together with the buckets it was written into. So when any
+//! of them is missing (an operator deleted it, or a crash interrupted a
+//! reset) all of them are recreated and the log is replayed from sequence 1,
+//! instead of resuming into empty buckets.
+
+use async_nats::jetstream::{
+    self, ErrorCode,
+    consumer::{DeliverPolicy, PullConsumer, pull},
+    context::{ConsumerInfoErrorKind, GetStreamErrorKind},
+    kv,
+    stream::{ConsumerErrorKind, Stream},
+};
+use futures::StreamExt;
+use tracing::{info, warn};
+use upr_shared::{
+    contract::{self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET},
+    nats::ensure_bucket,
+    service::BoxError,
+};
+
+/// The three read-model buckets.
+#[derive(Clone)]
+pub struct Buckets {
+    /// `upr_reviews`, key `KZ.48`.
+    pub reviews: kv::Store,
+    /// `upr_sessions`, key `48`.
+    pub sessions: kv::Store,
+    /// `upr_countries`, key `KZ`.
+    pub countries: kv::Store,
+}
+
+/// Handles to what the projection owns on the server.
+#[derive(Clone)]
+pub struct Store {
+    js: jetstream::Context,
+    events: Stream,
+    replicas: usize,
+    /// The buckets; the handles stay valid across a reset (same names and
+    /// configuration).
+    pub buckets: Buckets,
+}
+
+const ALL_BUCKETS: [&str; 3] = [REVIEWS_BUCKET, SESSIONS_BUCKET, COUNTRIES_BUCKET];
+
+impl Store {
+    /// Makes sure the buckets and the consumer exist. Returns the store and
+    /// whether it had to start over (anything was missing, so the read
+    /// models were emptied and the consumer starts at sequence 1).
+    ///
+    /// # Errors
+    /// A bucket with an incompatible configuration, or JetStream unreachable.
+    pub async fn open(
+        js: jetstream::Context,
+        events: Stream,
+        replicas: usize,
+    ) -> Result<(Self, bool), BoxError> {
+        let mut missing = Vec::new();
+        for name in ALL_BUCKETS {
+            if !stream_exists(&js, &format!("KV_{name}")).await? {
+                missing.push(format!("bucket {name}"));
+            }
+        }
+        if !consumer_exists(&events).await? {
+            missing.push(format!("consumer {PROJECTION_CONSUMER}"));
+        }
+        // Checked first, so an incompatible bucket is refused, never deleted.
+        let buckets = Buckets {
+            reviews: ensure_bucket(&js, contract::read_model_bucket(REVIEWS_BUCKET, replicas))
+                .await?,
+            sessions: ensure_bucket(&js, contract::read_model_bucket(SESSIONS_BUCKET, replicas))
+                .await?,
+            countries: ensure_bucket(&js, contract::read_model_bucket(COUNTRIES_BUCKET, replicas))
+                .await?,
+        };
+        if !missing.is_empty() {
+            info!(missing = %missing.join(", "), "read models incomplete; emptying them and replaying the log from sequence 1");
+            reset(&js, &events, replicas).await?;
+        }
+        Ok((
+            Self {
+                js,
+                events,
+                replicas,
+                buckets,
+            },
+            !missing.is_empty(),
+        ))
+    }
+
+    /// Empties the read models: deletes the consumer and the three buckets,
+    /// recreates the buckets, then the consumer (last, so that a crash in
+    /// between leaves the consumer missing and the next start resets again).
+    ///
+    /// # Errors
+    /// JetStream unreachable or refusing.
+    pub async fn reset(&self) -> Result<(), BoxError> {
+        reset(&self.js, &self.events, self.replicas).await
+    }
+
+    /// Recreates the consumer so that it delivers from `start` on, with
+    /// nothing outstanding. Used when a delivery skipped ahead of the applied
+    /// sequence (messages handed to a previous, killed instance, or lost on a
+    /// reconnect): with ack-all, acking past them would drop them silently.
+    ///
+    /// # Errors
+    /// JetStream unreachable or refusing.
+    pub async fn reposition(&self, start: u64) -> Result<(), BoxError> {
+        delete_consumer(&self.events).await?;
+        let config = pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..contract::projection_consumer()
+        };
+        self.events.create_consumer(config).await?;
+        info!(start, "consumer repositioned");
+        Ok(())
+    }
+
+    /// The durable consumer (which must exist).
+    ///
+    /// # Errors
+    /// When it does not exist or JetStream does not answer.
+    pub async fn consumer(&self) -> Result<PullConsumer, BoxError> {
+        self.events.get_consumer(PROJECTION_CONSUMER).await
+    }
+
+    /// Whether the consumer exists; `Err` when JetStream does not answer.
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn consumer_exists(&self) -> Result<bool, BoxError> {
+        consumer_exists(&self.events).await
+    }
+
+    /// Whether all three buckets exist.
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn buckets_exist(&self) -> Result<bool, BoxError> {
+        for name in ALL_BUCKETS {
+            if !stream_exists(&self.js, &format!("KV_{name}")).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The last sequence in `UPR_EVENTS` now.
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn stream_last_seq(&self) -> Result<u64, BoxError> {
+        Ok(self.events.get_info().await?.state.last_sequence)
+    }
+
+    /// Calls `f(key, value)` for the current value of every key of `bucket`
+    /// (`value` empty with `headers_only`), reading the bucket's stream with
+    /// an ordered consumer: one pass, no request per key.
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn scan(
+        &self,
+        bucket: &str,
+        headers_only: bool,
+        mut f: impl FnMut(&str, &[u8]),
+    ) -> Result<u64, BoxError> {
+        let stream = self.js.get_stream(format!("KV_{bucket}")).await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                filter_subject: format!("$KV.{bucket}.>"),
+                headers_only,
+                ..Default::default()
+            })
+            .await?;
+        let mut remaining = consumer.cached_info().num_pending;
+        let prefix = format!("$KV.{bucket}.");
+        let mut seen = 0;
+        if remaining == 0 {
+            return Ok(0);
+        }
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            remaining = message.info().map_err(|e| e.to_string())?.pending;
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if let (false, Some(key)) = (deleted, message.subject.as_str().strip_prefix(&prefix)) {
+                f(key, &message.payload);
+                seen += 1;
+            }
+            if remaining == 0 {
+                break;
+            }
+        }
+        Ok(seen)
+    }
+}
+
+async fn delete_consumer(events: &Stream) -> Result<(), BoxError> {
+    match events.delete_consumer(PROJECTION_CONSUMER).await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Result<(), BoxError> {
+    delete_consumer(events).await?;
+    for name in ALL_BUCKETS {
+        match js.delete_stream(format!("KV_{name}")).await {
+            Ok(_) => {}
+            Err(e) if is_stream_not_found(e.kind()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for name in ALL_BUCKETS {
+        ensure_bucket(js, contract::read_model_bucket(name, replicas)).await?;
+    }
+    events
+        .create_consumer(contract::projection_consumer())
+        .await?;
+    info!("read models emptied; consumer recreated at sequence 1");
+    Ok(())
+}
+
+fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
+    matches!(kind, GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+async fn stream_exists(js: &jetstream::Context, name: &str) -> Result<bool, BoxError> {
+    match js.get_stream(name).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_stream_not_found(e.kind()) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn consumer_exists(events: &Stream) -> Result<bool, BoxError> {
+    match events.consumer_info(PROJECTION_CONSUMER).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
+        Err(e) => {
+            warn!(error = %e, "cannot read the consumer's info");
+            Err(e.into())
+        }
+    }
+}

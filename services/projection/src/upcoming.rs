@@ -1,0 +1,161 @@
+//! The in-memory index behind `upr.query.upcoming`: every review whose
+//! status is `scheduled`, ordered by date, then country, then session.
+//!
+//! Kept in memory because the query scans by date, which the KV buckets
+//! cannot do; it is rebuilt at start from `upr_reviews` and updated after
+//! each written batch, so it never runs ahead of what the buckets hold.
+
+use std::collections::{BTreeSet, HashMap};
+
+use upr_shared::domain::{
+    Country, ReviewKey, ReviewStatus, ReviewView, Session, Timestamp, Upcoming,
+};
+
+/// Scheduled reviews by date.
+#[derive(Debug, Default)]
+pub struct UpcomingIndex {
+    /// Sorted as the query answers: date, country, session.
+    by_date: BTreeSet<(Timestamp, Country, Session)>,
+    /// The date each indexed review is filed under, to move or remove it.
+    dates: HashMap<ReviewKey, Timestamp>,
+}
+
+impl UpcomingIndex {
+    /// Files the review under its date if it is scheduled, else removes it.
+    pub fn update(&mut self, view: &ReviewView) {
+        let key = view.key();
+        if let Some(old) = self.dates.remove(&key) {
+            self.by_date.remove(&(old, key.country, key.session));
+        }
+        if let (Some(ReviewStatus::Scheduled), Some(at)) = (view.status, view.scheduled_for) {
+            self.dates.insert(key, at);
+            self.by_date.insert((at, key.country, key.session));
+        }
+    }
+
+    /// Forgets everything (before a replay).
+    pub fn clear(&mut self) {
+        self.by_date.clear();
+        self.dates.clear();
+    }
+
+    /// How many reviews are scheduled (any date).
+    pub fn len(&self) -> usize {
+        self.dates.len()
+    }
+
+    /// Whether no review is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.dates.is_empty()
+    }
+
+    /// Scheduled reviews strictly after `now` and, with `within_days`, no
+    /// later than `now + within_days`, optionally of one country; soonest
+    /// first, then country, then session (the order of
+    /// `ReadModels::upcoming`).
+    pub fn query(
+        &self,
+        now: Timestamp,
+        within_days: Option<u32>,
+        country: Option<Country>,
+    ) -> Vec<Upcoming> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let horizon = within_days.and_then(|d| now.checked_add(time::Duration::days(d.into())));
+        // Everything filed under `now` itself sorts below (now, max, max).
+        let start = (
+            now,
+            Country::parse("ZW").ok(),
+            Session::new(u64::from(Session::MAX)).ok(),
+        );
+        let lower = match start {
+            (t, Some(c), Some(s)) => Excluded((t, c, s)),
+            _ => Unbounded,
+        };
+        self.by_date
+            .range((lower, Unbounded))
+            .filter(|(at, _, _)| *at > now)
+            .take_while(|(at, _, _)| horizon.is_none_or(|h| *at <= h))
+            .filter(|(_, c, _)| country.is_none_or(|want| want == *c))
+            .map(|&(scheduled_for, country, session)| Upcoming {
+                country,
+                session,
+                scheduled_for,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upr_shared::domain::{Envelope, ReadModels};
+
+    fn env(n: u128, key: &str, ty: &str, data: serde_json::Value) -> Envelope {
+        let key = ReviewKey::parse(key).unwrap();
+        let json = serde_json::json!({
+            "id": uuid::Uuid::from_u128(n), "type": ty, "schema": 1,
+            "country": key.country, "session": key.session,
+            "occurred_at": "2024-11-06T10:00:00Z", "recorded_at": "2024-11-06T10:00:00Z",
+            "source": null, "data": data,
+        });
+        Envelope::from_json(&serde_json::to_vec(&json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_index_answers_like_the_pure_fold() {
+        let sched = |n, key, when: &str| {
+            env(
+                n,
+                key,
+                "review_scheduled",
+                serde_json::json!({"scheduled_for": when, "location": "Geneva"}),
+            )
+        };
+        let log = [
+            sched(1, "KZ.48", "2025-01-23T08:30:00Z"),
+            sched(2, "CH.48", "2025-01-23T08:30:00Z"),
+            sched(3, "BR.48", "2025-01-21T08:30:00Z"),
+            sched(4, "FR.47", "2024-11-01T00:00:00Z"),
+            env(
+                5,
+                "BR.48",
+                "review_rescheduled",
+                serde_json::json!({"scheduled_for": "2025-02-01T00:00:00Z", "reason": null}),
+            ),
+            env(
+                6,
+                "CH.48",
+                "review_cancelled",
+                serde_json::json!({"reason": null}),
+            ),
+            sched(7, "ZW.999", "2025-01-23T08:30:00Z"),
+            sched(8, "AD.1", "2025-01-01T00:00:00Z"),
+        ];
+        let models = ReadModels::fold(log.iter().enumerate().map(|(i, e)| (i as u64 + 1, e)));
+        let mut index = UpcomingIndex::default();
+        for view in models.reviews.values() {
+            index.update(view);
+        }
+        assert_eq!(index.len(), 5);
+        let kz = Country::parse("KZ").ok();
+        for now in [
+            "2024-01-01T00:00:00Z",
+            "2025-01-01T00:00:00Z",
+            "2025-01-23T08:30:00Z",
+            "2025-01-22T00:00:00Z",
+        ] {
+            let now = Timestamp::parse_rfc3339(now).unwrap();
+            for within in [None, Some(0), Some(1), Some(30)] {
+                for country in [None, kz] {
+                    assert_eq!(
+                        index.query(now, within, country),
+                        models.upcoming(now, within, country),
+                        "{now} {within:?} {country:?}"
+                    );
+                }
+            }
+        }
+        index.clear();
+        assert!(index.is_empty());
+    }
+}

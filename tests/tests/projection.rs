@@ -1,0 +1,894 @@
+//! The projection service end to end: events published straight to
+//! `UPR_EVENTS` (as ingest stores them), read models read back with KV gets
+//! and through the `upr.query.*` API exactly as the NATS CLI would.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_nats::{
+    Client,
+    jetstream::{
+        self,
+        consumer::{DeliverPolicy, pull},
+        message::PublishMessage,
+    },
+};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+use upr_shared::{
+    contract::{
+        self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET, services,
+        subjects,
+    },
+    domain::{Envelope, ReadModels, Timestamp, parse_intake},
+};
+use upr_tests::{NatsServer, ServiceProcess, eventually};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+const BUCKETS: [&str; 3] = [REVIEWS_BUCKET, SESSIONS_BUCKET, COUNTRIES_BUCKET];
+
+/// bucket -> key -> value, as stored.
+type Snapshot = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A server with the projection running first (it creates the stream).
+struct Given {
+    nats: NatsServer,
+    projection: ServiceProcess,
+    client: Client,
+    js: jetstream::Context,
+}
+
+impl Given {
+    async fn projection() -> Self {
+        let nats = NatsServer::start();
+        let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+        projection.wait_healthy().await;
+        let client = nats.client().await;
+        let js = jetstream::new(client.clone());
+        let given = Self {
+            nats,
+            projection,
+            client,
+            js,
+        };
+        // Endpoints are added right after registration; wait until they answer.
+        given.query_ok("upr.query.status", "").await;
+        given
+    }
+
+    /// Stores an envelope as ingest does; returns its stream sequence.
+    async fn publish(&self, event: &Envelope) -> u64 {
+        let subject = subjects::event(event.country, event.session, event.event_type());
+        self.publish_raw(&subject, event.to_json(), &event.id.to_string())
+            .await
+    }
+
+    async fn publish_raw(&self, subject: &str, payload: Vec<u8>, msg_id: &str) -> u64 {
+        let publish = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(msg_id);
+        let ack = self
+            .js
+            .send_publish(subject.to_string(), publish)
+            .await
+            .expect("publish");
+        ack.await.expect("stored").sequence
+    }
+
+    async fn request(&self, subject: &str, payload: &str) -> Value {
+        let reply = self
+            .client
+            .request(subject.to_string(), payload.to_string().into())
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        serde_json::from_slice(&reply.payload).expect("reply is JSON")
+    }
+
+    async fn query_ok(&self, subject: &str, payload: &str) -> Value {
+        let v = self.request(subject, payload).await;
+        assert_eq!(v["ok"], true, "{subject} {payload}: {v}");
+        v
+    }
+
+    async fn query_err(&self, subject: &str, payload: &str, code: &str, field: Option<&str>) {
+        let v = self.request(subject, payload).await;
+        assert_eq!(v["ok"], false, "{subject} {payload}: {v}");
+        assert_eq!(v["error"]["code"], code, "{subject} {payload}: {v}");
+        assert_eq!(
+            v["error"]["field"],
+            field.map_or(Value::Null, Value::from),
+            "{subject} {payload}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+
+    /// Waits until everything in the stream is applied.
+    async fn caught_up(&self) -> u64 {
+        eventually(WAIT, "projection caught up", || async {
+            let v = self.request("upr.query.status", "").await;
+            (v["ok"] == true && v["applied_seq"] == v["stream_last_seq"])
+                .then(|| v["applied_seq"].as_u64().unwrap())
+        })
+        .await
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Option<String> {
+        let kv = self.js.get_key_value(bucket).await.expect("bucket");
+        kv.get(key)
+            .await
+            .expect("kv get")
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    /// Every key of the three buckets.
+    async fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::new();
+        for bucket in BUCKETS {
+            let kv = self.js.get_key_value(bucket).await.expect("bucket");
+            let keys: Vec<String> = kv
+                .keys()
+                .await
+                .expect("keys")
+                .try_collect()
+                .await
+                .expect("keys");
+            let mut values = BTreeMap::new();
+            for key in keys {
+                let v = kv
+                    .get(&key)
+                    .await
+                    .expect("get")
+                    .expect("listed key has a value");
+                values.insert(key, String::from_utf8(v.to_vec()).unwrap());
+            }
+            out.insert(bucket.to_string(), values);
+        }
+        out
+    }
+
+    /// The domain's pure fold of every valid event in the stream.
+    async fn pure_fold(&self) -> Snapshot {
+        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.unwrap();
+            while let Some(m) = messages.next().await {
+                let m = m.unwrap();
+                let info = m.info().unwrap();
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                if let Ok(e) = Envelope::from_json(&m.payload)
+                    && subjects::event(e.country, e.session, e.event_type()) == m.subject.as_str()
+                {
+                    events.push((seq, e));
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        let models = ReadModels::fold(events.iter().map(|(s, e)| (*s, e)));
+        let mut out = Snapshot::new();
+        let as_text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        out.insert(
+            REVIEWS_BUCKET.into(),
+            models
+                .reviews
+                .values()
+                .map(|v| (v.kv_key(), as_text(v.to_json())))
+                .collect(),
+        );
+        out.insert(
+            SESSIONS_BUCKET.into(),
+            models
+                .sessions
+                .values()
+                .map(|v| (v.kv_key(), as_text(v.to_json())))
+                .collect(),
+        );
+        out.insert(
+            COUNTRIES_BUCKET.into(),
+            models
+                .countries
+                .values()
+                .map(|v| (v.kv_key(), as_text(v.to_json())))
+                .collect(),
+        );
+        out
+    }
+
+    async fn stats(&self) -> Value {
+        let v = self
+            .request(&format!("$SRV.STATS.{}", services::PROJECTION), "")
+            .await;
+        v["endpoints"][0]["data"].clone()
+    }
+}
+
+/// Compares two snapshots key by key, naming only the differences.
+#[track_caller]
+fn assert_same(actual: &Snapshot, expected: &Snapshot, what: &str) {
+    let mut diffs = Vec::new();
+    for bucket in BUCKETS {
+        let (a, e) = (&actual[bucket], &expected[bucket]);
+        for key in a
+            .keys()
+            .chain(e.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            if a.get(key) != e.get(key) {
+                diffs.push(format!(
+                    "{bucket} {key}:\n  actual:   {:?}\n  expected: {:?}",
+                    a.get(key),
+                    e.get(key)
+                ));
+            }
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+/// An envelope as ingest would build it from this intake payload; the
+/// event id is `n`, so expected values can name it.
+fn event(n: u128, ty: &str, payload: Value) -> Envelope {
+    let cmd = parse_intake(ty, payload.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("{ty} {payload}: {e:?}"));
+    let recorded = Timestamp::parse_rfc3339("2024-12-01T00:00:00.123Z").unwrap();
+    cmd.into_envelope(Uuid::from_u128(n), recorded)
+}
+
+/// `occurred_at` of event `n` in the scenario.
+fn at(n: u32) -> String {
+    format!("2024-11-{n:02}T10:00:00Z")
+}
+
+/// Session 48 with four countries (scheduled, rescheduled, cancelled and
+/// scheduled again, held, reported, side events) plus KZ at session 47.
+/// Published in this order, the sequences are 1..=11.
+fn scenario() -> Vec<Envelope> {
+    vec![
+        event(
+            1,
+            "review_scheduled",
+            json!({"country": "kz", "session": 48, "scheduled_for": "2025-01-23T08:30:00Z", "occurred_at": at(1)}),
+        ),
+        event(
+            2,
+            "review_scheduled",
+            json!({"country": "CH", "session": 48, "scheduled_for": "2025-01-21T14:30:00Z", "occurred_at": at(2)}),
+        ),
+        event(
+            3,
+            "side_event_held",
+            json!({"country": "FR", "session": 48, "title": "Civil society briefing", "held_on": "2025-01-22",
+            "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12, "topics": ["press freedom"], "occurred_at": at(3)}),
+        ),
+        event(
+            4,
+            "review_rescheduled",
+            json!({"country": "KZ", "session": 48, "scheduled_for": "2025-01-24T08:30:00Z", "reason": "room", "occurred_at": at(4)}),
+        ),
+        event(
+            5,
+            "side_event_held",
+            json!({"country": "KZ", "session": 48, "title": "Kazakhstan pre-session", "held_on": "2025-01-20",
+            "speakers": [{"name": "B. Nurlanov"}], "occurred_at": at(5)}),
+        ),
+        event(
+            6,
+            "review_cancelled",
+            json!({"country": "CH", "session": 48, "occurred_at": at(6)}),
+        ),
+        event(
+            7,
+            "review_scheduled",
+            json!({"country": "CH", "session": 48, "scheduled_for": "2025-01-27T09:00:00Z", "occurred_at": at(7)}),
+        ),
+        event(
+            8,
+            "review_held",
+            json!({"country": "KZ", "session": 48, "held_on": "2025-01-24", "recommendations_received": 300, "occurred_at": at(8)}),
+        ),
+        event(
+            9,
+            "report_published",
+            json!({"country": "KZ", "session": 48, "published_on": "2025-03-01", "document_symbol": "A/HRC/59/10",
+            "recommendations": {"total": 300, "supported": 250, "noted": 50}, "occurred_at": at(9)}),
+        ),
+        event(
+            10,
+            "review_scheduled",
+            json!({"country": "KZ", "session": 47, "scheduled_for": "2024-11-10T08:30:00Z", "occurred_at": at(10)}),
+        ),
+        event(
+            11,
+            "review_scheduled",
+            json!({"country": "AR", "session": 48, "scheduled_for": "2025-01-27T09:00:00Z", "location": "Geneva", "occurred_at": at(11)}),
+        ),
+    ]
+}
+
+fn history(rows: &[(&str, u32)]) -> Value {
+    rows.iter()
+        .map(|(t, n)| json!({"type": t, "seq": n, "occurred_at": at(*n)}))
+        .collect()
+}
+
+fn report() -> Value {
+    json!({"published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10",
+           "recommendations": {"total": 300, "supported": 250, "noted": 50}})
+}
+
+#[tokio::test]
+async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
+    let given = Given::projection().await;
+    for (i, e) in scenario().iter().enumerate() {
+        assert_eq!(given.publish(e).await, i as u64 + 1);
+    }
+    assert_eq!(given.caught_up().await, 11);
+
+    let kz48 = json!({
+        "country": "KZ", "session": 48, "status": "reported",
+        "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva",
+        "history": history(&[("review_scheduled", 1), ("review_rescheduled", 4), ("side_event_held", 5), ("review_held", 8), ("report_published", 9)]),
+        "side_events": 1, "report": report(), "last_seq": 9,
+    });
+    let ch48 = json!({
+        "country": "CH", "session": 48, "status": "scheduled",
+        "scheduled_for": "2025-01-27T09:00:00Z", "location": "Geneva",
+        "history": history(&[("review_scheduled", 2), ("review_cancelled", 6), ("review_scheduled", 7)]),
+        "side_events": 0, "report": null, "last_seq": 7,
+    });
+    let fr48 = json!({
+        "country": "FR", "session": 48, "status": null, "scheduled_for": null, "location": null,
+        "history": history(&[("side_event_held", 3)]), "side_events": 1, "report": null, "last_seq": 3,
+    });
+    // Reviews by date then country (AR and CH tie), side events by date.
+    let s48 = json!({
+        "session": 48,
+        "reviews": [
+            {"country": "KZ", "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
+            {"country": "AR", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z"},
+            {"country": "CH", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z"},
+        ],
+        "side_events": [
+            {"event_id": Uuid::from_u128(5), "country": "KZ", "title": "Kazakhstan pre-session", "held_on": "2025-01-20T00:00:00Z",
+             "speakers": [{"name": "B. Nurlanov", "role": null}], "participating_states": null},
+            {"event_id": Uuid::from_u128(3), "country": "FR", "title": "Civil society briefing", "held_on": "2025-01-22T00:00:00Z",
+             "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12},
+        ],
+        "last_seq": 11,
+    });
+    // Reviews and reports by session.
+    let kz = json!({
+        "country": "KZ",
+        "reviews": [
+            {"session": 47, "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z"},
+            {"session": 48, "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
+        ],
+        "side_events": 1,
+        "reports": [{"session": 48, "published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10",
+                     "recommendations": {"total": 300, "supported": 250, "noted": 50}}],
+        "last_seq": 10,
+    });
+    let fr =
+        json!({"country": "FR", "reviews": [], "side_events": 1, "reports": [], "last_seq": 3});
+    let s47 = json!({"session": 47, "reviews": [{"country": "KZ", "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z"}],
+                     "side_events": [], "last_seq": 10});
+
+    for (bucket, key, expected, query, name) in [
+        (
+            REVIEWS_BUCKET,
+            "KZ.48",
+            &kz48,
+            "upr.query.review.KZ.48",
+            "review",
+        ),
+        (
+            REVIEWS_BUCKET,
+            "CH.48",
+            &ch48,
+            "upr.query.review.ch.48",
+            "review",
+        ),
+        (
+            REVIEWS_BUCKET,
+            "FR.48",
+            &fr48,
+            "upr.query.review.FR.48",
+            "review",
+        ),
+        (
+            SESSIONS_BUCKET,
+            "48",
+            &s48,
+            "upr.query.session.48",
+            "session",
+        ),
+        (
+            SESSIONS_BUCKET,
+            "47",
+            &s47,
+            "upr.query.session.47",
+            "session",
+        ),
+        (
+            COUNTRIES_BUCKET,
+            "KZ",
+            &kz,
+            "upr.query.country.KZ",
+            "country",
+        ),
+        (
+            COUNTRIES_BUCKET,
+            "FR",
+            &fr,
+            "upr.query.country.fr",
+            "country",
+        ),
+    ] {
+        assert_eq!(
+            given.kv_get(bucket, key).await.as_deref(),
+            Some(expected.to_string().as_str()),
+            "{bucket} {key}"
+        );
+        let reply = given
+            .client
+            .request(query.to_string(), "".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(reply.payload.to_vec()).unwrap(),
+            json!({"ok": true, name: expected}).to_string(),
+            "{query}"
+        );
+    }
+    let snapshot = given.snapshot().await;
+    assert_eq!(snapshot[REVIEWS_BUCKET].len(), 5);
+    assert_same(&snapshot, &given.pure_fold().await, "live vs pure fold");
+}
+
+#[tokio::test]
+async fn queries_answer_upcoming_status_and_every_error_code() {
+    let given = Given::projection().await;
+    let now = time::OffsetDateTime::now_utc();
+    let day = |d: i64| {
+        Timestamp::from_offset_datetime(
+            now.replace_nanosecond(0).unwrap() + time::Duration::days(d),
+        )
+        .unwrap()
+        .to_string()
+    };
+    let sched = |n, c: &str, d| {
+        event(
+            n,
+            "review_scheduled",
+            json!({"country": c, "session": 60, "scheduled_for": day(d)}),
+        )
+    };
+    for e in [
+        sched(1, "KZ", 10),
+        sched(2, "CH", 2),
+        sched(3, "AR", 2),
+        sched(4, "FR", -3),
+        sched(5, "BR", 40),
+        event(
+            6,
+            "review_cancelled",
+            json!({"country": "BR", "session": 60}),
+        ),
+        event(
+            7,
+            "review_scheduled",
+            json!({"country": "KZ", "session": 61, "scheduled_for": day(20)}),
+        ),
+    ] {
+        given.publish(&e).await;
+    }
+    given.caught_up().await;
+
+    let up = |c: &str, s: u32, d| json!({"country": c, "session": s, "scheduled_for": day(d)});
+    // Soonest first, then country; past, cancelled excluded.
+    let all = given.query_ok("upr.query.upcoming", "").await;
+    assert_eq!(
+        all["reviews"],
+        json!([
+            up("AR", 60, 2),
+            up("CH", 60, 2),
+            up("KZ", 60, 10),
+            up("KZ", 61, 20)
+        ])
+    );
+    let week = given
+        .query_ok("upr.query.upcoming", r#"{"within_days": 7}"#)
+        .await;
+    assert_eq!(week["reviews"], json!([up("AR", 60, 2), up("CH", 60, 2)]));
+    let kz = given
+        .query_ok(
+            "upr.query.upcoming",
+            r#"{"country": "kz", "within_days": 15}"#,
+        )
+        .await;
+    assert_eq!(kz["reviews"], json!([up("KZ", 60, 10)]));
+
+    let status = given.query_ok("upr.query.status", "").await;
+    assert_eq!(
+        status,
+        json!({"ok": true, "applied_seq": 7, "stream_last_seq": 7})
+    );
+
+    given
+        .query_err("upr.query.review.KZ.59", "", "not_found", None)
+        .await;
+    given
+        .query_err("upr.query.session.59", "", "not_found", None)
+        .await;
+    given
+        .query_err("upr.query.country.TD", "", "not_found", None)
+        .await;
+    given
+        .query_err(
+            "upr.query.review.XX.48",
+            "",
+            "invalid_field",
+            Some("country"),
+        )
+        .await;
+    given
+        .query_err(
+            "upr.query.review.KZ.0",
+            "",
+            "invalid_field",
+            Some("session"),
+        )
+        .await;
+    given
+        .query_err(
+            "upr.query.session.abc",
+            "",
+            "invalid_field",
+            Some("session"),
+        )
+        .await;
+    given
+        .query_err(
+            "upr.query.country.Kazakhstan",
+            "",
+            "invalid_field",
+            Some("country"),
+        )
+        .await;
+    given
+        .query_err("upr.query.upcoming", "{not json", "invalid_json", None)
+        .await;
+    given
+        .query_err(
+            "upr.query.upcoming",
+            r#"{"within_days": -1}"#,
+            "invalid_field",
+            Some("within_days"),
+        )
+        .await;
+    given
+        .query_err(
+            "upr.query.upcoming",
+            r#"{"country": "XX"}"#,
+            "invalid_field",
+            Some("country"),
+        )
+        .await;
+    given
+        .query_err(
+            "upr.query.upcoming",
+            r#"{"days": 3}"#,
+            "invalid_field",
+            Some("days"),
+        )
+        .await;
+    given
+        .query_err(
+            "upr.query.review.KZ.60",
+            r#"{"min_seq": "7"}"#,
+            "invalid_field",
+            Some("min_seq"),
+        )
+        .await;
+
+    // An unreachable min_seq times out after 5 s.
+    let started = std::time::Instant::now();
+    given
+        .query_err(
+            "upr.query.review.KZ.60",
+            r#"{"min_seq": 1000}"#,
+            "timeout",
+            None,
+        )
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "answered timeout before waiting"
+    );
+
+    // Listed as a micro service with its query endpoints and counters.
+    let info = given
+        .request(&format!("$SRV.INFO.{}", services::PROJECTION), "")
+        .await;
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    for s in [
+        "upr.query.review.*.*",
+        "upr.query.session.*",
+        "upr.query.country.*",
+        "upr.query.upcoming",
+        "upr.query.status",
+    ] {
+        assert!(subjects.contains(&s), "{s} not in {subjects:?}");
+    }
+    let stats = given.stats().await;
+    assert_eq!(
+        (stats["applied_seq"].as_u64(), stats["lag"].as_u64()),
+        (Some(7), Some(0)),
+        "{stats}"
+    );
+    assert_eq!(
+        (
+            stats["events_applied"].as_u64(),
+            stats["malformed_skipped"].as_u64()
+        ),
+        (Some(7), Some(0)),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_reads_its_own_write_with_min_seq() {
+    let given = Given::projection().await;
+    for n in 1..=20u128 {
+        let e = event(
+            n,
+            "side_event_held",
+            json!({"country": "KZ", "session": 48, "title": format!("Side {n}"), "held_on": "2025-01-20"}),
+        );
+        let seq = given.publish(&e).await;
+        // Immediately: the answer already contains the event.
+        let v = given
+            .query_ok(
+                "upr.query.review.KZ.48",
+                &json!({"min_seq": seq}).to_string(),
+            )
+            .await;
+        assert_eq!(v["review"]["last_seq"], seq);
+        assert_eq!(v["review"]["side_events"], n as u64);
+        let s = given
+            .query_ok("upr.query.session.48", &format!(r#"{{"min_seq":{seq}}}"#))
+            .await;
+        assert_eq!(
+            s["session"]["side_events"].as_array().unwrap().len(),
+            n as usize
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_messages_in_the_log_are_counted_and_skipped_without_a_stall() {
+    let given = Given::projection().await;
+    let events = scenario();
+    let garbage_subject = "upr.events.KZ.48.review_scheduled";
+    let mut unknown_type: Value = serde_json::from_slice(&events[0].to_json()).unwrap();
+    unknown_type["type"] = "review_postponed".into();
+    given.publish(&events[0]).await;
+    given
+        .publish_raw(garbage_subject, b"{not json".to_vec(), "g1")
+        .await;
+    given.publish(&events[1]).await;
+    given
+        .publish_raw(
+            garbage_subject,
+            serde_json::to_vec(&unknown_type).unwrap(),
+            "g2",
+        )
+        .await;
+    // A valid envelope of CH on a KZ subject.
+    given
+        .publish_raw(garbage_subject, events[1].to_json(), "g3")
+        .await;
+    given.publish_raw(garbage_subject, Vec::new(), "g4").await;
+    for e in &events[2..] {
+        given.publish(e).await;
+    }
+    let last = given.caught_up().await;
+    assert_eq!(last, events.len() as u64 + 4);
+    let stats = given.stats().await;
+    assert_eq!(stats["malformed_skipped"], 4, "{stats}");
+    assert_eq!(stats["events_applied"], events.len(), "{stats}");
+    assert_same(
+        &given.snapshot().await,
+        &given.pure_fold().await,
+        "live vs pure fold",
+    );
+    let ch = given.query_ok("upr.query.review.CH.48", "").await;
+    assert_eq!(
+        ch["review"]["history"].as_array().unwrap().len(),
+        3,
+        "the misplaced copy is not applied"
+    );
+    assert!(
+        given
+            .projection
+            .logs()
+            .contains("skipping a message that is not a valid event")
+    );
+}
+
+/// A burst across many reviews, sessions and countries.
+fn burst(n: u128) -> Vec<Envelope> {
+    const COUNTRIES: [&str; 7] = ["KZ", "CH", "FR", "BR", "AR", "TD", "NO"];
+    (0..n)
+        .map(|i| {
+            let country = COUNTRIES[(i % 7) as usize];
+            let session = 40 + (i / 7 % 5) as u32;
+            let round = i / 35;
+            let id = 10_000 + i;
+            match round % 4 {
+                0 if round < 4 => event(id, "review_scheduled", json!({"country": country, "session": session, "scheduled_for": format!("2030-01-{:02}T08:00:00Z", i % 28 + 1)})),
+                1 => event(id, "review_rescheduled", json!({"country": country, "session": session, "scheduled_for": format!("2030-02-{:02}T08:00:00Z", i % 28 + 1)})),
+                _ => event(id, "side_event_held", json!({"country": country, "session": session, "title": format!("Side event {i}"),
+                    "held_on": format!("2030-01-{:02}", i % 28 + 1), "speakers": [{"name": "S"}], "participating_states": i % 50})),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold() {
+    let mut given = Given::projection().await;
+    let events = burst(1000);
+    let (first, rest) = events.split_at(400);
+    let publish_all = |evs: &'_ [Envelope]| {
+        let js = given.js.clone();
+        let evs = evs.to_vec();
+        async move {
+            let mut acks = Vec::new();
+            for e in &evs {
+                let subject = subjects::event(e.country, e.session, e.event_type());
+                let publish = PublishMessage::build()
+                    .payload(e.to_json().into())
+                    .message_id(e.id.to_string());
+                acks.push(js.send_publish(subject, publish).await.unwrap());
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+        }
+    };
+    publish_all(first).await;
+    // Kill while it is busy with the burst (after it applied something).
+    eventually(WAIT, "some events applied", || async {
+        let v = given.request("upr.query.status", "").await;
+        (v["applied_seq"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    given.projection.kill9();
+    publish_all(rest).await;
+    given.projection.restart();
+    given.projection.wait_healthy().await;
+    assert_eq!(given.caught_up().await, 1000);
+    let live = given.snapshot().await;
+    assert_same(
+        &live,
+        &given.pure_fold().await,
+        "live models vs the pure fold",
+    );
+
+    let status = given.projection.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    let mut rebuild =
+        ServiceProcess::start_args(services::PROJECTION, &given.nats.url(), &[], &["rebuild"]);
+    let status = rebuild.wait_exit(WAIT);
+    assert!(status.success(), "rebuild failed: {}", rebuild.logs());
+    assert!(
+        rebuild.logs().contains("rebuild complete"),
+        "{}",
+        rebuild.logs()
+    );
+    let rebuilt = given.snapshot().await;
+    assert_eq!(rebuilt[REVIEWS_BUCKET].len(), 35);
+    assert_same(&rebuilt, &live, "rebuild vs live models");
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_or_bucket_makes_it_replay_into_complete_models() {
+    let mut given = Given::projection().await;
+    for e in scenario() {
+        given.publish(&e).await;
+    }
+    given.caught_up().await;
+    let expected = given.pure_fold().await;
+    assert_same(&given.snapshot().await, &expected, "after replay");
+
+    // While running: the consumer is deleted, the buckets kept.
+    let stream = given.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+    stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
+    eventually(WAIT, "a replay", || async {
+        (given.stats().await["replays"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    given.caught_up().await;
+    assert_same(&given.snapshot().await, &expected, "after replay");
+    // Applying again changed nothing, and new events still flow.
+    let extra = event(99, "review_held", json!({"country": "CH", "session": 48}));
+    let seq = given.publish(&extra).await;
+    let ch = given
+        .query_ok(
+            "upr.query.review.CH.48",
+            &json!({"min_seq": seq}).to_string(),
+        )
+        .await;
+    assert_eq!(ch["review"]["status"], "held");
+    let expected = given.pure_fold().await;
+
+    // While stopped: an operator deletes a bucket; the restart replays.
+    given.projection.terminate(Duration::from_secs(10));
+    given.js.delete_key_value(SESSIONS_BUCKET).await.unwrap();
+    given.projection.restart();
+    given.projection.wait_healthy().await;
+    given.caught_up().await;
+    assert_same(&given.snapshot().await, &expected, "after replay");
+
+    // While stopped: only the consumer is deleted; the restart replays too.
+    given.projection.terminate(Duration::from_secs(10));
+    stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
+    given.projection.restart();
+    given.projection.wait_healthy().await;
+    given.caught_up().await;
+    assert_same(&given.snapshot().await, &expected, "after replay");
+}
+
+#[tokio::test]
+async fn redelivering_the_whole_log_into_kept_buckets_changes_nothing() {
+    let mut given = Given::projection().await;
+    for e in scenario() {
+        given.publish(&e).await;
+    }
+    given.caught_up().await;
+    let before = given.snapshot().await;
+    // Move the consumer back to sequence 1 while the buckets are kept: on
+    // restart every event is delivered again and skipped by last_seq.
+    given.projection.terminate(Duration::from_secs(10));
+    let stream = given.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+    stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
+    stream
+        .create_consumer(contract::projection_consumer())
+        .await
+        .unwrap();
+    given.projection.restart();
+    given.projection.wait_healthy().await;
+    assert_eq!(given.caught_up().await, 11);
+    let stats = given.stats().await;
+    assert_eq!(
+        (stats["events_applied"].as_u64(), stats["replays"].as_u64()),
+        (Some(0), Some(0)),
+        "{stats}"
+    );
+    assert_same(&given.snapshot().await, &before, "after redelivery");
+}
