@@ -3,3 +3,4 @@
 //! feature), so they build once.
 
 mod foundation;
+mod readme;
