@@ -2,5 +2,9 @@
 //! server per test. All of them link into this one binary (one module per
 //! feature), so they build once.
 
+mod deployment;
 mod foundation;
+mod ingest;
+mod notifier;
+mod projection;
 mod readme;
