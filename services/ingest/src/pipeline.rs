@@ -239,11 +239,11 @@ impl Worker {
         let subject = subjects::event(key.country, key.session, event_type);
         let envelope = Bytes::from(command.into_envelope(id, now()).to_json());
         for attempt in 1..=MAX_ATTEMPTS {
-            let state = match self.cache.get_mut(&key) {
-                Some(state) => state,
+            let (state, fresh) = match self.cache.get_mut(&key) {
+                Some(state) => (state, false),
                 None => {
                     let loaded = self.log.load(key, deadline).await.map_err(unavailable)?;
-                    self.cache.insert(key, loaded)
+                    (self.cache.insert(key, loaded), true)
                 }
             };
             let expected = match state.decide(id, event_type, key) {
@@ -253,6 +253,15 @@ impl Worker {
                         seq,
                         duplicate: true,
                     });
+                }
+                // An append is checked by the log (expected sequence); a
+                // refusal is not, so it is only final when decided on the
+                // log as it is now: another replica may have moved the
+                // review on, or stored this very event_id, since it was cached.
+                Decision::Refuse(_) if !fresh => {
+                    debug!(attempt, "refusal decided on a cached state; reloading");
+                    self.cache.forget(&key);
+                    continue;
                 }
                 Decision::Refuse(error) => return Err(error),
                 Decision::Append { expected_last_seq } => expected_last_seq,
