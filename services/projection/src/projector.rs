@@ -187,7 +187,17 @@ impl Projector {
             reason,
             "emptying the read models and replaying the log from sequence 1"
         );
-        self.store.reset().await?;
+        // JetStream may still be recovering (right after a server restart):
+        // keep trying rather than give up the service.
+        let mut backoff = Duration::from_millis(200);
+        while let Err(e) = self.store.reset().await {
+            if self.is_stopping() {
+                return Err(e);
+            }
+            warn!(error = %e, retry_in = ?backoff, "cannot reset the read models yet");
+            self.pause(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
         self.set.clear();
         self.shared
             .upcoming
@@ -197,7 +207,10 @@ impl Projector {
         self.applied = 0;
         self.folded = 0;
         self.unacked = None;
-        self.accept_gap = true;
+        // The fresh consumer must start at sequence 1; anything else (an old
+        // consumer recovered by a restarting server) is a gap, and the gap
+        // path repositions it.
+        self.accept_gap = false;
         self.shared.set_applied(0);
         self.shared.replays.fetch_add(1, Ordering::Relaxed);
         Ok(())

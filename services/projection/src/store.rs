@@ -228,9 +228,20 @@ async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Res
     for name in ALL_BUCKETS {
         ensure_bucket(js, contract::read_model_bucket(name, replicas)).await?;
     }
-    events
+    let mut consumer: PullConsumer = events
         .create_consumer(contract::projection_consumer())
         .await?;
+    // A server that is still recovering can answer "not found" to the delete
+    // and then bring the old consumer back; creating it again then returns
+    // the old one, which would resume mid-log into empty buckets.
+    let info = consumer.info().await?;
+    if info.delivered.stream_sequence > 0 || info.ack_floor.stream_sequence > 0 {
+        return Err(format!(
+            "consumer {PROJECTION_CONSUMER} came back at sequence {} instead of starting over",
+            info.delivered.stream_sequence
+        )
+        .into());
+    }
     info!("read models emptied; consumer recreated at sequence 1");
     Ok(())
 }
