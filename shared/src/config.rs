@@ -83,6 +83,16 @@ impl CommonConfig {
     }
 }
 
+/// A [`Lookup`] over fixed pairs instead of the process environment, so
+/// configuration parsing is tested without mutating global state.
+pub fn lookup_pairs(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
 /// Builds a [`ConfigError`].
 pub fn err(var: &'static str, message: &str) -> ConfigError {
     ConfigError {
@@ -127,17 +137,9 @@ pub fn parse_duration(var: &'static str, text: &str) -> Result<Duration, ConfigE
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
+    use super::lookup_pairs as lookup;
 
     #[test]
     fn defaults_point_at_a_local_server_with_one_replica() {

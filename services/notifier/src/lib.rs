@@ -197,6 +197,56 @@ async fn pause(stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Feeds every message of a durable consumer to `handle`, one at a time,
+/// until `stop` flips (the message in hand is finished first). `open`
+/// creates or binds the consumer and starts pulling; it is called again
+/// whenever pulling ends or the consumer was deleted, so an operator
+/// removing it, or NATS restarting, never stops the loop.
+async fn follow<O, OF, H, HF>(
+    what: &'static str,
+    mut stop: watch::Receiver<bool>,
+    mut open: O,
+    mut handle: H,
+) where
+    O: FnMut() -> OF,
+    OF: std::future::Future<
+            Output = Result<async_nats::jetstream::consumer::pull::Stream, async_nats::Error>,
+        >,
+    H: FnMut(async_nats::jetstream::Message) -> HF,
+    HF: std::future::Future<Output = ()>,
+{
+    use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+    use futures::StreamExt;
+    loop {
+        let mut messages = match open().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(consumer = what, error = %e, "cannot pull; retrying");
+                if pause(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => handle(msg).await,
+                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        warn!(consumer = what, "consumer was deleted; recreating it");
+                        break;
+                    }
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    Some(Err(e)) => tracing::debug!(consumer = what, error = %e, "consumer hiccup"),
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
 /// Reads the number of pending reminders from the timers stream.
 async fn read_pending(shared: &Shared) -> Result<u64, async_nats::Error> {
     let info = shared.timers.get_info().await?;

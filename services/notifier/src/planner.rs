@@ -17,12 +17,8 @@ use std::sync::Arc;
 
 use async_nats::{
     HeaderMap, header,
-    jetstream::{
-        AckKind, Message,
-        consumer::{PullConsumer, pull::MessagesErrorKind},
-    },
+    jetstream::{AckKind, Message, consumer::PullConsumer},
 };
-use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
@@ -52,50 +48,15 @@ fn retry(e: impl std::fmt::Display) -> ApplyError {
 }
 
 /// Consumes `UPR_EVENTS` until `stop` flips, finishing the event in hand.
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let consumer: PullConsumer = match shared
+pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let open = || async {
+        let consumer: PullConsumer = shared
             .events
             .create_consumer(names::events_consumer())
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot open the events consumer; retrying");
-                if crate::pause(&mut stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "cannot pull events; retrying");
-                if crate::pause(&mut stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => handle(&shared, msg).await,
-                    // Someone deleted the consumer: create it again.
-                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
-                        warn!("events consumer was deleted; recreating it");
-                        break;
-                    }
-                    // Missed heartbeats and the like: the stream recovers by itself.
-                    Some(Err(e)) => debug!(error = %e, "events consumer hiccup"),
-                    None => break,
-                },
-            }
-        }
-    }
+            .await?;
+        Ok(consumer.messages().await?)
+    };
+    crate::follow("events", stop, open, |msg| handle(&shared, msg)).await;
 }
 
 async fn handle(shared: &Shared, msg: Message) {

@@ -18,13 +18,8 @@ use std::sync::Arc;
 
 use async_nats::{
     HeaderMap, header,
-    jetstream::{
-        AckKind, Message,
-        consumer::{PullConsumer, pull::MessagesErrorKind},
-        kv::CreateErrorKind,
-    },
+    jetstream::{AckKind, Message, consumer::PullConsumer, kv::CreateErrorKind},
 };
-use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
@@ -39,58 +34,22 @@ use crate::{
 };
 
 /// Consumes fired timers until `stop` flips, finishing the one in hand.
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let consumer: PullConsumer = match shared
+pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let open = || async {
+        let consumer: PullConsumer = shared
             .timers
             .create_consumer(names::timers_consumer())
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot open the timers consumer; retrying");
-                if crate::pause(&mut stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
+            .await?;
         // A small batch: timers handed to a replica that is then killed wait
         // out the ack wait, so keep few of them in flight per replica.
-        let pulled = consumer
+        Ok(consumer
             .stream()
             .max_messages_per_batch(4)
             .heartbeat(std::time::Duration::from_secs(5))
             .messages()
-            .await;
-        let mut messages = match pulled {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "cannot pull timers; retrying");
-                if crate::pause(&mut stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => handle(&shared, msg).await,
-                    // Someone deleted the consumer: create it again.
-                    Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
-                        warn!("timers consumer was deleted; recreating it");
-                        break;
-                    }
-                    // Missed heartbeats and the like: the stream recovers by itself.
-                    Some(Err(e)) => debug!(error = %e, "timers consumer hiccup"),
-                    None => break,
-                },
-            }
-        }
-    }
+            .await?)
+    };
+    crate::follow("timers", stop, open, |msg| handle(&shared, msg)).await;
 }
 
 /// What became of one fired timer.
