@@ -197,6 +197,14 @@ async fn pause(stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// How long one pull request waits on the server. Short, with a short
+/// heartbeat: after nats-server restarts, a pull is only known to be dead
+/// when heartbeats stop, and a reminder must not wait for that longer than
+/// about two heartbeats.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// See [`PULL_EXPIRES`].
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Feeds every message of a durable consumer to `handle`, one at a time,
 /// until `stop` flips (the message in hand is finished first). `open`
 /// creates or binds the consumer and starts pulling; it is called again

@@ -27,7 +27,7 @@ use upr_shared::{
 };
 
 use crate::{
-    Shared, now,
+    PULL_EXPIRES, PULL_HEARTBEAT, Shared, now,
     state::{self, StoredReview},
     stats::Stats,
 };
@@ -54,7 +54,12 @@ pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             .events
             .create_consumer(names::events_consumer())
             .await?;
-        Ok(consumer.messages().await?)
+        Ok(consumer
+            .stream()
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await?)
     };
     crate::follow("events", stop, open, |msg| handle(&shared, msg)).await;
 }

@@ -28,7 +28,7 @@ use upr_shared::{
 };
 
 use crate::{
-    Shared, now,
+    PULL_EXPIRES, PULL_HEARTBEAT, Shared, now,
     state::{self, SentMark},
     stats::Stats,
 };
@@ -45,7 +45,8 @@ pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         Ok(consumer
             .stream()
             .max_messages_per_batch(4)
-            .heartbeat(std::time::Duration::from_secs(5))
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await?)
     };
