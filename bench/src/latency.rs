@@ -1,0 +1,217 @@
+//! Part 3: end-to-end latency at a steady rate, from the ingest request
+//! being sent to the change being visible through `upr.query.review.*` with
+//! `min_seq` (read-your-own-write).
+//!
+//! Open loop: a send is due every 1/rate seconds whatever happened to the
+//! previous ones, and each latency is measured from when its send was due,
+//! so a stall shows up in the figures instead of silently slowing the load.
+
+use std::{collections::VecDeque, time::Duration};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesUnordered};
+use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+use upr_shared::{contract, domain::ReviewKey};
+use upr_tests::{NatsServer, ServiceProcess};
+
+use crate::{
+    Sizes,
+    drive::{self, Prepared},
+    ingest::SERVICE_ENV,
+    part::{Part, say},
+    stats::{Goal, Percentiles},
+    system::MemWatch,
+    workload::{Generator, Keys},
+};
+
+/// Reviews kept cycling, so consecutive events mostly hit different reviews.
+const ACTIVE_REVIEWS: usize = 64;
+
+struct Sample {
+    ingest_ms: f64,
+    total_ms: f64,
+}
+
+/// One event: request, then query the review with `min_seq`; both measured
+/// from `due`.
+async fn one(
+    client: async_nats::Client,
+    key: ReviewKey,
+    p: Prepared,
+    due: Instant,
+) -> Result<Sample, String> {
+    let seq = drive::ingest_send(client.clone(), p).await?;
+    let ingest_ms = due.elapsed().as_secs_f64() * 1e3;
+    let query = Bytes::from(json!({"min_seq": seq}).to_string());
+    let reply = client
+        .request(contract::query::review(key), query)
+        .await
+        .map_err(|e| format!("query: {e}"))?;
+    let total_ms = due.elapsed().as_secs_f64() * 1e3;
+    let v: Value =
+        serde_json::from_slice(&reply.payload).map_err(|e| format!("query reply: {e}"))?;
+    let last = v["review"]["last_seq"].as_u64();
+    if v["ok"] != json!(true) || last.is_none_or(|l| l < seq) {
+        return Err(format!("query for {key} after seq {seq} answered {v}"));
+    }
+    Ok(Sample {
+        ingest_ms,
+        total_ms,
+    })
+}
+
+/// One repetition: `events` events at `rate`/s.
+async fn rep(
+    client: &async_nats::Client,
+    keys: &mut Keys,
+    seed: u64,
+    events: usize,
+    rate: u32,
+) -> Result<Vec<Sample>, String> {
+    let mut generator = Generator::new(seed);
+    let mut idle: VecDeque<(ReviewKey, std::vec::IntoIter<Prepared>)> = VecDeque::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut samples = Vec::with_capacity(events);
+    let mut sent = 0;
+    let mut waited_for_review = 0usize;
+    while sent < events || !in_flight.is_empty() {
+        tokio::select! {
+            due = ticker.tick(), if sent < events => {
+                if idle.len() < ACTIVE_REVIEWS {
+                    let plan = generator.review(keys.next_key(), None);
+                    let prepared = drive::prepare(std::slice::from_ref(&plan), crate::now());
+                    let events = prepared.into_iter().next().unwrap_or_default();
+                    idle.push_back((plan.key, events.into_iter()));
+                }
+                let Some((key, mut rest)) = idle.pop_front() else {
+                    waited_for_review += 1;
+                    continue;
+                };
+                let Some(p) = rest.next() else { continue };
+                sent += 1;
+                let c = client.clone();
+                in_flight.push(async move { (key, rest, one(c, key, p, due).await) });
+            }
+            Some((key, rest, result)) = in_flight.next() => {
+                samples.push(result?);
+                if rest.len() > 0 {
+                    idle.push_back((key, rest));
+                }
+            }
+        }
+    }
+    if waited_for_review > 0 {
+        return Err(format!("{waited_for_review} sends found no idle review"));
+    }
+    Ok(samples)
+}
+
+/// Part 3.
+pub async fn run(part: Part, sizes: Sizes) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let nats_pid = crate::system::nats_pid(server.port());
+    say(format!("nats-server pid {nats_pid:?} on {url}"));
+    let nats_mem = nats_pid.map(crate::system::MemWatch::start);
+    let ingest = ServiceProcess::start("upr-ingest", &url, SERVICE_ENV);
+    let projection = ServiceProcess::start("upr-projection", &url, SERVICE_ENV);
+    ingest.wait_healthy().await;
+    projection.wait_healthy().await;
+    let mem = projection.pid().map(MemWatch::start);
+    say(format!(
+        "upr-ingest pid {:?}, upr-projection pid {:?}",
+        ingest.pid(),
+        projection.pid()
+    ));
+    let Ok(client) = drive::connect(&url).await else {
+        return part.error("cannot connect to the benchmark's nats-server");
+    };
+    let mut keys = Keys::default();
+    part.detail("rate_per_s", sizes.latency_rate.into());
+    part.detail("events_per_run", sizes.latency_events.into());
+    // Warm-up, not recorded.
+    if let Err(e) = rep(
+        &client,
+        &mut keys,
+        7,
+        (sizes.latency_rate as usize / 2).min(500),
+        sizes.latency_rate,
+    )
+    .await
+    {
+        return part.error(format!("latency warm-up: {e}"));
+    }
+    for r in 0..sizes.reps {
+        let samples = match rep(
+            &client,
+            &mut keys,
+            300 + r as u64,
+            sizes.latency_events,
+            sizes.latency_rate,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return part.error(e),
+        };
+        let total = Percentiles::of(&samples.iter().map(|s| s.total_ms).collect::<Vec<_>>());
+        let ingest = Percentiles::of(&samples.iter().map(|s| s.ingest_ms).collect::<Vec<_>>());
+        say(format!(
+            "latency rep {}: end-to-end p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (ingest reply p50 {:.2}, p99 {:.2})",
+            r + 1,
+            total.p50,
+            total.p99,
+            total.max,
+            ingest.p50,
+            ingest.p99
+        ));
+        part.push_detail("samples", total.count.into());
+        part.record("latency.p50", "End-to-end p50", "ms", None, total.p50);
+        part.record(
+            "latency.p99",
+            "End-to-end p99",
+            "ms",
+            Some(Goal::Below(10.0)),
+            total.p99,
+        );
+        part.record("latency.max", "End-to-end max", "ms", None, total.max);
+        part.record(
+            "latency.ingest_p50",
+            "Ingest reply p50",
+            "ms",
+            None,
+            ingest.p50,
+        );
+        part.record(
+            "latency.ingest_p99",
+            "Ingest reply p99",
+            "ms",
+            None,
+            ingest.p99,
+        );
+    }
+    if let Some(mem) = mem {
+        let mb = mem.stop(projection.pid()).await;
+        part.record(
+            "memory.projection_live",
+            "upr-projection peak RSS (part 3)",
+            "MB",
+            Some(Goal::Below(100.0)),
+            mb,
+        );
+    }
+    if let Some(m) = nats_mem {
+        let mb = m.stop(nats_pid).await;
+        part.record(
+            "memory.nats",
+            "nats-server peak RSS (part 3, for reference)",
+            "MB",
+            None,
+            mb,
+        );
+    }
+    drop((ingest, projection, server));
+}

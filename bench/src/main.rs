@@ -1,0 +1,406 @@
+//! `upr-bench`: measures the UPR Tracker services against raw JetStream on
+//! one machine, with its own nats-server (free loopback port, fresh store)
+//! and its own service processes.
+//!
+//! Parts: 1 ingest against a raw publisher; 2 projection rebuild against a
+//! raw pull consumer; 3 end-to-end latency at a steady rate; 4 reminder
+//! timing; 5 peak memory (taken during 1–4); 6 scaling (ingest replicas,
+//! rebuild time against stream length). Writes `latest.json`, `README.md`
+//! and `chart.svg` to `--out` (default `docs/benchmarks`; `--quick` writes
+//! to a temporary directory unless `--out` is given).
+//!
+//! Exit status: 0 when every part ran and checked out (all events stored,
+//! all reminders received, ...), 1 when a part failed, 2 on bad arguments.
+//! Goals are reported, never enforced: a missed goal does not fail the run.
+
+mod drive;
+mod ingest;
+mod latency;
+mod part;
+mod projection;
+mod reminders;
+mod report;
+mod stats;
+mod system;
+mod workload;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use serde_json::json;
+use time::OffsetDateTime;
+use upr_shared::domain::Timestamp;
+
+use crate::{
+    part::{Part, say},
+    report::{PartReport, Report},
+};
+
+/// How big each part is.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Repetitions of each figure.
+    pub reps: usize,
+    /// Events per ingest/raw run.
+    pub ingest_events: usize,
+    /// Reviews in flight during throughput runs (both sides).
+    pub in_flight: usize,
+    /// Client connections during throughput runs (both sides).
+    pub connections: usize,
+    /// Ingest replicas for the scaling curve (empty: skipped).
+    pub replicas: Vec<usize>,
+    /// Stream length of part 2.
+    pub projection_events: u64,
+    /// Stream lengths measured (the last is `projection_events`).
+    pub stream_lengths: Vec<u64>,
+    /// Longest a rebuild may take.
+    pub rebuild_timeout: Duration,
+    /// Events per second in part 3.
+    pub latency_rate: u32,
+    /// Events per latency run.
+    pub latency_events: usize,
+    /// Reminders per run in part 4.
+    pub reminders: usize,
+    /// Window their due times are spread over.
+    pub reminder_spread: Duration,
+    /// Reviews scheduled far ahead before part 4's runs.
+    pub background_reviews: usize,
+    /// Longest the notifier may take to plan the background.
+    pub plan_timeout: Duration,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Self {
+            reps: 3,
+            ingest_events: 50_000,
+            in_flight: 256,
+            connections: 4,
+            replicas: vec![1, 2, 4],
+            projection_events: 1_000_000,
+            stream_lengths: vec![100_000, 300_000, 1_000_000],
+            rebuild_timeout: Duration::from_secs(900),
+            latency_rate: 1000,
+            latency_events: 30_000,
+            reminders: 10_000,
+            reminder_spread: Duration::from_secs(60),
+            background_reviews: 90_000,
+            plan_timeout: Duration::from_secs(900),
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            reps: 1,
+            ingest_events: 2_000,
+            in_flight: 128,
+            connections: 2,
+            replicas: vec![],
+            projection_events: 2_000,
+            stream_lengths: vec![2_000],
+            rebuild_timeout: Duration::from_secs(60),
+            latency_rate: 1000,
+            latency_events: 2_000,
+            reminders: 200,
+            reminder_spread: Duration::from_secs(3),
+            background_reviews: 0,
+            plan_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "repetitions": self.reps,
+            "ingest_events_per_run": self.ingest_events,
+            "reviews_in_flight": self.in_flight,
+            "connections": self.connections,
+            "ingest_replicas": self.replicas,
+            "projection_events": self.projection_events,
+            "stream_lengths": self.stream_lengths,
+            "latency_rate_per_s": self.latency_rate,
+            "latency_events_per_run": self.latency_events,
+            "reminders_per_run": self.reminders,
+            "reminder_spread_s": self.reminder_spread.as_secs_f64(),
+            "background_reviews": self.background_reviews,
+        })
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupt() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The current time as ingest records it (UTC, milliseconds).
+pub fn now() -> Timestamp {
+    Timestamp::from_offset_datetime(OffsetDateTime::now_utc())
+        .map(Timestamp::truncate_to_millis)
+        .expect("the clock is within years 0000..=9999")
+}
+
+/// The parts: name (for `--parts` and the JSON) and title (for the table).
+pub const PARTS: [(&str, &str); 4] = [
+    ("ingest", "1 Ingest"),
+    ("projection", "2 Projection"),
+    ("latency", "3 Latency"),
+    ("reminders", "4 Reminders"),
+];
+
+const USAGE: &str = "usage: upr-bench [--quick] [--out DIR] [--reps N] [--parts ingest,projection,latency,reminders]
+
+  --quick   small sizes, one repetition, no scaling curve; writes to a temp dir unless --out is given
+  --out     where latest.json, README.md and chart.svg go (default docs/benchmarks)
+  --reps    repetitions of each figure (default 3, quick 1)
+  --parts   run only these parts
+  --events  override the projection stream length (and drop the length curve)
+  --note    a sentence for the Markdown page (how and when the figures were taken)
+  --render  DIR: redraw README.md and chart.svg from DIR/latest.json, run nothing";
+
+struct Options {
+    quick: bool,
+    out: Option<PathBuf>,
+    reps: Option<usize>,
+    parts: Vec<String>,
+    events: Option<u64>,
+    note: Option<String>,
+    render: Option<PathBuf>,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        out: None,
+        reps: None,
+        parts: PARTS.iter().map(|(n, _)| n.to_string()).collect(),
+        events: None,
+        note: None,
+        render: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = Some(PathBuf::from(value("--out")?)),
+            "--reps" => {
+                o.reps = Some(
+                    value("--reps")?
+                        .parse()
+                        .map_err(|_| "--reps needs a number")?,
+                )
+            }
+            "--note" => o.note = Some(value("--note")?),
+            "--render" => o.render = Some(PathBuf::from(value("--render")?)),
+            "--events" => {
+                o.events = Some(
+                    value("--events")?
+                        .parse()
+                        .map_err(|_| "--events needs a number")?,
+                )
+            }
+            "--parts" => {
+                o.parts = value("--parts")?.split(',').map(str::to_string).collect();
+                if let Some(bad) = o.parts.iter().find(|p| !PARTS.iter().any(|(n, _)| n == p)) {
+                    return Err(format!("unknown part {bad:?}"));
+                }
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("upr-bench: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("upr-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(options))
+}
+
+/// `--render DIR`: rewrites the Markdown page and the chart of a finished run.
+fn render(dir: &std::path::Path) -> ExitCode {
+    let path = dir.join("latest.json");
+    let report = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| Report::from_json(&v));
+    let Some(report) = report else {
+        eprintln!("upr-bench: {} is not a benchmark report", path.display());
+        return ExitCode::FAILURE;
+    };
+    let written = std::fs::write(dir.join("README.md"), report.markdown())
+        .and_then(|()| std::fs::write(dir.join("chart.svg"), report.svg()));
+    if let Err(e) = written {
+        eprintln!("upr-bench: cannot write to {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    say(format!("redrew {}/README.md and chart.svg", dir.display()));
+    ExitCode::SUCCESS
+}
+
+async fn run(options: Options) -> ExitCode {
+    if let Some(dir) = &options.render {
+        return render(dir);
+    }
+    let mut sizes = if options.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    if let Some(r) = options.reps {
+        sizes.reps = r.max(1);
+    }
+    if let Some(n) = options.events {
+        sizes.projection_events = n;
+        sizes.stream_lengths = vec![n];
+    }
+    // --quick writes to a temporary directory so a smoke run leaves the tree clean.
+    let temp = tempfile::tempdir();
+    let out = match (&options.out, options.quick, &temp) {
+        (Some(dir), _, _) => dir.clone(),
+        (None, true, Ok(t)) => t.path().to_path_buf(),
+        (None, true, Err(e)) => {
+            eprintln!("upr-bench: cannot create a temporary directory: {e}");
+            return ExitCode::FAILURE;
+        }
+        (None, false, _) => PathBuf::from("docs/benchmarks"),
+    };
+    let taken_at = now().to_string();
+    let started = std::time::Instant::now();
+    let machine = system::machine();
+    let nats_version = system::nats_version();
+    say(format!(
+        "{} run, {} repetition(s), output to {}",
+        if options.quick { "quick" } else { "full" },
+        sizes.reps,
+        out.display()
+    ));
+
+    let mut report = Report {
+        mode: if options.quick { "quick" } else { "full" },
+        taken_at,
+        duration_s: 0.0,
+        machine,
+        nats_version,
+        sizes: sizes.to_json(),
+        note: options.note.clone(),
+        load_at_end: String::new(),
+        parts: Vec::new(),
+    };
+    let mut interrupted = false;
+    for (name, title) in PARTS {
+        let ran = !interrupted && options.parts.iter().any(|p| p == name);
+        let part = Part::default();
+        if ran {
+            say(format!("part {title}"));
+            let (p, s) = (part.clone(), sizes.clone());
+            let mut task = tokio::spawn(async move {
+                match name {
+                    "ingest" => ingest::run(p, s).await,
+                    "projection" => projection::run(p, s).await,
+                    "latency" => latency::run(p, s).await,
+                    _ => reminders::run(p, s).await,
+                }
+            });
+            let joined = tokio::select! {
+                joined = &mut task => joined,
+                () = interrupt() => {
+                    // Aborting drops the part's server and services, which
+                    // kills exactly those child processes.
+                    task.abort();
+                    let _ = (&mut task).await;
+                    interrupted = true;
+                    part.error("interrupted");
+                    Ok(())
+                }
+            };
+            if let Err(e) = joined {
+                let what = e
+                    .try_into_panic()
+                    .ok()
+                    .and_then(|p| {
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    })
+                    .unwrap_or_else(|| "cancelled".into());
+                part.error(format!(
+                    "part stopped: {}",
+                    what.lines().next().unwrap_or_default()
+                ));
+            }
+        }
+        report.parts.push(PartReport {
+            name,
+            title,
+            ran,
+            state: part.take(),
+        });
+        // Written after every part, so an interrupted run keeps what it measured.
+        report.duration_s = started.elapsed().as_secs_f64();
+        report.load_at_end = system::load_average();
+        if let Err(e) = report.write(&out) {
+            eprintln!("upr-bench: cannot write {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{}", report.table());
+    say(format!(
+        "wrote {}/latest.json, README.md, chart.svg",
+        out.display()
+    ));
+    if report.parts.iter().all(PartReport::ok) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("upr-bench: a part failed (see above)");
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments() {
+        let a = |s: &str| parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>());
+        let o = a("--quick --out /tmp/x --parts ingest,latency").unwrap();
+        assert!(o.quick);
+        assert_eq!(o.out, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(o.parts, ["ingest", "latency"]);
+        assert!(a("--parts nope").is_err());
+        assert!(a("--out").is_err());
+        assert!(a("--bogus").is_err());
+    }
+}

@@ -1,0 +1,496 @@
+//! The benchmark workload: many reviews, each a lifecycle-valid sequence of
+//! intake messages (schedule, maybe reschedules, mostly side events, then
+//! held and reported, sometimes cancelled and scheduled again).
+//!
+//! Every event exists in two forms: the flat intake JSON a client sends to
+//! `upr.ingest.<type>`, and the stored envelope ingest would write for it,
+//! built with the domain's own `parse_intake` + `into_envelope`, so the raw
+//! baselines publish exactly the bytes ingest stores.
+//!
+//! Deterministic for a seed (a small SplitMix64), except the event ids,
+//! which must be unique per run.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use upr_shared::{
+    contract::subjects,
+    domain::{COUNTRIES, Country, EventType, ReviewKey, Session, Timestamp, parse_intake},
+};
+use uuid::Uuid;
+
+/// SplitMix64: tiny, fast, good enough to vary a workload.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// One element of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.next_u64() as usize % items.len()]
+    }
+}
+
+/// Number of distinct review keys (every assigned country at every session).
+pub const KEY_SPACE: u64 = COUNTRIES.len() as u64 * Session::MAX as u64;
+
+/// A stride coprime with [`KEY_SPACE`] (= 3^4 * 37 * 83), so consecutive
+/// reviews land on scattered countries and sessions instead of filling one
+/// session after another.
+const KEY_STRIDE: u64 = 100_003;
+
+/// Hands out review keys, each once.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    next: u64,
+}
+
+impl Keys {
+    /// The next unused review key.
+    ///
+    /// # Panics
+    /// After [`KEY_SPACE`] keys: a run never needs that many.
+    pub fn next_key(&mut self) -> ReviewKey {
+        assert!(
+            self.next < KEY_SPACE,
+            "all {KEY_SPACE} review keys are used"
+        );
+        let idx = (self.next * KEY_STRIDE) % KEY_SPACE;
+        self.next += 1;
+        let country = Country::parse(COUNTRIES[(idx % COUNTRIES.len() as u64) as usize].0)
+            .expect("COUNTRIES holds valid codes");
+        let session = Session::new(1 + idx / COUNTRIES.len() as u64).expect("1..=999");
+        ReviewKey { country, session }
+    }
+
+    /// How many keys were handed out.
+    pub fn used(&self) -> u64 {
+        self.next
+    }
+}
+
+/// One intake message of the workload.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The review it belongs to.
+    pub key: ReviewKey,
+    /// Its type.
+    pub ty: EventType,
+    /// The client-chosen `event_id`, also the `Nats-Msg-Id`.
+    pub id: Uuid,
+    /// The flat intake JSON.
+    pub intake: Bytes,
+}
+
+impl Event {
+    /// `upr.ingest.<type>`.
+    pub fn ingest_subject(&self) -> String {
+        subjects::ingest(self.ty)
+    }
+
+    /// `upr.events.<C>.<S>.<type>`.
+    pub fn event_subject(&self) -> String {
+        subjects::event(self.key.country, self.key.session, self.ty)
+    }
+
+    /// The envelope ingest stores for this message when it records it at
+    /// `recorded_at`.
+    pub fn envelope(&self, recorded_at: Timestamp) -> Bytes {
+        let command = parse_intake(self.ty.as_str(), &self.intake)
+            .expect("the workload generates only valid intake");
+        Bytes::from(command.into_envelope(self.id, recorded_at).to_json())
+    }
+}
+
+/// The events of one review, in the order they must be sent.
+#[derive(Debug, Clone)]
+pub struct ReviewPlan {
+    /// The review.
+    pub key: ReviewKey,
+    /// Its events, lifecycle-valid in this order (any prefix is valid too).
+    pub events: Vec<Event>,
+}
+
+const WORDS: &[&str] = &[
+    "civic",
+    "space",
+    "women's",
+    "rights",
+    "freedom",
+    "of",
+    "expression",
+    "minority",
+    "languages",
+    "justice",
+    "torture",
+    "prevention",
+    "children",
+    "education",
+    "climate",
+    "migrants",
+    "labour",
+    "indigenous",
+    "peoples",
+    "media",
+    "assembly",
+    "disability",
+    "health",
+    "housing",
+    "digital",
+];
+const TOPICS: &[&str] = &[
+    "civic space",
+    "gender equality",
+    "torture prevention",
+    "freedom of expression",
+    "minorities",
+    "children's rights",
+    "climate justice",
+    "migrants",
+    "business and human rights",
+    "disability",
+];
+const NAMES: &[&str] = &[
+    "Aigerim Nurlanovna",
+    "Jean Dupont",
+    "Maria Gonzalez",
+    "Kwame Mensah",
+    "Li Wei",
+    "Olga Petrova",
+    "Fatima Al-Sayed",
+    "Sipho Ndlovu",
+    "Ana Silva",
+    "Hiroshi Tanaka",
+    "Amina Yusuf",
+];
+const ROLES: &[&str] = &[
+    "Permanent Mission",
+    "NGO coalition",
+    "UN Special Rapporteur",
+    "National Human Rights Institution",
+    "Civil society",
+    "Academic",
+];
+const REASONS: &[&str] = &[
+    "liquidity crisis",
+    "request of the State",
+    "scheduling conflict",
+];
+const SOURCES: &[&str] = &["UPR Info", "OHCHR extranet", "mission note", "NGO monitor"];
+
+/// Builds review plans.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    rng: Rng,
+}
+
+impl Generator {
+    /// A generator whose plan shapes depend only on `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// The review date of a session: session 48 was January 2025, three a year.
+    fn session_date(session: Session) -> Timestamp {
+        let base = Timestamp::parse_rfc3339("2025-01-20T08:30:00Z").expect("valid");
+        let days = (i64::from(session.get()) - 48) * 121;
+        base.checked_add(time::Duration::days(days)).unwrap_or(base)
+    }
+
+    /// A review's events: scheduled (for `scheduled_for`, or the session's
+    /// usual dates), 0-2 reschedules, 3-10 side events, then usually held and
+    /// reported; a few are cancelled and some of those scheduled again.
+    pub fn review(&mut self, key: ReviewKey, scheduled_for: Option<Timestamp>) -> ReviewPlan {
+        let rng = &mut self.rng;
+        let day0 = scheduled_for.unwrap_or_else(|| {
+            let d = Self::session_date(key.session);
+            d.checked_add(time::Duration::days(rng.range(0, 11) as i64))
+                .unwrap_or(d)
+        });
+        let mut date = day0;
+        let common = |rng: &mut Rng, id: Uuid| {
+            let mut m = serde_json::Map::new();
+            m.insert("country".into(), json!(key.country.as_str()));
+            m.insert("session".into(), json!(key.session.get()));
+            m.insert("event_id".into(), json!(id.to_string()));
+            if rng.chance(0.7) {
+                m.insert("source".into(), json!(rng.pick(SOURCES)));
+            }
+            m
+        };
+        let mut events = Vec::with_capacity(12);
+        let mut push = |ty: EventType, fields: Value, rng: &mut Rng| {
+            let id = Uuid::new_v4();
+            let mut m = common(rng, id);
+            if let Value::Object(f) = fields {
+                m.extend(f);
+            }
+            events.push(Event {
+                key,
+                ty,
+                id,
+                intake: Bytes::from(serde_json::to_vec(&Value::Object(m)).expect("json")),
+            });
+        };
+        push(
+            EventType::ReviewScheduled,
+            json!({"scheduled_for": date.to_string(), "location": "Geneva"}),
+            rng,
+        );
+        let side_events = rng.range(3, 10);
+        let reschedules = if rng.chance(0.1) {
+            2
+        } else {
+            u64::from(rng.chance(0.35))
+        };
+        let mut r_left = reschedules;
+        for i in 0..side_events {
+            // Reschedules happen early, between the first side events.
+            if r_left > 0 && i >= reschedules - r_left && rng.chance(0.5) {
+                r_left -= 1;
+                date = date
+                    .checked_add(time::Duration::days(rng.range(1, 20) as i64))
+                    .unwrap_or(date);
+                push(
+                    EventType::ReviewRescheduled,
+                    json!({"scheduled_for": date.to_string(), "reason": rng.pick(REASONS)}),
+                    rng,
+                );
+            }
+            let title: Vec<&str> = (0..rng.range(4, 9)).map(|_| *rng.pick(WORDS)).collect();
+            let speakers: Vec<Value> = (0..rng.range(1, 3))
+                .map(|_| json!({"name": rng.pick(NAMES), "role": rng.pick(ROLES)}))
+                .collect();
+            let topics: Vec<&str> = (0..rng.range(1, 3)).map(|_| *rng.pick(TOPICS)).collect();
+            let held_on = date
+                .checked_sub(time::Duration::days(rng.range(0, 30) as i64))
+                .unwrap_or(date);
+            push(
+                EventType::SideEventHeld,
+                json!({
+                    "title": format!("{} ({})", title.join(" "), key.country.name()),
+                    "held_on": held_on.to_string(),
+                    "speakers": speakers,
+                    "participating_states": rng.range(0, 60),
+                    "topics": topics,
+                }),
+                rng,
+            );
+        }
+        for _ in 0..r_left {
+            date = date
+                .checked_add(time::Duration::days(rng.range(1, 20) as i64))
+                .unwrap_or(date);
+            push(
+                EventType::ReviewRescheduled,
+                json!({"scheduled_for": date.to_string(), "reason": rng.pick(REASONS)}),
+                rng,
+            );
+        }
+        if rng.chance(0.05) {
+            push(
+                EventType::ReviewCancelled,
+                json!({"reason": rng.pick(REASONS)}),
+                rng,
+            );
+            if rng.chance(0.5) {
+                date = date.checked_add(time::Duration::days(121)).unwrap_or(date);
+                push(
+                    EventType::ReviewScheduled,
+                    json!({"scheduled_for": date.to_string(), "location": "Geneva"}),
+                    rng,
+                );
+            }
+        } else if rng.chance(0.6) {
+            push(
+                EventType::ReviewHeld,
+                json!({"held_on": date.to_string(), "recommendations_received": rng.range(80, 320)}),
+                rng,
+            );
+            if rng.chance(0.7) {
+                let total = rng.range(80, 320);
+                let supported = rng.range(0, total);
+                let noted = total - supported;
+                let published = date
+                    .checked_add(time::Duration::days(rng.range(60, 120) as i64))
+                    .unwrap_or(date);
+                push(
+                    EventType::ReportPublished,
+                    json!({
+                        "published_on": published.to_string(),
+                        "document_symbol": format!("A/HRC/{}/{}", 50 + key.session.get() / 3, rng.range(1, 17)),
+                        "recommendations": {"total": total, "supported": supported, "noted": noted},
+                    }),
+                    rng,
+                );
+            }
+        }
+        ReviewPlan { key, events }
+    }
+
+    /// Plans with `events` events in total (the last plan cut short, which
+    /// keeps it lifecycle-valid), on fresh keys from `keys`.
+    pub fn plans(&mut self, keys: &mut Keys, events: usize) -> Vec<ReviewPlan> {
+        let mut plans = Vec::new();
+        let mut left = events;
+        while left > 0 {
+            let mut plan = self.review(keys.next_key(), None);
+            plan.events.truncate(left);
+            left -= plan.events.len();
+            plans.push(plan);
+        }
+        plans
+    }
+}
+
+/// Total events in `plans`.
+pub fn count(plans: &[ReviewPlan]) -> usize {
+    plans.iter().map(|p| p.events.len()).sum()
+}
+
+/// An endless-looking but bounded stream of events in log order: reviews
+/// interleaved (a window of active reviews, one picked at random each
+/// time), each review's events in lifecycle order. Builds reviews lazily, so
+/// a million events never sit in memory at once.
+pub struct Interleaved {
+    generator: Generator,
+    keys: Keys,
+    active: Vec<(ReviewPlan, usize)>,
+    window: usize,
+    left: usize,
+    /// Events per type produced so far, in [`EventType::ALL`] order.
+    pub by_type: [usize; 6],
+    /// Reviews that received at least one event.
+    reviews: usize,
+}
+
+impl Interleaved {
+    /// `events` events over reviews from `keys`, `window` reviews active at once.
+    pub fn new(generator: Generator, keys: Keys, events: usize, window: usize) -> Self {
+        Self {
+            generator,
+            keys,
+            active: Vec::with_capacity(window),
+            window: window.max(1),
+            left: events,
+            by_type: [0; 6],
+            reviews: 0,
+        }
+    }
+
+    /// Distinct reviews that received at least one event.
+    pub fn reviews(&self) -> usize {
+        self.reviews
+    }
+}
+
+impl Iterator for Interleaved {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if self.left == 0 {
+            return None;
+        }
+        while self.active.len() < self.window {
+            let plan = self.generator.review(self.keys.next_key(), None);
+            self.active.push((plan, 0));
+        }
+        let i = self.generator.rng.next_u64() as usize % self.active.len();
+        let (plan, next) = &mut self.active[i];
+        let event = plan.events[*next].clone();
+        if *next == 0 {
+            self.reviews += 1;
+        }
+        *next += 1;
+        if *next == plan.events.len() {
+            self.active.swap_remove(i);
+        }
+        self.left -= 1;
+        let t = EventType::ALL
+            .iter()
+            .position(|t| *t == event.ty)
+            .unwrap_or(0);
+        self.by_type[t] += 1;
+        Some(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use upr_shared::domain::{ReviewStatus, decide, evolve};
+
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_scattered() {
+        let mut keys = Keys::default();
+        let first: Vec<_> = (0..20_000).map(|_| keys.next_key()).collect();
+        assert_eq!(first.iter().collect::<HashSet<_>>().len(), first.len());
+        let sessions: HashSet<_> = first[..100].iter().map(|k| k.session).collect();
+        assert!(sessions.len() > 50);
+    }
+
+    #[test]
+    fn every_plan_is_valid_intake_and_lifecycle_valid() {
+        let mut g = Generator::new(7);
+        let mut keys = Keys::default();
+        let plans = g.plans(&mut keys, 5_000);
+        assert_eq!(count(&plans), 5_000);
+        let now = Timestamp::parse_rfc3339("2025-01-01T00:00:00Z").unwrap();
+        let mut types = HashSet::new();
+        for plan in &plans {
+            let mut status: Option<ReviewStatus> = None;
+            for e in &plan.events {
+                let command = parse_intake(e.ty.as_str(), &e.intake).unwrap();
+                assert_eq!(command.review_key(), plan.key);
+                decide(status, e.ty, plan.key).unwrap();
+                status = evolve(status, e.ty);
+                let env = e.envelope(now);
+                upr_shared::domain::Envelope::from_json(&env).unwrap();
+                types.insert(e.ty);
+            }
+        }
+        assert_eq!(types.len(), 6, "all event types occur");
+    }
+
+    #[test]
+    fn interleaving_keeps_each_review_in_order() {
+        let it = Interleaved::new(Generator::new(1), Keys::default(), 3_000, 50);
+        let mut status: std::collections::HashMap<ReviewKey, Option<ReviewStatus>> =
+            Default::default();
+        let mut n = 0;
+        for e in it {
+            let s = status.entry(e.key).or_default();
+            decide(*s, e.ty, e.key).unwrap();
+            *s = evolve(*s, e.ty);
+            n += 1;
+        }
+        assert_eq!(n, 3_000);
+    }
+}
