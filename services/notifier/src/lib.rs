@@ -205,14 +205,21 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// See [`PULL_EXPIRES`].
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Feeds every message of a durable consumer to `handle`, one at a time,
-/// until `stop` flips (the message in hand is finished first). `open`
-/// creates or binds the consumer and starts pulling; it is called again
-/// whenever pulling ends or the consumer was deleted, so an operator
-/// removing it, or NATS restarting, never stops the loop.
+/// Fired timers handled at once by one replica: they are independent (one
+/// id each, the sent-mark settles races), and handling them one by one let a
+/// queue build when many fall due together.
+const SEND_CONCURRENCY: usize = 32;
+
+/// Feeds every message of a durable consumer to `handle`, with at most
+/// `concurrency` of them in hand at once, until `stop` flips (the messages
+/// in hand are finished first). `open` creates or binds the consumer and
+/// starts pulling; it is called again whenever pulling ends or the consumer
+/// was deleted, so an operator removing it, or NATS restarting, never stops
+/// the loop.
 async fn follow<O, OF, H, HF>(
     what: &'static str,
     mut stop: watch::Receiver<bool>,
+    concurrency: usize,
     mut open: O,
     mut handle: H,
 ) where
@@ -224,7 +231,8 @@ async fn follow<O, OF, H, HF>(
     HF: std::future::Future<Output = ()>,
 {
     use async_nats::jetstream::consumer::pull::MessagesErrorKind;
-    use futures::StreamExt;
+    use futures::{StreamExt, stream::FuturesUnordered};
+    let mut in_hand = FuturesUnordered::new();
     loop {
         let mut messages = match open().await {
             Ok(m) => m,
@@ -239,9 +247,13 @@ async fn follow<O, OF, H, HF>(
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => return,
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => handle(msg).await,
+                _ = stop.changed() => {
+                    while in_hand.next().await.is_some() {}
+                    return;
+                }
+                Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+                next = messages.next(), if in_hand.len() < concurrency => match next {
+                    Some(Ok(msg)) => in_hand.push(handle(msg)),
                     Some(Err(e)) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
                         warn!(consumer = what, "consumer was deleted; recreating it");
                         break;
@@ -252,6 +264,7 @@ async fn follow<O, OF, H, HF>(
                 },
             }
         }
+        while in_hand.next().await.is_some() {}
     }
 }
 

@@ -61,7 +61,7 @@ pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             .messages()
             .await?)
     };
-    crate::follow("events", stop, open, |msg| handle(&shared, msg)).await;
+    crate::follow("events", stop, 1, open, |msg| handle(&shared, msg)).await;
 }
 
 async fn handle(shared: &Shared, msg: Message) {

@@ -28,7 +28,7 @@ use upr_shared::{
 };
 
 use crate::{
-    PULL_EXPIRES, PULL_HEARTBEAT, Shared, now,
+    PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, now,
     state::{self, SentMark},
     stats::Stats,
 };
@@ -40,17 +40,20 @@ pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             .timers
             .create_consumer(names::timers_consumer())
             .await?;
-        // A small batch: timers handed to a replica that is then killed wait
-        // out the ack wait, so keep few of them in flight per replica.
+        // Timers handed to a replica that is then killed wait out the ack
+        // wait, so pull no more than are handled at once.
         Ok(consumer
             .stream()
-            .max_messages_per_batch(4)
+            .max_messages_per_batch(SEND_CONCURRENCY)
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await?)
     };
-    crate::follow("timers", stop, open, |msg| handle(&shared, msg)).await;
+    crate::follow("timers", stop, SEND_CONCURRENCY, open, |msg| {
+        handle(&shared, msg)
+    })
+    .await;
 }
 
 /// What became of one fired timer.
