@@ -257,16 +257,7 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
     }
     part.detail("reviews_used", keys.used().into());
-    if let Some(m) = nats_mem {
-        let mb = m.stop(nats_pid).await;
-        part.record(
-            "memory.nats",
-            "nats-server peak RSS (part 1, for reference)",
-            "MB",
-            None,
-            mb,
-        );
-    }
+    part.record_nats_peak(1, nats_mem, nats_pid).await;
     drop(services);
     drop(server);
 }

@@ -203,15 +203,6 @@ pub async fn run(part: Part, sizes: Sizes) {
             mb,
         );
     }
-    if let Some(m) = nats_mem {
-        let mb = m.stop(nats_pid).await;
-        part.record(
-            "memory.nats",
-            "nats-server peak RSS (part 3, for reference)",
-            "MB",
-            None,
-            mb,
-        );
-    }
+    part.record_nats_peak(3, nats_mem, nats_pid).await;
     drop((ingest, projection, server));
 }

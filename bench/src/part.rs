@@ -23,6 +23,21 @@ pub struct PartState {
 pub struct Part(Arc<Mutex<PartState>>);
 
 impl Part {
+    /// Records nats-server's peak memory during part `n`, for reference
+    /// beside the services' figures (no goal: the server is not ours).
+    pub async fn record_nats_peak(
+        &self,
+        n: u8,
+        watch: Option<crate::system::MemWatch>,
+        pid: Option<u32>,
+    ) {
+        if let Some(m) = watch {
+            let mb = m.stop(pid).await;
+            let label = format!("nats-server peak RSS (part {n}, for reference)");
+            self.record("memory.nats", &label, "MB", None, mb);
+        }
+    }
+
     /// Adds `value` to figure `id`, creating it with `label`, `unit`, `goal`.
     pub fn record(
         &self,

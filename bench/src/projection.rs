@@ -368,15 +368,6 @@ pub async fn run(part: Part, sizes: Sizes) {
             }
         }
     }
-    if let Some(m) = nats_mem {
-        let mb = m.stop(nats_pid).await;
-        part.record(
-            "memory.nats",
-            "nats-server peak RSS (part 2, for reference)",
-            "MB",
-            None,
-            mb,
-        );
-    }
+    part.record_nats_peak(2, nats_mem, nats_pid).await;
     drop(server);
 }
