@@ -36,6 +36,22 @@ pub async fn stream_messages(js: &async_nats::jetstream::Context) -> Result<u64,
     Ok(info.state.messages)
 }
 
+/// One raw pass then one ingest pass with the same seed, so the two sides
+/// of a ratio always see the same workload.
+async fn raw_then_ingest(
+    part: &Part,
+    url: &str,
+    js: &async_nats::jetstream::Context,
+    keys: &mut Keys,
+    seed: u64,
+    sizes: &Sizes,
+    pids: &[(String, u32)],
+) -> Result<(Outcome, Outcome), String> {
+    let raw = pass(part, url, js, keys, seed, sizes, Mode::Raw, pids).await?;
+    let ing = pass(part, url, js, keys, seed, sizes, Mode::Ingest, pids).await?;
+    Ok((raw, ing))
+}
+
 /// Runs one raw or ingest pass of `events` events and checks every one was stored.
 #[allow(clippy::too_many_arguments)]
 async fn pass(
@@ -147,21 +163,8 @@ pub async fn run(part: Part, sizes: Sizes) {
 
     for rep in 0..sizes.reps {
         let seed = 1000 + rep as u64;
-        let Ok(raw) = pass(&part, &url, &js, &mut keys, seed, &sizes, Mode::Raw, &pids).await
-        else {
-            return;
-        };
-        let Ok(ing) = pass(
-            &part,
-            &url,
-            &js,
-            &mut keys,
-            seed,
-            &sizes,
-            Mode::Ingest,
-            &pids,
-        )
-        .await
+        let Ok((raw, ing)) =
+            raw_then_ingest(&part, &url, &js, &mut keys, seed, &sizes, &pids).await
         else {
             return;
         };
@@ -216,21 +219,8 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
         for rep in 0..sizes.reps {
             let seed = 2000 + rep as u64;
-            let Ok(raw) = pass(&part, &url, &js, &mut keys, seed, &sizes, Mode::Raw, &pids).await
-            else {
-                return;
-            };
-            let Ok(ing) = pass(
-                &part,
-                &url,
-                &js,
-                &mut keys,
-                seed,
-                &sizes,
-                Mode::Ingest,
-                &pids,
-            )
-            .await
+            let Ok((raw, ing)) =
+                raw_then_ingest(&part, &url, &js, &mut keys, seed, &sizes, &pids).await
             else {
                 return;
             };
