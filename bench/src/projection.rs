@@ -229,7 +229,7 @@ pub async fn run(part: Part, sizes: Sizes) {
         return;
     };
     let js = jetstream::new(client);
-    if let Err(e) = upr_shared::nats::ensure_stream(
+    if let Err(e) = upr_shared::nats::ensure_own_stream(
         &js,
         contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
     )

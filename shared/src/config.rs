@@ -23,8 +23,17 @@ pub struct NatsConfig {
     pub url: String,
     /// `NATS_CREDS`: a credentials file (JWT + nkey).
     pub creds: Option<PathBuf>,
+    /// `NATS_NKEY`: a file holding a user's nkey seed (what `upr-keys`
+    /// generates and the shipped server configuration expects).
+    pub nkey: Option<PathBuf>,
     /// `NATS_USER` / `NATS_PASSWORD`.
     pub user_password: Option<(String, String)>,
+    /// `NATS_TLS_CA`: the CA that signed the server's certificate; when set,
+    /// the connection must be TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// `NATS_TLS_CERT` / `NATS_TLS_KEY`: a client certificate, for servers
+    /// that verify their clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Settings every service shares.
@@ -53,18 +62,32 @@ impl CommonConfig {
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
         let url = env("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
         let creds = env("NATS_CREDS").map(PathBuf::from);
+        let nkey = env("NATS_NKEY").map(PathBuf::from);
         let user_password = match (env("NATS_USER"), env("NATS_PASSWORD")) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
             (Some(_), None) => return Err(err("NATS_PASSWORD", "must be set with NATS_USER")),
             (None, Some(_)) => return Err(err("NATS_USER", "must be set with NATS_PASSWORD")),
         };
-        if creds.is_some() && user_password.is_some() {
+        let ways = [creds.is_some(), nkey.is_some(), user_password.is_some()];
+        if ways.iter().filter(|set| **set).count() > 1 {
+            let var = if creds.is_some() {
+                "NATS_CREDS"
+            } else {
+                "NATS_NKEY"
+            };
             return Err(err(
-                "NATS_CREDS",
-                "set either NATS_CREDS or NATS_USER/NATS_PASSWORD, not both",
+                var,
+                "set one of NATS_CREDS, NATS_NKEY or NATS_USER/NATS_PASSWORD, not several",
             ));
         }
+        let tls_ca = env("NATS_TLS_CA").map(PathBuf::from);
+        let tls_client = match (env("NATS_TLS_CERT"), env("NATS_TLS_KEY")) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("NATS_TLS_KEY", "must be set with NATS_TLS_CERT")),
+            (None, Some(_)) => return Err(err("NATS_TLS_CERT", "must be set with NATS_TLS_KEY")),
+        };
         let replicas = match env("UPR_REPLICAS") {
             None => 1,
             Some(v) => match v.trim().parse::<usize>() {
@@ -76,7 +99,10 @@ impl CommonConfig {
             nats: NatsConfig {
                 url,
                 creds,
+                nkey,
                 user_password,
+                tls_ca,
+                tls_client,
             },
             replicas,
         })
@@ -162,6 +188,15 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.var, "NATS_CREDS");
+        let e = CommonConfig::from_lookup(&lookup(&[
+            ("NATS_USER", "x"),
+            ("NATS_PASSWORD", "y"),
+            ("NATS_NKEY", "/k"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, "NATS_NKEY");
+        let e = CommonConfig::from_lookup(&lookup(&[("NATS_TLS_CERT", "/c")])).unwrap_err();
+        assert_eq!(e.var, "NATS_TLS_KEY");
     }
 
     #[test]

@@ -314,6 +314,33 @@ pub mod notifier {
     pub const EVENTS_CONSUMER: &str = "upr-notifier";
     /// Durable consumer of the fired timers.
     pub const TIMERS_CONSUMER: &str = "upr-notifier-timers";
+    /// `UPR_READER_CONSUMERS`: names of the durable pull consumers on
+    /// `UPR_NOTIFICATIONS` that the notifier keeps for people who follow the
+    /// notifications durably (comma-separated; `none` for none).
+    pub const ENV_READER_CONSUMERS: &str = "UPR_READER_CONSUMERS";
+    /// The consumers when `UPR_READER_CONSUMERS` is unset: one for the
+    /// `reader` account of `deploy/nats/nats.conf`.
+    pub const DEFAULT_READER_CONSUMERS: &str = "reader";
+
+    /// A durable consumer on `UPR_NOTIFICATIONS` for someone who follows the
+    /// notifications: pulled (`nats consumer next UPR_NOTIFICATIONS <name>`),
+    /// from the first notification kept, each acknowledged. The notifier
+    /// creates it, not its reader: a reader allowed to create consumers in
+    /// the service account could create a push consumer whose deliver
+    /// subject is the event log or a bucket, a write that no subject
+    /// permission can see (it is in the request's payload).
+    pub fn reader_consumer(name: &str) -> pull::Config {
+        pull::Config {
+            durable_name: Some(name.into()),
+            description: Some(format!("UPR Tracker: notifications for {name}")),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1000,
+            ..Default::default()
+        }
+    }
+
     /// `upr.notifier.status`: `{"ok":true,"pending":N,"sent":N,"late":N,"skipped":N}`.
     pub const STATUS: &str = "upr.notifier.status";
 

@@ -33,6 +33,12 @@ pub enum SetupError {
         /// Each difference as `field: found X, expected Y`.
         differences: String,
     },
+    /// It does not exist, and the caller is not its owner.
+    #[error("stream {name} does not exist yet; its owner creates it")]
+    Missing {
+        /// Its name.
+        name: String,
+    },
     /// JetStream refused or did not answer.
     #[error("{kind} {name}: {source}")]
     JetStream {
@@ -49,6 +55,10 @@ pub enum SetupError {
 /// compose deployment the services may start before NATS is ready. Once
 /// connected, the client reconnects by itself forever; connection events are
 /// logged.
+///
+/// `name` is the service (`upr-ingest` ...): the connection's name, and its
+/// inbox prefix `_INBOX.<name>`, so the server configuration lets each
+/// service subscribe to its own replies only (see [`inbox_prefix`]).
 ///
 /// # Errors
 /// Only for settings that can never work (an unreadable credentials file, an
@@ -78,6 +88,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, async_na
 async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, async_nats::Error> {
     let mut opts = ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(inbox_prefix(name))
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         // Big enough that a burst of intake does not hit a client-side slow
@@ -93,45 +104,86 @@ async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, asyn
     if let Some(path) = &config.creds {
         opts = opts.credentials_file(path).await?;
     }
+    if let Some(path) = &config.nkey {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| format!("NATS_NKEY: cannot read {}: {e}", path.display()))?;
+        opts = opts.nkey(seed.trim().to_string());
+    }
     if let Some((user, password)) = &config.user_password {
         opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &config.tls_ca {
+        opts = opts.require_tls(true).add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &config.tls_client {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
     Ok(opts)
 }
 
+/// The inbox prefix of a service's connection: replies, JetStream acks and
+/// pull deliveries to `upr-ingest` arrive on `_INBOX.upr-ingest.>`, which only
+/// the `ingest` user may subscribe to (`deploy/nats/nats.conf`).
+pub fn inbox_prefix(name: &str) -> String {
+    format!("_INBOX.{name}")
+}
+
+/// Waits for a stream that another service owns (the event log, created by
+/// ingest) and checks it is compatible. Only a stream's owner creates or
+/// updates it, which is also all the server configuration allows
+/// (`deploy/nats/nats.conf`): a reader of the stream never resets what the
+/// owner was configured with (`UPR_DEDUP_WINDOW`), and a service that starts
+/// first simply waits for its owner.
+///
+/// # Errors
+/// [`SetupError::Incompatible`] naming each difference, or
+/// [`SetupError::JetStream`] when JetStream answers with another error.
+pub async fn await_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Stream, SetupError> {
+    let mut logged = false;
+    loop {
+        match ensure(js, want.clone(), Owner::No).await {
+            Err(SetupError::Missing { name }) => {
+                if !logged {
+                    info!(stream = %name, "waiting for the stream's owner to create it");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Creates the stream when missing, accepts it when compatible, refuses it
-/// otherwise. The de-duplication window and description may differ (they are
-/// tuning, not semantics) and are left as found: only the stream's owner
-/// sets them ([`ensure_own_stream`]), so a reader of the stream never resets
-/// what the owner was configured with (`UPR_DEDUP_WINDOW`).
+/// otherwise, for the service that owns the stream (ingest for the event
+/// log, the notifier for its streams). The de-duplication window and
+/// description may differ (they are tuning, not semantics): an existing
+/// stream's are updated to `want`.
 ///
 /// # Errors
 /// [`SetupError::Incompatible`] naming each difference, or
 /// [`SetupError::JetStream`] when JetStream does not answer.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    want: stream::Config,
-) -> Result<stream::Stream, SetupError> {
-    ensure(js, want, false).await
-}
-
-/// Like [`ensure_stream`], for the service that owns the stream (ingest for
-/// the event log, the notifier for its streams): an existing stream's
-/// de-duplication window and description are updated to `want`.
-///
-/// # Errors
-/// As [`ensure_stream`].
 pub async fn ensure_own_stream(
     js: &jetstream::Context,
     want: stream::Config,
 ) -> Result<stream::Stream, SetupError> {
-    ensure(js, want, true).await
+    ensure(js, want, Owner::Yes).await
+}
+
+/// Whether the caller owns the stream it sets up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Yes,
+    No,
 }
 
 async fn ensure(
     js: &jetstream::Context,
     want: stream::Config,
-    owner: bool,
+    owner: Owner,
 ) -> Result<stream::Stream, SetupError> {
     let name = want.name.clone();
     let js_err = |source: async_nats::Error| SetupError::JetStream {
@@ -155,7 +207,7 @@ async fn ensure(
                     differences: differences.join("; "),
                 });
             }
-            if owner
+            if owner == Owner::Yes
                 && (have.duplicate_window != want.duplicate_window
                     || have.description != want.description)
             {
@@ -170,6 +222,9 @@ async fn ensure(
             if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
                 if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
         {
+            if owner == Owner::No {
+                return Err(SetupError::Missing { name });
+            }
             info!(stream = %name, replicas = want.num_replicas, "creating stream");
             js.create_stream(want).await.map_err(|e| js_err(e.into()))
         }
@@ -248,7 +303,7 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<Strin
 /// storage, history and replicas.
 ///
 /// # Errors
-/// As [`ensure_stream`].
+/// As [`ensure_own_stream`].
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     want: kv::Config,

@@ -140,7 +140,7 @@ pub async fn healthcheck(name: &str) -> ExitCode {
         _ => format!("$SRV.PING.{name}"),
     };
     let check = async {
-        let client = crate::nats::connect(&config.nats, &format!("{name}-healthcheck")).await?;
+        let client = crate::nats::connect(&config.nats, name).await?;
         client.request(subject.clone(), "".into()).await?;
         Ok::<_, async_nats::Error>(())
     };

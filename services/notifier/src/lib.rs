@@ -32,7 +32,7 @@ use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, notifier as names, services},
     domain::{Lead, Timestamp, parse_leads},
-    nats::{ensure_own_stream, ensure_stream},
+    nats::{await_stream, ensure_own_stream},
     service::{self, BoxError},
 };
 
@@ -45,6 +45,9 @@ pub struct Config {
     pub common: CommonConfig,
     /// `UPR_REMINDER_LEADS` (default `30d,7d,1d`), longest first.
     pub leads: Vec<Lead>,
+    /// `UPR_READER_CONSUMERS` (default `reader`): the durable consumers on
+    /// `UPR_NOTIFICATIONS` kept for readers.
+    pub reader_consumers: Vec<String>,
 }
 
 impl Config {
@@ -71,8 +74,41 @@ impl Config {
                 &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
             )
         })?;
-        Ok(Self { common, leads })
+        let reader_consumers = parse_consumer_names(
+            &env(names::ENV_READER_CONSUMERS)
+                .unwrap_or_else(|| names::DEFAULT_READER_CONSUMERS.to_string()),
+        )?;
+        Ok(Self {
+            common,
+            leads,
+            reader_consumers,
+        })
     }
+}
+
+/// Consumer names as JetStream takes them in an API subject: one token of
+/// letters, digits, `-` and `_`.
+fn parse_consumer_names(spec: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    if spec.trim() == "none" {
+        return Ok(out);
+    }
+    for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let valid = name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(config::err(
+                names::ENV_READER_CONSUMERS,
+                &format!("{name:?} is not a consumer name (letters, digits, - and _, at most 64)"),
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// What the loops share: handles and settings, no per-review data.
@@ -104,18 +140,24 @@ impl App {
         let client = upr_shared::nats::connect(&config.common.nats, services::NOTIFIER).await?;
         let js = jetstream::new(client.clone());
 
-        // The event log belongs to ingest: ensure_stream leaves its
+        // The event log belongs to ingest: wait for it, leave its
         // de-duplication window (UPR_DEDUP_WINDOW) as ingest set it.
-        let events = ensure_stream(
+        let events = await_stream(
             &js,
             contract::events_stream(replicas, contract::DEFAULT_DEDUP_WINDOW),
         )
         .await?;
-        ensure_own_stream(
+        let notifications = ensure_own_stream(
             &js,
             contract::notifications_stream(replicas, names::NOTIFICATIONS_DEDUP_WINDOW),
         )
         .await?;
+        for name in &config.reader_consumers {
+            notifications
+                .get_or_create_consumer(name, names::reader_consumer(name))
+                .await?;
+            info!(consumer = %name, "reader consumer on UPR_NOTIFICATIONS ready");
+        }
         let timers = ensure_own_stream(&js, names::timers_stream(replicas)).await?;
         let kv = upr_shared::nats::ensure_bucket(&js, names::state_bucket(replicas)).await?;
         info!(
@@ -336,5 +378,20 @@ mod tests {
         let e = Config::from_lookup(&lookup(Some("30d,7x"))).unwrap_err();
         assert_eq!(e.var, names::ENV_LEADS);
         assert!(e.to_string().starts_with("UPR_REMINDER_LEADS: "), "{e}");
+    }
+
+    #[test]
+    fn reader_consumers_are_single_tokens() {
+        let c = Config::from_lookup(&lookup(None)).unwrap();
+        assert_eq!(c.reader_consumers, ["reader"]);
+        assert_eq!(
+            parse_consumer_names("reader, ngo-1,reader").unwrap(),
+            ["reader", "ngo-1"]
+        );
+        assert!(parse_consumer_names("none").unwrap().is_empty());
+        for bad in ["a.b", "a*", ">", "a b", "é"] {
+            let e = parse_consumer_names(bad).unwrap_err();
+            assert_eq!(e.var, names::ENV_READER_CONSUMERS, "{bad}");
+        }
     }
 }

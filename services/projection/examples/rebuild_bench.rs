@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let spread = args.get(3).is_some_and(|s| s == "spread");
     let client = async_nats::connect(&url).await?;
     let js = jetstream::new(client);
-    let mut stream = upr_shared::nats::ensure_stream(
+    let mut stream = upr_shared::nats::ensure_own_stream(
         &js,
         contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
     )

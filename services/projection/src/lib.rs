@@ -98,7 +98,7 @@ async fn connect(
 > {
     let client = upr_shared::nats::connect(&config.common.nats, services::PROJECTION).await?;
     let js = jetstream::new(client.clone());
-    let events = upr_shared::nats::ensure_stream(
+    let events = upr_shared::nats::await_stream(
         &js,
         contract::events_stream(config.common.replicas, contract::DEFAULT_DEDUP_WINDOW),
     )

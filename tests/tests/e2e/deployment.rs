@@ -77,6 +77,43 @@ fn strings(node: &Yaml, what: &str) -> Vec<String> {
         .collect()
 }
 
+/// `volumes` as (source, target) pairs, from the short form
+/// (`source:target[:ro]`) and the long form (a mapping).
+fn mounts(service: &Yaml) -> Vec<(String, String)> {
+    service["volumes"]
+        .as_vec()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|v| match v.as_str() {
+            Some(short) => {
+                let mut parts = short.split(':');
+                (
+                    parts.next().unwrap_or_default().to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                )
+            }
+            None => (
+                v["source"].as_str().unwrap_or_default().to_string(),
+                v["target"].as_str().unwrap_or_default().to_string(),
+            ),
+        })
+        .collect()
+}
+
+/// Whether `service` mounts `source` at `target`, and (long form) refuses to
+/// start when the source is missing instead of creating an empty directory.
+fn mounts_secret(service: &Yaml, source: &str, target: &str) -> bool {
+    service["volumes"].as_vec().is_some_and(|vs| {
+        vs.iter().any(|v| {
+            v["source"].as_str() == Some(source)
+                && v["target"].as_str() == Some(target)
+                && v["read_only"].as_bool() == Some(true)
+                && v["bind"]["create_host_path"].as_bool() == Some(false)
+        })
+    })
+}
+
 /// `environment` as a mapping (the form the compose files use).
 fn env_var(service: &Yaml, name: &str) -> Option<String> {
     let value = &service["environment"][name];
@@ -95,33 +132,10 @@ fn flag<'a>(command: &'a [String], flag: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// The passwords `deploy/nats/nats.conf` reads from the environment, with
-/// development values, as compose passes them from `.env`.
-const PASSWORDS: [(&str, &str); 6] = [
-    ("UPR_INGEST_PASSWORD", "test-ingest-pw"),
-    ("UPR_PROJECTION_PASSWORD", "test-projection-pw"),
-    ("UPR_NOTIFIER_PASSWORD", "test-notifier-pw"),
-    ("UPR_PUBLISHER_PASSWORD", "test-publisher-pw"),
-    ("UPR_READER_PASSWORD", "test-reader-pw"),
-    ("UPR_ADMIN_PASSWORD", "test-admin-pw"),
-];
-
-fn password(user: &str) -> &'static str {
-    let var = format!("UPR_{}_PASSWORD", user.to_uppercase());
-    PASSWORDS
-        .iter()
-        .find(|(k, _)| *k == var)
-        .map(|(_, v)| *v)
-        .expect("known user")
-}
-
-/// A nats-server with JetStream and the project's own `nats.conf`.
+/// A nats-server with JetStream, the project's own `nats.conf` and freshly
+/// generated keys.
 fn secured_server() -> NatsServer {
-    NatsServer::start_with_env(
-        Some(root().join("deploy/nats/nats.conf")),
-        Vec::new(),
-        &PASSWORDS,
-    )
+    NatsServer::start_secured()
 }
 
 /// Starts a service with its own user, as compose does.
@@ -131,7 +145,8 @@ fn start_service(
     user: &str,
     extra: &[(&str, &str)],
 ) -> ServiceProcess {
-    let mut env = vec![("NATS_USER", user), ("NATS_PASSWORD", password(user))];
+    let seed = nats.seed_file(user).display().to_string();
+    let mut env = vec![("NATS_NKEY", seed.as_str())];
     env.extend_from_slice(extra);
     ServiceProcess::start(name, &nats.url(), &env)
 }
@@ -221,7 +236,7 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
     let conf = flag(&command, "-c").expect("the config file is used");
     let store = flag(&command, "-sd").expect("JetStream store dir");
 
-    let volumes = strings(&nats["volumes"], "nats volumes");
+    let volumes = mounts(nats);
     let named: Vec<&str> = doc["volumes"]
         .as_hash()
         .expect("top-level volumes")
@@ -229,15 +244,26 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
         .filter_map(Yaml::as_str)
         .collect();
     assert!(
-        volumes.iter().any(|v| {
-            let mut p = v.split(':');
-            named.contains(&p.next().unwrap()) && p.next() == Some(store)
-        }),
+        volumes
+            .iter()
+            .any(|(source, target)| named.contains(&source.as_str()) && target == store),
         "a named volume on {store}: {volumes:?}"
     );
     assert!(
-        volumes.iter().any(|v| v.starts_with("./deploy/nats/nats.conf:") && v.split(':').nth(1) == Some(conf)),
+        volumes
+            .iter()
+            .any(|(source, target)| source == "./deploy/nats/nats.conf" && target == conf),
         "deploy/nats/nats.conf mounted at {conf}: {volumes:?}"
+    );
+    // nats.conf includes "secrets/nats-keys.conf", relative to itself.
+    let secrets = Path::new(conf).with_file_name("secrets");
+    assert!(
+        mounts_secret(nats, "./secrets", secrets.to_str().unwrap()),
+        "./secrets mounted beside the config, read-only, never created empty: {volumes:?}"
+    );
+    assert!(
+        nats["environment"].is_badvalue(),
+        "the server gets no credentials from the environment"
     );
 
     let check = strings(&nats["healthcheck"]["test"], "nats healthcheck").join(" ");
@@ -245,13 +271,25 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
         check.contains("wget") && check.contains("/healthz?js-enabled-only=true"),
         "{check}"
     );
-    for (var, _) in PASSWORDS {
-        let value = env_var(nats, var).unwrap_or_else(|| panic!("nats gets {var}"));
-        assert!(
-            value.starts_with(&format!("${{{var}:?")),
-            "{var} must come from .env, no default: {value}"
-        );
-    }
+}
+
+#[test]
+fn compose_keys_service_generates_the_installations_keys_on_demand() {
+    let doc = compose("compose.yaml");
+    let keys = &doc["services"]["keys"];
+    assert_eq!(
+        strings(&keys["command"], "keys command"),
+        ["upr-keys", "init", "/project/secrets"]
+    );
+    assert!(
+        mounts(keys).contains(&("./".to_string(), "/project".to_string())),
+        "the project directory is mounted where the keys are written"
+    );
+    assert_eq!(
+        strings(&keys["profiles"], "keys profiles"),
+        ["setup"],
+        "`up` does not run it"
+    );
 }
 
 #[test]
@@ -296,16 +334,16 @@ fn compose_builds_each_service_from_the_dockerfile_after_nats_is_healthy() {
             ["CMD", binary, "healthcheck"],
             "{service} health check"
         );
-        assert_eq!(
-            env_var(s, "NATS_USER").as_deref(),
-            Some(user),
-            "{service} has its own user"
-        );
-        let var = format!("UPR_{}_PASSWORD", user.to_uppercase());
-        let pw = env_var(s, "NATS_PASSWORD").expect("NATS_PASSWORD");
+        let key = env_var(s, "NATS_NKEY").expect("NATS_NKEY");
         assert!(
-            pw.starts_with(&format!("${{{var}:?")),
-            "{service} password from .env: {pw}"
+            mounts_secret(s, &format!("./secrets/{user}.nk"), &key),
+            "{service} gets its own key ({user}.nk) at {key}, and only that: {:?}",
+            mounts(s)
+        );
+        assert_eq!(mounts(s).len(), 1, "{service} mounts nothing else");
+        assert!(
+            env_var(s, "NATS_PASSWORD").is_none() && env_var(s, "NATS_USER").is_none(),
+            "{service} has no password"
         );
         assert!(
             env_var(s, "NATS_URL").is_some_and(|u| u.contains("nats:4222")),
@@ -328,25 +366,35 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
         );
         assert_eq!(
             flag(&command, "-c"),
-            Some("/etc/nats/nats.conf"),
-            "{node} uses the users"
+            Some("/etc/nats/cluster.conf"),
+            "{node} uses the cluster configuration (users and authenticated routes)"
         );
-        let routes = flag(&command, "--routes").unwrap_or_else(|| panic!("{node} has routes"));
-        for other in nodes {
+        assert!(
+            flag(&command, "--routes").is_none() && flag(&command, "--cluster").is_none(),
+            "{node}: routes come from cluster.conf, with their password: {command:?}"
+        );
+        let volumes = mounts(s);
+        for (source, target) in [
+            ("./deploy/nats/cluster.conf", "/etc/nats/cluster.conf"),
+            ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
+        ] {
             assert!(
-                routes.contains(&format!("nats://{other}:6222")),
-                "{node} routes to {other}: {routes}"
+                volumes.contains(&(source.to_string(), target.to_string())),
+                "{node} mounts {source}: {volumes:?}"
             );
         }
         assert!(
-            flag(&command, "--cluster").is_some(),
-            "{node} listens for routes"
+            mounts_secret(s, "./secrets", "/etc/nats/secrets"),
+            "{node} mounts the secrets: {volumes:?}"
         );
-        cluster_names.push(
-            flag(&command, "--cluster_name")
-                .expect("cluster name")
-                .to_string(),
-        );
+        let cluster_conf = read("deploy/nats/cluster.conf");
+        for other in nodes {
+            assert!(
+                cluster_conf.contains(&format!("nats-route://{other}:6222")),
+                "cluster.conf routes to {other}"
+            );
+        }
+        cluster_names.push("upr".to_string());
         assert!(
             flag(&command, "--server_name").is_some(),
             "{node} has a stable server name"
@@ -356,9 +404,8 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
             check.contains("/healthz?js-enabled-only=true"),
             "{node}: {check}"
         );
-        let volumes = strings(&s["volumes"], "volumes");
         assert!(
-            volumes.iter().any(|v| v.ends_with(":/data")),
+            mounts(s).iter().any(|(_, target)| target == "/data"),
             "{node} own store volume"
         );
     }
@@ -387,9 +434,8 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
 }
 
 #[test]
-fn env_example_defines_every_password_the_nats_config_reads() {
+fn nats_conf_reads_exactly_the_keys_upr_keys_writes() {
     let conf = read("deploy/nats/nats.conf");
-    let env = read(".env.example");
     let mut referenced: Vec<&str> = conf
         .split('$')
         .skip(1)
@@ -398,22 +444,27 @@ fn env_example_defines_every_password_the_nats_config_reads() {
                 .next()
                 .unwrap()
         })
-        .filter(|v| v.starts_with("UPR_") && v.ends_with("_PASSWORD"))
+        .filter(|v| v.starts_with("UPR_"))
         .collect();
     referenced.sort_unstable();
     referenced.dedup();
-    let mut expected: Vec<&str> = PASSWORDS.iter().map(|(k, _)| *k).collect();
-    expected.sort_unstable();
-    assert_eq!(referenced, expected, "the passwords nats.conf reads");
-    for var in referenced {
-        assert!(
-            env.lines().any(|l| l.starts_with(&format!("{var}="))),
-            ".env.example sets {var}"
-        );
-    }
+    let dir = upr_tests::secured_config_dir();
+    let generated = std::fs::read_to_string(dir.path().join("secrets/nats-keys.conf")).unwrap();
+    let mut defined: Vec<&str> = generated
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    defined.sort_unstable();
+    assert_eq!(referenced, defined, "the keys nats.conf reads");
     assert!(
-        env.contains("DEVELOPMENT DEFAULTS"),
-        ".env.example says its values are for development"
+        referenced.iter().all(|v| v.ends_with("_NKEY")),
+        "nats.conf holds public keys only: {referenced:?}"
+    );
+    let env = read(".env.example");
+    assert!(
+        !env.to_uppercase().contains("PASSWORD="),
+        ".env.example holds no password"
     );
 }
 
@@ -580,13 +631,13 @@ async fn each_service_works_with_its_own_user() {
         p.wait_healthy().await;
     }
 
-    let reader = nats.client_as("reader", password("reader")).await;
+    let reader = nats.client_as("reader").await;
     let mut reminders = reader
         .subscribe("upr.notify.reminder.KZ")
         .await
         .expect("reader subscribes");
     reader.flush().await.expect("flush");
-    let publisher = nats.client_as("publisher", password("publisher")).await;
+    let publisher = nats.client_as("publisher").await;
     let accepted = publish_review_scheduled(&publisher, &from_now(Duration::from_secs(5))).await;
     let seq = accepted["seq"].as_u64().expect("seq");
 
@@ -601,8 +652,9 @@ async fn each_service_works_with_its_own_user() {
     assert_eq!(answer["review"]["status"], "scheduled", "{answer}");
     assert_eq!(answer["review"]["location"], "Geneva", "{answer}");
 
-    // The reader reads the bucket as `nats kv get upr_reviews KZ.48` does.
-    let js = jetstream::new(reader.clone());
+    // The reader reads the bucket as `nats --js-domain upr kv get upr_reviews
+    // KZ.48` does.
+    let js = jetstream::with_domain(reader.clone(), "upr");
     let bucket = js
         .get_key_value(contract::REVIEWS_BUCKET)
         .await
@@ -655,10 +707,10 @@ async fn each_service_works_with_its_own_user() {
     let mut rebuild = ServiceProcess::start_args(
         services::PROJECTION,
         &nats.url(),
-        &[
-            ("NATS_USER", "projection"),
-            ("NATS_PASSWORD", password("projection")),
-        ],
+        &[(
+            "NATS_NKEY",
+            &nats.seed_file("projection").display().to_string(),
+        )],
         &["rebuild"],
     );
     let status = rebuild.wait_exit(Duration::from_secs(20));
@@ -676,7 +728,7 @@ async fn a_publisher_cannot_write_the_event_log_or_delete_a_stream() {
     let nats = secured_server();
     let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
     ingest.wait_healthy().await;
-    let publisher = nats.client_as("publisher", password("publisher")).await;
+    let publisher = nats.client_as("publisher").await;
     publish_review_scheduled(&publisher, "2025-01-23T08:30:00Z").await;
 
     // Around ingest, straight into the log: refused.
@@ -706,7 +758,7 @@ async fn a_publisher_cannot_write_the_event_log_or_delete_a_stream() {
         "a publisher got an answer from STREAM.DELETE"
     );
 
-    let admin = nats.client_as("admin", password("admin")).await;
+    let admin = nats.client_as("admin").await;
     let mut events = jetstream::new(admin)
         .get_stream(contract::EVENTS_STREAM)
         .await
@@ -730,7 +782,7 @@ async fn a_reader_cannot_publish_intake() {
     let nats = secured_server();
     let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
     ingest.wait_healthy().await;
-    let reader = nats.client_as("reader", password("reader")).await;
+    let reader = nats.client_as("reader").await;
     let payload = r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#;
     let answer = tokio::time::timeout(
         Duration::from_secs(1),
@@ -749,7 +801,7 @@ async fn a_reader_cannot_publish_intake() {
         },
     )
     .await;
-    let admin = nats.client_as("admin", password("admin")).await;
+    let admin = nats.client_as("admin").await;
     let mut events = jetstream::new(admin)
         .get_stream(contract::EVENTS_STREAM)
         .await
@@ -782,7 +834,7 @@ async fn an_r3_event_log_survives_the_loss_of_one_node() {
     let mut cluster = NatsCluster::start(3).await;
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    upr_shared::nats::ensure_stream(
+    upr_shared::nats::ensure_own_stream(
         &js,
         contract::events_stream(3, contract::DEFAULT_DEDUP_WINDOW),
     )

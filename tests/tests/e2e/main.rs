@@ -9,3 +9,4 @@ mod ingest;
 mod notifier;
 mod projection;
 mod readme;
+mod security;

@@ -18,7 +18,7 @@ use upr_shared::{
         Country, Envelope, EventData, ReviewCancelled, ReviewHeld, ReviewRescheduled,
         ReviewScheduled, SCHEMA, Session, Timestamp,
     },
-    nats::ensure_stream,
+    nats::ensure_own_stream,
 };
 use upr_tests::{NatsServer, ServiceProcess, eventually};
 use uuid::Uuid;
@@ -62,7 +62,7 @@ impl Bed {
         let nats = NatsServer::start();
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
-        ensure_stream(
+        ensure_own_stream(
             &js,
             contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
         )

@@ -41,10 +41,17 @@ struct Given {
 impl Given {
     async fn projection() -> Self {
         let nats = NatsServer::start();
-        let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-        projection.wait_healthy().await;
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
+        // The event log is ingest's; the projection waits for it.
+        upr_shared::nats::ensure_own_stream(
+            &js,
+            contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+        )
+        .await
+        .expect("event log");
+        let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+        projection.wait_healthy().await;
         let given = Self {
             nats,
             projection,

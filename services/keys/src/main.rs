@@ -1,0 +1,299 @@
+//! `upr-keys`: the secrets of one installation, generated on the machine that
+//! runs it, so no two installations share a credential and none is ever in
+//! the repository.
+//!
+//! Every NATS user of `deploy/nats/nats.conf` authenticates with an nkey: the
+//! client holds a private seed, the server only the public key. The server
+//! configuration therefore holds nothing secret about users; the only
+//! shared secret is the password the cluster nodes use on their routes.
+//!
+//! ```text
+//! upr-keys init [DIR]          create what is missing in DIR (default: secrets)
+//! upr-keys rotate DIR NAME...  replace the key of each user NAME (or `route`)
+//! ```
+//!
+//! `DIR/<user>.nk` holds a user's seed, `DIR/route.password` the route
+//! password, `DIR/nats-keys.conf` the public half that the server config
+//! includes (`UPR_<USER>_NKEY` variables) and `DIR/route.conf` the route
+//! password as the variable `UPR_ROUTE_PASSWORD` for cluster nodes.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use nkeys::KeyPair;
+
+/// The NATS users of `deploy/nats/nats.conf`, in the order the generated
+/// file lists them.
+const USERS: [&str; 6] = [
+    "ingest",
+    "projection",
+    "notifier",
+    "publisher",
+    "reader",
+    "admin",
+];
+
+/// The file of the route password; `route` is also the name `rotate` takes.
+const ROUTE: &str = "route";
+
+/// The file the server configuration includes.
+const CONF: &str = "nats-keys.conf";
+
+/// The file a cluster node's configuration includes as well
+/// (`deploy/nats/cluster.conf`); apart, because the server refuses a
+/// variable that nothing in its configuration uses.
+const ROUTE_CONF: &str = "route.conf";
+
+const USAGE: &str = "usage:
+  upr-keys init [DIR]          create the keys that are missing in DIR (default: secrets)
+  upr-keys rotate DIR NAME...  replace the key of each NAME (ingest, projection, notifier,
+                               publisher, reader, admin, or route for the cluster routes)
+
+Files in DIR:
+  <user>.nk        the user's nkey seed: a client connects with it (NATS_NKEY=<file>,
+                   or `nats --nkey <file>`). Keep it secret.
+  route.password   the password cluster nodes use on their routes.
+  nats-keys.conf   the public keys, included by deploy/nats/nats.conf.
+  route.conf       the route password, included by deploy/nats/cluster.conf.
+
+After `rotate`, reload the server configuration (`nats-server --signal reload`, or
+`docker compose kill -s HUP nats`) and restart whatever connects with the old key.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["init"] => init(Path::new("secrets")),
+        ["init", dir] => init(Path::new(dir)),
+        ["rotate", dir, names @ ..] if !names.is_empty() => rotate(Path::new(dir), names),
+        ["--help" | "-h" | "help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        ["--version" | "-V"] => {
+            println!("upr-keys {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("upr-keys: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates the directory and every key that is missing; existing keys are
+/// kept, so running it again (every `scripts/run`) changes nothing.
+fn init(dir: &Path) -> Result<String, String> {
+    create_dir(dir)?;
+    let mut report = String::new();
+    for user in USERS {
+        let path = seed_path(dir, user);
+        if path.exists() {
+            read_seed(&path)?;
+            report += &format!("kept    {}\n", path.display());
+        } else {
+            write_secret(&path, &new_seed()?)?;
+            report += &format!("created {}\n", path.display());
+        }
+    }
+    let route = dir.join(format!("{ROUTE}.password"));
+    if route.exists() {
+        report += &format!("kept    {}\n", route.display());
+    } else {
+        write_secret(&route, &new_password())?;
+        report += &format!("created {}\n", route.display());
+    }
+    write_conf(dir)?;
+    report += &format!(
+        "wrote   {} and {}\n",
+        dir.join(CONF).display(),
+        dir.join(ROUTE_CONF).display()
+    );
+    Ok(report)
+}
+
+/// Replaces the named keys and rewrites the public file.
+fn rotate(dir: &Path, names: &[&str]) -> Result<String, String> {
+    if !dir.join(CONF).exists() {
+        return Err(format!(
+            "{} has no {CONF}; run `upr-keys init {}` first",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    let mut report = String::new();
+    for name in names {
+        let path = if *name == ROUTE {
+            let path = dir.join(format!("{ROUTE}.password"));
+            write_secret(&path, &new_password())?;
+            path
+        } else if USERS.contains(name) {
+            let path = seed_path(dir, name);
+            write_secret(&path, &new_seed()?)?;
+            path
+        } else {
+            return Err(format!(
+                "unknown name {name:?}: expected one of {}, {ROUTE}",
+                USERS.join(", ")
+            ));
+        };
+        report += &format!("replaced {}\n", path.display());
+    }
+    write_conf(dir)?;
+    report += &format!(
+        "wrote    {}\nnow reload the server configuration and restart the clients of the replaced keys\n",
+        dir.join(CONF).display()
+    );
+    Ok(report)
+}
+
+fn seed_path(dir: &Path, user: &str) -> PathBuf {
+    dir.join(format!("{user}.nk"))
+}
+
+/// The directory is private to its owner; the files in it are readable by
+/// others so that a container running as another user can read the one file
+/// mounted into it (a bind-mounted file is reached without the directory).
+fn create_dir(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    set_mode(dir, 0o700)
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    set_mode(&tmp, 0o644)?;
+    writeln!(file, "{text}")
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), String> {
+    Ok(())
+}
+
+fn new_seed() -> Result<String, String> {
+    KeyPair::new_user()
+        .seed()
+        .map_err(|e| format!("cannot encode a new seed: {e}"))
+}
+
+/// 244 random bits (two v4 UUIDs, from the OS's generator), as hex: only
+/// letters and digits, so the NATS config parser reads it as a string.
+fn new_password() -> String {
+    format!(
+        "r{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn read_seed(path: &Path) -> Result<KeyPair, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    KeyPair::from_seed(text.trim())
+        .map_err(|e| format!("{}: not a user nkey seed: {e}", path.display()))
+}
+
+/// Writes the public keys and the route password as NATS config variables.
+fn write_conf(dir: &Path) -> Result<(), String> {
+    let mut conf = String::from(
+        "# Generated by upr-keys from the files beside it; do not edit.\n\
+         # Public keys of the NATS users (the seeds stay with the clients).\n",
+    );
+    for user in USERS {
+        let key = read_seed(&seed_path(dir, user))?.public_key();
+        conf += &format!("UPR_{}_NKEY: \"{key}\"\n", user.to_uppercase());
+    }
+    let route_path = dir.join(format!("{ROUTE}.password"));
+    let route =
+        fs::read_to_string(&route_path).map_err(|e| format!("{}: {e}", route_path.display()))?;
+    write_secret(&dir.join(CONF), conf.trim_end())?;
+    write_secret(
+        &dir.join(ROUTE_CONF),
+        &format!(
+            "# Generated by upr-keys from route.password; do not edit.\n\
+             UPR_ROUTE_PASSWORD: \"{}\"",
+            route.trim()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_creates_every_key_once_and_keeps_them_on_a_second_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("secrets");
+        init(&dir).unwrap();
+        let conf = fs::read_to_string(dir.join(CONF)).unwrap();
+        for user in USERS {
+            let pair = read_seed(&seed_path(&dir, user)).unwrap();
+            let line = format!(
+                "UPR_{}_NKEY: \"{}\"",
+                user.to_uppercase(),
+                pair.public_key()
+            );
+            assert!(conf.contains(&line), "{line} in\n{conf}");
+            assert!(!conf.contains(pair.seed().unwrap().as_str()), "no seed");
+        }
+        let route = fs::read_to_string(dir.join(ROUTE_CONF)).unwrap();
+        assert!(route.contains("UPR_ROUTE_PASSWORD: \"r"), "{route}");
+        let report = init(&dir).unwrap();
+        assert!(!report.contains("created"), "{report}");
+        assert_eq!(fs::read_to_string(dir.join(CONF)).unwrap(), conf);
+    }
+
+    #[test]
+    fn rotate_replaces_only_the_named_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        init(&dir).unwrap();
+        let before: Vec<String> = USERS
+            .iter()
+            .map(|u| fs::read_to_string(seed_path(&dir, u)).unwrap())
+            .collect();
+        let old_conf = fs::read_to_string(dir.join(CONF)).unwrap();
+        rotate(&dir, &["reader"]).unwrap();
+        for (user, old) in USERS.iter().zip(&before) {
+            let now = fs::read_to_string(seed_path(&dir, user)).unwrap();
+            assert_eq!(now != *old, *user == "reader", "{user}");
+        }
+        assert_ne!(fs::read_to_string(dir.join(CONF)).unwrap(), old_conf);
+        assert!(rotate(&dir, &["nobody"]).unwrap_err().contains("nobody"));
+    }
+
+    #[test]
+    fn the_secrets_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        init(&dir).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}

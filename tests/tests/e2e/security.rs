@@ -1,0 +1,530 @@
+//! What a `publisher` or `reader` of the shipped `deploy/nats/nats.conf` can
+//! do that it should not, tried for real against a nats-server running that
+//! file and the three services running as their own users. Every line of
+//! docs/security.md's threat table points at one of these tests.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_nats::{
+    Client,
+    jetstream::{self, consumer::pull},
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use upr_shared::contract::services;
+use upr_tests::{NatsServer, ServiceProcess, eventually};
+
+/// Every stream of the service account: the event log, the rejected log, the
+/// notifications, the timers and every bucket.
+const STREAMS: [&str; 8] = [
+    "UPR_EVENTS",
+    "UPR_REJECTED",
+    "UPR_NOTIFICATIONS",
+    "UPR_NOTIFIER_TIMERS",
+    "KV_upr_reviews",
+    "KV_upr_sessions",
+    "KV_upr_countries",
+    "KV_upr_notifier",
+];
+
+/// Subjects a client outside the service account must never reach, directly
+/// or as the reply subject of a request: writes into each stream above and
+/// JetStream administration of the service account.
+const PROTECTED: [&str; 17] = [
+    "upr.events.ZZ.1.forged",
+    "upr.events.KZ.48.review_cancelled",
+    "upr.rejected",
+    "upr.notify.reminder.KZ",
+    "upr.notify.cancelled.KZ",
+    "upr.notifier.timer.at.KZ.48.1d",
+    "upr.notifier.timer.due.KZ.48.1d",
+    "$KV.upr_reviews.KZ.48",
+    "$KV.upr_sessions.48",
+    "$KV.upr_countries.KZ",
+    "$KV.upr_notifier.review.KZ.48",
+    "$JS.API.STREAM.DELETE.UPR_EVENTS",
+    "$JS.API.STREAM.PURGE.UPR_EVENTS",
+    "$JS.API.STREAM.PURGE.UPR_NOTIFIER_TIMERS",
+    "$JS.API.STREAM.DELETE.KV_upr_reviews",
+    "$JS.API.CONSUMER.DELETE.UPR_EVENTS.upr-projection",
+    "$JS.API.CONSUMER.DELETE.UPR_NOTIFICATIONS.reader",
+];
+
+/// The recorded review every test starts from.
+const EVENT_ID: &str = "0b7c8e62-4a47-4c1e-9a53-3a1f0b1f2d11";
+
+/// The shipped configuration with the three services, each as its own user.
+struct Stack {
+    nats: NatsServer,
+    _services: Vec<ServiceProcess>,
+    admin: jetstream::Context,
+}
+
+impl Stack {
+    async fn start(extra: &[(&str, &str)]) -> Self {
+        let nats = NatsServer::start_secured();
+        let services = [
+            (services::INGEST, "ingest"),
+            (services::PROJECTION, "projection"),
+            (services::NOTIFIER, "notifier"),
+        ]
+        .into_iter()
+        .map(|(name, user)| {
+            let seed = nats.seed_file(user).display().to_string();
+            let mut env = vec![("NATS_NKEY", seed.as_str())];
+            env.extend_from_slice(extra);
+            ServiceProcess::start(name, &nats.url(), &env)
+        })
+        .collect::<Vec<_>>();
+        for s in &services {
+            s.wait_healthy().await;
+        }
+        let admin = jetstream::new(nats.client_as("admin").await);
+        Self {
+            nats,
+            _services: services,
+            admin,
+        }
+    }
+
+    /// Records KZ's review at session 48 as the publisher, and waits (asking
+    /// as `reader`) until the projection and the notifier have applied it,
+    /// so every stream and bucket exists and holds something.
+    async fn record_review(&self, publisher: &Client, reader: &Client) {
+        let reply = publisher
+            .request("upr.ingest.review_scheduled", intake().into())
+            .await
+            .expect("ingest answers");
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["ok"], true, "{reply}");
+        let seq = reply["seq"].as_u64().unwrap();
+        let query = json!({"min_seq": seq}).to_string();
+        let answer = reader
+            .request("upr.query.review.KZ.48", query.into())
+            .await
+            .expect("projection answers");
+        let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
+        assert_eq!(answer["ok"], true, "{answer}");
+        eventually(Duration::from_secs(20), "the notifier's timers", || async {
+            let status = reader
+                .request("upr.notifier.status", "".into())
+                .await
+                .ok()?;
+            let status: Value = serde_json::from_slice(&status.payload).ok()?;
+            (status["pending"].as_u64()? >= 1).then_some(())
+        })
+        .await;
+    }
+
+    /// Message count, last sequence and bytes of every stream, read as admin.
+    async fn snapshot(&self) -> BTreeMap<&'static str, (u64, u64, u64)> {
+        let mut out = BTreeMap::new();
+        for name in STREAMS {
+            let mut stream = self
+                .admin
+                .get_stream(name)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let state = stream.info().await.expect("stream info").state.clone();
+            out.insert(name, (state.messages, state.last_sequence, state.bytes));
+        }
+        out
+    }
+
+    /// Permission refusals the server logged.
+    fn violations(&self) -> String {
+        self.nats
+            .log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The review every test records: a date far ahead, so reminders stay
+/// pending (none is sent during a test unless it asks for one).
+fn intake() -> String {
+    json!({
+        "event_id": EVENT_ID, "country": "KZ", "session": 48,
+        "scheduled_for": "2099-01-23T08:30:00Z", "location": "Geneva"
+    })
+    .to_string()
+}
+
+/// JetStream as a reader reaches it: the service account's API under the
+/// domain `upr` (`nats --js-domain upr ...`).
+fn reader_js(reader: &Client) -> jetstream::Context {
+    jetstream::with_domain(reader.clone(), "upr")
+}
+
+/// The requests each user may send, with a payload the service answers
+/// without storing anything new (a duplicate for ingest).
+fn allowed_requests(user: &str) -> Vec<(&'static str, String)> {
+    match user {
+        "publisher" => vec![("upr.ingest.review_scheduled", intake())],
+        "reader" => vec![
+            ("upr.query.status", String::new()),
+            ("upr.query.review.KZ.48", String::new()),
+            ("upr.query.session.48", String::new()),
+            ("upr.query.country.KZ", String::new()),
+            ("upr.query.upcoming", String::new()),
+            ("upr.notifier.status", String::new()),
+            ("$SRV.PING", String::new()),
+            ("$SRV.INFO.upr-projection", String::new()),
+            ("$SRV.STATS.upr-ingest", String::new()),
+            ("$JS.upr.API.STREAM.INFO.KV_upr_reviews", String::new()),
+            (
+                "$JS.upr.API.DIRECT.GET.KV_upr_reviews.$KV.upr_reviews.KZ.48",
+                String::new(),
+            ),
+            ("$JS.upr.API.STREAM.INFO.UPR_NOTIFICATIONS", String::new()),
+            (
+                "$JS.upr.API.DIRECT.GET.UPR_NOTIFICATIONS",
+                json!({"last_by_subj": "upr.notify.reminder.KZ"}).to_string(),
+            ),
+            (
+                "$JS.upr.API.CONSUMER.INFO.UPR_NOTIFICATIONS.reader",
+                String::new(),
+            ),
+        ],
+        other => panic!("no requests for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn forged_reply_subjects_and_direct_writes_leave_every_stream_unchanged() {
+    let stack = Stack::start(&[]).await;
+    let publisher = stack.nats.client_as("publisher").await;
+    let reader = stack.nats.client_as("reader").await;
+    stack.record_review(&publisher, &reader).await;
+    // Let the notifier's sent-marks and the projection's checkpoint settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = stack.snapshot().await;
+
+    for (user, client) in [("publisher", &publisher), ("reader", &reader)] {
+        for target in PROTECTED {
+            // Straight at the protected subject, with and without a reply.
+            client
+                .publish(target, r#"{"forged":true}"#.into())
+                .await
+                .unwrap();
+            client
+                .publish_with_reply(target, "_INBOX.forged", r#"{"forged":true}"#.into())
+                .await
+                .unwrap();
+            // Through every service it may use: the reply subject is the
+            // protected one, so a service that published its answer there
+            // would write into the service account.
+            for (subject, payload) in allowed_requests(user) {
+                client
+                    .publish_with_reply(subject, target, payload.into())
+                    .await
+                    .unwrap();
+            }
+        }
+        client.flush().await.unwrap();
+    }
+    // Every service has answered (or refused) everything above by the time a
+    // request sent after it is answered; then a little more for stragglers.
+    for (user, client) in [("publisher", &publisher), ("reader", &reader)] {
+        let (subject, payload) = allowed_requests(user).remove(0);
+        client
+            .request(subject, payload.into())
+            .await
+            .unwrap_or_else(|e| panic!("{user} is still served: {e}"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert_eq!(
+        stack.snapshot().await,
+        before,
+        "a publisher or reader changed a stream or bucket of the service account"
+    );
+    let refused = stack.violations();
+    assert!(
+        refused.contains("\"upr.events.ZZ.1.forged\"")
+            && refused.contains("\"$KV.upr_reviews.KZ.48\""),
+        "direct writes are refused and logged:\n{refused}"
+    );
+    // The services were never refused anything: their answers went to the
+    // server's own reply subjects.
+    for user in ["ingest", "projection", "notifier"] {
+        let key = std::fs::read_to_string(stack.nats.seed_file(user)).unwrap();
+        let public = nkeys::KeyPair::from_seed(key.trim()).unwrap().public_key();
+        assert!(
+            !refused.contains(&public),
+            "{user} was refused something:\n{refused}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn jetstream_administration_is_refused_to_publisher_and_reader() {
+    let stack = Stack::start(&[]).await;
+    let publisher = stack.nats.client_as("publisher").await;
+    let reader = stack.nats.client_as("reader").await;
+    stack.record_review(&publisher, &reader).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = stack.snapshot().await;
+
+    // A push consumer on the notifications whose deliveries would land in
+    // the event log: the reason readers get no consumer-create right.
+    let push_into_the_log = json!({
+        "stream_name": "UPR_NOTIFICATIONS",
+        "config": {"durable_name": "reader", "deliver_subject": "upr.events.ZZ.1.pushed",
+                   "ack_policy": "none", "deliver_policy": "all"}
+    })
+    .to_string();
+    let attempts = [
+        ("$JS.API.INFO", String::new()),
+        ("$JS.API.STREAM.LIST", String::new()),
+        (
+            "$JS.API.STREAM.CREATE.EVIL",
+            json!({"name": "EVIL", "subjects": ["upr.ingest.>"]}).to_string(),
+        ),
+        (
+            "$JS.API.STREAM.UPDATE.UPR_EVENTS",
+            json!({"name": "UPR_EVENTS", "subjects": ["upr.events.>"], "max_msgs": 1}).to_string(),
+        ),
+        ("$JS.API.STREAM.DELETE.UPR_EVENTS", String::new()),
+        ("$JS.API.STREAM.PURGE.UPR_EVENTS", String::new()),
+        ("$JS.API.STREAM.PURGE.KV_upr_reviews", String::new()),
+        (
+            "$JS.API.STREAM.MSG.DELETE.UPR_EVENTS",
+            json!({"seq": 1}).to_string(),
+        ),
+        (
+            "$JS.API.DIRECT.GET.UPR_EVENTS",
+            json!({"seq": 1}).to_string(),
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.UPR_NOTIFICATIONS.reader",
+            push_into_the_log.clone(),
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.UPR_NOTIFICATIONS.mine",
+            push_into_the_log.clone(),
+        ),
+        (
+            "$JS.API.CONSUMER.DURABLE.CREATE.UPR_NOTIFICATIONS.reader",
+            push_into_the_log,
+        ),
+        (
+            "$JS.API.CONSUMER.DELETE.UPR_NOTIFICATIONS.reader",
+            String::new(),
+        ),
+        (
+            "$JS.API.CONSUMER.DELETE.UPR_EVENTS.upr-projection",
+            String::new(),
+        ),
+        (
+            "$JS.API.CONSUMER.MSG.NEXT.UPR_EVENTS.upr-projection",
+            json!({"batch": 10}).to_string(),
+        ),
+        (
+            "$JS.API.CONSUMER.MSG.NEXT.UPR_NOTIFIER_TIMERS.upr-notifier-timers",
+            json!({"batch": 10}).to_string(),
+        ),
+        ("$KV.upr_reviews.KZ.48", r#"{"forged":true}"#.to_string()),
+        // The same through the domain the reader's reads use.
+        ("$JS.upr.API.STREAM.DELETE.UPR_EVENTS", String::new()),
+        ("$JS.upr.API.STREAM.PURGE.KV_upr_reviews", String::new()),
+        (
+            "$JS.upr.API.CONSUMER.CREATE.UPR_NOTIFICATIONS.reader",
+            String::new(),
+        ),
+        (
+            "$JS.upr.API.CONSUMER.DELETE.UPR_NOTIFICATIONS.reader",
+            String::new(),
+        ),
+        (
+            "$JS.upr.API.DIRECT.GET.UPR_EVENTS",
+            json!({"seq": 1}).to_string(),
+        ),
+    ];
+    for (user, client) in [("publisher", &publisher), ("reader", &reader)] {
+        for (subject, payload) in &attempts {
+            let answer = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.request(*subject, payload.clone().into()),
+            )
+            .await;
+            if let Ok(Ok(message)) = answer {
+                panic!(
+                    "{user} got an answer from {subject}: {}",
+                    String::from_utf8_lossy(&message.payload)
+                );
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stack.snapshot().await, before, "nothing changed");
+    let consumers: Vec<String> = stack
+        .admin
+        .get_stream("UPR_NOTIFICATIONS")
+        .await
+        .unwrap()
+        .consumer_names()
+        .map(|n| n.unwrap())
+        .collect()
+        .await;
+    assert_eq!(consumers, ["reader"], "no consumer was created or deleted");
+}
+
+/// A connection of `user` subscribed to everything its permissions could
+/// possibly let through.
+async fn spy(nats: &NatsServer, user: &str) -> (Client, Vec<(String, async_nats::Subscriber)>) {
+    let client = nats.client_as(user).await;
+    let mut subs = Vec::new();
+    for subject in [
+        ">",
+        "_INBOX.>",
+        "_R_.>",
+        "$JS.>",
+        "$KV.>",
+        "upr.events.>",
+        "upr.ingest.>",
+    ] {
+        if let Ok(sub) = client.subscribe(subject).await {
+            subs.push((subject.to_string(), sub));
+        }
+    }
+    client.flush().await.unwrap();
+    (client, subs)
+}
+
+/// Panics with the first message any of the spy's subscriptions received.
+async fn assert_saw_nothing(user: &str, subs: Vec<(String, async_nats::Subscriber)>) {
+    for (subject, mut sub) in subs {
+        if let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+        {
+            panic!(
+                "a {user} subscribed to {subject} saw {} ({})",
+                message.subject,
+                String::from_utf8_lossy(&message.payload)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_user_sees_another_users_or_a_services_traffic() {
+    let stack = Stack::start(&[]).await;
+    let publisher = stack.nats.client_as("publisher").await;
+    let reader = stack.nats.client_as("reader").await;
+
+    // While the publisher records (ingest appends, the projection and the
+    // notifier pull, ack and write), a reader listens to everything.
+    let (_reader_spy, subs) = spy(&stack.nats, "reader").await;
+    // Waiting for the services is done as admin, so the reader account has
+    // no traffic of its own in this phase.
+    let admin = stack.nats.client_as("admin").await;
+    stack.record_review(&publisher, &admin).await;
+    for i in 0..5 {
+        let payload = json!({"country": "KZ", "session": 48, "title": format!("Side event {i}"),
+                             "held_on": "2025-01-20"});
+        let reply = publisher
+            .request("upr.ingest.side_event_held", payload.to_string().into())
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_saw_nothing("reader", subs).await;
+
+    // While the reader queries, reads a bucket and pulls its consumer, a
+    // publisher listens to everything.
+    let (_publisher_spy, subs) = spy(&stack.nats, "publisher").await;
+    reader
+        .request("upr.query.session.48", "".into())
+        .await
+        .unwrap();
+    reader.request("$SRV.PING", "".into()).await.unwrap();
+    let js = reader_js(&reader);
+    let bucket = js
+        .get_key_value("upr_reviews")
+        .await
+        .expect("reader opens upr_reviews");
+    bucket.get("KZ.48").await.expect("reader reads KZ.48");
+    let consumer: jetstream::consumer::Consumer<pull::Config> = js
+        .get_consumer_from_stream("reader", "UPR_NOTIFICATIONS")
+        .await
+        .expect("the reader's consumer");
+    consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("pull");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_saw_nothing("publisher", subs).await;
+}
+
+#[tokio::test]
+async fn a_reader_catches_up_on_missed_notifications_with_its_durable_consumer() {
+    // A lead of 2 s makes a reminder come due within the test.
+    let stack = Stack::start(&[("UPR_REMINDER_LEADS", "2s")]).await;
+    let publisher = stack.nats.client_as("publisher").await;
+    let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(4);
+    let soon = soon
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let payload = json!({"country": "KZ", "session": 48, "scheduled_for": soon});
+    let reply = publisher
+        .request("upr.ingest.review_scheduled", payload.to_string().into())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
+    // The reader was offline while the reminder was sent; it connects later.
+    eventually(
+        Duration::from_secs(20),
+        "the reminder to be sent",
+        || async {
+            let mut stream = stack.admin.get_stream("UPR_NOTIFICATIONS").await.ok()?;
+            (stream.info().await.ok()?.state.messages >= 1).then_some(())
+        },
+    )
+    .await;
+
+    // `nats consumer next UPR_NOTIFICATIONS reader`, as the reader.
+    let reader = stack.nats.client_as("reader").await;
+    let js = reader_js(&reader);
+    let consumer: jetstream::consumer::Consumer<pull::Config> = js
+        .get_consumer_from_stream("reader", "UPR_NOTIFICATIONS")
+        .await
+        .expect("the reader's consumer, created by the notifier");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("pull");
+    let message = batch
+        .next()
+        .await
+        .expect("a missed notification")
+        .expect("delivered");
+    let reminder: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(reminder["kind"], "reminder", "{reminder}");
+    assert_eq!(reminder["country"], "KZ", "{reminder}");
+    message.double_ack().await.expect("the reader acks it");
+    drop(batch);
+
+    // Acknowledged: the next pull has nothing new.
+    let mut again = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("pull");
+    assert!(
+        again.next().await.is_none(),
+        "the acked reminder came again"
+    );
+}
