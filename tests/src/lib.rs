@@ -87,40 +87,55 @@ pub fn secured_config_dir() -> TempDir {
 }
 
 /// Writes `name` into `dir` (which holds a [`secured_config_dir`]): the
-/// shipped `deploy/nats/cluster.conf` with its route list replaced by
-/// `routes`, its listen line left to the command line (`--cluster`), and,
-/// when given, another route password in place of the installation's.
+/// shipped `deploy/nats/cluster.conf` with its listen address set to
+/// `127.0.0.1:<listen_port>`. The routes are the installation's (`upr-keys
+/// routes`), unless `forged` gives a password and route addresses of its
+/// own, for a node that is not one of the installation's.
+///
+/// The listen address is in the file, not on the command line: the
+/// server's `--cluster` flag without credentials in its URL clears the
+/// cluster's authorization, and any node could join.
 pub fn cluster_config(
     dir: &Path,
     name: &str,
-    routes: Vec<String>,
-    route_password: Option<&str>,
+    listen_port: u16,
+    forged: Option<(&str, &[String])>,
 ) -> PathBuf {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/cluster.conf");
     let text = std::fs::read_to_string(&shipped).expect("read deploy/nats/cluster.conf");
     let mut out = String::new();
-    let mut in_routes = false;
     for line in text.lines() {
         let trimmed = line.trim();
-        if in_routes {
-            if trimmed == "]" {
-                in_routes = false;
-                out += &format!("  routes: [{}]\n", routes.join(", "));
+        if trimmed.starts_with("listen:") {
+            out += &format!("  listen: 127.0.0.1:{listen_port}\n");
+            continue;
+        }
+        if let Some((password, hosts)) = forged {
+            if trimmed.contains("secrets/route.conf") {
+                // Not the installation's; the server refuses a variable
+                // that nothing uses.
+                continue;
             }
-            continue;
+            if trimmed.starts_with("password:") {
+                out += &format!("    password: \"{password}\"\n");
+                continue;
+            }
+            if trimmed.starts_with("routes:") {
+                let routes: Vec<String> = hosts
+                    .iter()
+                    .map(|h| format!("\"nats-route://route:{password}@{h}\""))
+                    .collect();
+                out += &format!("  routes: [{}]\n", routes.join(", "));
+                continue;
+            }
         }
-        if trimmed.starts_with("routes:") {
-            in_routes = true;
-        } else if trimmed.starts_with("listen:") {
-            continue;
-        } else if let (Some(pw), true) = (route_password, trimmed.starts_with("password:")) {
-            out += &format!("    password: \"{pw}\"\n");
-        } else {
-            out += line;
-            out.push('\n');
-        }
+        out += line;
+        out.push('\n');
     }
-    assert!(out.contains("routes: ["), "cluster.conf has a routes list");
+    assert!(
+        out.contains("listen: 127"),
+        "cluster.conf has a listen address"
+    );
     let path = dir.join(name);
     std::fs::write(&path, out).expect("write cluster config");
     path
@@ -369,7 +384,12 @@ impl NatsServer {
     /// Connect options authenticated as `user` with its nkey (servers
     /// started with [`NatsServer::start_secured`]).
     pub fn options_as(&self, user: &str) -> async_nats::ConnectOptions {
-        let seed = std::fs::read_to_string(self.seed_file(user)).expect("seed file");
+        Self::options_from(&self.seed_file(user))
+    }
+
+    /// Connect options authenticated with the nkey seed in `seed_file`.
+    pub fn options_from(seed_file: &Path) -> async_nats::ConnectOptions {
+        let seed = std::fs::read_to_string(seed_file).expect("seed file");
         async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
     }
 
@@ -396,6 +416,8 @@ pub struct NatsCluster {
     /// The shipped configuration and its keys, for a cluster started with
     /// [`NatsCluster::start_secured`].
     secured: Option<TempDir>,
+    /// `HOST:PORT` of every node's route port.
+    routes: Vec<String>,
 }
 
 impl NatsCluster {
@@ -427,6 +449,7 @@ impl NatsCluster {
         let cluster = Self {
             nodes,
             secured: None,
+            routes: Vec::new(),
         };
         cluster.wait_meta_leader().await;
         cluster
@@ -439,29 +462,30 @@ impl NatsCluster {
         let dir = secured_config_dir();
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let conf = cluster_config(
-            dir.path(),
-            "cluster-node.conf",
-            cluster_ports
-                .iter()
-                .map(|p| format!("nats-route://127.0.0.1:{p}"))
-                .collect(),
-            None,
-        );
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let status = Command::new(bin_path("upr-keys"))
+            .arg("routes")
+            .arg(dir.path().join("secrets"))
+            .args(&routes)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run upr-keys routes");
+        assert!(status.success(), "upr-keys routes failed");
         let nodes = (0..size)
             .map(|i| {
-                let args = vec![
-                    "--server_name".to_string(),
-                    format!("n{i}"),
-                    "--cluster".to_string(),
-                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
-                ];
-                NatsServer::start_on(client_ports[i], Some(conf.clone()), args, &[])
+                let conf =
+                    cluster_config(dir.path(), &format!("n{i}.conf"), cluster_ports[i], None);
+                let args = vec!["--server_name".to_string(), format!("n{i}")];
+                NatsServer::start_on(client_ports[i], Some(conf), args, &[])
             })
             .collect();
         let cluster = Self {
             nodes,
             secured: Some(dir),
+            routes,
         };
         cluster.wait_meta_leader().await;
         cluster
@@ -474,6 +498,11 @@ impl NatsCluster {
             .as_ref()
             .expect("a cluster started with start_secured")
             .path()
+    }
+
+    /// The route URLs of a [`NatsCluster::start_secured`] cluster's nodes.
+    pub fn routes(&self) -> &[String] {
+        &self.routes
     }
 
     /// The nkey seed file of `user` of a [`NatsCluster::start_secured`] cluster.

@@ -8,14 +8,18 @@
 //! shared secret is the password the cluster nodes use on their routes.
 //!
 //! ```text
-//! upr-keys init [DIR]          create what is missing in DIR (default: secrets)
-//! upr-keys rotate DIR NAME...  replace the key of each user NAME (or `route`)
+//! upr-keys init [DIR]               create what is missing in DIR (default: secrets)
+//! upr-keys rotate DIR NAME...       replace the key of each user NAME (or `route`)
+//! upr-keys routes DIR HOST:PORT...  the cluster nodes' route addresses
 //! ```
 //!
 //! `DIR/<user>.nk` holds a user's seed, `DIR/route.password` the route
 //! password, `DIR/nats-keys.conf` the public half that the server config
 //! includes (`UPR_<USER>_NKEY` variables) and `DIR/route.conf` the route
-//! password as the variable `UPR_ROUTE_PASSWORD` for cluster nodes.
+//! password (`UPR_ROUTE_PASSWORD`) and the routes with that password in
+//! their URLs (`UPR_ROUTES`) for cluster nodes: a node presents only what
+//! its route URLs carry, so the password has to be in them, and the config
+//! language cannot splice a variable into a string.
 
 use std::{
     fs,
@@ -40,6 +44,13 @@ const USERS: [&str; 6] = [
 /// The file of the route password; `route` is also the name `rotate` takes.
 const ROUTE: &str = "route";
 
+/// The route addresses until `upr-keys routes` says otherwise: the nodes of
+/// compose.cluster.yaml.
+const DEFAULT_ROUTE_HOSTS: [&str; 3] = ["nats:6222", "nats-2:6222", "nats-3:6222"];
+
+/// The file listing the route addresses, one `HOST:PORT` a line.
+const ROUTE_HOSTS: &str = "route.hosts";
+
 /// The file the server configuration includes.
 const CONF: &str = "nats-keys.conf";
 
@@ -49,16 +60,19 @@ const CONF: &str = "nats-keys.conf";
 const ROUTE_CONF: &str = "route.conf";
 
 const USAGE: &str = "usage:
-  upr-keys init [DIR]          create the keys that are missing in DIR (default: secrets)
-  upr-keys rotate DIR NAME...  replace the key of each NAME (ingest, projection, notifier,
-                               publisher, reader, admin, or route for the cluster routes)
+  upr-keys init [DIR]               create the keys that are missing in DIR (default: secrets)
+  upr-keys rotate DIR NAME...       replace the key of each NAME (ingest, projection, notifier,
+                                    publisher, reader, admin, or route for the cluster routes)
+  upr-keys routes DIR HOST:PORT...  the route address of every cluster node (default: the
+                                    nodes of compose.cluster.yaml, nats:6222 nats-2:6222 nats-3:6222)
 
 Files in DIR:
   <user>.nk        the user's nkey seed: a client connects with it (NATS_NKEY=<file>,
                    or `nats --nkey <file>`). Keep it secret.
   route.password   the password cluster nodes use on their routes.
   nats-keys.conf   the public keys, included by deploy/nats/nats.conf.
-  route.conf       the route password, included by deploy/nats/cluster.conf.
+  route.hosts      the cluster nodes' route addresses.
+  route.conf       the route password and routes, included by deploy/nats/cluster.conf.
 
 After `rotate`, reload the server configuration (`nats-server --signal reload`, or
 `docker compose kill -s HUP nats`) and restart whatever connects with the old key.";
@@ -70,6 +84,7 @@ fn main() -> ExitCode {
         ["init"] => init(Path::new("secrets")),
         ["init", dir] => init(Path::new(dir)),
         ["rotate", dir, names @ ..] if !names.is_empty() => rotate(Path::new(dir), names),
+        ["routes", dir, hosts @ ..] if !hosts.is_empty() => routes(Path::new(dir), hosts),
         ["--help" | "-h" | "help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -117,6 +132,10 @@ fn init(dir: &Path) -> Result<String, String> {
         write_secret(&route, &new_password())?;
         report += &format!("created {}\n", route.display());
     }
+    let hosts = dir.join(ROUTE_HOSTS);
+    if !hosts.exists() {
+        write_secret(&hosts, &DEFAULT_ROUTE_HOSTS.join("\n"))?;
+    }
     write_conf(dir)?;
     report += &format!(
         "wrote   {} and {}\n",
@@ -159,6 +178,32 @@ fn rotate(dir: &Path, names: &[&str]) -> Result<String, String> {
         dir.join(CONF).display()
     );
     Ok(report)
+}
+
+/// Sets the cluster nodes' route addresses and rewrites the route file.
+fn routes(dir: &Path, hosts: &[&str]) -> Result<String, String> {
+    for host in hosts {
+        let valid = host.rsplit_once(':').is_some_and(|(name, port)| {
+            !name.is_empty()
+                && port.parse::<u16>().is_ok()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        });
+        if !valid {
+            return Err(format!("{host:?} is not HOST:PORT"));
+        }
+    }
+    if !dir.join(CONF).exists() {
+        return Err(format!(
+            "{} has no {CONF}; run `upr-keys init {}` first",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    write_secret(&dir.join(ROUTE_HOSTS), &hosts.join("\n"))?;
+    write_conf(dir)?;
+    Ok(format!("wrote    {}\n", dir.join(ROUTE_CONF).display()))
 }
 
 fn seed_path(dir: &Path, user: &str) -> PathBuf {
@@ -227,16 +272,26 @@ fn write_conf(dir: &Path) -> Result<(), String> {
         let key = read_seed(&seed_path(dir, user))?.public_key();
         conf += &format!("UPR_{}_NKEY: \"{key}\"\n", user.to_uppercase());
     }
-    let route_path = dir.join(format!("{ROUTE}.password"));
-    let route =
-        fs::read_to_string(&route_path).map_err(|e| format!("{}: {e}", route_path.display()))?;
+    let read = |name: String| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let password = read(format!("{ROUTE}.password"))?;
+    let password = password.trim();
+    let routes: Vec<String> = read(ROUTE_HOSTS.to_string())?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|host| format!("\"nats-route://{ROUTE}:{password}@{host}\""))
+        .collect();
     write_secret(&dir.join(CONF), conf.trim_end())?;
     write_secret(
         &dir.join(ROUTE_CONF),
         &format!(
-            "# Generated by upr-keys from route.password; do not edit.\n\
-             UPR_ROUTE_PASSWORD: \"{}\"",
-            route.trim()
+            "# Generated by upr-keys from route.password and route.hosts; do not edit.\n\
+             UPR_ROUTE_PASSWORD: \"{password}\"\n\
+             UPR_ROUTES: [{}]",
+            routes.join(", ")
         ),
     )
 }
@@ -262,7 +317,16 @@ mod tests {
             assert!(!conf.contains(pair.seed().unwrap().as_str()), "no seed");
         }
         let route = fs::read_to_string(dir.join(ROUTE_CONF)).unwrap();
-        assert!(route.contains("UPR_ROUTE_PASSWORD: \"r"), "{route}");
+        let password = fs::read_to_string(dir.join("route.password")).unwrap();
+        let password = password.trim();
+        assert!(
+            route.contains(&format!("UPR_ROUTE_PASSWORD: \"{password}\"")),
+            "{route}"
+        );
+        assert!(
+            route.contains(&format!("\"nats-route://route:{password}@nats-2:6222\"")),
+            "{route}"
+        );
         let report = init(&dir).unwrap();
         assert!(!report.contains("created"), "{report}");
         assert_eq!(fs::read_to_string(dir.join(CONF)).unwrap(), conf);
@@ -285,6 +349,26 @@ mod tests {
         }
         assert_ne!(fs::read_to_string(dir.join(CONF)).unwrap(), old_conf);
         assert!(rotate(&dir, &["nobody"]).unwrap_err().contains("nobody"));
+    }
+
+    #[test]
+    fn routes_carry_the_route_password_to_the_given_nodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        init(&dir).unwrap();
+        routes(&dir, &["127.0.0.1:7001", "node-b.example:7002"]).unwrap();
+        let route = fs::read_to_string(dir.join(ROUTE_CONF)).unwrap();
+        assert!(
+            route.contains("@127.0.0.1:7001\", \"nats-route://route:"),
+            "{route}"
+        );
+        assert!(!route.contains("nats-2"), "{route}");
+        assert!(routes(&dir, &["no-port"]).unwrap_err().contains("no-port"));
+        // Rotating the password keeps the addresses.
+        rotate(&dir, &["route"]).unwrap();
+        let rotated = fs::read_to_string(dir.join(ROUTE_CONF)).unwrap();
+        assert_ne!(rotated, route);
+        assert!(rotated.contains("@node-b.example:7002\""), "{rotated}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use async_nats::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 use upr_shared::contract::services;
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{NatsCluster, NatsServer, ServiceProcess, cluster_config, eventually, free_port};
 
 /// Every stream of the service account: the event log, the rejected log, the
 /// notifications, the timers and every bucket.
@@ -526,5 +526,187 @@ async fn a_reader_catches_up_on_missed_notifications_with_its_durable_consumer()
     assert!(
         again.next().await.is_none(),
         "the acked reminder came again"
+    );
+}
+
+#[tokio::test]
+async fn cluster_routes_admit_only_nodes_with_the_route_password() {
+    let cluster = NatsCluster::start_secured(3).await;
+    // Routes with the password work: an R3 stream needs all three nodes.
+    let admin = cluster.client_as("admin").await;
+    upr_shared::nats::ensure_own_stream(
+        &jetstream::new(admin),
+        upr_shared::contract::events_stream(3, upr_shared::contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .expect("an R3 stream on the authenticated cluster");
+
+    // A reader on node 0 hears what the notifier publishes on node 1.
+    let reader = NatsServer::options_from(&cluster.seed_file("reader"))
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    let mut heard = reader.subscribe("upr.notify.>").await.unwrap();
+    reader.flush().await.unwrap();
+    let notifier_on = |url: String| {
+        let seed = cluster.seed_file("notifier");
+        async move {
+            NatsServer::options_from(&seed)
+                .connect(url)
+                .await
+                .expect("notifier connects")
+        }
+    };
+    let legit = notifier_on(cluster.node(1).url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        legit
+            .publish("upr.notify.reminder.KZ", "legit".into())
+            .await
+            .unwrap();
+        legit.flush().await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), heard.next()).await
+            && m.payload.as_ref() == b"legit"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing crossed the authenticated routes"
+        );
+    }
+    // Drain the repeats of the control message.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), heard.next()).await {}
+
+    // A node with the same users but without the route password: it
+    // tries every route, and is refused.
+    let dir = cluster.secured_dir();
+    let rogue_conf = cluster_config(
+        dir,
+        "rogue.conf",
+        free_port(),
+        Some(("guessed", cluster.routes())),
+    );
+    let rogue = NatsServer::start_on(
+        free_port(),
+        Some(rogue_conf),
+        vec!["--server_name".into(), "rogue".into()],
+        &[],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the cluster to refuse the rogue's routes",
+        || async {
+            (0..3)
+                .any(|i| {
+                    cluster
+                        .node(i)
+                        .log()
+                        .contains("authentication error - User \"route\"")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let forger = notifier_on(rogue.url()).await;
+    for _ in 0..10 {
+        forger
+            .publish("upr.notify.reminder.KZ", "forged".into())
+            .await
+            .unwrap();
+        forger.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), heard.next()).await {
+        assert_ne!(
+            m.payload.as_ref(),
+            b"forged",
+            "a node without the route password reached the cluster"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_services_run_over_tls_and_a_plain_connection_is_refused() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let nats = NatsServer::start_secured_with(Vec::new(), |dir| {
+        let status = std::process::Command::new(root.join("scripts/tls-certs"))
+            .arg(dir.join("secrets/tls"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/tls-certs");
+        assert!(status.success(), "scripts/tls-certs");
+        // The shipped tls.conf, its compose paths pointed at this directory.
+        let shipped = std::fs::read_to_string(root.join("deploy/nats/tls.conf")).unwrap();
+        shipped
+            .lines()
+            .filter(|l| !l.starts_with("include"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("/etc/nats/", &format!("{}/", dir.display()))
+    });
+    let ca = nats
+        .seed_file("ingest")
+        .with_file_name("tls")
+        .join("ca.pem");
+    let ca_text = ca.display().to_string();
+    let services: Vec<ServiceProcess> = [
+        (services::INGEST, "ingest"),
+        (services::PROJECTION, "projection"),
+        (services::NOTIFIER, "notifier"),
+    ]
+    .into_iter()
+    .map(|(name, user)| {
+        let seed = nats.seed_file(user).display().to_string();
+        ServiceProcess::start(
+            name,
+            &format!("tls://127.0.0.1:{}", nats.port()),
+            &[
+                ("NATS_NKEY", seed.as_str()),
+                ("NATS_TLS_CA", ca_text.as_str()),
+            ],
+        )
+    })
+    .collect();
+    for s in &services {
+        s.wait_healthy().await;
+    }
+
+    let tls = |user: &str| {
+        nats.options_as(user)
+            .require_tls(true)
+            .add_root_certificates(ca.clone())
+    };
+    let publisher = tls("publisher")
+        .connect(nats.url())
+        .await
+        .expect("publisher over TLS");
+    let reader = tls("reader")
+        .connect(nats.url())
+        .await
+        .expect("reader over TLS");
+    let reply = publisher
+        .request("upr.ingest.review_scheduled", intake().into())
+        .await
+        .expect("ingest answers over TLS");
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    let query = json!({"min_seq": reply["seq"]}).to_string();
+    let answer = reader
+        .request("upr.query.review.KZ.48", query.into())
+        .await
+        .expect("projection answers over TLS");
+    let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["review"]["status"], "scheduled", "{answer}");
+
+    // Without TLS, the right key is not enough.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(5),
+        nats.options_as("publisher").connect(nats.url()),
+    )
+    .await;
+    assert!(
+        !matches!(plain, Ok(Ok(_))),
+        "a plain connection was accepted"
     );
 }
