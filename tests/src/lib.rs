@@ -313,6 +313,14 @@ impl NatsServer {
         }
     }
 
+    /// SIGHUP: the server reloads its configuration (and the files it
+    /// includes), as `nats-server --signal reload` does.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "HUP");
+        }
+    }
+
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -553,6 +553,20 @@ fn dockerfile_caches_dependencies_builds_locked_and_runs_as_non_root() {
         );
     }
 
+    // The runtime image has every binary compose runs, upr-keys included.
+    let copied = instructions
+        .iter()
+        .find(|l| l.starts_with("COPY --from=builder"))
+        .expect("binaries copied into the runtime image");
+    for binary in [
+        services::INGEST,
+        services::PROJECTION,
+        services::NOTIFIER,
+        "upr-keys",
+    ] {
+        assert!(copied.contains(binary), "{binary} in the image: {copied}");
+    }
+
     // Every member's manifest is copied before the first build, so the
     // dependency layer knows the whole workspace.
     let first_build = instructions
@@ -814,7 +828,7 @@ async fn a_reader_cannot_publish_intake() {
 }
 
 #[tokio::test]
-async fn a_wrong_password_is_refused() {
+async fn a_wrong_password_an_unknown_key_or_no_user_is_refused() {
     let nats = secured_server();
     let refused = async_nats::ConnectOptions::with_user_and_password(
         "ingest".into(),
@@ -825,6 +839,53 @@ async fn a_wrong_password_is_refused() {
     assert!(refused.is_err(), "connected with a wrong password");
     let anonymous = async_nats::connect(nats.url()).await;
     assert!(anonymous.is_err(), "connected without a user");
+    // A key of another installation.
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    let refused = async_nats::ConnectOptions::with_nkey(stranger)
+        .connect(nats.url())
+        .await;
+    assert!(refused.is_err(), "connected with an unknown key");
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_refused_after_a_reload_and_the_new_one_works() {
+    let nats = secured_server();
+    let old = nats.client_as("reader").await;
+    old.flush()
+        .await
+        .expect("the old key works before the rotation");
+    let old_seed = std::fs::read_to_string(nats.seed_file("reader")).unwrap();
+
+    let secrets = nats.seed_file("reader").parent().unwrap().to_path_buf();
+    let status = std::process::Command::new(upr_tests::bin_path("upr-keys"))
+        .arg("rotate")
+        .arg(&secrets)
+        .arg("reader")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run upr-keys rotate");
+    assert!(status.success());
+    nats.reload();
+
+    eventually(
+        Duration::from_secs(10),
+        "the new key to be accepted",
+        || async { nats.options_as("reader").connect(nats.url()).await.ok() },
+    )
+    .await;
+    let again = async_nats::ConnectOptions::with_nkey(old_seed.trim().to_string())
+        .connect(nats.url())
+        .await;
+    assert!(again.is_err(), "the rotated key still connects");
+    // The connection made with the old key is closed by the reload.
+    eventually(
+        Duration::from_secs(10),
+        "the old connection to be closed",
+        || async {
+            (old.connection_state() != async_nats::connection::State::Connected).then_some(())
+        },
+    )
+    .await;
 }
 
 // ---- cluster ---------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! The README's walkthrough works as written: every `nats req` / `nats pub`
 //! line between its walkthrough markers is sent, in order, exactly as the
-//! NATS CLI would send it, and every query line answers `ok`.
+//! NATS CLI would send it, as the user its `--context` names, to the services
+//! running with the shipped `deploy/nats/nats.conf`, and every query line
+//! answers `ok`.
 
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use upr_tests::{NatsServer, ServiceProcess, eventually};
 /// One `nats [--context X] req|pub SUBJECT 'PAYLOAD'` line of the README.
 #[derive(Debug)]
 struct CliLine {
+    /// The `--context` it names (`upr-pub`, `upr-read`).
+    context: Option<String>,
     request: bool,
     subject: String,
     payload: String,
@@ -34,8 +38,9 @@ fn cli_lines(readme: &str, marker: &str) -> Vec<CliLine> {
 fn parse_cli_line(line: &str) -> CliLine {
     let mut words = line.split_whitespace().skip(1);
     let mut verb = words.next().expect("verb");
+    let mut context = None;
     if verb == "--context" {
-        words.next();
+        context = words.next().map(str::to_string);
         verb = words.next().expect("verb after --context");
     }
     let subject = words.next().expect("subject").to_string();
@@ -48,6 +53,7 @@ fn parse_cli_line(line: &str) -> CliLine {
         .expect("payload ends the line")
         .to_string();
     CliLine {
+        context,
         request: match verb {
             "req" => true,
             "pub" => false,
@@ -69,15 +75,32 @@ async fn the_readme_walkthrough_works_as_written() {
         "walkthrough lines: {intake:?} {queries:?}"
     );
 
-    let nats = NatsServer::start();
-    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+    let nats = NatsServer::start_secured();
+    let key = |user: &str| nats.seed_file(user).display().to_string();
+    let ingest = ServiceProcess::start(
+        services::INGEST,
+        &nats.url(),
+        &[("NATS_NKEY", &key("ingest"))],
+    );
+    let projection = ServiceProcess::start(
+        services::PROJECTION,
+        &nats.url(),
+        &[("NATS_NKEY", &key("projection"))],
+    );
     ingest.wait_healthy().await;
     projection.wait_healthy().await;
-    let client = nats.client().await;
+    // The README's two contexts: `upr-pub` is the publisher, `upr-read` the reader.
+    let publisher = nats.client_as("publisher").await;
+    let reader = nats.client_as("reader").await;
+    let as_user = |line: &CliLine| match line.context.as_deref() {
+        Some("upr-pub") => &publisher,
+        Some("upr-read") => &reader,
+        other => panic!("{line:?}: a context the README defines, not {other:?}"),
+    };
 
     let mut last_seq = 0;
     for line in &intake {
+        let client = as_user(line);
         if line.request {
             let reply = client
                 .request(line.subject.clone(), line.payload.clone().into())
@@ -95,7 +118,7 @@ async fn the_readme_walkthrough_works_as_written() {
         }
     }
     // The plain publish at the end is stored too.
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(nats.client_as("admin").await);
     eventually(
         Duration::from_secs(10),
         "every walkthrough event stored",
@@ -118,6 +141,7 @@ async fn the_readme_walkthrough_works_as_written() {
 
     // Resending the first line is answered as a duplicate, as the README says.
     let first = &intake[0];
+    let client = as_user(first);
     let again = client
         .request(first.subject.clone(), first.payload.clone().into())
         .await
@@ -149,6 +173,7 @@ async fn the_readme_walkthrough_works_as_written() {
 
     for line in &queries {
         assert!(line.request, "{line:?}");
+        let client = as_user(line);
         let payload = if line.payload.is_empty() {
             format!("{{\"min_seq\":{last_seq}}}")
         } else {
@@ -161,7 +186,7 @@ async fn the_readme_walkthrough_works_as_written() {
         let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
         assert_eq!(reply["ok"], true, "{line:?} answered {reply}");
     }
-    let review = client
+    let review = reader
         .request("upr.query.review.KZ.48", "".into())
         .await
         .unwrap();
