@@ -387,11 +387,20 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
             mounts_secret(s, "./secrets", "/etc/nats/secrets"),
             "{node} mounts the secrets: {volumes:?}"
         );
-        let cluster_conf = read("deploy/nats/cluster.conf");
+        // The routes, with the route password, come from upr-keys; by
+        // default they are exactly these nodes.
+        assert!(
+            read("deploy/nats/cluster.conf").contains("routes: $UPR_ROUTES"),
+            "cluster.conf takes its routes from secrets/route.conf"
+        );
+        let dir = upr_tests::secured_config_dir();
+        let routes = std::fs::read_to_string(dir.path().join("secrets/route.conf")).unwrap();
+        let password = std::fs::read_to_string(dir.path().join("secrets/route.password")).unwrap();
         for other in nodes {
+            let route = format!("nats-route://route:{}@{other}:6222", password.trim());
             assert!(
-                cluster_conf.contains(&format!("nats-route://{other}:6222")),
-                "cluster.conf routes to {other}"
+                routes.contains(&route),
+                "{node} routes to {other}: {routes}"
             );
         }
         cluster_names.push("upr".to_string());
