@@ -171,16 +171,26 @@ pub async fn run(part: Part, sizes: Sizes) {
     let nats_pid = crate::system::nats_pid(server.port());
     say(format!("nats-server pid {nats_pid:?} on {url}"));
     let nats_mem = nats_pid.map(crate::system::MemWatch::start);
+    let Ok(client) = drive::connect(&url).await else {
+        return part.error("cannot connect to the benchmark's nats-server");
+    };
+    let js = jetstream::new(client.clone());
+    // The benchmark writes the event log as ingest would, so it creates it
+    // as its owner does; the notifier waits for it.
+    if let Err(e) = upr_shared::nats::ensure_own_stream(
+        &js,
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    {
+        return part.error(format!("cannot create the event log: {e}"));
+    }
     let env = [("RUST_LOG", "warn"), (contract::notifier::ENV_LEADS, LEAD)];
     let notifier = ServiceProcess::start("upr-notifier", &url, &env);
     notifier.wait_healthy().await;
     let pid = notifier.pid();
     let mem = pid.map(MemWatch::start);
     say(format!("upr-notifier pid {pid:?}"));
-    let Ok(client) = drive::connect(&url).await else {
-        return part.error("cannot connect to the benchmark's nats-server");
-    };
-    let js = jetstream::new(client.clone());
     let mut keys = Keys::default();
     let mut generator = Generator::new(4);
     let lead = time::Duration::hours(1);
