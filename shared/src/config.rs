@@ -49,9 +49,14 @@ pub struct CommonConfig {
 /// instead of mutating the process environment.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// The process environment as a [`Lookup`]; empty values count as unset.
+/// The process environment as a [`Lookup`]; empty values count as unset. A
+/// value that is not valid Unicode is passed on with the bad bytes replaced
+/// by U+FFFD, so it fails its own check naming the variable instead of
+/// silently counting as unset.
 pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    std::env::var_os(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.trim().is_empty())
 }
 
 impl CommonConfig {
@@ -61,8 +66,21 @@ impl CommonConfig {
     /// A [`ConfigError`] naming the variable when a value cannot be used.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
         let url = env("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
-        let creds = env("NATS_CREDS").map(PathBuf::from);
-        let nkey = env("NATS_NKEY").map(PathBuf::from);
+        for one in url.split(',') {
+            one.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| err("NATS_URL", &format!("{one:?} is not a NATS URL: {e}")))?;
+        }
+        let file = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
+            let Some(path) = env(var).map(PathBuf::from) else {
+                return Ok(None);
+            };
+            std::fs::File::open(&path)
+                .map_err(|e| err(var, &format!("cannot read {}: {e}", path.display())))?;
+            Ok(Some(path))
+        };
+        let creds = file("NATS_CREDS")?;
+        let nkey = file("NATS_NKEY")?;
         let user_password = match (env("NATS_USER"), env("NATS_PASSWORD")) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -81,13 +99,25 @@ impl CommonConfig {
                 "set one of NATS_CREDS, NATS_NKEY or NATS_USER/NATS_PASSWORD, not several",
             ));
         }
-        let tls_ca = env("NATS_TLS_CA").map(PathBuf::from);
-        let tls_client = match (env("NATS_TLS_CERT"), env("NATS_TLS_KEY")) {
-            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        let tls_ca = file("NATS_TLS_CA")?;
+        let tls_client = match (file("NATS_TLS_CERT")?, file("NATS_TLS_KEY")?) {
+            (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => return Err(err("NATS_TLS_KEY", "must be set with NATS_TLS_CERT")),
             (None, Some(_)) => return Err(err("NATS_TLS_CERT", "must be set with NATS_TLS_KEY")),
         };
+        if let Some(filter) = env("RUST_LOG") {
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .map_err(|e| err("RUST_LOG", &format!("{filter:?} is not a log filter: {e}")))?;
+        }
+        if let Some(format) = env("UPR_LOG_FORMAT")
+            && !["json", "text"].contains(&format.trim().to_ascii_lowercase().as_str())
+        {
+            return Err(err(
+                "UPR_LOG_FORMAT",
+                &format!("must be json or text, got {format:?}"),
+            ));
+        }
         let replicas = match env("UPR_REPLICAS") {
             None => 1,
             Some(v) => match v.trim().parse::<usize>() {
@@ -143,7 +173,10 @@ pub fn parse_duration(var: &'static str, text: &str) -> Result<Duration, ConfigE
             ),
         )
     };
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+    // Split before the last character, not the last byte: `1é` must be
+    // refused, not cut inside a character.
+    let cut = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (digits, unit) = text.split_at(cut);
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let unit_secs = match unit {
         "s" => 1,
@@ -195,8 +228,24 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.var, "NATS_NKEY");
-        let e = CommonConfig::from_lookup(&lookup(&[("NATS_TLS_CERT", "/c")])).unwrap_err();
+        let e = CommonConfig::from_lookup(&lookup(&[("NATS_TLS_CERT", "Cargo.toml")])).unwrap_err();
         assert_eq!(e.var, "NATS_TLS_KEY");
+        for (var, bad) in [
+            ("NATS_URL", "nats://127.0.0.1:4222,nats://[::1"),
+            ("NATS_URL", "é://x"),
+            ("NATS_NKEY", "/no/such/seed.nk"),
+            ("NATS_CREDS", "/no/such.creds"),
+            ("NATS_TLS_CA", "/no/such/ca.pem"),
+            ("RUST_LOG", "info,[=é"),
+            ("UPR_LOG_FORMAT", "yaml"),
+            ("UPR_REPLICAS", "3é"),
+            ("UPR_REPLICAS", "99999999999999999999999"),
+        ] {
+            let e = CommonConfig::from_lookup(&lookup(&[(var, bad)]))
+                .err()
+                .unwrap_or_else(|| panic!("{var}={bad:?} was accepted"));
+            assert_eq!(e.var, var, "{bad:?}");
+        }
     }
 
     #[test]
@@ -209,7 +258,19 @@ mod tests {
             parse_duration("X", "1w").unwrap(),
             Duration::from_secs(604_800)
         );
-        for bad in ["", "10", "m", "0s", "-1s", "1.5h", "10y"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "0s",
+            "-1s",
+            "1.5h",
+            "10y",
+            "1é",
+            "é",
+            "1\u{fffd}",
+            "99999999999999999999w",
+        ] {
             assert_eq!(parse_duration("X", bad).unwrap_err().var, "X", "{bad}");
         }
     }

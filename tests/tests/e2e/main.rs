@@ -2,6 +2,7 @@
 //! server per test. All of them link into this one binary (one module per
 //! feature), so they build once.
 
+mod bounds;
 mod corpus;
 mod deployment;
 mod foundation;
