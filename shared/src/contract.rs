@@ -138,6 +138,9 @@ pub const COUNTRIES_BUCKET: &str = "upr_countries";
 
 /// How long rejections are kept (contract: 7 days).
 pub const REJECTED_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Size bound of `UPR_REJECTED`: a publisher sending only refusals fills at
+/// most this much disk, then the oldest refusals go first (discard old).
+pub const REJECTED_MAX_BYTES: i64 = 256 * 1024 * 1024;
 
 /// Default JetStream de-duplication window of the event log: how long a retry
 /// with the same `event_id` is caught by the server itself. Ingest also checks
@@ -182,6 +185,7 @@ pub fn rejected_stream(replicas: usize) -> stream::Config {
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         max_age: REJECTED_MAX_AGE,
+        max_bytes: REJECTED_MAX_BYTES,
         num_replicas: replicas,
         ..Default::default()
     }

@@ -199,7 +199,17 @@ async fn ensure(
                 .map_err(|e| js_err(e.into()))?
                 .config
                 .clone();
-            let differences = stream_differences(&have, &want);
+            let mut differences = stream_differences(&have, &want);
+            // The owner moves a size bound to what it is configured with
+            // (a bound added in a newer version reaches existing streams).
+            let size_bound = format!(
+                "max_bytes: found {}, expected {}",
+                limit(have.max_bytes),
+                limit(want.max_bytes)
+            );
+            if owner == Owner::Yes {
+                differences.retain(|d| *d != size_bound);
+            }
             if !differences.is_empty() {
                 return Err(SetupError::Incompatible {
                     kind: "stream",
@@ -209,9 +219,10 @@ async fn ensure(
             }
             if owner == Owner::Yes
                 && (have.duplicate_window != want.duplicate_window
-                    || have.description != want.description)
+                    || have.description != want.description
+                    || limit(have.max_bytes) != limit(want.max_bytes))
             {
-                info!(stream = %name, "updating de-duplication window / description");
+                info!(stream = %name, "updating de-duplication window / description / size bound");
                 js.update_stream(&want)
                     .await
                     .map_err(|e| js_err(e.into()))?;

@@ -70,22 +70,40 @@ pub struct RejectError {
     pub field: Option<String>,
 }
 
+/// Longest `message` of a refusal, in characters: a message quotes what was
+/// sent (an unknown key, a bad value), and a client must not be able to make
+/// the reply, or the record kept in `UPR_REJECTED`, as large as its input.
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// Longest `field` of a refusal, in characters (a field path names keys the
+/// client chose, e.g. an unknown one).
+pub const MAX_FIELD_CHARS: usize = 100;
+
+/// `text` cut to `max` characters, with `…` marking the cut.
+fn cap(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
+
 impl RejectError {
     /// Any code with a message and no field.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: cap(message.into(), MAX_MESSAGE_CHARS),
             field: None,
         }
     }
 
     /// `missing_field`: a required field is absent or `null`.
     pub fn missing(field: impl Into<String>) -> Self {
-        let field = field.into();
+        let field = cap(field.into(), MAX_FIELD_CHARS);
         Self {
             code: ErrorCode::MissingField,
-            message: format!("field \"{field}\" is required"),
+            message: cap(format!("field \"{field}\" is required"), MAX_MESSAGE_CHARS),
             field: Some(field),
         }
     }
@@ -93,10 +111,10 @@ impl RejectError {
     /// `invalid_field`: `reason` completes the sentence `field "x" ...`, e.g.
     /// `invalid("session", "must be an integer from 1 to 999, got 1000")`.
     pub fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> Self {
-        let field = field.into();
+        let field = cap(field.into(), MAX_FIELD_CHARS);
         Self {
             code: ErrorCode::InvalidField,
-            message: format!("field \"{field}\" {reason}"),
+            message: cap(format!("field \"{field}\" {reason}"), MAX_MESSAGE_CHARS),
             field: Some(field),
         }
     }
@@ -157,6 +175,26 @@ impl RejectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_text_is_bounded_whatever_was_sent() {
+        let key = "k".repeat(60_000);
+        let e = RejectError::unknown_field(key.as_str(), &["country"]);
+        let field = e.field.as_deref().unwrap();
+        assert_eq!(field.chars().count(), MAX_FIELD_CHARS + 1, "{field}");
+        assert!(field.ends_with('…'));
+        assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+        let e = RejectError::invalid("title", format_args!("got {:?}", "é".repeat(70_000)));
+        assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(e.message.starts_with("field \"title\" got"));
+        let e = RejectError::new(ErrorCode::UnknownType, "x".repeat(10_000));
+        assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        // Short texts are untouched.
+        assert_eq!(
+            RejectError::missing("country").message,
+            "field \"country\" is required"
+        );
+    }
 
     #[test]
     fn serializes_code_message_and_null_field_in_order() {

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use upr_shared::contract::services;
-use upr_tests::{NatsServer, ServiceProcess};
+use async_nats::jetstream::stream::DiscardPolicy;
+use upr_shared::contract::{self, services};
+use upr_tests::{NatsServer, ServiceProcess, eventually};
 
 /// Every variable a service reads, with values that must stop start-up with
 /// a message naming the variable (exit 1), never a panic or a silent default.
@@ -79,4 +80,79 @@ async fn every_bad_setting_stops_start_up_naming_its_variable() {
             "{binary} with {var}={bad:?} panicked:\n{logs}"
         );
     }
+}
+
+#[tokio::test]
+async fn refusals_echo_a_bounded_text_and_the_rejected_log_has_a_size_bound() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    // A rejected log as an older version created it: no size bound.
+    let mut old = contract::rejected_stream(1);
+    old.max_bytes = -1;
+    js.create_stream(old).await.expect("old UPR_REJECTED");
+    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
+    ingest.wait_healthy().await;
+
+    let mut stream = js.get_stream(contract::REJECTED_STREAM).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(
+        config.max_bytes,
+        contract::REJECTED_MAX_BYTES,
+        "its owner bounds it"
+    );
+    assert_eq!(
+        config.discard,
+        DiscardPolicy::Old,
+        "the oldest refusals go first"
+    );
+    assert_eq!(config.max_age, contract::REJECTED_MAX_AGE);
+
+    // A key of 60,000 characters and a title of 60,000: the reply and the
+    // record quote them only in part.
+    let payload = serde_json::json!({
+        "country": "KZ", "session": 48, "k".repeat(60_000): 1,
+    })
+    .to_string();
+    let reply = client
+        .request("upr.ingest.side_event_held", payload.into())
+        .await
+        .unwrap();
+    assert!(
+        reply.payload.len() < 1_000,
+        "reply of {} bytes",
+        reply.payload.len()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["error"]["code"], "invalid_field", "{reply}");
+    let title = "é".repeat(60_000);
+    let payload = serde_json::json!({
+        "country": "KZ", "session": 48, "title": title, "held_on": "2025-01-22",
+    })
+    .to_string();
+    let reply = client
+        .request("upr.ingest.side_event_held", payload.into())
+        .await
+        .unwrap();
+    assert!(
+        reply.payload.len() < 2_000,
+        "reply of {} bytes",
+        reply.payload.len()
+    );
+
+    let info = eventually(Duration::from_secs(10), "both refusals recorded", || {
+        let js = js.clone();
+        async move {
+            let mut s = js.get_stream(contract::REJECTED_STREAM).await.ok()?;
+            let info = s.info().await.ok()?.clone();
+            (info.state.messages == 2).then_some(info)
+        }
+    })
+    .await;
+    // Each record: the capped error plus the payload cut at 4 KiB.
+    assert!(
+        info.state.bytes < 2 * 8 * 1024,
+        "{} bytes for two refusals",
+        info.state.bytes
+    );
 }
