@@ -5,6 +5,13 @@
 //! once), reading KV or the in-memory upcoming index, so a slow query or a
 //! `min_seq` wait never holds up the consumer loop. Values are returned as
 //! stored, byte for byte, wrapped in `{"ok":true,"review":…}`.
+//!
+//! Waiting is bounded apart from reading: at most [`MAX_WAITING`] requests
+//! wait for a `min_seq` at once, and one more is answered `unavailable` at
+//! once, so a flood of requests for a sequence far ahead cannot take the
+//! permits that plain reads need. A payload is at most
+//! [`MAX_QUERY_PAYLOAD`] bytes and read by the same strict JSON reader as
+//! intake (no duplicate keys, bounded nesting).
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +23,7 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{Instrument, debug, info_span, warn};
 use upr_shared::{
     contract::query,
-    domain::{Country, ErrorCode, RejectError, ReviewKey, Session, Timestamp},
+    domain::{Country, ErrorCode, RejectError, ReviewKey, Session, Timestamp, json::parse_strict},
 };
 
 use crate::{state::Shared, store::Store};
@@ -26,6 +33,13 @@ pub const MAX_IN_FLIGHT: usize = 256;
 
 /// How long a query waits for `min_seq` before answering `timeout`.
 pub const MIN_SEQ_WAIT: Duration = Duration::from_secs(5);
+
+/// Requests waiting for a `min_seq` at once; past it, `unavailable`.
+pub const MAX_WAITING: usize = 64;
+
+/// Largest query payload accepted, in bytes (a query's options fit in a
+/// hundred); larger is `too_large`.
+pub const MAX_QUERY_PAYLOAD: usize = 1024;
 
 /// Longest `within_days` accepted (a century), so the horizon stays a date.
 const MAX_WITHIN_DAYS: u64 = 36_500;
@@ -94,10 +108,13 @@ impl Options {
     /// `invalid_json` when the payload is not a JSON object; `invalid_field`
     /// naming the field otherwise.
     pub fn parse(payload: &[u8], query: Query) -> Result<Self, RejectError> {
+        if payload.len() > MAX_QUERY_PAYLOAD {
+            return Err(RejectError::too_large(payload.len(), MAX_QUERY_PAYLOAD));
+        }
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let value: Value = serde_json::from_slice(payload).map_err(RejectError::invalid_json)?;
+        let value: Value = parse_strict(payload).map_err(RejectError::invalid_json)?;
         let Value::Object(map) = value else {
             return Err(RejectError::invalid_json(
                 "expected an object like {\"min_seq\": 42}",
@@ -154,6 +171,8 @@ impl Options {
 pub struct Queries {
     store: Store,
     shared: Arc<Shared>,
+    /// Permits to wait for a `min_seq` ([`MAX_WAITING`]).
+    waiting: Arc<Semaphore>,
 }
 
 fn error(e: &RejectError) -> Bytes {
@@ -174,7 +193,11 @@ fn wrap(name: &str, value: &[u8]) -> Bytes {
 impl Queries {
     /// Handlers over these buckets and this shared state.
     pub fn new(store: Store, shared: Arc<Shared>) -> Self {
-        Self { store, shared }
+        Self {
+            store,
+            shared,
+            waiting: Arc::new(Semaphore::new(MAX_WAITING)),
+        }
     }
 
     /// The reply to one request.
@@ -267,9 +290,22 @@ impl Queries {
         }
     }
 
-    /// Waits (up to [`MIN_SEQ_WAIT`]) until sequence `n` is applied.
+    /// Waits (up to [`MIN_SEQ_WAIT`]) until sequence `n` is applied; when
+    /// [`MAX_WAITING`] requests already wait, answers `unavailable` at once.
     async fn wait_applied(&self, n: u64) -> Result<(), RejectError> {
         let mut applied = self.shared.watch_applied();
+        if *applied.borrow() >= n {
+            return Ok(());
+        }
+        let Ok(_permit) = self.waiting.try_acquire() else {
+            return Err(RejectError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "{MAX_WAITING} queries already wait for a min_seq (applied: {}); retry later",
+                    self.shared.applied_seq()
+                ),
+            ));
+        };
         match tokio::time::timeout(MIN_SEQ_WAIT, applied.wait_for(|a| *a >= n)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(RejectError::timeout(format!(
@@ -417,6 +453,15 @@ mod tests {
             code(br#"{"bogus": 3}"#, up),
             ("invalid_field", Some("bogus".into()))
         );
+        // The same strict reader as intake; and a size bound.
+        assert_eq!(
+            code(br#"{"min_seq": 1, "min_seq": 999999}"#, up),
+            ("invalid_json", None)
+        );
+        let deep = format!("{{\"min_seq\":{}1{}}}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(code(deep.as_bytes(), up), ("invalid_json", None));
+        let big = format!("{{\"min_seq\":1{}}}", " ".repeat(MAX_QUERY_PAYLOAD));
+        assert_eq!(code(big.as_bytes(), up), ("too_large", None));
     }
 
     #[test]

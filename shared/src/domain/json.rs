@@ -10,10 +10,11 @@ use serde_json::{Map, Value};
 
 /// Deepest nesting of arrays and objects accepted; the contract's payloads
 /// need 3, so 32 leaves room while bounding work on hostile input.
-pub(crate) const MAX_DEPTH: usize = 32;
+pub const MAX_DEPTH: usize = 32;
 
 /// Parses one JSON document strictly; the error is a short human detail.
-pub(crate) fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
+/// Intake and query payloads both go through it, so they follow one rule.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Strict { depth: 0 }
         .deserialize(&mut de)

@@ -15,7 +15,7 @@ pub mod country;
 pub mod error;
 pub mod event;
 pub mod intake;
-mod json;
+pub mod json;
 pub mod lifecycle;
 pub mod read_models;
 pub mod reminders;

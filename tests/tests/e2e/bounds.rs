@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DiscardPolicy;
+use upr_projection::query::MAX_WAITING;
 use upr_shared::contract::{self, services};
 use upr_tests::{NatsServer, ServiceProcess, eventually};
 
@@ -155,4 +156,67 @@ async fn refusals_echo_a_bounded_text_and_the_rejected_log_has_a_size_bound() {
         "{} bytes for two refusals",
         info.state.bytes
     );
+}
+
+#[tokio::test]
+async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    upr_shared::nats::ensure_own_stream(
+        &js,
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .unwrap();
+    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+    projection.wait_healthy().await;
+
+    // 300 requests for a sequence that will not come within their wait.
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let reply = client
+                    .request("upr.query.status", r#"{"min_seq": 1000000}"#.into())
+                    .await
+                    .expect("every request is answered");
+                let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+                reply["error"]["code"].as_str().unwrap_or("ok").to_string()
+            })
+        })
+        .collect();
+    // The ones past the waiting bound are answered at once...
+    let answered_at_once = eventually(
+        Duration::from_secs(3),
+        "the requests past the bound answered",
+        || async {
+            let done = flood.iter().filter(|h| h.is_finished()).count();
+            (done >= 300 - MAX_WAITING).then_some(done)
+        },
+    )
+    .await;
+    // ... and while the others still wait, a plain query is answered.
+    let status = client
+        .request("upr.query.status", "".into())
+        .await
+        .expect("status answers");
+    let status: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(status["ok"], true, "{status}");
+    let still_waiting = flood.iter().filter(|h| !h.is_finished()).count();
+    assert!(
+        still_waiting > 0,
+        "the plain query was answered while {still_waiting} waits were pending (answered at once: {answered_at_once})"
+    );
+
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for h in flood {
+        *codes.entry(h.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        codes.get("unavailable"),
+        Some(&(300 - MAX_WAITING)),
+        "{codes:?}"
+    );
+    assert_eq!(codes.get("timeout"), Some(&MAX_WAITING), "{codes:?}");
 }
