@@ -60,10 +60,51 @@ pub enum SetupError {
 /// inbox prefix `_INBOX.<name>`, so the server configuration lets each
 /// service subscribe to its own replies only (see [`inbox_prefix`]).
 ///
+/// This is the service's *core* connection: JetStream appends, consumers,
+/// buckets. What other users can send to (intake, queries, status, `$SRV`)
+/// is served on a second connection, [`connect_edge`].
+///
 /// # Errors
 /// Only for settings that can never work (an unreadable credentials file, an
 /// unparsable URL); an unreachable server is retried, not an error.
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, async_nats::Error> {
+    connect_as(config, name, Role::Core).await
+}
+
+/// The service's *edge* connection: the micro service and its endpoints,
+/// which anyone allowed to request them can reach. async-nats 0.51 reads a
+/// delivered message whose subject or reply subject is not UTF-8 as a
+/// protocol error and drops the connection; on its own connection such a
+/// message costs a reconnect of the edge (replies in flight are lost, the
+/// clients retry), never the appends, consumers and acks of the core.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_edge(config: &NatsConfig, name: &str) -> Result<Client, async_nats::Error> {
+    connect_as(config, name, Role::Edge).await
+}
+
+/// Which of a service's two connections, for the logs.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Core,
+    Edge,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Core => "core",
+            Self::Edge => "edge",
+        }
+    }
+}
+
+async fn connect_as(
+    config: &NatsConfig,
+    name: &str,
+    role: Role,
+) -> Result<Client, async_nats::Error> {
     let addrs: Vec<ServerAddr> = config
         .url
         .split(',')
@@ -71,13 +112,17 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, async_na
         .collect::<Result<_, _>>()?;
     let mut delay = Duration::from_millis(100);
     loop {
-        match options(config, name).await?.connect(addrs.as_slice()).await {
+        match options(config, name, role)
+            .await?
+            .connect(addrs.as_slice())
+            .await
+        {
             Ok(client) => {
-                info!(url = %config.url, "connected to NATS");
+                info!(url = %config.url, connection = role.as_str(), "connected to NATS");
                 return Ok(client);
             }
             Err(e) => {
-                warn!(url = %config.url, error = %e, retry_in = ?delay, "NATS not reachable yet");
+                warn!(url = %config.url, connection = role.as_str(), error = %e, retry_in = ?delay, "NATS not reachable yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -85,7 +130,12 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, async_na
     }
 }
 
-async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, async_nats::Error> {
+async fn options(
+    config: &NatsConfig,
+    name: &str,
+    role: Role,
+) -> Result<ConnectOptions, async_nats::Error> {
+    let connection = role.as_str();
     let mut opts = ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(inbox_prefix(name))
@@ -94,11 +144,15 @@ async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, asyn
         // Big enough that a burst of intake does not hit a client-side slow
         // consumer while the service is busy with JetStream acks.
         .subscription_capacity(64 * 1024)
-        .event_callback(|event| async move {
+        .event_callback(move |event| async move {
             match event {
-                async_nats::Event::Connected => info!("NATS connection (re)established"),
-                async_nats::Event::Disconnected => warn!("NATS connection lost; reconnecting"),
-                other => warn!(event = %other, "NATS connection event"),
+                async_nats::Event::Connected => {
+                    info!(connection, "NATS connection (re)established");
+                }
+                async_nats::Event::Disconnected => {
+                    warn!(connection, "NATS connection lost; reconnecting");
+                }
+                other => warn!(connection, event = %other, "NATS connection event"),
             }
         });
     if let Some(path) = &config.creds {

@@ -103,6 +103,8 @@ impl Config {
 pub struct App {
     config: Config,
     client: async_nats::Client,
+    /// Intake and the micro service ([`upr_shared::nats::connect_edge`]).
+    edge: async_nats::Client,
     js: jetstream::Context,
     service: Service,
     endpoint: Endpoint,
@@ -118,6 +120,7 @@ impl App {
     /// names each difference), or JetStream stays unreachable.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let client = upr_shared::nats::connect(&config.common.nats, services::INGEST).await?;
+        let edge = upr_shared::nats::connect_edge(&config.common.nats, services::INGEST).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(store::ACK_TIMEOUT)
             .max_ack_inflight(4 * config.workers + 1024)
@@ -135,7 +138,7 @@ impl App {
         let counters = Arc::new(Counters::default());
         let stats = counters.clone();
         let service = service::start_micro(
-            &client,
+            &edge,
             services::INGEST,
             "Validates intake and appends events to the UPR event log",
             move |_, _| stats.snapshot(),
@@ -159,6 +162,7 @@ impl App {
         Ok(Self {
             config,
             client,
+            edge,
             js,
             service,
             endpoint,
@@ -175,6 +179,7 @@ impl App {
         let Self {
             config,
             client,
+            edge,
             js,
             service,
             mut endpoint,
@@ -219,6 +224,7 @@ impl App {
         }
         let _ = writer.await;
         service.stop().await.map_err(|e| e.to_string())?;
+        edge.drain().await?;
         client.drain().await?;
         Ok(())
     }

@@ -124,6 +124,9 @@ pub struct Shared {
 /// The running service.
 pub struct App {
     client: async_nats::Client,
+    /// The status endpoint and the micro service
+    /// ([`upr_shared::nats::connect_edge`]).
+    edge: async_nats::Client,
     service: async_nats::service::Service,
     shared: Arc<Shared>,
 }
@@ -167,8 +170,9 @@ impl App {
 
         let stats = Arc::new(Stats::default());
         let for_handler = stats.clone();
+        let edge = upr_shared::nats::connect_edge(&config.common.nats, services::NOTIFIER).await?;
         let service = service::start_micro(
-            &client,
+            &edge,
             services::NOTIFIER,
             "Sends reminders before UPR review dates",
             move |_, _| for_handler.to_json(),
@@ -185,6 +189,7 @@ impl App {
         });
         Ok(Self {
             client,
+            edge,
             service,
             shared,
         })
@@ -218,6 +223,7 @@ impl App {
             }
         }
         self.service.stop().await.map_err(|e| e.to_string())?;
+        self.edge.drain().await?;
         self.client.drain().await?;
         Ok(())
     }

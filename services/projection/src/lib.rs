@@ -109,6 +109,8 @@ async fn connect(
 /// The running service.
 pub struct App {
     client: async_nats::Client,
+    /// Queries and the micro service ([`upr_shared::nats::connect_edge`]).
+    edge: async_nats::Client,
     service: async_nats::service::Service,
     projector: Projector,
     stop: watch::Sender<bool>,
@@ -136,8 +138,10 @@ impl App {
         );
         projector.load().await?;
         let stats = shared.clone();
+        let edge =
+            upr_shared::nats::connect_edge(&config.common.nats, services::PROJECTION).await?;
         let service = service::start_micro(
-            &client,
+            &edge,
             services::PROJECTION,
             "Folds the UPR event log into read models and answers queries",
             move |_, _| stats.stats_json(),
@@ -146,6 +150,7 @@ impl App {
         Queries::new(store, shared).serve(&service).await?;
         Ok(Self {
             client,
+            edge,
             service,
             projector,
             stop,
@@ -168,6 +173,7 @@ impl App {
             }
         };
         self.service.stop().await?;
+        self.edge.drain().await?;
         self.client.drain().await?;
         result
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::DiscardPolicy;
 use upr_projection::query::MAX_WAITING;
 use upr_shared::contract::{self, services};
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{NatsServer, RawClient, ServiceProcess, eventually};
 
 /// Every variable a service reads, with values that must stop start-up with
 /// a message naming the variable (exit 1), never a panic or a silent default.
@@ -219,4 +219,160 @@ async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
         "{codes:?}"
     );
     assert_eq!(codes.get("timeout"), Some(&MAX_WAITING), "{codes:?}");
+}
+
+/// Subjects and reply subjects that are not UTF-8 (or carry other odd
+/// bytes), sent over a raw socket as only a hand-written client can.
+fn hostile_subjects() -> Vec<(&'static [u8], Option<&'static [u8]>)> {
+    vec![
+        (b"upr.ingest.review_scheduled\xff", None),
+        (b"upr.ingest.\xc3\x28", Some(b"_INBOX.x")),
+        (b"upr.ingest.review_scheduled", Some(b"_INBOX.\xff\xfe")),
+        (b"upr.query.review.\xff\xfe.48", Some(b"_INBOX.x")),
+        (b"upr.query.session.\x80", None),
+        (b"upr.query.status", Some(b"\xff")),
+        (b"upr.notifier.status", Some(b"_INBOX.\xe2\x82")),
+        (b"$SRV.PING", Some(b"\xff.x")),
+        (b"$SRV.INFO.upr-ingest", Some(b"\xc0\xaf")),
+    ]
+}
+
+#[tokio::test]
+async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
+    let nats = NatsServer::start();
+    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
+    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+    let notifier = ServiceProcess::start(services::NOTIFIER, &nats.url(), &[]);
+    for s in [&ingest, &projection, &notifier] {
+        s.wait_healthy().await;
+    }
+    let client = nats.client().await;
+    let mut raw = RawClient::connect(nats.port(), None);
+    let mut seqs = Vec::new();
+    for round in 0..20 {
+        for (subject, reply) in hostile_subjects() {
+            raw.publish(subject, reply, br#"{"country":"KZ","session":48}"#);
+        }
+        // Meanwhile, a well-behaved client records a side event per round.
+        // With an event_id, so a retry after a lost reply stores nothing twice.
+        let payload = serde_json::json!({"event_id": uuid::Uuid::new_v4(),
+            "country": "KZ", "session": 48,
+            "title": format!("Round {round}"), "held_on": "2025-01-22"});
+        let reply = eventually(Duration::from_secs(10), "ingest to answer", || {
+            let client = client.clone();
+            let payload = payload.to_string();
+            // A request in flight while an edge reconnects is lost: the
+            // client retries, as clients of a request do.
+            async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.request("upr.ingest.side_event_held", payload.into()),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                serde_json::from_slice::<serde_json::Value>(&r.payload).ok()
+            }
+        })
+        .await;
+        seqs.push(reply["seq"].as_u64().expect("accepted"));
+    }
+    // Every accepted event is in the log once, and the projection applied
+    // them all.
+    let last = *seqs.iter().max().unwrap();
+    let status = eventually(
+        Duration::from_secs(15),
+        "the projection to apply them",
+        || {
+            let client = client.clone();
+            async move {
+                let q = serde_json::json!({"min_seq": last}).to_string();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.request("upr.query.status", q.into()),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+                (v["ok"] == true).then_some(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(status["applied_seq"], last, "{status}");
+    let mut distinct = seqs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 20, "20 events: {seqs:?}");
+    let mut log = async_nats::jetstream::new(client.clone())
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.info().await.unwrap().state.messages,
+        20,
+        "each stored once"
+    );
+    // The connections that do the work (appends, folding, planning) never
+    // dropped; only a service's edge connection may have reconnected.
+    for s in [&ingest, &projection, &notifier] {
+        let logs = s.logs();
+        assert!(
+            !logs
+                .lines()
+                .any(|l| l.contains("connection lost") && l.contains("connection=core")),
+            "a core connection dropped:\n{logs}"
+        );
+    }
+}
+
+#[test]
+fn the_publisher_may_send_exactly_the_intake_types() {
+    let conf = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf"),
+    )
+    .unwrap();
+    let block = &conf[conf.find("PUBLISHER = {").expect("PUBLISHER account")..];
+    let block = &block[..block.find("imports").expect("its imports")];
+    let mut allowed: Vec<&str> = block
+        .split('"')
+        .filter(|t| t.starts_with("upr.ingest."))
+        .collect();
+    allowed.sort_unstable();
+    let mut types: Vec<String> = upr_shared::domain::EventType::ALL
+        .iter()
+        .map(|t| contract::subjects::ingest(*t))
+        .collect();
+    types.sort_unstable();
+    assert_eq!(allowed, types);
+}
+
+#[tokio::test]
+async fn a_publisher_cannot_reach_ingest_with_a_subject_that_is_not_utf8() {
+    let nats = NatsServer::start_secured();
+    let seed = nats.seed_file("ingest").display().to_string();
+    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[("NATS_NKEY", &seed)]);
+    ingest.wait_healthy().await;
+    let mut raw = RawClient::connect(nats.port(), Some(&nats.seed_file("publisher")));
+    for _ in 0..50 {
+        raw.publish(b"upr.ingest.review_scheduled\xff", None, b"{}");
+        raw.publish(b"upr.ingest.\xc3\x28", Some(b"_INBOX.x"), b"{}");
+    }
+    // The publisher is still served, and ingest never lost a connection.
+    let publisher = nats.client_as("publisher").await;
+    let reply = publisher
+        .request(
+            "upr.ingest.review_scheduled",
+            r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#.into(),
+        )
+        .await
+        .expect("ingest answers");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
+    let logs = ingest.logs();
+    assert!(!logs.contains("connection lost"), "{logs}");
+    assert!(
+        nats.log().contains("Publish Violation"),
+        "the server refused the bytes"
+    );
 }
