@@ -20,7 +20,7 @@ use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind, kv};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use upr_shared::{
     contract::subjects,
     domain::{CountryView, Envelope, ReviewView, SessionView},
@@ -594,11 +594,26 @@ impl Projector {
     }
 
     /// Puts all values concurrently, retrying until JetStream has them all.
+    /// A value larger than the server accepts can never be written: it is
+    /// logged, counted (`values_refused` in STATS and `upr.query.status`)
+    /// and left out, so the rest of the log keeps flowing.
     async fn put_all<K: std::fmt::Display>(
         &mut self,
         bucket: &kv::Store,
         values: &[(K, bytes::Bytes)],
     ) -> Result<(), Interrupt> {
+        let max = self.store.max_value_bytes();
+        let (values, refused): (Vec<_>, Vec<_>) = values.iter().partition(|(_, v)| v.len() <= max);
+        for (key, value) in refused {
+            error!(
+                bucket = %bucket.name,
+                key = %key,
+                bytes = value.len(),
+                limit = max,
+                "a read-model value is larger than the server accepts; left unwritten"
+            );
+            self.shared.values_refused.fetch_add(1, Ordering::Relaxed);
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             let puts = values

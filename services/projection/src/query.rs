@@ -1,19 +1,23 @@
 //! The query API, served as endpoints of the `upr-projection` NATS micro
 //! service under `upr.query`.
 //!
-//! Each request is answered in its own task (at most [`MAX_IN_FLIGHT`] at
-//! once), reading KV or the in-memory upcoming index, so a slow query or a
-//! `min_seq` wait never holds up the consumer loop. Values are returned as
-//! stored, byte for byte, wrapped in `{"ok":true,"review":…}`.
+//! Each request is answered in its own task, reading KV or the in-memory
+//! upcoming index, so a slow query or a `min_seq` wait never holds up the
+//! consumer loop. Values are returned as stored, byte for byte, wrapped in
+//! `{"ok":true,"review":…}`.
 //!
-//! Waiting is bounded apart from reading: at most [`MAX_WAITING`] requests
-//! wait for a `min_seq` at once, and one more is answered `unavailable` at
-//! once, so a flood of requests for a sequence far ahead cannot take the
-//! permits that plain reads need. A payload is at most
+//! Waiting is bounded apart from reading: at most [`MAX_IN_FLIGHT`]
+//! requests read at once, at most [`MAX_WAITING`] wait for a `min_seq` (one
+//! more is answered `unavailable` at once), and a waiting request holds no
+//! read permit, so a flood of requests for a sequence far ahead cannot take
+//! the permits that plain reads need. A payload is at most
 //! [`MAX_QUERY_PAYLOAD`] bytes and read by the same strict JSON reader as
 //! intake (no duplicate keys, bounded nesting).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use async_nats::service::{Service, endpoint::Endpoint};
 use bytes::Bytes;
@@ -28,14 +32,17 @@ use upr_shared::{
 
 use crate::{state::Shared, store::Store};
 
-/// Requests answered concurrently; more wait in the subscription's buffer.
+/// Requests reading at once; more wait in the subscription's buffer.
 pub const MAX_IN_FLIGHT: usize = 256;
 
 /// How long a query waits for `min_seq` before answering `timeout`.
 pub const MIN_SEQ_WAIT: Duration = Duration::from_secs(5);
 
-/// Requests waiting for a `min_seq` at once; past it, `unavailable`.
-pub const MAX_WAITING: usize = 64;
+/// Requests waiting for a `min_seq` at once; past it, `unavailable`. A
+/// waiter costs a task and a watch receiver, so this can be generous: it is
+/// what a client at 1,000 requests/s reading its own writes needs, and what
+/// stops a flood from growing without bound.
+pub const MAX_WAITING: usize = 1024;
 
 /// Largest query payload accepted, in bytes (a query's options fit in a
 /// hundred); larger is `too_large`.
@@ -173,6 +180,8 @@ pub struct Queries {
     shared: Arc<Shared>,
     /// Permits to wait for a `min_seq` ([`MAX_WAITING`]).
     waiting: Arc<Semaphore>,
+    /// Permits to read ([`MAX_IN_FLIGHT`]).
+    reading: Arc<Semaphore>,
 }
 
 fn error(e: &RejectError) -> Bytes {
@@ -197,6 +206,7 @@ impl Queries {
             store,
             shared,
             waiting: Arc::new(Semaphore::new(MAX_WAITING)),
+            reading: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -214,6 +224,12 @@ impl Queries {
         if let Some(n) = options.min_seq {
             self.wait_applied(n).await?;
         }
+        let _reading = self.reading.acquire().await.map_err(|_| {
+            RejectError::new(
+                ErrorCode::Unavailable,
+                "the query service is stopping; retry",
+            )
+        })?;
         let buckets = &self.store.buckets;
         let unavailable = |e: &dyn std::fmt::Display| {
             RejectError::new(
@@ -282,9 +298,11 @@ impl Queries {
                     .stream_last_seq()
                     .await
                     .map_err(|e| unavailable(&e))?;
+                let refused = self.shared.values_refused.load(Ordering::Relaxed);
                 Ok(Bytes::from(
-                    json!({"ok": true, "applied_seq": applied, "stream_last_seq": last})
-                        .to_string(),
+                    json!({"ok": true, "applied_seq": applied, "stream_last_seq": last,
+                           "values_refused": refused})
+                    .to_string(),
                 ))
             }
         }
@@ -330,7 +348,8 @@ impl Queries {
             ("upcoming", "upcoming"),
             ("status", "status"),
         ];
-        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // Tasks at once: every reader and every waiter, no more.
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT + MAX_WAITING));
         let mut tasks = Vec::new();
         for (name, subject) in endpoints {
             let endpoint = group.endpoint_builder().name(name).add(subject).await?;

@@ -31,6 +31,9 @@ pub struct Shared {
     pub lag: AtomicU64,
     /// How many times the read models were emptied and replayed from 1.
     pub replays: AtomicU64,
+    /// Read-model values larger than the server accepts, left unwritten
+    /// since start (each is logged with its key).
+    pub values_refused: AtomicU64,
 }
 
 impl Default for Shared {
@@ -42,6 +45,7 @@ impl Default for Shared {
             malformed_skipped: AtomicU64::new(0),
             lag: AtomicU64::new(0),
             replays: AtomicU64::new(0),
+            values_refused: AtomicU64::new(0),
         }
     }
 }
@@ -70,6 +74,7 @@ impl Shared {
             "events_applied": self.events_applied.load(Ordering::Relaxed),
             "malformed_skipped": self.malformed_skipped.load(Ordering::Relaxed),
             "replays": self.replays.load(Ordering::Relaxed),
+            "values_refused": self.values_refused.load(Ordering::Relaxed),
             "scheduled_reviews": self.upcoming.read().map(|u| u.len()).unwrap_or(0),
         })
     }

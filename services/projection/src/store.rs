@@ -47,6 +47,13 @@ pub struct Store {
 const ALL_BUCKETS: [&str; 3] = [REVIEWS_BUCKET, SESSIONS_BUCKET, COUNTRIES_BUCKET];
 
 impl Store {
+    /// The largest value a put can carry: the server's payload limit less
+    /// room for the subject and headers of the publish.
+    pub fn max_value_bytes(&self) -> usize {
+        let max = self.js.client().server_info().max_payload;
+        max.saturating_sub(4 * 1024)
+    }
+
     /// Makes sure the buckets and the consumer exist. Returns the store and
     /// whether it had to start over (anything was missing, so the read
     /// models were emptied and the consumer starts at sequence 1).

@@ -172,8 +172,10 @@ async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
     let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
     projection.wait_healthy().await;
 
-    // 300 requests for a sequence that will not come within their wait.
-    let flood: Vec<_> = (0..300)
+    // More requests for a sequence that will not come within their wait
+    // than may wait at once.
+    let total = MAX_WAITING + 200;
+    let flood: Vec<_> = (0..total)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
@@ -192,7 +194,7 @@ async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
         "the requests past the bound answered",
         || async {
             let done = flood.iter().filter(|h| h.is_finished()).count();
-            (done >= 300 - MAX_WAITING).then_some(done)
+            (done >= total - MAX_WAITING).then_some(done)
         },
     )
     .await;
@@ -215,7 +217,7 @@ async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
     }
     assert_eq!(
         codes.get("unavailable"),
-        Some(&(300 - MAX_WAITING)),
+        Some(&(total - MAX_WAITING)),
         "{codes:?}"
     );
     assert_eq!(codes.get("timeout"), Some(&MAX_WAITING), "{codes:?}");
@@ -374,5 +376,73 @@ async fn a_publisher_cannot_reach_ingest_with_a_subject_that_is_not_utf8() {
     assert!(
         nats.log().contains("Publish Violation"),
         "the server refused the bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing() {
+    // A server with a small payload limit stands in for a session value
+    // that outgrew the default 1 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("small.conf");
+    std::fs::write(&conf, "max_payload: 16384\n").unwrap();
+    let nats = NatsServer::start_with(Some(conf), Vec::new());
+    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
+    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+    ingest.wait_healthy().await;
+    projection.wait_healthy().await;
+    let client = nats.client().await;
+    let record = |subject: &'static str, payload: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let reply = client
+                .request(subject, payload.to_string().into())
+                .await
+                .unwrap();
+            let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+            assert_eq!(reply["ok"], true, "{reply}");
+            reply["seq"].as_u64().unwrap()
+        }
+    };
+    // Session 48's value lists every side event in full: 60 of ~400 bytes.
+    for i in 0..60 {
+        record(
+            "upr.ingest.side_event_held",
+            serde_json::json!({"country": "KZ", "session": 48, "held_on": "2025-01-22",
+                "title": format!("{i} {}", "x".repeat(290))}),
+        )
+        .await;
+    }
+    let last = record(
+        "upr.ingest.review_scheduled",
+        serde_json::json!({"country": "FR", "session": 49, "scheduled_for": "2025-05-05T08:30:00Z"}),
+    )
+    .await;
+    let status = client
+        .request(
+            "upr.query.status",
+            serde_json::json!({"min_seq": last}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(
+        status["applied_seq"], last,
+        "the log kept flowing: {status}"
+    );
+    assert!(
+        status["values_refused"].as_u64().unwrap() >= 1,
+        "the refused value is counted: {status}"
+    );
+    let fr = client
+        .request("upr.query.review.FR.49", "".into())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&fr.payload).contains("\"ok\":true"));
+    assert!(
+        projection
+            .logs()
+            .contains("larger than the server accepts; left unwritten"),
+        "logged"
     );
 }

@@ -537,7 +537,7 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
     let status = given.query_ok("upr.query.status", "").await;
     assert_eq!(
         status,
-        json!({"ok": true, "applied_seq": 7, "stream_last_seq": 7})
+        json!({"ok": true, "applied_seq": 7, "stream_last_seq": 7, "values_refused": 0})
     );
 
     given
