@@ -53,6 +53,31 @@ const PROTECTED: [&str; 17] = [
 /// The recorded review every test starts from.
 const EVENT_ID: &str = "0b7c8e62-4a47-4c1e-9a53-3a1f0b1f2d11";
 
+/// The three services, each with its own key, against `url`, healthy.
+async fn start_services(
+    nats: &NatsServer,
+    url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<ServiceProcess> {
+    let services: Vec<ServiceProcess> = [
+        (services::INGEST, "ingest"),
+        (services::PROJECTION, "projection"),
+        (services::NOTIFIER, "notifier"),
+    ]
+    .into_iter()
+    .map(|(name, user)| {
+        let seed = nats.seed_file(user).display().to_string();
+        let mut env = vec![("NATS_NKEY", seed.as_str())];
+        env.extend_from_slice(extra);
+        ServiceProcess::start(name, url, &env)
+    })
+    .collect();
+    for s in &services {
+        s.wait_healthy().await;
+    }
+    services
+}
+
 /// The shipped configuration with the three services, each as its own user.
 struct Stack {
     nats: NatsServer,
@@ -63,28 +88,31 @@ struct Stack {
 impl Stack {
     async fn start(extra: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start_secured();
-        let services = [
-            (services::INGEST, "ingest"),
-            (services::PROJECTION, "projection"),
-            (services::NOTIFIER, "notifier"),
-        ]
-        .into_iter()
-        .map(|(name, user)| {
-            let seed = nats.seed_file(user).display().to_string();
-            let mut env = vec![("NATS_NKEY", seed.as_str())];
-            env.extend_from_slice(extra);
-            ServiceProcess::start(name, &nats.url(), &env)
-        })
-        .collect::<Vec<_>>();
-        for s in &services {
-            s.wait_healthy().await;
-        }
+        let services = start_services(&nats, &nats.url(), extra).await;
         let admin = jetstream::new(nats.client_as("admin").await);
         Self {
             nats,
             _services: services,
             admin,
         }
+    }
+
+    /// A stack with KZ's review recorded and settled, the publisher's and
+    /// the reader's clients, and the snapshot of every stream then.
+    async fn start_recorded() -> (
+        Self,
+        Client,
+        Client,
+        BTreeMap<&'static str, (u64, u64, u64)>,
+    ) {
+        let stack = Self::start(&[]).await;
+        let publisher = stack.nats.client_as("publisher").await;
+        let reader = stack.nats.client_as("reader").await;
+        stack.record_review(&publisher, &reader).await;
+        // Let the notifier's sent-marks and the projection's checkpoint settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = stack.snapshot().await;
+        (stack, publisher, reader, before)
     }
 
     /// Records KZ's review at session 48 as the publisher, and waits (asking
@@ -194,13 +222,7 @@ fn allowed_requests(user: &str) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn forged_reply_subjects_and_direct_writes_leave_every_stream_unchanged() {
-    let stack = Stack::start(&[]).await;
-    let publisher = stack.nats.client_as("publisher").await;
-    let reader = stack.nats.client_as("reader").await;
-    stack.record_review(&publisher, &reader).await;
-    // Let the notifier's sent-marks and the projection's checkpoint settle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = stack.snapshot().await;
+    let (stack, publisher, reader, before) = Stack::start_recorded().await;
 
     for (user, client) in [("publisher", &publisher), ("reader", &reader)] {
         for target in PROTECTED {
@@ -261,12 +283,7 @@ async fn forged_reply_subjects_and_direct_writes_leave_every_stream_unchanged() 
 
 #[tokio::test]
 async fn jetstream_administration_is_refused_to_publisher_and_reader() {
-    let stack = Stack::start(&[]).await;
-    let publisher = stack.nats.client_as("publisher").await;
-    let reader = stack.nats.client_as("reader").await;
-    stack.record_review(&publisher, &reader).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = stack.snapshot().await;
+    let (stack, publisher, reader, before) = Stack::start_recorded().await;
 
     // A push consumer on the notifications whose deliveries would land in
     // the event log: the reason readers get no consumer-create right.
@@ -650,27 +667,12 @@ async fn the_services_run_over_tls_and_a_plain_connection_is_refused() {
         .with_file_name("tls")
         .join("ca.pem");
     let ca_text = ca.display().to_string();
-    let services: Vec<ServiceProcess> = [
-        (services::INGEST, "ingest"),
-        (services::PROJECTION, "projection"),
-        (services::NOTIFIER, "notifier"),
-    ]
-    .into_iter()
-    .map(|(name, user)| {
-        let seed = nats.seed_file(user).display().to_string();
-        ServiceProcess::start(
-            name,
-            &format!("tls://127.0.0.1:{}", nats.port()),
-            &[
-                ("NATS_NKEY", seed.as_str()),
-                ("NATS_TLS_CA", ca_text.as_str()),
-            ],
-        )
-    })
-    .collect();
-    for s in &services {
-        s.wait_healthy().await;
-    }
+    let _services = start_services(
+        &nats,
+        &format!("tls://127.0.0.1:{}", nats.port()),
+        &[("NATS_TLS_CA", ca_text.as_str())],
+    )
+    .await;
 
     let tls = |user: &str| {
         nats.options_as(user)
