@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use upr_shared::domain::{EventType, RejectError, ReviewKey, ReviewStatus, decide, evolve};
+use upr_shared::domain::{
+    EventCounts, EventType, RejectError, ReviewKey, ReviewStatus, decide, evolve,
+};
 use uuid::Uuid;
 
 /// One review's status, last sequence over its subjects and every event id
@@ -15,6 +17,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReviewLog {
     status: Option<ReviewStatus>,
+    /// Valid events by kind, for the per-review limits.
+    counts: EventCounts,
     last_seq: u64,
     /// Event id -> stream sequence. Keeps duplicates detectable for the
     /// review's whole life, unlike the server's de-duplication window.
@@ -47,16 +51,22 @@ impl ReviewLog {
         }
         if let Some(event) = event {
             self.status = evolve(self.status, event);
+            self.counts.add(event);
         }
     }
 
     /// Duplicate first (a retry gets its original answer even when the
-    /// lifecycle has moved on), then the lifecycle rule.
+    /// lifecycle has moved on, or the review is full), then the per-review
+    /// limits, then the lifecycle rule.
     pub fn decide(&self, id: Uuid, event: EventType, review: ReviewKey) -> Decision {
         if let Some(seq) = self.events.get(&id) {
             return Decision::Duplicate(*seq);
         }
-        match decide(self.status, event, review) {
+        match self
+            .counts
+            .check(event, review)
+            .and_then(|()| decide(self.status, event, review))
+        {
             Ok(()) => Decision::Append {
                 expected_last_seq: self.last_seq,
             },
@@ -150,6 +160,29 @@ mod tests {
             log.load(*seq, Some(id(*n)), Some(*ty));
         }
         log
+    }
+
+    #[test]
+    fn a_full_review_refuses_with_limit_exceeded_but_still_answers_retries() {
+        let mut history = vec![(1, 1, ReviewScheduled)];
+        for n in 0..200u64 {
+            history.push((n + 2, u128::from(n) + 2, SideEventHeld));
+        }
+        let log = given(&history);
+        match log.decide(id(999), SideEventHeld, key()) {
+            Decision::Refuse(e) => assert_eq!(e.code, ErrorCode::LimitExceeded, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // A retry of a stored side event is still a duplicate.
+        assert_eq!(
+            log.decide(id(2), SideEventHeld, key()),
+            Decision::Duplicate(2)
+        );
+        // Lifecycle events have their own limit.
+        assert!(matches!(
+            log.decide(id(1000), ReviewHeld, key()),
+            Decision::Append { .. }
+        ));
     }
 
     #[test]

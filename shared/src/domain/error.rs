@@ -24,6 +24,9 @@ pub enum ErrorCode {
     InvalidField,
     /// The review's lifecycle does not allow this event now.
     Conflict,
+    /// The review already holds as many events of this kind as a review may
+    /// (contract v2: 200 side events, 100 lifecycle events).
+    LimitExceeded,
     /// The payload exceeds 64 KiB.
     TooLarge,
     /// JetStream was not reachable; nothing was stored.
@@ -43,6 +46,7 @@ impl ErrorCode {
             Self::MissingField => "missing_field",
             Self::InvalidField => "invalid_field",
             Self::Conflict => "conflict",
+            Self::LimitExceeded => "limit_exceeded",
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
             Self::NotFound => "not_found",
@@ -144,6 +148,11 @@ impl RejectError {
             ErrorCode::TooLarge,
             format!("payload is {len} bytes; the limit is {max} bytes"),
         )
+    }
+
+    /// `limit_exceeded`, naming the limit.
+    pub fn limit_exceeded(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::LimitExceeded, message)
     }
 
     /// `conflict`, with the lifecycle explanation.

@@ -29,7 +29,9 @@ pub use event::{
     SCHEMA, Session, SessionError, SideEventHeld, Speaker,
 };
 pub use intake::{Command, MAX_PAYLOAD, parse_intake};
-pub use lifecycle::{ReviewState, ReviewStatus, decide, evolve};
+pub use lifecycle::{
+    EventCounts, MAX_LIFECYCLE_EVENTS, MAX_SIDE_EVENTS, ReviewState, ReviewStatus, decide, evolve,
+};
 pub use read_models::{
     CountryReport, CountryReview, CountryView, HistoryEntry, ReadModels, ReportView, ReviewView,
     SessionReview, SessionView, SideEventView, Touched, Upcoming,

@@ -446,3 +446,64 @@ async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing()
         "logged"
     );
 }
+
+#[tokio::test]
+async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
+    let nats = NatsServer::start();
+    let mut ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
+    ingest.wait_healthy().await;
+    let client = nats.client().await;
+    let side_event = |i: usize| {
+        serde_json::json!({"country": "KZ", "session": 48, "title": format!("Side event {i}"),
+                           "held_on": "2025-01-22"})
+        .to_string()
+    };
+    let send = |payload: String| {
+        let client = client.clone();
+        async move {
+            let reply = client
+                .request("upr.ingest.side_event_held", payload.into())
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    for i in 0..upr_shared::domain::MAX_SIDE_EVENTS {
+        let reply = send(side_event(i)).await;
+        assert_eq!(reply["ok"], true, "side event {i}: {reply}");
+    }
+    // The limit is read from the log, not from memory.
+    ingest.restart();
+    ingest.wait_healthy().await;
+    let reply = eventually(Duration::from_secs(10), "ingest back", || {
+        let send = &send;
+        let payload = side_event(200);
+        async move {
+            let r = send(payload).await;
+            (r["ok"] == false).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(reply["error"]["code"], "limit_exceeded", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("200 side events per review"),
+        "{reply}"
+    );
+    // Lifecycle events are counted apart.
+    let scheduled = client
+        .request(
+            "upr.ingest.review_scheduled",
+            r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#.into(),
+        )
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&scheduled.payload).contains("\"ok\":true"));
+    let mut log = async_nats::jetstream::new(client.clone())
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(log.info().await.unwrap().state.messages, 201);
+}
