@@ -187,6 +187,21 @@ impl RawClient {
         raw
     }
 
+    /// The next protocol line the server sends (`-ERR ...`, `PONG`, `MSG ...`),
+    /// or `None` when the connection is closed or nothing came within 5 s.
+    pub fn read_line(&mut self) -> Option<String> {
+        use std::io::Read;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            match self.stream.read(&mut byte) {
+                Ok(1) => line.push(byte[0]),
+                _ => return None,
+            }
+        }
+        Some(String::from_utf8_lossy(&line).trim_end().to_string())
+    }
+
     /// Sends raw protocol bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         use std::io::Write;

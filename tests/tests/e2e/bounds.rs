@@ -507,3 +507,53 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
         .unwrap();
     assert_eq!(log.info().await.unwrap().state.messages, 201);
 }
+
+#[tokio::test]
+async fn people_cannot_send_large_payloads_or_open_connections_without_bound() {
+    let nats = NatsServer::start_secured();
+    let seed = nats.seed_file("ingest").display().to_string();
+    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[("NATS_NKEY", &seed)]);
+    ingest.wait_healthy().await;
+
+    // Over twice the intake limit: refused by the server, before ingest.
+    let mut publisher = RawClient::connect(nats.port(), Some(&nats.seed_file("publisher")));
+    publisher.publish(b"upr.ingest.side_event_held", None, &vec![b' '; 200 * 1024]);
+    let answer = publisher.read_line().unwrap_or_default();
+    assert!(answer.contains("Maximum Payload"), "{answer:?}");
+    let mut reader = RawClient::connect(nats.port(), Some(&nats.seed_file("reader")));
+    reader.publish(
+        b"upr.query.status",
+        Some(b"_INBOX.x"),
+        &vec![b' '; 16 * 1024],
+    );
+    let answer = reader.read_line().unwrap_or_default();
+    assert!(answer.contains("Maximum Payload"), "{answer:?}");
+
+    // Connections per person's account are counted.
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        match nats
+            .options_as("reader")
+            .max_reconnects(Some(0))
+            .connect(nats.url())
+            .await
+        {
+            Ok(c) => open.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(open.len(), 256, "{refused} refused");
+
+    // Ingest never saw any of it, and serves the publisher as before.
+    let publisher = nats.client_as("publisher").await;
+    let reply = publisher
+        .request(
+            "upr.ingest.review_scheduled",
+            r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#.into(),
+        )
+        .await
+        .expect("ingest answers");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
+    assert!(!ingest.logs().contains("connection lost"));
+}
