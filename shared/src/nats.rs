@@ -7,7 +7,13 @@
 //! "fixing" an operator's stream (say, its replicas or retention) could lose
 //! events.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use async_nats::{
     Client, ConnectOptions, ServerAddr,
@@ -84,6 +90,35 @@ pub async fn connect_edge(config: &NatsConfig, name: &str) -> Result<Client, asy
     connect_as(config, name, Role::Edge).await
 }
 
+/// Messages an edge subscription buffers while the service is busy; past
+/// it the client drops them (a slow-consumer event) and requesters retry.
+/// What other users send is at most 128 KiB (the shipped config's account
+/// limits), so a flood holds at most 32 MiB here; the core connection's
+/// larger buffer only ever holds answers to what the service asked for.
+pub const EDGE_BUFFER: usize = 256;
+
+/// Messages the client dropped (slow consumer), reported at most once a
+/// second.
+#[derive(Default)]
+struct Dropped {
+    count: AtomicU64,
+    last_report: Mutex<Option<Instant>>,
+}
+
+impl Dropped {
+    /// Counts one drop; returns the count to report when a second has
+    /// passed since the last report.
+    fn record(&self) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(self.count.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Which of a service's two connections, for the logs.
 #[derive(Debug, Clone, Copy)]
 enum Role {
@@ -136,23 +171,41 @@ async fn options(
     role: Role,
 ) -> Result<ConnectOptions, async_nats::Error> {
     let connection = role.as_str();
+    let dropped = Arc::new(Dropped::default());
     let mut opts = ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(inbox_prefix(name))
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
-        // Big enough that a burst of intake does not hit a client-side slow
-        // consumer while the service is busy with JetStream acks.
-        .subscription_capacity(64 * 1024)
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Connected => {
-                    info!(connection, "NATS connection (re)established");
+        .subscription_capacity(match role {
+            // JetStream replies and pull deliveries: bounded by what the
+            // service itself asks for.
+            Role::Core => 64 * 1024,
+            Role::Edge => EDGE_BUFFER,
+        })
+        .event_callback(move |event| {
+            let dropped = dropped.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!(connection, "NATS connection (re)established");
+                    }
+                    async_nats::Event::Disconnected => {
+                        warn!(connection, "NATS connection lost; reconnecting");
+                    }
+                    // One event per dropped message: under a flood, one
+                    // line a second with the count, not a line a message.
+                    async_nats::Event::SlowConsumer(_) => {
+                        if let Some(count) = dropped.record() {
+                            warn!(
+                                connection,
+                                dropped = count,
+                                "messages dropped: the service is slower than what arrives"
+                            );
+                        }
+                    }
+                    other => warn!(connection, event = %other, "NATS connection event"),
                 }
-                async_nats::Event::Disconnected => {
-                    warn!(connection, "NATS connection lost; reconnecting");
-                }
-                other => warn!(connection, event = %other, "NATS connection event"),
             }
         });
     if let Some(path) = &config.creds {

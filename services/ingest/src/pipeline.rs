@@ -19,7 +19,10 @@ use async_nats::service::Request;
 use bytes::Bytes;
 use serde_json::json;
 use time::OffsetDateTime;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tracing::{Instrument, debug, info_span, warn};
 use upr_shared::{
     contract::subjects,
@@ -36,6 +39,13 @@ use crate::{
 
 /// Messages waiting for one worker; beyond this the intake loop waits.
 pub const WORKER_QUEUE: usize = 64;
+
+/// Bytes of intake payload queued for the workers at once, over all of
+/// them. Queue lengths bound the count of waiting commands, this their
+/// size: 256 queues of 64 maximum-size commands would be 1 GiB. Past it the
+/// dispatcher waits, and the edge connection's bounded buffer takes the rest
+/// (`shared/src/nats.rs`, `EDGE_BUFFER`).
+pub const QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// Time one command may take from the moment its worker starts it, so a
 /// `nats req` (5 s timeout) gets `unavailable` rather than a timeout.
@@ -108,12 +118,16 @@ pub struct Job {
     request: Request,
     command: Command,
     received_at: Timestamp,
+    /// Its share of [`QUEUED_BYTES`], given back when the job is done.
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Validates and routes messages; owns the senders of the workers' queues.
 pub struct Dispatcher {
     workers: Vec<mpsc::Sender<Job>>,
     responder: Responder,
+    /// [`QUEUED_BYTES`], in bytes.
+    queued: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -143,6 +157,7 @@ impl Dispatcher {
             Self {
                 workers: senders,
                 responder,
+                queued: Arc::new(Semaphore::new(QUEUED_BYTES)),
             },
             handles,
         )
@@ -160,10 +175,18 @@ impl Dispatcher {
             Err(error) => self.responder.refused(&request, error, received_at).await,
             Ok(command) => {
                 let worker = &self.workers[shard(command.review_key(), self.workers.len())];
+                // At least one byte, so every job holds a share.
+                let size = u32::try_from(request.message.payload.len().max(1)).unwrap_or(u32::MAX);
+                let Ok(bytes) = self.queued.clone().acquire_many_owned(size).await else {
+                    let error = RejectError::unavailable("ingest is shutting down");
+                    self.responder.refused(&request, error, received_at).await;
+                    return;
+                };
                 let job = Job {
                     request,
                     command,
                     received_at,
+                    _bytes: bytes,
                 };
                 if let Err(mpsc::error::SendError(job)) = worker.send(job).await {
                     let error = RejectError::unavailable("ingest is shutting down");
@@ -216,6 +239,7 @@ impl Worker {
             request,
             command,
             received_at,
+            _bytes,
         } = job;
         match self.append(command).await {
             Ok(stored) => {

@@ -18,10 +18,12 @@ use upr_shared::{
 
 use crate::store::EventLog;
 
-/// Records waiting for the writer; beyond this the intake loop waits.
-pub const QUEUE: usize = 4096;
+/// Records waiting for the writer; beyond this the intake loop waits. A
+/// record is at most ~5 KiB (the payload cut at 4 KiB and a capped error),
+/// so the queue holds at most ~5 MiB.
+pub const QUEUE: usize = 1024;
 /// Rejection publishes awaiting their acknowledgement at once.
-const IN_FLIGHT: usize = 512;
+const IN_FLIGHT: usize = 256;
 
 /// The JSON kept for one refusal:
 /// `{"subject","error":{code,message,field},"payload","received_at"}`.

@@ -557,3 +557,218 @@ async fn people_cannot_send_large_payloads_or_open_connections_without_bound() {
     assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
     assert!(!ingest.logs().contains("connection lost"));
 }
+
+/// Peak resident memory of a process, from `/proc/<pid>/status` (VmHWM).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Subject, reply subject and payload of one raw publish.
+type RawMessage = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+
+/// Floods from hostile connections for `secs` seconds, at full speed: the
+/// largest intake the account allows (refused and recorded), the largest
+/// valid side events, subjects and replies that are not UTF-8, and waits for
+/// a far-off `min_seq`.
+fn flood(nats: &NatsServer, secs: u64) -> Vec<std::thread::JoinHandle<u64>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let kinds: Vec<(&str, Vec<RawMessage>)> = vec![
+        (
+            "publisher",
+            vec![
+                // Just under the account limit: too_large, recorded.
+                (
+                    b"upr.ingest.side_event_held".to_vec(),
+                    None,
+                    vec![b' '; 120 * 1024],
+                ),
+                // Valid and as large as intake takes: stored (one review,
+                // so the per-review limit soon refuses them).
+                (
+                    b"upr.ingest.side_event_held".to_vec(),
+                    None,
+                    serde_json::json!({"country": "AD", "session": 1, "held_on": "2025-01-22",
+                        "title": "x".repeat(300), "topics": vec!["t".repeat(200); 250]})
+                    .to_string()
+                    .into_bytes(),
+                ),
+                (
+                    b"upr.ingest.review_scheduled\xff".to_vec(),
+                    None,
+                    b"{}".to_vec(),
+                ),
+            ],
+        ),
+        (
+            "reader",
+            vec![
+                (
+                    b"upr.query.review.\xff.48".to_vec(),
+                    Some(b"_INBOX.x".to_vec()),
+                    vec![],
+                ),
+                (
+                    b"upr.query.status".to_vec(),
+                    Some(b"_INBOX.\xfe".to_vec()),
+                    vec![],
+                ),
+                (
+                    b"upr.query.status".to_vec(),
+                    Some(b"_INBOX.wait".to_vec()),
+                    br#"{"min_seq": 999999999}"#.to_vec(),
+                ),
+            ],
+        ),
+    ];
+    kinds
+        .into_iter()
+        .map(|(user, messages)| {
+            let port = nats.port();
+            let seed = nats.seed_file(user);
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while std::time::Instant::now() < deadline {
+                    // A connection the server closes (a violation) is
+                    // replaced; the flood goes on.
+                    let mut raw = RawClient::connect(port, Some(&seed));
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        while std::time::Instant::now() < deadline {
+                            for (subject, reply, payload) in &messages {
+                                raw.publish(subject, reply.as_deref(), payload);
+                                sent += 1;
+                            }
+                        }
+                    }));
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+/// `UPR_HOSTILE_SECS` (default 5) seconds of [`flood`] while a well-behaved
+/// client records and reads; `UPR_HOSTILE_SECS=60` is the long variant.
+#[tokio::test]
+async fn a_hostile_client_cannot_lose_accepted_events_stop_a_service_or_exhaust_its_memory() {
+    let secs: u64 = std::env::var("UPR_HOSTILE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let nats = NatsServer::start_secured();
+    let services: Vec<ServiceProcess> = [
+        (services::INGEST, "ingest"),
+        (services::PROJECTION, "projection"),
+        (services::NOTIFIER, "notifier"),
+    ]
+    .into_iter()
+    .map(|(name, user)| {
+        let seed = nats.seed_file(user).display().to_string();
+        ServiceProcess::start(
+            name,
+            &nats.url(),
+            &[("NATS_NKEY", &seed), ("RUST_LOG", "warn")],
+        )
+    })
+    .collect();
+    for s in &services {
+        s.wait_healthy().await;
+    }
+    let publisher = nats.client_as("publisher").await;
+    let reader = nats.client_as("reader").await;
+
+    // The well-behaved client: one event at a time with its own id, retried
+    // until answered, then read back with min_seq. Quiet first, then under
+    // the flood.
+    let well_behaved = |label: &'static str, rounds: usize| {
+        let publisher = publisher.clone();
+        let reader = reader.clone();
+        async move {
+            let mut latencies = Vec::new();
+            let mut accepted = Vec::new();
+            for i in 0..rounds {
+                let id = uuid::Uuid::new_v4();
+                let payload = serde_json::json!({"event_id": id, "country": "KZ", "session": 48,
+                    "title": format!("{label} {i}"), "held_on": "2025-01-22"})
+                .to_string();
+                let started = std::time::Instant::now();
+                let seq = loop {
+                    let reply = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        publisher.request("upr.ingest.side_event_held", payload.clone().into()),
+                    )
+                    .await;
+                    if let Ok(Ok(reply)) = reply {
+                        let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+                        if let Some(seq) = v["seq"].as_u64() {
+                            break seq;
+                        }
+                        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+                    }
+                };
+                let query = serde_json::json!({"min_seq": seq}).to_string();
+                loop {
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(6),
+                        reader.request("upr.query.review.KZ.48", query.clone().into()),
+                    )
+                    .await;
+                    if let Ok(Ok(answer)) = answer
+                        && String::from_utf8_lossy(&answer.payload).contains("\"ok\":true")
+                    {
+                        break;
+                    }
+                }
+                latencies.push(started.elapsed());
+                accepted.push(seq);
+            }
+            latencies.sort_unstable();
+            let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+            (accepted, p99)
+        }
+    };
+    let (mut accepted, quiet_p99) = well_behaved("quiet", 30).await;
+    let flooders = flood(&nats, secs);
+    let (under_flood, flood_p99) = well_behaved("flood", 30).await;
+    accepted.extend(under_flood);
+    let sent: u64 = flooders.into_iter().map(|h| h.join().unwrap()).sum();
+    // Figures, not assertions (timing is measured by benchmarks, not tests).
+    eprintln!(
+        "hostile: {sent} hostile messages in {secs} s; well-behaved p99 quiet {quiet_p99:?}, under flood {flood_p99:?}"
+    );
+
+    // Nothing accepted was lost or stored twice.
+    let admin = async_nats::jetstream::new(nats.client_as("admin").await);
+    for seq in &accepted {
+        let message = admin
+            .get_stream(contract::EVENTS_STREAM)
+            .await
+            .unwrap()
+            .direct_get(*seq)
+            .await
+            .expect("every accepted event is in the log");
+        assert!(message.subject.starts_with("upr.events.KZ.48."));
+    }
+    let kz: Vec<u64> = {
+        let mut distinct = accepted.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        distinct
+    };
+    assert_eq!(kz.len(), 60, "60 events accepted once each");
+    // Every service is up, answers its health check, and stayed in memory.
+    for s in &services {
+        assert!(s.healthcheck().success(), "healthy:\n{}", s.logs());
+        let pid = s.pid().expect("running");
+        let peak = peak_rss_mb(pid);
+        eprintln!("hostile: pid {pid} peak RSS {peak:.1} MB");
+        assert!(peak < 100.0, "peak RSS {peak:.1} MB:\n{}", s.logs());
+    }
+}
