@@ -142,6 +142,15 @@ pub const REJECTED_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// most this much disk, then the oldest refusals go first (discard old).
 pub const REJECTED_MAX_BYTES: i64 = 256 * 1024 * 1024;
 
+/// Largest message a publisher may send in the shipped configuration
+/// (`limits.max_payload` of the `PUBLISHER` account): intake is 64 KiB, up
+/// to twice that is still answered `too_large`.
+pub const PEOPLE_MAX_INTAKE_MESSAGE: usize = 128 * 1024;
+
+/// Largest message a reader may send in the shipped configuration
+/// (`limits.max_payload` of the `READER` account).
+pub const PEOPLE_MAX_QUERY_MESSAGE: usize = 8 * 1024;
+
 /// Default JetStream de-duplication window of the event log: how long a retry
 /// with the same `event_id` is caught by the server itself. Ingest also checks
 /// a review's own history, which has no time limit (see docs/architecture.md).

@@ -86,16 +86,26 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<Client, async_na
 ///
 /// # Errors
 /// As [`connect`].
-pub async fn connect_edge(config: &NatsConfig, name: &str) -> Result<Client, async_nats::Error> {
-    connect_as(config, name, Role::Edge).await
+///
+/// `largest_message` is the most a caller may send in one message; it sizes
+/// the buffer ([`EDGE_BUFFER_BYTES`]).
+pub async fn connect_edge(
+    config: &NatsConfig,
+    name: &str,
+    largest_message: usize,
+) -> Result<Client, async_nats::Error> {
+    let buffer = (EDGE_BUFFER_BYTES / largest_message.max(1)).max(64);
+    connect_as(config, name, Role::Edge(buffer)).await
 }
 
-/// Messages an edge subscription buffers while the service is busy; past
-/// it the client drops them (a slow-consumer event) and requesters retry.
-/// What other users send is at most 128 KiB (the shipped config's account
-/// limits), so a flood holds at most 32 MiB here; the core connection's
-/// larger buffer only ever holds answers to what the service asked for.
-pub const EDGE_BUFFER: usize = 256;
+/// Bytes an edge subscription may buffer while the service is busy. The
+/// client library bounds its buffer by message count, so the count is this
+/// divided by the largest message the service's callers may send (the
+/// shipped config's account limits: 128 KiB for intake, 8 KiB for queries):
+/// 512 intake messages, 8,192 queries. Past it the client drops messages (a
+/// slow-consumer event) and requesters retry. The core connection's larger
+/// buffer only ever holds answers to what the service asked for.
+pub const EDGE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Messages the client dropped (slow consumer), reported at most once a
 /// second.
@@ -123,14 +133,15 @@ impl Dropped {
 #[derive(Debug, Clone, Copy)]
 enum Role {
     Core,
-    Edge,
+    /// With its buffer, in messages.
+    Edge(usize),
 }
 
 impl Role {
     fn as_str(self) -> &'static str {
         match self {
             Self::Core => "core",
-            Self::Edge => "edge",
+            Self::Edge(_) => "edge",
         }
     }
 }
@@ -181,7 +192,7 @@ async fn options(
             // JetStream replies and pull deliveries: bounded by what the
             // service itself asks for.
             Role::Core => 64 * 1024,
-            Role::Edge => EDGE_BUFFER,
+            Role::Edge(buffer) => buffer,
         })
         .event_callback(move |event| {
             let dropped = dropped.clone();

@@ -120,7 +120,12 @@ impl App {
     /// names each difference), or JetStream stays unreachable.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let client = upr_shared::nats::connect(&config.common.nats, services::INGEST).await?;
-        let edge = upr_shared::nats::connect_edge(&config.common.nats, services::INGEST).await?;
+        let edge = upr_shared::nats::connect_edge(
+            &config.common.nats,
+            services::INGEST,
+            contract::PEOPLE_MAX_INTAKE_MESSAGE,
+        )
+        .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(store::ACK_TIMEOUT)
             .max_ack_inflight(4 * config.workers + 1024)
@@ -190,6 +195,26 @@ impl App {
         let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
         let responder = Responder::new(counters, records);
         let (dispatcher, workers) = Dispatcher::start(config.workers, config.cache, log, responder);
+        let dispatcher = Arc::new(dispatcher);
+        // The intake loop only admits (never waits); one task parses and
+        // routes in arrival order, so each review's commands keep theirs.
+        let (admitted, mut to_dispatch) = mpsc::unbounded_channel::<pipeline::Admitted>();
+        let routing = {
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move {
+                while let Some(message) = to_dispatch.recv().await {
+                    dispatcher.dispatch(message).await;
+                }
+            })
+        };
+        let take = |request| async {
+            match dispatcher.admit(&request) {
+                Some(bytes) => {
+                    let _ = admitted.send((request, bytes));
+                }
+                None => dispatcher.busy(&request).await,
+            }
+        };
 
         tokio::pin!(shutdown);
         loop {
@@ -197,7 +222,7 @@ impl App {
                 biased;
                 () = &mut shutdown => break,
                 request = endpoint.next() => match request {
-                    Some(request) => dispatcher.dispatch(request).await,
+                    Some(request) => take(request).await,
                     None => break,
                 },
             }
@@ -209,7 +234,7 @@ impl App {
         }
         let drained = async {
             while let Some(request) = endpoint.next().await {
-                dispatcher.dispatch(request).await;
+                take(request).await;
             }
         };
         if tokio::time::timeout(Duration::from_secs(5), drained)
@@ -218,6 +243,8 @@ impl App {
         {
             warn!("intake still delivering after 5 s; stopping anyway");
         }
+        drop(admitted);
+        let _ = routing.await;
         drop(dispatcher);
         for worker in workers {
             let _ = worker.await;

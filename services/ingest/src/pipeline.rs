@@ -26,7 +26,7 @@ use tokio::{
 use tracing::{Instrument, debug, info_span, warn};
 use upr_shared::{
     contract::subjects,
-    domain::{Command, RejectError, ReviewKey, Timestamp, parse_intake},
+    domain::{Command, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake},
 };
 use uuid::Uuid;
 
@@ -40,12 +40,15 @@ use crate::{
 /// Messages waiting for one worker; beyond this the intake loop waits.
 pub const WORKER_QUEUE: usize = 64;
 
-/// Bytes of intake payload queued for the workers at once, over all of
-/// them. Queue lengths bound the count of waiting commands, this their
-/// size: 256 queues of 64 maximum-size commands would be 1 GiB. Past it the
-/// dispatcher waits, and the edge connection's bounded buffer takes the rest
-/// (`shared/src/nats.rs`, `EDGE_BUFFER`).
+/// Bytes of intake payload taken in and not yet answered, over every queue
+/// (waiting to be parsed, waiting for a worker). The client library bounds
+/// its buffer by message count only, so the intake loop does nothing but
+/// take a message and its share of this budget; past it the message is
+/// answered `unavailable` at once ("busy") and never buffered.
 pub const QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// A message taken in, holding its share of [`QUEUED_BYTES`].
+pub type Admitted = (Request, OwnedSemaphorePermit);
 
 /// Time one command may take from the moment its worker starts it, so a
 /// `nats req` (5 s timeout) gets `unavailable` rather than a timeout.
@@ -163,9 +166,29 @@ impl Dispatcher {
         )
     }
 
-    /// Validates one intake message; refuses it here or queues it for the
+    /// The message's share of [`QUEUED_BYTES`] if the budget allows (never
+    /// waits): the intake loop's whole work, so it keeps pace with the
+    /// socket. `None`: answer [`Self::busy`].
+    pub fn admit(&self, request: &Request) -> Option<OwnedSemaphorePermit> {
+        let size = u32::try_from(request.message.payload.len().max(1)).unwrap_or(u32::MAX);
+        self.queued.clone().try_acquire_many_owned(size).ok()
+    }
+
+    /// Answers a message that did not fit in the budget: `unavailable`, safe
+    /// to retry with the same `event_id`. Counted, not recorded in
+    /// `UPR_REJECTED` (recording a flood would feed it).
+    pub async fn busy(&self, request: &Request) {
+        self.responder.counters.rejected(ErrorCode::Unavailable);
+        let error = RejectError::new(
+            ErrorCode::Unavailable,
+            "ingest is busy; nothing was stored, retry with the same event_id",
+        );
+        reply(request, json!({"ok": false, "error": error})).await;
+    }
+
+    /// Validates one admitted message; refuses it here or queues it for the
     /// worker of its review (waiting while that queue is full).
-    pub async fn dispatch(&self, request: Request) {
+    pub async fn dispatch(&self, (request, bytes): Admitted) {
         let received_at = now();
         let subject = request.message.subject.as_str();
         let event_type = subject
@@ -175,13 +198,6 @@ impl Dispatcher {
             Err(error) => self.responder.refused(&request, error, received_at).await,
             Ok(command) => {
                 let worker = &self.workers[shard(command.review_key(), self.workers.len())];
-                // At least one byte, so every job holds a share.
-                let size = u32::try_from(request.message.payload.len().max(1)).unwrap_or(u32::MAX);
-                let Ok(bytes) = self.queued.clone().acquire_many_owned(size).await else {
-                    let error = RejectError::unavailable("ingest is shutting down");
-                    self.responder.refused(&request, error, received_at).await;
-                    return;
-                };
                 let job = Job {
                     request,
                     command,

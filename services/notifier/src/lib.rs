@@ -170,7 +170,12 @@ impl App {
 
         let stats = Arc::new(Stats::default());
         let for_handler = stats.clone();
-        let edge = upr_shared::nats::connect_edge(&config.common.nats, services::NOTIFIER).await?;
+        let edge = upr_shared::nats::connect_edge(
+            &config.common.nats,
+            services::NOTIFIER,
+            contract::PEOPLE_MAX_QUERY_MESSAGE,
+        )
+        .await?;
         let service = service::start_micro(
             &edge,
             services::NOTIFIER,

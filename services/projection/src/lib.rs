@@ -138,8 +138,12 @@ impl App {
         );
         projector.load().await?;
         let stats = shared.clone();
-        let edge =
-            upr_shared::nats::connect_edge(&config.common.nats, services::PROJECTION).await?;
+        let edge = upr_shared::nats::connect_edge(
+            &config.common.nats,
+            services::PROJECTION,
+            contract::PEOPLE_MAX_QUERY_MESSAGE,
+        )
+        .await?;
         let service = service::start_micro(
             &edge,
             services::PROJECTION,

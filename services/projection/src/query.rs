@@ -362,8 +362,17 @@ impl Queries {
 
     async fn serve_endpoint(self, mut endpoint: Endpoint, limit: Arc<Semaphore>) {
         while let Some(request) = endpoint.next().await {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
+            // Never wait here: this loop only takes requests in, so it keeps
+            // pace with the socket and the client's small buffer never fills.
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let busy = RejectError::new(
+                    ErrorCode::Unavailable,
+                    "too many queries in progress; retry later",
+                );
+                if let Err(e) = request.respond(Ok(error(&busy))).await {
+                    warn!(error = %e, "cannot send the reply");
+                }
+                continue;
             };
             let queries = self.clone();
             let span = info_span!("query", subject = %request.message.subject);
