@@ -21,6 +21,7 @@ use std::{
 };
 
 use tempfile::TempDir;
+use upr_shared::contract::services;
 
 /// Where the binaries of the workspace were built: the test executable lives
 /// in `target/<profile>/deps/`, the binaries in `target/<profile>/`. A
@@ -139,6 +140,33 @@ pub fn cluster_config(
     let path = dir.join(name);
     std::fs::write(&path, out).expect("write cluster config");
     path
+}
+
+/// The three services against `url` (a server started with
+/// [`NatsServer::start_secured`]), each with its own key and `extra`
+/// settings, once all answer their health check.
+pub async fn start_services(
+    nats: &NatsServer,
+    url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<ServiceProcess> {
+    let services: Vec<ServiceProcess> = [
+        (services::INGEST, "ingest"),
+        (services::PROJECTION, "projection"),
+        (services::NOTIFIER, "notifier"),
+    ]
+    .into_iter()
+    .map(|(name, user)| {
+        let seed = nats.seed_file(user).display().to_string();
+        let mut env = vec![("NATS_NKEY", seed.as_str())];
+        env.extend_from_slice(extra);
+        ServiceProcess::start(name, url, &env)
+    })
+    .collect();
+    for s in &services {
+        s.wait_healthy().await;
+    }
+    services
 }
 
 /// A NATS connection spoken by hand over TCP, for bytes no client library

@@ -663,24 +663,7 @@ async fn a_hostile_client_cannot_lose_accepted_events_stop_a_service_or_exhaust_
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let nats = NatsServer::start_secured();
-    let services: Vec<ServiceProcess> = [
-        (services::INGEST, "ingest"),
-        (services::PROJECTION, "projection"),
-        (services::NOTIFIER, "notifier"),
-    ]
-    .into_iter()
-    .map(|(name, user)| {
-        let seed = nats.seed_file(user).display().to_string();
-        ServiceProcess::start(
-            name,
-            &nats.url(),
-            &[("NATS_NKEY", &seed), ("RUST_LOG", "warn")],
-        )
-    })
-    .collect();
-    for s in &services {
-        s.wait_healthy().await;
-    }
+    let services = upr_tests::start_services(&nats, &nats.url(), &[("RUST_LOG", "warn")]).await;
     let publisher = nats.client_as("publisher").await;
     let reader = nats.client_as("reader").await;
 

@@ -11,8 +11,9 @@ use async_nats::{
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
-use upr_shared::contract::services;
-use upr_tests::{NatsCluster, NatsServer, ServiceProcess, cluster_config, eventually, free_port};
+use upr_tests::{
+    NatsCluster, NatsServer, ServiceProcess, cluster_config, eventually, free_port, start_services,
+};
 
 /// Every stream of the service account: the event log, the rejected log, the
 /// notifications, the timers and every bucket.
@@ -52,31 +53,6 @@ const PROTECTED: [&str; 17] = [
 
 /// The recorded review every test starts from.
 const EVENT_ID: &str = "0b7c8e62-4a47-4c1e-9a53-3a1f0b1f2d11";
-
-/// The three services, each with its own key, against `url`, healthy.
-async fn start_services(
-    nats: &NatsServer,
-    url: &str,
-    extra: &[(&str, &str)],
-) -> Vec<ServiceProcess> {
-    let services: Vec<ServiceProcess> = [
-        (services::INGEST, "ingest"),
-        (services::PROJECTION, "projection"),
-        (services::NOTIFIER, "notifier"),
-    ]
-    .into_iter()
-    .map(|(name, user)| {
-        let seed = nats.seed_file(user).display().to_string();
-        let mut env = vec![("NATS_NKEY", seed.as_str())];
-        env.extend_from_slice(extra);
-        ServiceProcess::start(name, url, &env)
-    })
-    .collect();
-    for s in &services {
-        s.wait_healthy().await;
-    }
-    services
-}
 
 /// The shipped configuration with the three services, each as its own user.
 struct Stack {
