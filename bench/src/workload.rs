@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use upr_shared::{
     contract::subjects,
-    domain::{COUNTRIES, Country, EventType, ReviewKey, Session, Timestamp, parse_intake},
+    domain::{Country, EventType, MEMBER_STATES, ReviewKey, Session, Timestamp, parse_intake},
 };
 use uuid::Uuid;
 
@@ -53,10 +53,10 @@ impl Rng {
     }
 }
 
-/// Number of distinct review keys (every assigned country at every session).
-pub const KEY_SPACE: u64 = COUNTRIES.len() as u64 * Session::MAX as u64;
+/// Number of distinct review keys (every UN member state at every session).
+pub const KEY_SPACE: u64 = MEMBER_STATES.len() as u64 * Session::MAX as u64;
 
-/// A stride coprime with [`KEY_SPACE`] (= 3^4 * 37 * 83), so consecutive
+/// A stride coprime with [`KEY_SPACE`] (= 3^3 * 37 * 193), so consecutive
 /// reviews land on scattered countries and sessions instead of filling one
 /// session after another.
 const KEY_STRIDE: u64 = 100_003;
@@ -79,9 +79,9 @@ impl Keys {
         );
         let idx = (self.next * KEY_STRIDE) % KEY_SPACE;
         self.next += 1;
-        let country = Country::parse(COUNTRIES[(idx % COUNTRIES.len() as u64) as usize].0)
-            .expect("COUNTRIES holds valid codes");
-        let session = Session::new(1 + idx / COUNTRIES.len() as u64).expect("1..=999");
+        let country = Country::parse(MEMBER_STATES[(idx % MEMBER_STATES.len() as u64) as usize].0)
+            .expect("MEMBER_STATES holds valid codes");
+        let session = Session::new(1 + idx / MEMBER_STATES.len() as u64).expect("1..=999");
         ReviewKey { country, session }
     }
 

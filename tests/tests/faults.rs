@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use upr_shared::{
     contract::{self, services, subjects},
     domain::{
-        COUNTRIES, Country, Envelope, EventData, EventType, ReadModels, ReviewKey, ReviewState,
+        Country, Envelope, EventData, EventType, MEMBER_STATES, ReadModels, ReviewKey, ReviewState,
         ReviewStatus, Session, Timestamp, evolve, parse_leads, plan,
     },
 };
@@ -1033,7 +1033,7 @@ async fn acknowledged_events_read_models_and_reminders_survive_sigkill_of_every_
     // Long-lived reviews: the bulk of the events.
     let mut keys: Vec<ReviewKey> = Vec::new();
     for session in 1..=60u64 {
-        for (code, _) in COUNTRIES.iter() {
+        for (code, _) in MEMBER_STATES.iter() {
             keys.push(ReviewKey {
                 country: Country::parse(code).expect("listed code"),
                 session: Session::new(session).expect("1..=60"),
@@ -1063,7 +1063,7 @@ async fn acknowledged_events_read_models_and_reminders_survive_sigkill_of_every_
     // Reviews a few seconds ahead, started every 150-400 ms while the bulk runs.
     let mut near_keys = Vec::new();
     for session in 900..=999u64 {
-        for (code, _) in COUNTRIES.iter() {
+        for (code, _) in MEMBER_STATES.iter() {
             near_keys.push(ReviewKey {
                 country: Country::parse(code).expect("listed code"),
                 session: Session::new(session).expect("900..=999"),

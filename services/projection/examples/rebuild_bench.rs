@@ -20,12 +20,12 @@ use futures::StreamExt;
 use serde_json::json;
 use upr_shared::{
     contract::{self, subjects},
-    domain::{COUNTRIES, Envelope, Timestamp, parse_intake},
+    domain::{Envelope, MEMBER_STATES, Timestamp, parse_intake},
 };
 
 fn envelope(n: u64, review: u64, step: u64) -> Envelope {
-    let country = COUNTRIES[(review % COUNTRIES.len() as u64) as usize].0;
-    let session = review / COUNTRIES.len() as u64 % 999 + 1;
+    let country = MEMBER_STATES[(review % MEMBER_STATES.len() as u64) as usize].0;
+    let session = review / MEMBER_STATES.len() as u64 % 999 + 1;
     let day = review % 28 + 1;
     let (ty, payload) = match step {
         0 => (

@@ -47,6 +47,12 @@ impl Country {
         std::str::from_utf8(&self.0).unwrap_or("??")
     }
 
+    /// Whether it is one of the 193 UN member states (contract v2: the UPR
+    /// reviews member states only).
+    pub fn is_member_state(&self) -> bool {
+        super::member_states::member_state_name(self.as_str()).is_some()
+    }
+
     /// The English short name from ISO 3166-1, e.g. `"Kazakhstan"`.
     pub fn name(&self) -> &'static str {
         COUNTRIES

@@ -142,7 +142,17 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         let s = v
             .as_str()
             .ok_or_else(|| RejectError::invalid(f, "must be a string"))?;
-        Country::parse(s).map_err(|e| RejectError::invalid(f, e))
+        let country = Country::parse(s).map_err(|e| RejectError::invalid(f, e))?;
+        if !country.is_member_state() {
+            return Err(RejectError::invalid(
+                f,
+                format_args!(
+                    "must be a UN member state: {country} ({}) is not one, and the UPR reviews the 193 member states",
+                    country.name()
+                ),
+            ));
+        }
+        Ok(country)
     })?;
     let session = obj.req("session", |v, f| {
         let n = v.as_u64().ok_or_else(|| {
@@ -648,6 +658,41 @@ mod tests {
         for bad in [json!("XK"), json!("KAZ"), json!(""), json!(7)] {
             intake_json("review_scheduled", with(scheduled(), "country", bad))
                 .then_invalid("country");
+        }
+    }
+
+    #[test]
+    fn country_must_be_a_un_member_state() {
+        for (code, name) in [
+            ("AQ", "Antarctica"),
+            ("va", "Holy See"),
+            ("PS", "Palestine, State of"),
+            ("TW", "Taiwan, Province of China"),
+        ] {
+            let e = intake_json(
+                "side_event_held",
+                with(side_event(), "country", json!(code)),
+            )
+            .then_invalid("country");
+            assert!(
+                e.message
+                    .contains("is not one, and the UPR reviews the 193 member states")
+                    && e.message.contains(name),
+                "{}",
+                e.message
+            );
+        }
+        for code in ["KZ", "bo", "TR", "CI", "NL", "FM"] {
+            assert!(
+                parse_intake(
+                    "side_event_held",
+                    with(side_event(), "country", json!(code))
+                        .to_string()
+                        .as_bytes()
+                )
+                .is_ok(),
+                "{code}"
+            );
         }
     }
 

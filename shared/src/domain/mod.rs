@@ -17,6 +17,7 @@ pub mod event;
 pub mod intake;
 pub mod json;
 pub mod lifecycle;
+pub mod member_states;
 pub mod read_models;
 pub mod reminders;
 pub mod time;
@@ -32,6 +33,7 @@ pub use intake::{Command, MAX_PAYLOAD, parse_intake};
 pub use lifecycle::{
     EventCounts, MAX_LIFECYCLE_EVENTS, MAX_SIDE_EVENTS, ReviewState, ReviewStatus, decide, evolve,
 };
+pub use member_states::{MEMBER_STATES, member_state_name};
 pub use read_models::{
     CountryReport, CountryReview, CountryView, HistoryEntry, ReadModels, ReportView, ReviewView,
     SessionReview, SessionView, SideEventView, Touched, Upcoming,
