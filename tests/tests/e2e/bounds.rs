@@ -223,20 +223,39 @@ async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
     assert_eq!(codes.get("timeout"), Some(&MAX_WAITING), "{codes:?}");
 }
 
-/// Subjects and reply subjects that are not UTF-8 (or carry other odd
-/// bytes), sent over a raw socket as only a hand-written client can.
-fn hostile_subjects() -> Vec<(&'static [u8], Option<&'static [u8]>)> {
-    vec![
-        (b"upr.ingest.review_scheduled\xff", None),
-        (b"upr.ingest.\xc3\x28", Some(b"_INBOX.x")),
-        (b"upr.ingest.review_scheduled", Some(b"_INBOX.\xff\xfe")),
-        (b"upr.query.review.\xff\xfe.48", Some(b"_INBOX.x")),
-        (b"upr.query.session.\x80", None),
-        (b"upr.query.status", Some(b"\xff")),
-        (b"upr.notifier.status", Some(b"_INBOX.\xe2\x82")),
-        (b"$SRV.PING", Some(b"\xff.x")),
-        (b"$SRV.INFO.upr-ingest", Some(b"\xc0\xaf")),
-    ]
+/// `tests/corpus/subjects.tsv`: subjects and reply subjects that are not
+/// UTF-8 (or carry other odd bytes), which only a hand-written client sends.
+fn hostile_subjects() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/subjects.tsv");
+    let text = std::fs::read_to_string(&path).expect("read tests/corpus/subjects.tsv");
+    let rows: Vec<_> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (subject, reply) = l.split_once('\t').expect("subject<TAB>reply");
+            (unescape(subject), (reply != "-").then(|| unescape(reply)))
+        })
+        .collect();
+    assert!(rows.len() >= 10, "the subjects corpus has its rows");
+    rows
+}
+
+/// `a\xffb` to its bytes.
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"\\x") && i + 4 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 2..i + 4]).expect("hex digits");
+            out.push(u8::from_str_radix(hex, 16).expect("\\xNN"));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -253,7 +272,11 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
     let mut seqs = Vec::new();
     for round in 0..20 {
         for (subject, reply) in hostile_subjects() {
-            raw.publish(subject, reply, br#"{"country":"KZ","session":48}"#);
+            raw.publish(
+                &subject,
+                reply.as_deref(),
+                br#"{"country":"KZ","session":48}"#,
+            );
         }
         // Meanwhile, a well-behaved client records a side event per round.
         // With an event_id, so a retry after a lost reply stores nothing twice.

@@ -272,3 +272,103 @@ fn payload_text(payload: &[u8]) -> String {
     }
     text
 }
+
+/// One row of `tests/corpus/query/expected.tsv`: a query subject, its raw
+/// payload, and the code and field its refusal must carry.
+#[derive(Debug, Clone)]
+struct QueryCase {
+    file: String,
+    subject: String,
+    code: String,
+    field: Option<String>,
+    payload: Vec<u8>,
+}
+
+/// Reads the query manifest and every file it names; no `.bin` file may be
+/// left out of it.
+fn query_corpus() -> Vec<QueryCase> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/query");
+    let manifest = std::fs::read_to_string(dir.join("expected.tsv")).expect("read expected.tsv");
+    let cases: Vec<QueryCase> = manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let &[file, subject, code, field] = cols.as_slice() else {
+                panic!("query expected.tsv: want 4 columns: {line:?}");
+            };
+            QueryCase {
+                file: file.to_string(),
+                subject: subject.to_string(),
+                code: code.to_string(),
+                field: (field != "-").then(|| field.to_string()),
+                payload: std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")),
+            }
+        })
+        .collect();
+    let listed: Vec<&str> = cases.iter().map(|c| c.file.as_str()).collect();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name.ends_with(".bin") {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} is not in expected.tsv"
+            );
+        }
+    }
+    assert!(cases.len() >= 15, "the query corpus has its cases");
+    cases
+}
+
+#[test]
+fn the_query_parser_refuses_every_corpus_query_with_its_code_and_field() {
+    use upr_projection::query::{Options, Query};
+    for case in query_corpus() {
+        let e = Query::parse(&case.subject)
+            .and_then(|q| Options::parse(&case.payload, q))
+            .err()
+            .unwrap_or_else(|| panic!("{}: accepted", case.file));
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            (case.code.as_str(), case.field.as_deref()),
+            "{}: {}",
+            case.file,
+            e.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_projection_answers_every_corpus_query_with_its_code_and_keeps_serving() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    upr_shared::nats::ensure_own_stream(
+        &jetstream::new(client.clone()),
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .unwrap();
+    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+    projection.wait_healthy().await;
+    for case in query_corpus() {
+        let reply = client
+            .request(case.subject.clone(), case.payload.clone().into())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.file));
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["ok"], false, "{}: {reply}", case.file);
+        assert_eq!(
+            reply["error"]["code"],
+            case.code.as_str(),
+            "{}: {reply}",
+            case.file
+        );
+        assert_eq!(
+            reply["error"]["field"].as_str(),
+            case.field.as_deref(),
+            "{}: {reply}",
+            case.file
+        );
+    }
+    assert!(projection.healthcheck().success(), "{}", projection.logs());
+}
