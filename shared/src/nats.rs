@@ -317,17 +317,7 @@ async fn ensure(
                 .map_err(|e| js_err(e.into()))?
                 .config
                 .clone();
-            let mut differences = stream_differences(&have, &want);
-            // The owner moves a size bound to what it is configured with
-            // (a bound added in a newer version reaches existing streams).
-            let size_bound = format!(
-                "max_bytes: found {}, expected {}",
-                limit(have.max_bytes),
-                limit(want.max_bytes)
-            );
-            if owner == Owner::Yes {
-                differences.retain(|d| *d != size_bound);
-            }
+            let differences = stream_differences(&have, &want, owner);
             if !differences.is_empty() {
                 return Err(SetupError::Incompatible {
                     kind: "stream",
@@ -371,8 +361,11 @@ fn limit(value: i64) -> String {
     }
 }
 
-/// The settings whose difference changes what the system guarantees.
-fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+/// The settings whose difference changes what the system guarantees. The
+/// size bound counts only for a non-owner: the owner moves it to what it is
+/// configured with (so a bound added in a newer version reaches existing
+/// streams).
+fn stream_differences(have: &stream::Config, want: &stream::Config, owner: Owner) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |field: &str, h: String, w: String| {
         if h != w {
@@ -409,7 +402,9 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<Strin
         limit(have.max_messages),
         limit(want.max_messages),
     );
-    check("max_bytes", limit(have.max_bytes), limit(want.max_bytes));
+    if owner == Owner::No {
+        check("max_bytes", limit(have.max_bytes), limit(want.max_bytes));
+    }
     check(
         "max_msgs_per_subject",
         limit(have.max_messages_per_subject),
