@@ -21,6 +21,8 @@ pub struct NatsConfig {
     /// `NATS_URL`, default `nats://127.0.0.1:4222`; a comma-separated list is
     /// allowed so a client can fail over between cluster nodes.
     pub url: String,
+    /// `url` parsed, once, at start-up: what the client connects to.
+    pub servers: Vec<async_nats::ServerAddr>,
     /// `NATS_CREDS`: a credentials file (JWT + nkey).
     pub creds: Option<PathBuf>,
     /// `NATS_NKEY`: a file holding a user's nkey seed (what `upr-keys`
@@ -66,11 +68,14 @@ impl CommonConfig {
     /// A [`ConfigError`] naming the variable when a value cannot be used.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
         let url = env("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
-        for one in url.split(',') {
-            one.trim()
-                .parse::<async_nats::ServerAddr>()
-                .map_err(|e| err("NATS_URL", &format!("{one:?} is not a NATS URL: {e}")))?;
-        }
+        let servers = url
+            .split(',')
+            .map(|one| {
+                one.trim()
+                    .parse::<async_nats::ServerAddr>()
+                    .map_err(|e| err("NATS_URL", &format!("{one:?} is not a NATS URL: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let file = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
             let Some(path) = env(var).map(PathBuf::from) else {
                 return Ok(None);
@@ -128,6 +133,7 @@ impl CommonConfig {
         Ok(Self {
             nats: NatsConfig {
                 url,
+                servers,
                 creds,
                 nkey,
                 user_password,

@@ -16,7 +16,7 @@ use std::{
 };
 
 use async_nats::{
-    Client, ConnectOptions, ServerAddr,
+    Client, ConnectOptions,
     jetstream::{self, ErrorCode, context::GetStreamErrorKind, kv, stream},
 };
 use tracing::{info, warn};
@@ -151,16 +151,11 @@ async fn connect_as(
     name: &str,
     role: Role,
 ) -> Result<Client, async_nats::Error> {
-    let addrs: Vec<ServerAddr> = config
-        .url
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()?;
     let mut delay = Duration::from_millis(100);
     loop {
         match options(config, name, role)
             .await?
-            .connect(addrs.as_slice())
+            .connect(config.servers.as_slice())
             .await
         {
             Ok(client) => {

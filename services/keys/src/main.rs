@@ -147,13 +147,7 @@ fn init(dir: &Path) -> Result<String, String> {
 
 /// Replaces the named keys and rewrites the public file.
 fn rotate(dir: &Path, names: &[&str]) -> Result<String, String> {
-    if !dir.join(CONF).exists() {
-        return Err(format!(
-            "{} has no {CONF}; run `upr-keys init {}` first",
-            dir.display(),
-            dir.display()
-        ));
-    }
+    initialised(dir)?;
     let mut report = String::new();
     for name in names {
         let path = if *name == ROUTE {
@@ -194,16 +188,22 @@ fn routes(dir: &Path, hosts: &[&str]) -> Result<String, String> {
             return Err(format!("{host:?} is not HOST:PORT"));
         }
     }
-    if !dir.join(CONF).exists() {
-        return Err(format!(
-            "{} has no {CONF}; run `upr-keys init {}` first",
-            dir.display(),
-            dir.display()
-        ));
-    }
+    initialised(dir)?;
     write_secret(&dir.join(ROUTE_HOSTS), &hosts.join("\n"))?;
     write_conf(dir)?;
     Ok(format!("wrote    {}\n", dir.join(ROUTE_CONF).display()))
+}
+
+/// `rotate` and `routes` change an installation `init` made.
+fn initialised(dir: &Path) -> Result<(), String> {
+    if dir.join(CONF).exists() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} has no {CONF}; run `upr-keys init {}` first",
+        dir.display(),
+        dir.display()
+    ))
 }
 
 fn seed_path(dir: &Path, user: &str) -> PathBuf {
