@@ -274,10 +274,10 @@ impl Worker {
     async fn append(&mut self, command: Command) -> Result<Stored, RejectError> {
         let deadline = Instant::now() + BUDGET;
         let key = command.review_key();
-        let event_type = command.event_type();
         let id = command.event_id.unwrap_or_else(Uuid::now_v7);
-        let subject = subjects::event(key.country, key.session, event_type);
-        let envelope = Bytes::from(command.into_envelope(id, now()).to_json());
+        let subject = subjects::event(key.country, key.session, command.event_type());
+        let event = command.into_envelope(id, now());
+        let envelope = Bytes::from(event.to_json());
         for attempt in 1..=MAX_ATTEMPTS {
             let (state, fresh) = match self.cache.get_mut(&key) {
                 Some(state) => (state, false),
@@ -286,7 +286,7 @@ impl Worker {
                     (self.cache.insert(key, loaded), true)
                 }
             };
-            let expected = match state.decide(id, event_type, key) {
+            let expected = match state.decide(&event) {
                 Decision::Duplicate(seq) => {
                     return Ok(Stored {
                         id,
@@ -322,7 +322,7 @@ impl Worker {
                     });
                 }
                 Ok(ack) => {
-                    state.appended(id, event_type, ack.sequence);
+                    state.appended(&event, ack.sequence);
                     return Ok(Stored {
                         id,
                         seq: ack.sequence,

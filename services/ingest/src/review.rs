@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use upr_shared::domain::{
-    EventCounts, EventType, RejectError, ReviewKey, ReviewStatus, decide, evolve,
+    Envelope, RejectError, ReviewKey, ReviewSize, ReviewStatus, decide, evolve,
 };
 use uuid::Uuid;
 
@@ -17,8 +17,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReviewLog {
     status: Option<ReviewStatus>,
-    /// Valid events by kind, for the per-review limits.
-    counts: EventCounts,
+    /// How much of the per-review limits its valid events use.
+    size: ReviewSize,
     last_seq: u64,
     /// Event id -> stream sequence. Keeps duplicates detectable for the
     /// review's whole life, unlike the server's de-duplication window.
@@ -44,28 +44,28 @@ impl ReviewLog {
     /// `event` is `None` for a message that is not a valid event of this
     /// review (written around ingest): it moves the sequence and may carry an
     /// id, but does not change the status, as consumers skip it too.
-    pub fn load(&mut self, seq: u64, id: Option<Uuid>, event: Option<EventType>) {
+    pub fn load(&mut self, seq: u64, id: Option<Uuid>, event: Option<&Envelope>) {
         self.last_seq = self.last_seq.max(seq);
         if let Some(id) = id {
             self.events.entry(id).or_insert(seq);
         }
         if let Some(event) = event {
-            self.status = evolve(self.status, event);
-            self.counts.add(event);
+            self.status = evolve(self.status, event.event_type());
+            self.size.add(event);
         }
     }
 
     /// Duplicate first (a retry gets its original answer even when the
     /// lifecycle has moved on, or the review is full), then the per-review
     /// limits, then the lifecycle rule.
-    pub fn decide(&self, id: Uuid, event: EventType, review: ReviewKey) -> Decision {
-        if let Some(seq) = self.events.get(&id) {
+    pub fn decide(&self, event: &Envelope) -> Decision {
+        if let Some(seq) = self.events.get(&event.id) {
             return Decision::Duplicate(*seq);
         }
         match self
-            .counts
-            .check(event, review)
-            .and_then(|()| decide(self.status, event, review))
+            .size
+            .check(event)
+            .and_then(|()| decide(self.status, event.event_type(), event.review_key()))
         {
             Ok(()) => Decision::Append {
                 expected_last_seq: self.last_seq,
@@ -75,8 +75,8 @@ impl ReviewLog {
     }
 
     /// Records an event ingest has just appended at `seq`.
-    pub fn appended(&mut self, id: Uuid, event: EventType, seq: u64) {
-        self.load(seq, Some(id), Some(event));
+    pub fn appended(&mut self, event: &Envelope, seq: u64) {
+        self.load(seq, Some(event.id), Some(event));
     }
 
     /// The last sequence over the review's subjects (0: none).
@@ -143,21 +143,37 @@ impl ReviewCache {
 mod tests {
     use super::*;
     use EventType::*;
-    use upr_shared::domain::ErrorCode;
-
-    fn key() -> ReviewKey {
-        ReviewKey::parse("KZ.48").unwrap()
-    }
+    use upr_shared::domain::{ErrorCode, EventType};
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    /// Event `n` of review KZ.48, of type `ty`.
+    fn event(n: u128, ty: EventType) -> Envelope {
+        let data = match ty {
+            ReviewScheduled | ReviewRescheduled => {
+                serde_json::json!({"scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva"})
+            }
+            SideEventHeld => serde_json::json!({"title": "t", "held_on": "2025-01-22T00:00:00Z"}),
+            ReportPublished => serde_json::json!({"published_on": "2025-03-01T00:00:00Z"}),
+            ReviewCancelled | ReviewHeld => serde_json::json!({}),
+        };
+        let mut data = data;
+        if ty == ReviewRescheduled {
+            data.as_object_mut().unwrap().remove("location");
+        }
+        let json = serde_json::json!({"id": id(n), "type": ty, "schema": 1, "country": "KZ",
+            "session": 48, "occurred_at": "2024-11-06T10:00:00Z",
+            "recorded_at": "2024-11-06T10:00:00Z", "source": null, "data": data});
+        Envelope::from_json(json.to_string().as_bytes()).unwrap()
     }
 
     /// A review whose history is `(seq, id, type)`.
     fn given(history: &[(u64, u128, EventType)]) -> ReviewLog {
         let mut log = ReviewLog::default();
         for (seq, n, ty) in history {
-            log.load(*seq, Some(id(*n)), Some(*ty));
+            log.load(*seq, Some(id(*n)), Some(&event(*n, *ty)));
         }
         log
     }
@@ -169,18 +185,15 @@ mod tests {
             history.push((n + 2, u128::from(n) + 2, SideEventHeld));
         }
         let log = given(&history);
-        match log.decide(id(999), SideEventHeld, key()) {
+        match log.decide(&event(999, SideEventHeld)) {
             Decision::Refuse(e) => assert_eq!(e.code, ErrorCode::LimitExceeded, "{e}"),
             other => panic!("{other:?}"),
         }
         // A retry of a stored side event is still a duplicate.
-        assert_eq!(
-            log.decide(id(2), SideEventHeld, key()),
-            Decision::Duplicate(2)
-        );
+        assert_eq!(log.decide(&event(2, SideEventHeld)), Decision::Duplicate(2));
         // Lifecycle events have their own limit.
         assert!(matches!(
-            log.decide(id(1000), ReviewHeld, key()),
+            log.decide(&event(1000, ReviewHeld)),
             Decision::Append { .. }
         ));
     }
@@ -188,7 +201,7 @@ mod tests {
     #[test]
     fn a_new_review_appends_expecting_sequence_zero() {
         assert_eq!(
-            given(&[]).decide(id(1), ReviewScheduled, key()),
+            given(&[]).decide(&event(1, ReviewScheduled)),
             Decision::Append {
                 expected_last_seq: 0
             }
@@ -199,13 +212,13 @@ mod tests {
     fn appends_expect_the_last_sequence_of_the_whole_review() {
         let log = given(&[(3, 1, ReviewScheduled), (17, 2, SideEventHeld)]);
         assert_eq!(
-            log.decide(id(3), ReviewHeld, key()),
+            log.decide(&event(3, ReviewHeld)),
             Decision::Append {
                 expected_last_seq: 17
             }
         );
         assert_eq!(
-            log.decide(id(3), SideEventHeld, key()),
+            log.decide(&event(3, SideEventHeld)),
             Decision::Append {
                 expected_last_seq: 17
             }
@@ -216,20 +229,20 @@ mod tests {
     fn a_known_event_id_is_a_duplicate_even_when_the_lifecycle_would_refuse_it() {
         let log = given(&[(3, 1, ReviewScheduled), (9, 2, ReviewHeld)]);
         assert_eq!(
-            log.decide(id(1), ReviewScheduled, key()),
+            log.decide(&event(1, ReviewScheduled)),
             Decision::Duplicate(3)
         );
-        assert_eq!(log.decide(id(2), ReviewHeld, key()), Decision::Duplicate(9));
+        assert_eq!(log.decide(&event(2, ReviewHeld)), Decision::Duplicate(9));
     }
 
     #[test]
     fn lifecycle_conflicts_are_refused() {
         let log = given(&[(3, 1, ReviewScheduled)]);
-        let Decision::Refuse(e) = log.decide(id(5), ReviewScheduled, key()) else {
+        let Decision::Refuse(e) = log.decide(&event(5, ReviewScheduled)) else {
             panic!("expected a refusal")
         };
         assert_eq!(e.code, ErrorCode::Conflict);
-        let Decision::Refuse(e) = given(&[]).decide(id(5), ReportPublished, key()) else {
+        let Decision::Refuse(e) = given(&[]).decide(&event(5, ReportPublished)) else {
             panic!("expected a refusal")
         };
         assert_eq!(e.code, ErrorCode::Conflict);
@@ -241,7 +254,7 @@ mod tests {
         log.load(8, None, None);
         assert_eq!(log.status(), Some(ReviewStatus::Scheduled));
         assert_eq!(
-            log.decide(id(4), ReviewHeld, key()),
+            log.decide(&event(4, ReviewHeld)),
             Decision::Append {
                 expected_last_seq: 8
             }
@@ -251,17 +264,17 @@ mod tests {
     #[test]
     fn appended_events_update_status_sequence_and_ids() {
         let mut log = given(&[(3, 1, ReviewScheduled)]);
-        log.appended(id(2), ReviewCancelled, 12);
+        log.appended(&event(2, ReviewCancelled), 12);
         assert_eq!(
             (log.status(), log.last_seq()),
             (Some(ReviewStatus::Cancelled), 12)
         );
         assert_eq!(
-            log.decide(id(2), ReviewCancelled, key()),
+            log.decide(&event(2, ReviewCancelled)),
             Decision::Duplicate(12)
         );
         assert_eq!(
-            log.decide(id(3), ReviewScheduled, key()),
+            log.decide(&event(3, ReviewScheduled)),
             Decision::Append {
                 expected_last_seq: 12
             }

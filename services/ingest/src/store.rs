@@ -134,7 +134,11 @@ impl EventLog {
             };
             let subject = header(&headers, "Nats-Subject").unwrap_or_default();
             let id = header(&headers, "Nats-Msg-Id").and_then(|s| Uuid::try_parse(s).ok());
-            log.load(seq, id, valid_event(key, subject, &message.payload));
+            log.load(
+                seq,
+                id,
+                valid_event(key, subject, &message.payload).as_ref(),
+            );
             count += 1;
             last = seq;
         };
@@ -212,21 +216,17 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).map(|v| v.as_str())
 }
 
-/// The event type when `payload` is a valid envelope of this review stored on
+/// The envelope when `payload` is a valid event of this review stored on
 /// its own type's subject; `None` for anything written around ingest, which
 /// consumers skip and the lifecycle therefore ignores.
-fn valid_event(
-    key: ReviewKey,
-    subject: &str,
-    payload: &[u8],
-) -> Option<upr_shared::domain::EventType> {
+fn valid_event(key: ReviewKey, subject: &str, payload: &[u8]) -> Option<Envelope> {
     let (country, session, ty) = subjects::parse_event(subject)?;
     let envelope = Envelope::from_json(payload).ok()?;
     let same = country == key.country
         && session == key.session
         && envelope.review_key() == key
         && envelope.event_type() == ty;
-    same.then_some(ty)
+    same.then_some(envelope)
 }
 
 /// How long a JetStream publish may wait for its acknowledgement.

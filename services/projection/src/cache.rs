@@ -235,6 +235,17 @@ fn to_json<V: Serialize>(view: &V) -> Vec<u8> {
     serde_json::to_vec(view).unwrap_or_default()
 }
 
+/// What folding one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// At least one value changed.
+    Changed,
+    /// Every value had applied it already (redelivery).
+    Already,
+    /// Past its review's limits (written around ingest): skipped.
+    BeyondLimits,
+}
+
 /// The three tables and their shared memory budget.
 pub struct WorkingSet {
     /// `upr_reviews` values.
@@ -267,14 +278,26 @@ impl WorkingSet {
         self.clock
     }
 
-    /// Folds one event into the three values it belongs to; `true` when
-    /// any changed.
-    pub fn apply(&mut self, seq: u64, event: &Envelope) -> bool {
+    /// Folds one event into the three values it belongs to. The review
+    /// value decides: session and country values fold only what it holds,
+    /// so an event past the review's limits changes none of them.
+    pub fn apply(&mut self, seq: u64, event: &Envelope) -> Applied {
         let stamp = self.clock;
         let a = self.reviews.apply(seq, event, stamp);
+        let held = self
+            .reviews
+            .get(&event.review_key())
+            .is_some_and(|r| r.holds(seq));
+        if !held {
+            return Applied::BeyondLimits;
+        }
         let b = self.sessions.apply(seq, event, stamp);
         let c = self.countries.apply(seq, event, stamp);
-        a || b || c
+        if a || b || c {
+            Applied::Changed
+        } else {
+            Applied::Already
+        }
     }
 
     /// Total weight of cached values.
@@ -336,13 +359,42 @@ mod tests {
     }
 
     #[test]
+    fn an_event_past_its_review_limits_changes_no_value() {
+        let mut set = WorkingSet::new(1 << 20);
+        set.tick();
+        let limit = upr_shared::domain::MAX_SIDE_EVENTS as u128;
+        for n in 1..=limit {
+            assert_eq!(set.apply(n as u64, &event(n, "KZ.48")), Applied::Changed);
+        }
+        let (session, country) = (Session::new(48).unwrap(), Country::parse("KZ").unwrap());
+        let before = (
+            set.sessions.serialize(&session),
+            set.countries.serialize(&country),
+        );
+        let over = event(limit + 1, "KZ.48");
+        assert_eq!(set.apply(201, &over), Applied::BeyondLimits);
+        assert_eq!(set.apply(201, &over), Applied::BeyondLimits, "and again");
+        let after = (
+            set.sessions.serialize(&session),
+            set.countries.serialize(&country),
+        );
+        assert_eq!(before, after);
+        // Another review of the same session and country still folds.
+        assert_eq!(set.apply(202, &event(999, "KZ.49")), Applied::Changed);
+    }
+
+    #[test]
     fn a_value_changed_by_many_events_is_written_once_and_redelivery_is_skipped() {
         let mut set = WorkingSet::new(1 << 20);
         set.tick();
         let e1 = event(1, "KZ.48");
-        assert!(set.apply(1, &e1));
-        assert!(set.apply(2, &event(2, "KZ.48")));
-        assert!(!set.apply(1, &e1), "an applied sequence changes nothing");
+        assert_eq!(set.apply(1, &e1), Applied::Changed);
+        assert_eq!(set.apply(2, &event(2, "KZ.48")), Applied::Changed);
+        assert_eq!(
+            set.apply(1, &e1),
+            Applied::Already,
+            "an applied sequence changes nothing"
+        );
         let kz48 = ReviewKey::parse("KZ.48").unwrap();
         let dirty = set.reviews.take_dirty();
         assert_eq!(dirty, [kz48]);
@@ -350,7 +402,7 @@ mod tests {
         let json = set.reviews.serialize(&kz48).unwrap();
         set.reviews.mark_clean(kz48, json.len());
         assert!(!set.reviews.has_dirty());
-        assert_eq!(set.reviews.get(&kz48).unwrap().side_events, 2);
+        assert_eq!(set.reviews.get(&kz48).unwrap().side_events.len(), 2);
         assert!(!set.reviews.needs_load(&kz48));
     }
 
@@ -366,7 +418,13 @@ mod tests {
         let mut set = WorkingSet::new(4 * 1024);
         for n in 1..=200u64 {
             set.tick();
-            let key = format!("KZ.{n}");
+            // Spread over states, so no single value outgrows the budget.
+            let key = if n == 1 || n == 200 {
+                format!("KZ.{n}")
+            } else {
+                let state = upr_shared::domain::MEMBER_STATES[n as usize % 193].0;
+                format!("{state}.{n}")
+            };
             set.apply(n, &event(n.into(), &key));
             clean(&mut set.reviews);
             clean(&mut set.sessions);

@@ -28,7 +28,7 @@ use upr_shared::{
 };
 
 use crate::{
-    cache::{Table, View, WorkingSet},
+    cache::{Applied, Table, View, WorkingSet},
     state::Shared,
     store::Store,
 };
@@ -415,11 +415,16 @@ impl Projector {
             let started = std::time::Instant::now();
             self.load_missing(&events, stamp).await?;
             let loaded = started.elapsed();
-            let mut applied = 0u64;
+            let (mut applied, mut beyond) = (0u64, 0u64);
             for (seq, event) in &events {
                 let _e = tracing::trace_span!("event", seq, subject = %subjects::event(event.country, event.session, event.event_type())).entered();
-                if self.set.apply(*seq, event) {
-                    applied += 1;
+                match self.set.apply(*seq, event) {
+                    Applied::Changed => applied += 1,
+                    Applied::Already => {}
+                    Applied::BeyondLimits => {
+                        beyond += 1;
+                        warn!(seq, review = %event.review_key(), "skipping an event past its review's limits");
+                    }
                 }
             }
             let folded = started.elapsed();
@@ -431,6 +436,7 @@ impl Projector {
             }
             self.shared.events_applied.fetch_add(applied, Ordering::Relaxed);
             self.shared.malformed_skipped.fetch_add(malformed, Ordering::Relaxed);
+            self.shared.beyond_limits_skipped.fetch_add(beyond, Ordering::Relaxed);
             let caught_up = lag.is_none_or(|l| l == 0);
             if let Some(l) = lag {
                 self.shared.lag.store(l, Ordering::Relaxed);

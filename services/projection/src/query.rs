@@ -299,9 +299,10 @@ impl Queries {
                     .await
                     .map_err(|e| unavailable(&e))?;
                 let refused = self.shared.values_refused.load(Ordering::Relaxed);
+                let beyond = self.shared.beyond_limits_skipped.load(Ordering::Relaxed);
                 Ok(Bytes::from(
                     json!({"ok": true, "applied_seq": applied, "stream_last_seq": last,
-                           "values_refused": refused})
+                           "values_refused": refused, "beyond_limits_skipped": beyond})
                     .to_string(),
                 ))
             }

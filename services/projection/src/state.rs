@@ -26,6 +26,9 @@ pub struct Shared {
     pub events_applied: AtomicU64,
     /// Messages of the log that were not valid envelopes, skipped since start.
     pub malformed_skipped: AtomicU64,
+    /// Events past their review's limits (written around ingest), skipped
+    /// by every read model since start (each is logged with its sequence).
+    pub beyond_limits_skipped: AtomicU64,
     /// Messages in the stream after the last one processed (from the last
     /// message's metadata); 0 when caught up.
     pub lag: AtomicU64,
@@ -43,6 +46,7 @@ impl Default for Shared {
             upcoming: RwLock::default(),
             events_applied: AtomicU64::new(0),
             malformed_skipped: AtomicU64::new(0),
+            beyond_limits_skipped: AtomicU64::new(0),
             lag: AtomicU64::new(0),
             replays: AtomicU64::new(0),
             values_refused: AtomicU64::new(0),
@@ -73,6 +77,7 @@ impl Shared {
             "lag": self.lag.load(Ordering::Relaxed),
             "events_applied": self.events_applied.load(Ordering::Relaxed),
             "malformed_skipped": self.malformed_skipped.load(Ordering::Relaxed),
+            "beyond_limits_skipped": self.beyond_limits_skipped.load(Ordering::Relaxed),
             "replays": self.replays.load(Ordering::Relaxed),
             "values_refused": self.values_refused.load(Ordering::Relaxed),
             "scheduled_reviews": self.upcoming.read().map(|u| u.len()).unwrap_or(0),

@@ -53,6 +53,14 @@ impl Country {
         super::member_states::member_state_name(self.as_str()).is_some()
     }
 
+    /// The name read models and notifications carry as `country_name`: the
+    /// short name under which the UN lists the member state (e.g. "Bolivia
+    /// (Plurinational State of)", "Türkiye"); for a code stored before
+    /// member states were enforced, its ISO 3166-1 name.
+    pub fn un_name(&self) -> &'static str {
+        super::member_states::member_state_name(self.as_str()).unwrap_or_else(|| self.name())
+    }
+
     /// The English short name from ISO 3166-1, e.g. `"Kazakhstan"`.
     pub fn name(&self) -> &'static str {
         COUNTRIES

@@ -113,6 +113,16 @@ impl Session {
     pub fn get(&self) -> u16 {
         self.0
     }
+
+    /// The UPR cycle the session belongs to (contract v2): sessions 1-12
+    /// form the first cycle; from session 13 on each cycle has 14 sessions
+    /// (13-26 the second, 27-40 the third, 41-54 the fourth, ...).
+    pub fn cycle(&self) -> u16 {
+        match self.0 {
+            1..=12 => 1,
+            n => (n - 13) / 14 + 2,
+        }
+    }
 }
 
 impl fmt::Display for Session {
@@ -482,6 +492,26 @@ mod tests {
 
     fn minified(s: &str) -> String {
         serde_json::to_string(&serde_json::from_str::<Value>(s).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn cycles_follow_the_contract_table() {
+        let cycle = |n| Session::new(n).unwrap().cycle();
+        let table = [
+            (1, 1),
+            (12, 1),
+            (13, 2),
+            (26, 2),
+            (27, 3),
+            (40, 3),
+            (41, 4),
+            (48, 4),
+        ];
+        for (session, expected) in table {
+            assert_eq!(cycle(session), expected, "session {session}");
+        }
+        assert_eq!((cycle(54), cycle(55), cycle(68), cycle(69)), (4, 5, 5, 6));
+        assert_eq!(cycle(999), (999 - 13) / 14 + 2);
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         }),
         EventType::ReportPublished => EventData::ReportPublished(ReportPublished {
             published_on: obj.req("published_on", date_or_time)?,
-            document_symbol: obj.opt("document_symbol", text_of(50))?,
+            document_symbol: obj.opt("document_symbol", document_symbol)?,
             recommendations: obj.opt("recommendations", recommendations)?,
         }),
     };
@@ -309,6 +309,26 @@ fn text_of(max: usize) -> impl Fn(&Value, &str) -> Result<String, RejectError> {
         } else {
             Ok(s.to_owned())
         }
+    }
+}
+
+/// A UN document symbol such as `A/HRC/59/10` or `A/HRC/WG.6/48/KAZ/1`: at
+/// most 50 characters of letters, digits, spaces and `/ . - ( ) *`. The
+/// character set keeps each symbol at most 50 bytes in JSON, which the size
+/// bound of the country value counts on.
+fn document_symbol(v: &Value, f: &str) -> Result<String, RejectError> {
+    let s = text_of(50)(v, f)?;
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " /.-()*".contains(*c)))
+    {
+        None => Ok(s),
+        Some(c) => Err(RejectError::invalid(
+            f,
+            format_args!(
+                "must be a UN document symbol like \"A/HRC/59/10\" (letters, digits, spaces and / . - ( ) *), found {c:?}"
+            ),
+        )),
     }
 }
 
@@ -810,6 +830,28 @@ mod tests {
             with(report(), "document_symbol", " ".into()),
         )
         .then_invalid("document_symbol");
+        for odd in [
+            "A/HRC/59/10\"",
+            "A\\HRC",
+            "A/HRC/59/10\u{1}",
+            "A/HRC/59/10é",
+        ] {
+            let e = intake_json(
+                "report_published",
+                with(report(), "document_symbol", odd.into()),
+            )
+            .then_invalid("document_symbol");
+            assert!(e.message.contains("UN document symbol"), "{}", e.message);
+        }
+        intake_json(
+            "report_published",
+            with(
+                report(),
+                "document_symbol",
+                "A/HRC/WG.6/48/KAZ/1 (Add.1)*".into(),
+            ),
+        )
+        .then_ok();
     }
 
     #[test]

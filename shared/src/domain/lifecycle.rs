@@ -39,55 +39,6 @@ impl ReviewStatus {
     }
 }
 
-/// Most side events one review may hold (contract v2): the review's read
-/// model lists them all, so this bounds its size.
-pub const MAX_SIDE_EVENTS: usize = 200;
-
-/// Most lifecycle events (scheduled, rescheduled, cancelled, held, report)
-/// one review may hold (contract v2): its history lists them all.
-pub const MAX_LIFECYCLE_EVENTS: usize = 100;
-
-/// How many events of each kind a review already holds, for the limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EventCounts {
-    /// `side_event_held` events.
-    pub side_events: usize,
-    /// Every other event.
-    pub lifecycle: usize,
-}
-
-impl EventCounts {
-    /// Counts one more stored event.
-    pub fn add(&mut self, event: EventType) {
-        if event == EventType::SideEventHeld {
-            self.side_events += 1;
-        } else {
-            self.lifecycle += 1;
-        }
-    }
-
-    /// Whether the review may take one more `event`.
-    ///
-    /// # Errors
-    /// `limit_exceeded`, naming the limit, when the review already holds
-    /// [`MAX_SIDE_EVENTS`] side events or [`MAX_LIFECYCLE_EVENTS`] lifecycle
-    /// events.
-    pub fn check(&self, event: EventType, review: ReviewKey) -> Result<(), RejectError> {
-        let (held, max, what) = if event == EventType::SideEventHeld {
-            (self.side_events, MAX_SIDE_EVENTS, "side events")
-        } else {
-            (self.lifecycle, MAX_LIFECYCLE_EVENTS, "lifecycle events")
-        };
-        if held < max {
-            return Ok(());
-        }
-        Err(RejectError::limit_exceeded(format!(
-            "review {} {} already holds {held} {what}; the limit is {max} {what} per review",
-            review.country, review.session
-        )))
-    }
-}
-
 /// Whether `event` may happen to a review whose status is `current`
 /// (`None`: no lifecycle event yet).
 ///
@@ -178,33 +129,6 @@ impl ReviewState {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_review_takes_at_most_200_side_events_and_100_lifecycle_events() {
-        let mut counts = EventCounts::default();
-        for _ in 0..MAX_SIDE_EVENTS {
-            assert!(counts.check(SideEventHeld, key()).is_ok());
-            counts.add(SideEventHeld);
-        }
-        let e = counts.check(SideEventHeld, key()).unwrap_err();
-        assert_eq!(e.code, ErrorCode::LimitExceeded);
-        assert!(
-            e.message.contains("limit is 200 side events"),
-            "{}",
-            e.message
-        );
-        // Side events do not use up the lifecycle limit.
-        assert!(counts.check(ReviewRescheduled, key()).is_ok());
-        for _ in 0..MAX_LIFECYCLE_EVENTS {
-            counts.add(ReviewRescheduled);
-        }
-        let e = counts.check(ReviewCancelled, key()).unwrap_err();
-        assert_eq!(e.code, ErrorCode::LimitExceeded);
-        assert!(
-            e.message.contains("limit is 100 lifecycle events"),
-            "{}",
-            e.message
-        );
-    }
     use crate::domain::error::ErrorCode;
     use EventType::*;
 

@@ -8,6 +8,8 @@
 //! - [`error`]: error codes and the `{code, message, field}` rejection.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
 //! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
+//! - [`limits`]: how much one review may hold, for intake and the fold alike.
+//! - [`member_states`]: the 193 UN member states the UPR reviews, with UN names.
 //! - [`read_models`]: the review, session and country views as idempotent folds.
 //! - [`reminders`]: lead times, reminder planning and notice payloads.
 
@@ -17,6 +19,7 @@ pub mod event;
 pub mod intake;
 pub mod json;
 pub mod lifecycle;
+pub mod limits;
 pub mod member_states;
 pub mod read_models;
 pub mod reminders;
@@ -30,8 +33,9 @@ pub use event::{
     SCHEMA, Session, SessionError, SideEventHeld, Speaker,
 };
 pub use intake::{Command, MAX_PAYLOAD, parse_intake};
-pub use lifecycle::{
-    EventCounts, MAX_LIFECYCLE_EVENTS, MAX_SIDE_EVENTS, ReviewState, ReviewStatus, decide, evolve,
+pub use lifecycle::{ReviewState, ReviewStatus, decide, evolve};
+pub use limits::{
+    MAX_LIFECYCLE_EVENTS, MAX_SIDE_EVENT_BYTES, MAX_SIDE_EVENTS, MAX_VALUE_BYTES, ReviewSize,
 };
 pub use member_states::{MEMBER_STATES, member_state_name};
 pub use read_models::{

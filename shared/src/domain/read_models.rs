@@ -1,11 +1,19 @@
-//! The read models of `upr_reviews`, `upr_sessions` and `upr_countries`, as
-//! pure folds over `(stream sequence, envelope)`.
+//! The read models of `upr_reviews`, `upr_sessions` and `upr_countries`
+//! (contract v2 shapes), as pure folds over `(stream sequence, envelope)`.
 //!
 //! Every view stores `last_seq`, the last stream sequence it applied, and
 //! ignores any sequence at or below it: that single rule makes redelivery
 //! harmless, and because the fold is deterministic, rebuilding from sequence
 //! 1 gives byte-identical values. Views never check lifecycle rules; they
-//! fold whatever the log holds.
+//! fold whatever the log holds, with one exception that keeps them bounded:
+//! an event past its review's limits ([`super::limits`]) is skipped by the
+//! review view, and session and country views fold only what the review
+//! view holds ([`ReviewView::holds`]).
+//!
+//! Sizes: full side events live only in the review value; session and
+//! country values list reviews with counts. Each value stays under
+//! [`MAX_VALUE_BYTES`](super::limits::MAX_VALUE_BYTES); the size tests
+//! below build the largest value intake lets through.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +21,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::country::Country;
-use super::event::{Envelope, EventData, EventType, Recommendations, ReviewKey, Session, Speaker};
+use super::event::{
+    Envelope, EventData, EventType, Recommendations, ReviewKey, Session, SideEventHeld, Speaker,
+};
 use super::lifecycle::{ReviewStatus, evolve};
+use super::limits::{ReviewSize, json_len};
 use super::time::Timestamp;
 
 /// One line of a review's history: every event stored on its subjects,
@@ -24,6 +35,8 @@ pub struct HistoryEntry {
     /// The event type.
     #[serde(rename = "type")]
     pub event_type: EventType,
+    /// The stored event's id.
+    pub event_id: Uuid,
     /// Its stream sequence, so clients can ask for `min_seq`.
     pub seq: u64,
     /// When it happened.
@@ -41,13 +54,53 @@ pub struct ReportView {
     pub recommendations: Option<Recommendations>,
 }
 
+/// A side event as listed in full in its review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideEventView {
+    /// The stored event's id (unique, and a stable tie-breaker in sorting).
+    pub event_id: Uuid,
+    /// The event's title.
+    pub title: String,
+    /// When it was held.
+    pub held_on: Timestamp,
+    /// Who spoke.
+    pub speakers: Vec<Speaker>,
+    /// How many states took part, if reported.
+    pub participating_states: Option<u32>,
+    /// Subjects covered.
+    pub topics: Vec<String>,
+}
+
+impl SideEventView {
+    /// The entry for the side event stored with `event_id`.
+    pub fn of(event_id: Uuid, d: &SideEventHeld) -> Self {
+        Self {
+            event_id,
+            title: d.title.clone(),
+            held_on: d.held_on,
+            speakers: d.speakers.clone(),
+            participating_states: d.participating_states,
+            topics: d.topics.clone(),
+        }
+    }
+
+    /// Bytes it takes in the review value (what the side-event byte limit counts).
+    pub fn encoded_len(&self) -> usize {
+        json_len(self)
+    }
+}
+
 /// `upr_reviews` value, key `KZ.48`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReviewView {
     /// The state under review.
     pub country: Country,
+    /// Its UN short name.
+    pub country_name: String,
     /// The Working Group session.
     pub session: Session,
+    /// The UPR cycle of the session.
+    pub cycle: u16,
     /// `null` while only side events exist for this country and session.
     pub status: Option<ReviewStatus>,
     /// The latest scheduled date (kept after cancellation and holding).
@@ -56,8 +109,9 @@ pub struct ReviewView {
     pub location: Option<String>,
     /// Every event of the review, in stream order.
     pub history: Vec<HistoryEntry>,
-    /// How many side events this country held at this session.
-    pub side_events: u32,
+    /// The side events this country held at this session, in full, by
+    /// `held_on` then `event_id`.
+    pub side_events: Vec<SideEventView>,
     /// The outcome report, once published.
     pub report: Option<ReportView>,
     /// The last stream sequence applied.
@@ -69,12 +123,14 @@ impl ReviewView {
     pub fn new(key: ReviewKey) -> Self {
         Self {
             country: key.country,
+            country_name: key.country.un_name().to_owned(),
             session: key.session,
+            cycle: key.session.cycle(),
             status: None,
             scheduled_for: None,
             location: None,
             history: Vec::new(),
-            side_events: 0,
+            side_events: Vec::new(),
             report: None,
             last_seq: 0,
         }
@@ -93,16 +149,43 @@ impl ReviewView {
         self.key().to_string()
     }
 
+    /// Whether the event stored at `seq` is part of this review's value:
+    /// session and country views fold an event only then, so an event the
+    /// review skipped (past its limits) is skipped everywhere.
+    pub fn holds(&self, seq: u64) -> bool {
+        self.history.binary_search_by_key(&seq, |h| h.seq).is_ok()
+    }
+
+    /// How much of the per-review limits this value uses; the bytes of its
+    /// side events are only summed when `event` is a side event (the only
+    /// case that needs them).
+    fn size_for(&self, event: &Envelope) -> ReviewSize {
+        let side_events = self.side_events.len();
+        let side_event_bytes = match event.data {
+            EventData::SideEventHeld(_) => self.side_events.iter().map(|s| s.encoded_len()).sum(),
+            _ => 0,
+        };
+        ReviewSize {
+            side_events,
+            side_event_bytes,
+            lifecycle: self.history.len() - side_events,
+        }
+    }
+
     /// Folds one event; `false` (and no change) for an already applied
-    /// `seq` or an event of another review.
+    /// `seq`, an event of another review, or one past the review's limits.
     pub fn apply(&mut self, seq: u64, event: &Envelope) -> bool {
-        if seq <= self.last_seq || event.review_key() != self.key() {
+        if seq <= self.last_seq
+            || event.review_key() != self.key()
+            || self.size_for(event).check(event).is_err()
+        {
             return false;
         }
         let ty = event.event_type();
         self.status = evolve(self.status, ty);
         self.history.push(HistoryEntry {
             event_type: ty,
+            event_id: event.id,
             seq,
             occurred_at: event.occurred_at,
         });
@@ -112,7 +195,13 @@ impl ReviewView {
                 self.location = Some(d.location.clone());
             }
             EventData::ReviewRescheduled(d) => self.scheduled_for = Some(d.scheduled_for),
-            EventData::SideEventHeld(_) => self.side_events = self.side_events.saturating_add(1),
+            EventData::SideEventHeld(d) => {
+                let item = SideEventView::of(event.id, d);
+                let at = self
+                    .side_events
+                    .partition_point(|e| (e.held_on, e.event_id) <= (item.held_on, item.event_id));
+                self.side_events.insert(at, item);
+            }
             EventData::ReportPublished(d) => {
                 self.report = Some(ReportView {
                     published_on: d.published_on,
@@ -137,27 +226,14 @@ impl ReviewView {
 pub struct SessionReview {
     /// The state under review.
     pub country: Country,
-    /// Its status.
-    pub status: ReviewStatus,
+    /// Its UN short name.
+    pub country_name: String,
+    /// Its status (`null` while only side events are known).
+    pub status: Option<ReviewStatus>,
     /// Its latest scheduled date.
     pub scheduled_for: Option<Timestamp>,
-}
-
-/// A side event as listed in its session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SideEventView {
-    /// The stored event's id (unique, and a stable tie-breaker in sorting).
-    pub event_id: Uuid,
-    /// The delegation's state.
-    pub country: Country,
-    /// The event's title.
-    pub title: String,
-    /// When it was held.
-    pub held_on: Timestamp,
-    /// Who spoke.
-    pub speakers: Vec<Speaker>,
-    /// How many states took part, if reported.
-    pub participating_states: Option<u32>,
+    /// How many side events the state held at this session.
+    pub side_events: u32,
 }
 
 /// `upr_sessions` value, key `48`.
@@ -165,11 +241,13 @@ pub struct SideEventView {
 pub struct SessionView {
     /// The Working Group session.
     pub session: Session,
-    /// Reviews with a status, by `scheduled_for` (unknown dates last), then
-    /// country.
+    /// Its UPR cycle.
+    pub cycle: u16,
+    /// Every state with an event at this session, by `scheduled_for`
+    /// (unknown dates last), then country.
     pub reviews: Vec<SessionReview>,
-    /// Side events by `held_on`, then `event_id`.
-    pub side_events: Vec<SideEventView>,
+    /// How many side events were held at this session, all states together.
+    pub side_events: u32,
     /// The last stream sequence applied.
     pub last_seq: u64,
 }
@@ -179,8 +257,9 @@ impl SessionView {
     pub fn new(session: Session) -> Self {
         Self {
             session,
+            cycle: session.cycle(),
             reviews: Vec::new(),
-            side_events: Vec::new(),
+            side_events: 0,
             last_seq: 0,
         }
     }
@@ -196,38 +275,22 @@ impl SessionView {
         if seq <= self.last_seq || event.session != self.session {
             return false;
         }
-        if let EventData::SideEventHeld(d) = &event.data {
-            let item = SideEventView {
-                event_id: event.id,
-                country: event.country,
-                title: d.title.clone(),
-                held_on: d.held_on,
-                speakers: d.speakers.clone(),
-                participating_states: d.participating_states,
-            };
-            let at = self
-                .side_events
-                .partition_point(|e| (e.held_on, e.event_id) <= (item.held_on, item.event_id));
-            self.side_events.insert(at, item);
-        } else {
-            let at = self.reviews.iter().position(|r| r.country == event.country);
-            let prev = at.map(|i| self.reviews.remove(i));
-            let status = evolve(prev.as_ref().map(|r| r.status), event.event_type());
-            let scheduled_for = new_date(event).or(prev.and_then(|r| r.scheduled_for));
-            if let Some(status) = status {
-                // The list is kept sorted and a country appears once, so a
-                // binary search finds the place a full sort would give.
-                let order =
-                    |r: &SessionReview| (r.scheduled_for.is_none(), r.scheduled_for, r.country);
-                let item = SessionReview {
-                    country: event.country,
-                    status,
-                    scheduled_for,
-                };
-                let at = self.reviews.partition_point(|r| order(r) < order(&item));
-                self.reviews.insert(at, item);
-            }
-        }
+        let side = u32::from(event.event_type() == EventType::SideEventHeld);
+        let at = self.reviews.iter().position(|r| r.country == event.country);
+        let prev = at.map(|i| self.reviews.remove(i));
+        let item = SessionReview {
+            country: event.country,
+            country_name: event.country.un_name().to_owned(),
+            status: evolve(prev.as_ref().and_then(|r| r.status), event.event_type()),
+            scheduled_for: new_date(event).or(prev.as_ref().and_then(|r| r.scheduled_for)),
+            side_events: prev.map_or(0, |r| r.side_events).saturating_add(side),
+        };
+        // The list is kept sorted and a country appears once, so a binary
+        // search finds the place a full sort would give.
+        let order = |r: &SessionReview| (r.scheduled_for.is_none(), r.scheduled_for, r.country);
+        let at = self.reviews.partition_point(|r| order(r) < order(&item));
+        self.reviews.insert(at, item);
+        self.side_events = self.side_events.saturating_add(side);
         self.last_seq = seq;
         true
     }
@@ -243,13 +306,17 @@ impl SessionView {
 pub struct CountryReview {
     /// The Working Group session.
     pub session: Session,
-    /// Its status.
-    pub status: ReviewStatus,
+    /// Its UPR cycle.
+    pub cycle: u16,
+    /// Its status (`null` while only side events are known).
+    pub status: Option<ReviewStatus>,
     /// Its latest scheduled date.
     pub scheduled_for: Option<Timestamp>,
 }
 
-/// A published report as listed for its country.
+/// A published report as listed for its country. The recommendation counts
+/// are in the review value: with them, a state reviewed at every one of the
+/// 999 sessions would pass the value size bound.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountryReport {
     /// The session of the review it reports on.
@@ -258,8 +325,6 @@ pub struct CountryReport {
     pub published_on: Timestamp,
     /// The UN document symbol, if known.
     pub document_symbol: Option<String>,
-    /// The recommendation counts, if known.
-    pub recommendations: Option<Recommendations>,
 }
 
 /// `upr_countries` value, key `KZ`.
@@ -267,7 +332,9 @@ pub struct CountryReport {
 pub struct CountryView {
     /// The state.
     pub country: Country,
-    /// Its reviews with a status, by session.
+    /// Its UN short name.
+    pub country_name: String,
+    /// Every session with an event of the state, by session.
     pub reviews: Vec<CountryReview>,
     /// How many side events it held, all sessions together.
     pub side_events: u32,
@@ -283,6 +350,7 @@ impl CountryView {
     pub fn new(country: Country) -> Self {
         Self {
             country,
+            country_name: country.un_name().to_owned(),
             reviews: Vec::new(),
             side_events: 0,
             reports: Vec::new(),
@@ -302,37 +370,32 @@ impl CountryView {
             return false;
         }
         let session = event.session;
+        let at = self.reviews.binary_search_by_key(&session, |r| r.session);
+        let prev = at.ok().map(|i| &self.reviews[i]);
+        let review = CountryReview {
+            session,
+            cycle: session.cycle(),
+            status: evolve(prev.and_then(|r| r.status), event.event_type()),
+            scheduled_for: new_date(event).or(prev.and_then(|r| r.scheduled_for)),
+        };
+        match at {
+            Ok(i) => self.reviews[i] = review,
+            Err(i) => self.reviews.insert(i, review),
+        }
         match &event.data {
             EventData::SideEventHeld(_) => self.side_events = self.side_events.saturating_add(1),
-            data => {
-                let at = self.reviews.binary_search_by_key(&session, |r| r.session);
-                let prev = at.ok().map(|i| &self.reviews[i]);
-                let status = evolve(prev.map(|r| r.status), event.event_type());
-                let scheduled_for = new_date(event).or(prev.and_then(|r| r.scheduled_for));
-                if let Some(status) = status {
-                    let review = CountryReview {
-                        session,
-                        status,
-                        scheduled_for,
-                    };
-                    match at {
-                        Ok(i) => self.reviews[i] = review,
-                        Err(i) => self.reviews.insert(i, review),
-                    }
-                }
-                if let EventData::ReportPublished(d) = data {
-                    let report = CountryReport {
-                        session,
-                        published_on: d.published_on,
-                        document_symbol: d.document_symbol.clone(),
-                        recommendations: d.recommendations,
-                    };
-                    match self.reports.binary_search_by_key(&session, |r| r.session) {
-                        Ok(i) => self.reports[i] = report,
-                        Err(i) => self.reports.insert(i, report),
-                    }
+            EventData::ReportPublished(d) => {
+                let report = CountryReport {
+                    session,
+                    published_on: d.published_on,
+                    document_symbol: d.document_symbol.clone(),
+                };
+                match self.reports.binary_search_by_key(&session, |r| r.session) {
+                    Ok(i) => self.reports[i] = report,
+                    Err(i) => self.reports.insert(i, report),
                 }
             }
+            _ => {}
         }
         self.last_seq = seq;
         true
@@ -354,8 +417,7 @@ fn new_date(event: &Envelope) -> Option<Timestamp> {
 }
 
 fn to_json<T: Serialize>(view: &T) -> Vec<u8> {
-    // Views hold only strings, integers and string-keyed structs: cannot fail.
-    serde_json::to_vec(view).unwrap_or_default()
+    serde_json::to_vec(view).expect("views hold only strings, integers and structs")
 }
 
 /// The views one event touches: write these three KV keys after applying.
@@ -399,11 +461,19 @@ impl ReadModels {
     /// Applies one event to the three views it belongs to.
     pub fn apply(&mut self, seq: u64, event: &Envelope) -> Touched {
         let review = event.review_key();
-        let a = self
+        let view = self
             .reviews
             .entry(review)
-            .or_insert_with(|| ReviewView::new(review))
-            .apply(seq, event);
+            .or_insert_with(|| ReviewView::new(review));
+        let a = view.apply(seq, event);
+        if !view.holds(seq) {
+            return Touched {
+                review,
+                session: event.session,
+                country: event.country,
+                changed: false,
+            };
+        }
         let b = self
             .sessions
             .entry(event.session)
@@ -474,6 +544,7 @@ pub struct Upcoming {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::domain::limits::MAX_LIFECYCLE_EVENTS;
     use serde_json::json;
 
     /// Builds envelopes with predictable ids (`…0001`, `…0002`, …).
@@ -554,22 +625,31 @@ pub(crate) mod tests {
         Uuid::from_u128(n).to_string()
     }
 
+    fn history(rows: &[(&str, u64)]) -> Vec<serde_json::Value> {
+        rows.iter()
+            .map(|(t, n)| {
+                json!({"type": t, "event_id": id((*n).into()), "seq": n,
+                                 "occurred_at": format!("2024-11-{:02}T10:00:00Z", n % 28 + 1)})
+            })
+            .collect()
+    }
+
+    fn side_view(n: u128, held: &str) -> serde_json::Value {
+        json!({"event_id": id(n), "title": format!("Side {n}"), "held_on": held,
+               "speakers": [{"name": "A", "role": null}], "participating_states": 3, "topics": ["t"]})
+    }
+
     #[test]
     fn the_review_view_has_every_field_in_contract_order() {
         let m = folded();
         let kz = &m.reviews[&ReviewKey::parse("KZ.48").unwrap()];
         assert_eq!(kz.kv_key(), "KZ.48");
-        let history = |rows: &[(&str, u64, u64)]| {
-            rows.iter()
-                .map(|(t, seq, n)| json!({"type": t, "seq": seq, "occurred_at": format!("2024-11-{:02}T10:00:00Z", n % 28 + 1)}))
-                .collect::<Vec<_>>()
-        };
         let expected = json!({
-            "country": "KZ", "session": 48, "status": "reported",
+            "country": "KZ", "country_name": "Kazakhstan", "session": 48, "cycle": 4, "status": "reported",
             "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva",
-            "history": history(&[("review_scheduled", 1, 1), ("side_event_held", 3, 3), ("review_rescheduled", 4, 4),
-                                 ("review_held", 7, 7), ("report_published", 8, 8)]),
-            "side_events": 1,
+            "history": history(&[("review_scheduled", 1), ("side_event_held", 3), ("review_rescheduled", 4),
+                                 ("review_held", 7), ("report_published", 8)]),
+            "side_events": [side_view(3, "2025-01-22T00:00:00Z")],
             "report": {"published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10",
                        "recommendations": {"total": 300, "supported": 250, "noted": 50}},
             "last_seq": 8,
@@ -581,9 +661,10 @@ pub(crate) mod tests {
     fn a_review_with_only_side_events_has_a_null_status() {
         let m = folded();
         let fr = &m.reviews[&ReviewKey::parse("FR.48").unwrap()];
-        let expected = json!({"country": "FR", "session": 48, "status": null, "scheduled_for": null, "location": null,
-            "history": [{"type": "side_event_held", "seq": 5, "occurred_at": "2024-11-06T10:00:00Z"}],
-            "side_events": 1, "report": null, "last_seq": 5});
+        let expected = json!({"country": "FR", "country_name": "France", "session": 48, "cycle": 4,
+            "status": null, "scheduled_for": null, "location": null,
+            "history": history(&[("side_event_held", 5)]),
+            "side_events": [side_view(5, "2025-01-20T00:00:00Z")], "report": null, "last_seq": 5});
         assert_eq!(text(fr.to_json()), expected.to_string());
         let ch = &m.reviews[&ReviewKey::parse("CH.48").unwrap()];
         assert_eq!(
@@ -593,26 +674,40 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_session_view_sorts_reviews_by_date_then_country_and_side_events_by_date_then_id() {
+    fn a_review_lists_its_side_events_by_date_then_id() {
+        let log = [
+            side(9, "KZ.48", "2025-01-22T00:00:00Z"),
+            side(7, "KZ.48", "2025-01-23T00:00:00Z"),
+            side(8, "KZ.48", "2025-01-22T00:00:00Z"),
+        ];
+        let m = ReadModels::fold(log.iter().enumerate().map(|(i, e)| (i as u64 + 1, e)));
+        let kz = &m.reviews[&ReviewKey::parse("KZ.48").unwrap()];
+        let ids: Vec<u128> = kz
+            .side_events
+            .iter()
+            .map(|s| s.event_id.as_u128())
+            .collect();
+        assert_eq!(ids, [8, 9, 7]);
+    }
+
+    #[test]
+    fn the_session_view_lists_every_state_by_date_then_country_with_side_event_counts() {
         let m = folded();
         let s = &m.sessions[&Session::new(48).unwrap()];
         assert_eq!(s.kv_key(), "48");
-        let side = |n: u128, c: &str, held: &str| {
-            json!({"event_id": id(n), "country": c, "title": format!("Side {n}"), "held_on": held,
-                   "speakers": [{"name": "A", "role": null}], "participating_states": 3})
-        };
         let expected = json!({
-            "session": 48,
+            "session": 48, "cycle": 4,
             "reviews": [
-                {"country": "BR", "status": "scheduled", "scheduled_for": "2025-01-21T08:30:00Z"},
-                {"country": "CH", "status": "cancelled", "scheduled_for": "2025-01-21T08:30:00Z"},
-                {"country": "KZ", "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
+                {"country": "BR", "country_name": "Brazil", "status": "scheduled",
+                 "scheduled_for": "2025-01-21T08:30:00Z", "side_events": 0},
+                {"country": "CH", "country_name": "Switzerland", "status": "cancelled",
+                 "scheduled_for": "2025-01-21T08:30:00Z", "side_events": 1},
+                {"country": "KZ", "country_name": "Kazakhstan", "status": "reported",
+                 "scheduled_for": "2025-01-24T08:30:00Z", "side_events": 1},
+                {"country": "FR", "country_name": "France", "status": null,
+                 "scheduled_for": null, "side_events": 1},
             ],
-            "side_events": [
-                side(5, "FR", "2025-01-20T00:00:00Z"),
-                side(3, "KZ", "2025-01-22T00:00:00Z"),
-                side(6, "CH", "2025-01-22T00:00:00Z"),
-            ],
+            "side_events": 3,
             "last_seq": 11,
         });
         assert_eq!(text(s.to_json()), expected.to_string());
@@ -624,22 +719,43 @@ pub(crate) mod tests {
         let kz = &m.countries[&Country::parse("KZ").unwrap()];
         assert_eq!(kz.kv_key(), "KZ");
         let expected = json!({
-            "country": "KZ",
+            "country": "KZ", "country_name": "Kazakhstan",
             "reviews": [
-                {"session": 47, "status": "scheduled", "scheduled_for": "2024-11-01T08:30:00Z"},
-                {"session": 48, "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
+                {"session": 47, "cycle": 4, "status": "scheduled", "scheduled_for": "2024-11-01T08:30:00Z"},
+                {"session": 48, "cycle": 4, "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
             ],
             "side_events": 1,
-            "reports": [{"session": 48, "published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10",
-                         "recommendations": {"total": 300, "supported": 250, "noted": 50}}],
+            "reports": [{"session": 48, "published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10"}],
             "last_seq": 9,
         });
         assert_eq!(text(kz.to_json()), expected.to_string());
         let fr = &m.countries[&Country::parse("FR").unwrap()];
         assert_eq!(
             text(fr.to_json()),
-            r#"{"country":"FR","reviews":[],"side_events":1,"reports":[],"last_seq":5}"#
+            r#"{"country":"FR","country_name":"France","reviews":[{"session":48,"cycle":4,"status":null,"scheduled_for":null}],"side_events":1,"reports":[],"last_seq":5}"#
         );
+    }
+
+    #[test]
+    fn an_event_past_its_review_limits_is_skipped_by_every_view() {
+        // Written around ingest: 101 lifecycle events on one review.
+        let mut log: Vec<Envelope> = (1..=MAX_LIFECYCLE_EVENTS as u64 + 1)
+            .map(|n| scheduled(n, "KZ.48", "2025-01-23T08:30:00Z"))
+            .collect();
+        log.push(scheduled(500, "CH.48", "2025-01-21T08:30:00Z"));
+        let m = ReadModels::fold(log.iter().enumerate().map(|(i, e)| (i as u64 + 1, e)));
+        let kz = &m.reviews[&ReviewKey::parse("KZ.48").unwrap()];
+        assert_eq!(kz.history.len(), MAX_LIFECYCLE_EVENTS);
+        assert_eq!(kz.last_seq, MAX_LIFECYCLE_EVENTS as u64);
+        assert!(!kz.holds(101) && kz.holds(100));
+        // The session and country skipped seq 101 too, and took seq 102.
+        let s = &m.sessions[&Session::new(48).unwrap()];
+        let c = &m.countries[&Country::parse("KZ").unwrap()];
+        assert_eq!((s.last_seq, c.last_seq), (102, 100));
+        // Redelivering the skipped event changes nothing anywhere.
+        let mut again = m.clone();
+        assert!(!again.apply(101, &log[100]).changed);
+        assert_eq!(again, m);
     }
 
     #[test]
@@ -718,6 +834,174 @@ pub(crate) mod tests {
         assert!(m.upcoming(now, None, Country::parse("KZ").ok()).is_empty());
         let earlier = Timestamp::parse_rfc3339("2024-10-01T00:00:00Z").unwrap();
         assert_eq!(keys(m.upcoming(earlier, None, None)), ["KZ.47", "BR.48"]);
+    }
+
+    /// The largest values intake lets through stay under the bound.
+    mod sizes {
+        use super::*;
+        use crate::domain::intake::parse_intake;
+        use crate::domain::limits::{MAX_SIDE_EVENT_BYTES, MAX_VALUE_BYTES};
+        use crate::domain::member_states::MEMBER_STATES;
+
+        /// The longest time intake accepts, as text.
+        const LATEST: &str = "9999-12-31T23:59:59.999999999Z";
+        /// A character JSON writes as six bytes (`\u0001`).
+        const WIDE: &str = "\u{1}";
+
+        /// Accepted by intake, or the test is wrong.
+        fn accepted(n: u64, ty: &str, mut payload: serde_json::Value) -> Envelope {
+            payload["occurred_at"] = LATEST.into();
+            payload["source"] = WIDE.repeat(200).into();
+            let bytes = serde_json::to_vec(&payload).unwrap();
+            parse_intake(ty, &bytes)
+                .unwrap_or_else(|e| panic!("{ty} refused: {e:?}"))
+                .into_envelope(
+                    Uuid::from_u128(u128::MAX - u128::from(n)),
+                    Timestamp::parse_rfc3339(LATEST).unwrap(),
+                )
+        }
+
+        fn largest_side_event(country: &str, session: u16, speakers: usize) -> serde_json::Value {
+            let speakers: Vec<_> = (0..speakers)
+                .map(|_| json!({"name": WIDE.repeat(50), "role": WIDE.repeat(50)}))
+                .collect();
+            json!({"country": country, "session": session, "title": WIDE.repeat(300),
+                   "held_on": LATEST, "speakers": speakers, "participating_states": 10_000,
+                   "topics": [WIDE.repeat(100)]})
+        }
+
+        fn fold_all(events: &[Envelope]) -> ReadModels {
+            // Sequences near the top of u64 make the longest `seq` fields.
+            ReadModels::fold(
+                events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (u64::MAX / 2 + i as u64, e)),
+            )
+        }
+
+        #[test]
+        fn a_review_value_with_every_limit_reached_stays_under_256_kib() {
+            let mut log = vec![accepted(
+                0,
+                "review_scheduled",
+                json!({"country": "KZ", "session": 999,
+                "scheduled_for": LATEST, "location": WIDE.repeat(200)}),
+            )];
+            for n in 1..=97 {
+                log.push(accepted(
+                    n,
+                    "review_rescheduled",
+                    json!({"country": "KZ", "session": 999,
+                    "scheduled_for": LATEST, "reason": WIDE.repeat(1000)}),
+                ));
+            }
+            log.push(accepted(
+                98,
+                "review_held",
+                json!({"country": "KZ", "session": 999,
+                "held_on": LATEST, "recommendations_received": 10_000}),
+            ));
+            log.push(accepted(
+                99,
+                "report_published",
+                json!({"country": "KZ", "session": 999,
+                "published_on": LATEST, "document_symbol": "A".repeat(50),
+                "recommendations": {"total": 10_000, "supported": 5_000, "noted": 5_000}}),
+            ));
+            // Side events as large as intake takes, then small ones, far past both limits.
+            for n in 100..110 {
+                log.push(accepted(
+                    n,
+                    "side_event_held",
+                    largest_side_event("KZ", 999, 95),
+                ));
+            }
+            for n in 110..400 {
+                log.push(accepted(
+                    n,
+                    "side_event_held",
+                    largest_side_event("KZ", 999, 0),
+                ));
+            }
+            let m = fold_all(&log);
+            let kz = &m.reviews[&ReviewKey::parse("KZ.999").unwrap()];
+            let side_bytes: usize = kz.side_events.iter().map(SideEventView::encoded_len).sum();
+            let smallest = kz
+                .side_events
+                .iter()
+                .map(SideEventView::encoded_len)
+                .min()
+                .unwrap();
+            assert!(
+                side_bytes <= MAX_SIDE_EVENT_BYTES && side_bytes + smallest > MAX_SIDE_EVENT_BYTES,
+                "side events filled to {side_bytes} bytes"
+            );
+            let len = kz.to_json().len();
+            assert!(len < MAX_VALUE_BYTES, "review value of {len} bytes");
+        }
+
+        #[test]
+        fn a_country_reviewed_at_every_session_stays_under_256_kib() {
+            let mut log = Vec::new();
+            for session in 1..=999u16 {
+                let n = u64::from(session) * 4;
+                let base = json!({"country": "KZ", "session": session});
+                let with = |extra: serde_json::Value| {
+                    let mut v = base.clone();
+                    v.as_object_mut()
+                        .unwrap()
+                        .extend(extra.as_object().unwrap().clone());
+                    v
+                };
+                log.push(accepted(
+                    n,
+                    "review_scheduled",
+                    with(json!({"scheduled_for": LATEST})),
+                ));
+                log.push(accepted(n + 1, "review_held", with(json!({}))));
+                log.push(accepted(
+                    n + 2,
+                    "report_published",
+                    with(json!({"published_on": LATEST,
+                    "document_symbol": "A".repeat(50),
+                    "recommendations": {"total": 10_000, "supported": 5_000, "noted": 5_000}})),
+                ));
+                log.push(accepted(
+                    n + 3,
+                    "side_event_held",
+                    largest_side_event("KZ", session, 0),
+                ));
+            }
+            let m = fold_all(&log);
+            let kz = &m.countries[&Country::parse("KZ").unwrap()];
+            assert_eq!((kz.reviews.len(), kz.reports.len()), (999, 999));
+            let len = kz.to_json().len();
+            assert!(len < MAX_VALUE_BYTES, "country value of {len} bytes");
+        }
+
+        #[test]
+        fn a_session_reviewing_every_member_state_stays_under_256_kib() {
+            let mut log = Vec::new();
+            for (i, (code, _)) in MEMBER_STATES.iter().enumerate() {
+                let n = i as u64 * 2;
+                log.push(accepted(
+                    n,
+                    "review_scheduled",
+                    json!({"country": code, "session": 999, "scheduled_for": LATEST}),
+                ));
+                log.push(accepted(
+                    n + 1,
+                    "side_event_held",
+                    largest_side_event(code, 999, 95),
+                ));
+            }
+            let m = fold_all(&log);
+            let s = &m.sessions[&Session::new(999).unwrap()];
+            assert_eq!((s.reviews.len(), s.side_events), (193, 193));
+            let len = s.to_json().len();
+            assert!(len < MAX_VALUE_BYTES, "session value of {len} bytes");
+        }
     }
 
     mod properties {

@@ -427,7 +427,7 @@ async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing()
             reply["seq"].as_u64().unwrap()
         }
     };
-    // Session 48's value lists every side event in full: 60 of ~400 bytes.
+    // Review KZ.48's value lists every side event in full: 60 of ~400 bytes.
     for i in 0..60 {
         record(
             "upr.ingest.side_event_held",
@@ -529,6 +529,90 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(log.info().await.unwrap().state.messages, 201);
+}
+
+#[tokio::test]
+async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays_under_256_kib() {
+    let nats = NatsServer::start();
+    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
+    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+    ingest.wait_healthy().await;
+    projection.wait_healthy().await;
+    let client = nats.client().await;
+    // About 48 KB each: 100 speakers with 200-character names and roles,
+    // 50 topics of 100 characters.
+    let large = |i: usize| {
+        let speakers: Vec<_> = (0..100)
+            .map(|k| serde_json::json!({"name": format!("{i} {k} {}", "n".repeat(190)), "role": "r".repeat(200)}))
+            .collect();
+        let topics = vec!["t".repeat(100); 50];
+        serde_json::json!({"country": "KZ", "session": 48, "title": format!("Side event {i}"),
+                           "held_on": "2025-01-22", "speakers": speakers, "topics": topics})
+        .to_string()
+    };
+    let mut accepted = 0;
+    let refusal = loop {
+        let reply = client
+            .request("upr.ingest.side_event_held", large(accepted).into())
+            .await
+            .unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        if reply["ok"] == false {
+            break reply;
+        }
+        accepted += 1;
+        assert!(accepted < 10, "the byte limit never refused");
+    };
+    assert_eq!(accepted, 2, "two of ~48 KB fit in 128 KiB");
+    assert_eq!(refusal["error"]["code"], "limit_exceeded", "{refusal}");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the limit is 131072 bytes of side events per review"),
+        "{message}"
+    );
+    // A small one still fits; the review lists every accepted one in full.
+    let small = r#"{"country":"KZ","session":48,"title":"Briefing","held_on":"2025-01-23"}"#;
+    let reply = client
+        .request("upr.ingest.side_event_held", small.into())
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    let min_seq = serde_json::json!({"min_seq": reply["seq"]}).to_string();
+    for (query, max) in [
+        (
+            "upr.query.review.KZ.48",
+            upr_shared::domain::MAX_VALUE_BYTES,
+        ),
+        ("upr.query.session.48", 1024),
+        ("upr.query.country.KZ", 1024),
+    ] {
+        let answer = client.request(query, min_seq.clone().into()).await.unwrap();
+        assert!(
+            answer.payload.len() < max,
+            "{query}: {} bytes",
+            answer.payload.len()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        if query.contains("review") {
+            let titles: Vec<_> = v["review"]["side_events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["title"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(titles, ["Side event 0", "Side event 1", "Briefing"]);
+        } else {
+            // Session and country values carry counts, not the side events.
+            let body = &v[if query.contains("session") {
+                "session"
+            } else {
+                "country"
+            }];
+            assert_eq!(body["side_events"], 3, "{v}");
+        }
+    }
 }
 
 #[tokio::test]

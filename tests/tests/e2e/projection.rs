@@ -333,7 +333,7 @@ fn scenario() -> Vec<Envelope> {
 
 fn history(rows: &[(&str, u32)]) -> Value {
     rows.iter()
-        .map(|(t, n)| json!({"type": t, "seq": n, "occurred_at": at(*n)}))
+        .map(|(t, n)| json!({"type": t, "event_id": Uuid::from_u128((*n).into()), "seq": n, "occurred_at": at(*n)}))
         .collect()
 }
 
@@ -350,54 +350,57 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
     }
     assert_eq!(given.caught_up().await, 11);
 
+    let kz_side = json!({"event_id": Uuid::from_u128(5), "title": "Kazakhstan pre-session", "held_on": "2025-01-20T00:00:00Z",
+        "speakers": [{"name": "B. Nurlanov", "role": null}], "participating_states": null, "topics": []});
+    let fr_side = json!({"event_id": Uuid::from_u128(3), "title": "Civil society briefing", "held_on": "2025-01-22T00:00:00Z",
+        "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12, "topics": ["press freedom"]});
     let kz48 = json!({
-        "country": "KZ", "session": 48, "status": "reported",
+        "country": "KZ", "country_name": "Kazakhstan", "session": 48, "cycle": 4, "status": "reported",
         "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva",
         "history": history(&[("review_scheduled", 1), ("review_rescheduled", 4), ("side_event_held", 5), ("review_held", 8), ("report_published", 9)]),
-        "side_events": 1, "report": report(), "last_seq": 9,
+        "side_events": [kz_side], "report": report(), "last_seq": 9,
     });
     let ch48 = json!({
-        "country": "CH", "session": 48, "status": "scheduled",
+        "country": "CH", "country_name": "Switzerland", "session": 48, "cycle": 4, "status": "scheduled",
         "scheduled_for": "2025-01-27T09:00:00Z", "location": "Geneva",
         "history": history(&[("review_scheduled", 2), ("review_cancelled", 6), ("review_scheduled", 7)]),
-        "side_events": 0, "report": null, "last_seq": 7,
+        "side_events": [], "report": null, "last_seq": 7,
     });
     let fr48 = json!({
-        "country": "FR", "session": 48, "status": null, "scheduled_for": null, "location": null,
-        "history": history(&[("side_event_held", 3)]), "side_events": 1, "report": null, "last_seq": 3,
+        "country": "FR", "country_name": "France", "session": 48, "cycle": 4, "status": null,
+        "scheduled_for": null, "location": null,
+        "history": history(&[("side_event_held", 3)]), "side_events": [fr_side], "report": null, "last_seq": 3,
     });
-    // Reviews by date then country (AR and CH tie), side events by date.
+    // Every state of the session by date then country (AR and CH tie; FR,
+    // with side events only, has no date), each with its side-event count.
     let s48 = json!({
-        "session": 48,
+        "session": 48, "cycle": 4,
         "reviews": [
-            {"country": "KZ", "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
-            {"country": "AR", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z"},
-            {"country": "CH", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z"},
+            {"country": "KZ", "country_name": "Kazakhstan", "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z", "side_events": 1},
+            {"country": "AR", "country_name": "Argentina", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z", "side_events": 0},
+            {"country": "CH", "country_name": "Switzerland", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z", "side_events": 0},
+            {"country": "FR", "country_name": "France", "status": null, "scheduled_for": null, "side_events": 1},
         ],
-        "side_events": [
-            {"event_id": Uuid::from_u128(5), "country": "KZ", "title": "Kazakhstan pre-session", "held_on": "2025-01-20T00:00:00Z",
-             "speakers": [{"name": "B. Nurlanov", "role": null}], "participating_states": null},
-            {"event_id": Uuid::from_u128(3), "country": "FR", "title": "Civil society briefing", "held_on": "2025-01-22T00:00:00Z",
-             "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12},
-        ],
+        "side_events": 2,
         "last_seq": 11,
     });
     // Reviews and reports by session.
     let kz = json!({
-        "country": "KZ",
+        "country": "KZ", "country_name": "Kazakhstan",
         "reviews": [
-            {"session": 47, "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z"},
-            {"session": 48, "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
+            {"session": 47, "cycle": 4, "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z"},
+            {"session": 48, "cycle": 4, "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
         ],
         "side_events": 1,
-        "reports": [{"session": 48, "published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10",
-                     "recommendations": {"total": 300, "supported": 250, "noted": 50}}],
+        "reports": [{"session": 48, "published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10"}],
         "last_seq": 10,
     });
-    let fr =
-        json!({"country": "FR", "reviews": [], "side_events": 1, "reports": [], "last_seq": 3});
-    let s47 = json!({"session": 47, "reviews": [{"country": "KZ", "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z"}],
-                     "side_events": [], "last_seq": 10});
+    let fr = json!({"country": "FR", "country_name": "France",
+        "reviews": [{"session": 48, "cycle": 4, "status": null, "scheduled_for": null}],
+        "side_events": 1, "reports": [], "last_seq": 3});
+    let s47 = json!({"session": 47, "cycle": 4,
+        "reviews": [{"country": "KZ", "country_name": "Kazakhstan", "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z", "side_events": 0}],
+        "side_events": 0, "last_seq": 10});
 
     for (bucket, key, expected, query, name) in [
         (
@@ -537,7 +540,7 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
     let status = given.query_ok("upr.query.status", "").await;
     assert_eq!(
         status,
-        json!({"ok": true, "applied_seq": 7, "stream_last_seq": 7, "values_refused": 0})
+        json!({"ok": true, "applied_seq": 7, "stream_last_seq": 7, "values_refused": 0, "beyond_limits_skipped": 0})
     );
 
     given
@@ -685,15 +688,51 @@ async fn a_client_reads_its_own_write_with_min_seq() {
             )
             .await;
         assert_eq!(v["review"]["last_seq"], seq);
-        assert_eq!(v["review"]["side_events"], n as u64);
+        assert_eq!(
+            v["review"]["side_events"].as_array().unwrap().len(),
+            n as usize
+        );
         let s = given
             .query_ok("upr.query.session.48", &format!(r#"{{"min_seq":{seq}}}"#))
             .await;
-        assert_eq!(
-            s["session"]["side_events"].as_array().unwrap().len(),
-            n as usize
-        );
+        assert_eq!(s["session"]["side_events"], n as u64);
     }
+}
+
+#[tokio::test]
+async fn events_past_a_reviews_limits_written_around_ingest_are_counted_and_skipped() {
+    let given = Given::projection().await;
+    // 101 lifecycle events on one review, straight into the log.
+    let limit = upr_shared::domain::MAX_LIFECYCLE_EVENTS as u128;
+    for n in 1..=limit + 1 {
+        let e = event(
+            n,
+            "review_rescheduled",
+            json!({"country": "KZ", "session": 48, "scheduled_for": format!("2025-01-{:02}T08:30:00Z", n % 28 + 1)}),
+        );
+        given.publish(&e).await;
+    }
+    let last = given
+        .publish(&event(
+            500,
+            "review_scheduled",
+            json!({"country": "CH", "session": 48, "scheduled_for": "2025-01-21T08:30:00Z"}),
+        ))
+        .await;
+    assert_eq!(given.caught_up().await, last);
+    let stats = given.stats().await;
+    assert_eq!(stats["beyond_limits_skipped"], 1, "{stats}");
+    let status = given.query_ok("upr.query.status", "").await;
+    assert_eq!(status["beyond_limits_skipped"], 1, "{status}");
+    let kz = given.query_ok("upr.query.review.KZ.48", "").await;
+    assert_eq!(kz["review"]["history"].as_array().unwrap().len(), 100);
+    assert_eq!(kz["review"]["last_seq"], 100);
+    // Every view agrees with the pure fold, which skips the same event.
+    assert_same(
+        &given.snapshot().await,
+        &given.pure_fold().await,
+        "live vs pure fold",
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,191 @@
+//! The per-review limits of contract v2, in one place: intake refuses an
+//! event past them (`limit_exceeded`, naming the limit) and the read-model
+//! fold skips one, so a review's value stays bounded whatever reached the log.
+//!
+//! Why these numbers: a review value lists every event of the review in its
+//! history and every side event in full, and it must stay under
+//! [`MAX_VALUE_BYTES`]. A count alone cannot promise that, because one side
+//! event may take up to 64 KiB (the intake limit): 200 of them would be
+//! 12.8 MiB. So side events are bounded by count *and* by the bytes they
+//! take in the value; the worst case of every other field is small and
+//! fixed (see the size tests in `read_models`).
+
+use std::io;
+
+use serde::Serialize;
+
+use super::error::RejectError;
+use super::event::{Envelope, EventData, ReviewKey};
+use super::read_models::SideEventView;
+
+/// Most side events one review may hold.
+pub const MAX_SIDE_EVENTS: usize = 200;
+
+/// Most bytes a review's side events may take in its `upr_reviews` value.
+pub const MAX_SIDE_EVENT_BYTES: usize = 128 * 1024;
+
+/// Most lifecycle events (every type but `side_event_held`) one review may
+/// hold: its history lists them all.
+pub const MAX_LIFECYCLE_EVENTS: usize = 100;
+
+/// What every read-model value stays under, whatever was sent.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+
+/// How much of the limits a review has used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReviewSize {
+    /// `side_event_held` events.
+    pub side_events: usize,
+    /// Bytes those side events take in the review value.
+    pub side_event_bytes: usize,
+    /// Every other event.
+    pub lifecycle: usize,
+}
+
+impl ReviewSize {
+    /// Counts one more stored event of the review.
+    pub fn add(&mut self, event: &Envelope) {
+        match &event.data {
+            EventData::SideEventHeld(d) => {
+                self.side_events += 1;
+                self.side_event_bytes += SideEventView::of(event.id, d).encoded_len();
+            }
+            _ => self.lifecycle += 1,
+        }
+    }
+
+    /// Whether the review may take `event` as well.
+    ///
+    /// # Errors
+    /// `limit_exceeded`, naming the limit that `event` would pass.
+    pub fn check(&self, event: &Envelope) -> Result<(), RejectError> {
+        let review = event.review_key();
+        let EventData::SideEventHeld(d) = &event.data else {
+            return within(
+                self.lifecycle,
+                MAX_LIFECYCLE_EVENTS,
+                "lifecycle events",
+                review,
+            );
+        };
+        within(self.side_events, MAX_SIDE_EVENTS, "side events", review)?;
+        let bytes = SideEventView::of(event.id, d).encoded_len();
+        if self.side_event_bytes + bytes <= MAX_SIDE_EVENT_BYTES {
+            return Ok(());
+        }
+        Err(RejectError::limit_exceeded(format!(
+            "review {} {}: its side events take {} bytes and this one would add {bytes}; \
+             the limit is {MAX_SIDE_EVENT_BYTES} bytes of side events per review \
+             (shorten the speakers or topics)",
+            review.country, review.session, self.side_event_bytes
+        )))
+    }
+}
+
+fn within(held: usize, max: usize, what: &str, review: ReviewKey) -> Result<(), RejectError> {
+    if held < max {
+        return Ok(());
+    }
+    Err(RejectError::limit_exceeded(format!(
+        "review {} {} already holds {held} {what}; the limit is {max} {what} per review",
+        review.country, review.session
+    )))
+}
+
+/// The length of `value` as compact JSON, without building the text.
+pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Read-model parts hold only strings, integers and structs.
+    serde_json::to_writer(&mut count, value).expect("a read-model part serializes");
+    count.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventType;
+    use crate::domain::error::ErrorCode;
+    use crate::domain::read_models::tests::envelope;
+    use serde_json::json;
+
+    fn side(n: u64, speakers: usize) -> Envelope {
+        let speakers: Vec<_> = (0..speakers)
+            .map(|i| json!({"name": format!("{i:0>200}"), "role": "x".repeat(200)}))
+            .collect();
+        let data = json!({"title": "t", "held_on": "2025-01-22T00:00:00Z", "speakers": speakers});
+        envelope(n, "KZ.48", data, EventType::SideEventHeld)
+    }
+
+    fn cancelled(n: u64) -> Envelope {
+        envelope(
+            n,
+            "KZ.48",
+            json!({"reason": null}),
+            EventType::ReviewCancelled,
+        )
+    }
+
+    #[track_caller]
+    fn then_limit(r: Result<(), RejectError>, names: &str) {
+        let e = r.expect_err("expected limit_exceeded");
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::LimitExceeded, None)
+        );
+        assert!(e.message.contains(names), "{}", e.message);
+    }
+
+    #[test]
+    fn a_review_takes_at_most_200_small_side_events_and_100_lifecycle_events() {
+        let mut size = ReviewSize::default();
+        for n in 0..MAX_SIDE_EVENTS as u64 {
+            size.check(&side(n, 0)).unwrap();
+            size.add(&side(n, 0));
+        }
+        then_limit(size.check(&side(999, 0)), "the limit is 200 side events");
+        // Side events do not use up the lifecycle limit, nor the other way round.
+        size.check(&cancelled(1000)).unwrap();
+        for n in 0..MAX_LIFECYCLE_EVENTS as u64 {
+            size.add(&cancelled(n));
+        }
+        then_limit(
+            size.check(&cancelled(1000)),
+            "the limit is 100 lifecycle events",
+        );
+    }
+
+    #[test]
+    fn large_side_events_are_bounded_by_their_bytes_before_their_count() {
+        let mut size = ReviewSize::default();
+        let mut taken = 0;
+        // 100 speakers of 400 characters: about 42 KB each.
+        while size.check(&side(taken, 100)).is_ok() {
+            size.add(&side(taken, 100));
+            taken += 1;
+        }
+        assert_eq!(taken, 3, "three fit in {MAX_SIDE_EVENT_BYTES} bytes");
+        assert!(size.side_event_bytes <= MAX_SIDE_EVENT_BYTES);
+        then_limit(
+            size.check(&side(99, 100)),
+            "the limit is 131072 bytes of side events per review",
+        );
+        // A small one still fits in what is left.
+        size.check(&side(100, 0)).unwrap();
+    }
+
+    #[test]
+    fn json_len_is_the_length_of_the_compact_text() {
+        let v = json!({"a": "é\u{1}\"", "b": [1, 2]});
+        assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len());
+    }
+}
