@@ -84,6 +84,11 @@ pub mod subjects {
     pub fn cancelled(country: Country) -> String {
         format!("upr.notify.cancelled.{country}")
     }
+
+    /// `upr.notify.corrected.<COUNTRY>`.
+    pub fn corrected(country: Country) -> String {
+        format!("upr.notify.corrected.{country}")
+    }
 }
 
 /// Names of the services as NATS micro services (`nats micro ls`), also the

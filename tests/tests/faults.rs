@@ -376,6 +376,13 @@ impl ReviewModel {
                     p["recommendations"] = json!({"total": supported + noted + rng.below(10), "supported": supported, "noted": noted});
                 }
             }
+            EventType::OutcomeAdopted => {
+                p["adopted_on"] = day(rng).into();
+                p["hrc_session"] = rng.between(40, 62).into();
+            }
+            // Corrections have their own end-to-end tests; this workload
+            // keeps to commands whose outcome the status alone decides.
+            EventType::EventRetracted => unreachable!("the fault workload does not retract"),
         }
         let allowed = upr_shared::domain::decide(self.status, ty, self.key).is_ok();
         Next {
@@ -409,13 +416,19 @@ impl ReviewModel {
                 _ => *rng.pick(&[ReviewScheduled, ReportPublished]),
             },
             Some(ReviewStatus::Held) => match roll {
-                0..55 => ReportPublished,
-                55..94 => SideEventHeld,
+                0..50 => ReportPublished,
+                50..58 => OutcomeAdopted,
+                58..94 => SideEventHeld,
                 _ => *rng.pick(&[ReviewCancelled, ReviewHeld, ReviewScheduled]),
             },
             Some(ReviewStatus::Reported) => match roll {
-                0..88 => SideEventHeld,
+                0..20 => OutcomeAdopted,
+                20..88 => SideEventHeld,
                 _ => *rng.pick(&[ReportPublished, ReviewHeld, ReviewRescheduled]),
+            },
+            Some(ReviewStatus::Adopted) => match roll {
+                0..90 => SideEventHeld,
+                _ => *rng.pick(&[OutcomeAdopted, ReportPublished, ReviewScheduled]),
             },
         };
         let date = matches!(ty, ReviewScheduled | ReviewRescheduled).then(|| self.far_date(rng));
@@ -854,7 +867,7 @@ fn expected_reminders(events: &[(u64, Envelope)], t: &Timeline<'_>) -> BTreeMap<
                 EventData::ReviewRescheduled(d) => d.scheduled_for,
                 _ => continue,
             };
-            let location = state.location.clone().unwrap_or_else(|| "Geneva".into());
+            let location = state.location().unwrap_or("Geneva").to_owned();
             let next = history[i + 1..].iter().find(|(_, n)| lifecycle(n));
             for r in plan(
                 key.country,

@@ -8,21 +8,35 @@
 use std::collections::HashMap;
 
 use upr_shared::domain::{
-    Envelope, RejectError, ReviewKey, ReviewSize, ReviewStatus, decide, evolve,
+    Envelope, EventData, EventType, RejectError, ReviewKey, ReviewSize, ReviewState, ReviewStatus,
+    side_event_bytes,
 };
 use uuid::Uuid;
 
-/// One review's status, last sequence over its subjects and every event id
-/// it holds.
+/// One review's lifecycle, last sequence over its subjects and every event
+/// id it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReviewLog {
-    status: Option<ReviewStatus>,
+    /// The lifecycle events in force (the domain's one fold of them).
+    state: ReviewState,
     /// How much of the per-review limits its valid events use.
     size: ReviewSize,
     last_seq: u64,
-    /// Event id -> stream sequence. Keeps duplicates detectable for the
-    /// review's whole life, unlike the server's de-duplication window.
-    events: HashMap<Uuid, u64>,
+    /// Event id -> what is known of it. Keeps duplicates detectable for the
+    /// review's whole life, unlike the server's de-duplication window, and
+    /// tells what a retraction may name.
+    events: HashMap<Uuid, Known>,
+}
+
+/// One stored message of the review, by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    seq: u64,
+    /// `None` for a message that is not a valid event of this review.
+    event: Option<EventType>,
+    retracted: bool,
+    /// Bytes it takes in the review value (side events).
+    side_bytes: usize,
 }
 
 /// What to do with a command.
@@ -43,30 +57,56 @@ impl ReviewLog {
     /// Folds one stored message of the review while loading its history.
     /// `event` is `None` for a message that is not a valid event of this
     /// review (written around ingest): it moves the sequence and may carry an
-    /// id, but does not change the status, as consumers skip it too.
+    /// id, but does not change the lifecycle, as consumers skip it too.
     pub fn load(&mut self, seq: u64, id: Option<Uuid>, event: Option<&Envelope>) {
         self.last_seq = self.last_seq.max(seq);
         if let Some(id) = id {
-            self.events.entry(id).or_insert(seq);
+            let side_bytes = match event.map(|e| &e.data) {
+                Some(EventData::SideEventHeld(d)) => side_event_bytes(id, d),
+                _ => 0,
+            };
+            self.events.entry(id).or_insert(Known {
+                seq,
+                event: event.map(Envelope::event_type),
+                retracted: false,
+                side_bytes,
+            });
         }
-        if let Some(event) = event {
-            self.status = evolve(self.status, event.event_type());
-            self.size.add(event);
+        let Some(event) = event else { return };
+        self.size.add(event);
+        let taken_back = self.state.apply(event);
+        // A retraction takes back a side event, or the lifecycle event the
+        // state just dropped; one naming anything else changes nothing (as
+        // in every fold of the log).
+        if let EventData::EventRetracted(r) = &event.data
+            && let Some(target) = self.events.get_mut(&r.retracts)
+            && !target.retracted
+            && (target.event == Some(EventType::SideEventHeld) || taken_back.is_some())
+        {
+            target.retracted = true;
+            self.size.side_event_retracted(target.side_bytes);
         }
     }
 
     /// Duplicate first (a retry gets its original answer even when the
     /// lifecycle has moved on, or the review is full), then the per-review
-    /// limits, then the lifecycle rule.
+    /// limits, then the lifecycle rule (for a retraction: what it names).
     pub fn decide(&self, event: &Envelope) -> Decision {
-        if let Some(seq) = self.events.get(&event.id) {
-            return Decision::Duplicate(*seq);
+        if let Some(known) = self.events.get(&event.id) {
+            return Decision::Duplicate(known.seq);
         }
-        match self
-            .size
-            .check(event)
-            .and_then(|()| decide(self.status, event.event_type(), event.review_key()))
-        {
+        let key = event.review_key();
+        let rule = match &event.data {
+            EventData::EventRetracted(r) => {
+                let target = self
+                    .events
+                    .get(&r.retracts)
+                    .and_then(|k| Some((k.event?, k.retracted)));
+                self.state.decide_retraction(r.retracts, target, key)
+            }
+            _ => self.state.decide(event.event_type(), key),
+        };
+        match self.size.check(event).and(rule) {
             Ok(()) => Decision::Append {
                 expected_last_seq: self.last_seq,
             },
@@ -86,7 +126,7 @@ impl ReviewLog {
 
     /// The review's status, `None` before its first lifecycle event.
     pub fn status(&self) -> Option<ReviewStatus> {
-        self.status
+        self.state.status()
     }
 }
 
@@ -143,7 +183,7 @@ impl ReviewCache {
 mod tests {
     use super::*;
     use EventType::*;
-    use upr_shared::domain::{ErrorCode, EventType};
+    use upr_shared::domain::ErrorCode;
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
@@ -157,6 +197,11 @@ mod tests {
             }
             SideEventHeld => serde_json::json!({"title": "t", "held_on": "2025-01-22T00:00:00Z"}),
             ReportPublished => serde_json::json!({"published_on": "2025-03-01T00:00:00Z"}),
+            OutcomeAdopted => {
+                serde_json::json!({"adopted_on": "2025-06-20T00:00:00Z", "hrc_session": 59})
+            }
+            // By default a retraction names event 1; see `retract`.
+            EventRetracted => serde_json::json!({"retracts": id(1), "reason": "mistake"}),
             ReviewCancelled | ReviewHeld => serde_json::json!({}),
         };
         let mut data = data;
@@ -167,6 +212,15 @@ mod tests {
             "session": 48, "occurred_at": "2024-11-06T10:00:00Z",
             "recorded_at": "2024-11-06T10:00:00Z", "source": null, "data": data});
         Envelope::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    fn retract(n: u128, target: u128) -> Envelope {
+        let mut e = event(n, EventRetracted);
+        e.data = EventData::EventRetracted(upr_shared::domain::EventRetracted {
+            retracts: id(target),
+            reason: "mistake".into(),
+        });
+        e
     }
 
     /// A review whose history is `(seq, id, type)`.
@@ -279,6 +333,76 @@ mod tests {
                 expected_last_seq: 12
             }
         );
+    }
+
+    #[test]
+    fn a_retraction_is_decided_on_what_the_review_holds() {
+        let mut log = given(&[
+            (1, 1, ReviewScheduled),
+            (2, 2, SideEventHeld),
+            (3, 3, ReviewHeld),
+        ]);
+        let refused = |log: &ReviewLog, e: &Envelope, says: &str| match log.decide(e) {
+            Decision::Refuse(r) => {
+                assert_eq!(r.code, ErrorCode::Conflict);
+                assert!(r.message.contains(says), "{}", r.message);
+            }
+            other => panic!("{other:?}"),
+        };
+        // Only the latest lifecycle event in force, or a side event.
+        refused(&log, &retract(10, 1), "is not the latest lifecycle event");
+        refused(&log, &retract(10, 77), "holds no event");
+        assert!(matches!(
+            log.decide(&retract(10, 2)),
+            Decision::Append { .. }
+        ));
+        assert!(matches!(
+            log.decide(&retract(10, 3)),
+            Decision::Append { .. }
+        ));
+        // After the hold is taken back the review is scheduled again, and
+        // the scheduling is the latest lifecycle event.
+        log.appended(&retract(10, 3), 10);
+        assert_eq!(log.status(), Some(ReviewStatus::Scheduled));
+        refused(&log, &retract(11, 3), "already retracted");
+        refused(&log, &retract(11, 10), "cannot be retracted");
+        assert!(matches!(
+            log.decide(&event(11, ReviewHeld)),
+            Decision::Append { .. }
+        ));
+        assert!(matches!(
+            log.decide(&retract(11, 1)),
+            Decision::Append { .. }
+        ));
+    }
+
+    #[test]
+    fn a_retracted_side_event_gives_its_bytes_back() {
+        let big = |n: u128| {
+            let mut e = event(n, SideEventHeld);
+            let speakers: Vec<upr_shared::domain::Speaker> = (0..100)
+                .map(|_| upr_shared::domain::Speaker {
+                    name: "n".repeat(200),
+                    role: Some("r".repeat(200)),
+                })
+                .collect();
+            if let EventData::SideEventHeld(d) = &mut e.data {
+                d.speakers = speakers;
+            }
+            e
+        };
+        let mut log = ReviewLog::default();
+        let mut n = 1;
+        while matches!(log.decide(&big(n)), Decision::Append { .. }) {
+            log.appended(&big(n), n as u64);
+            n += 1;
+        }
+        let Decision::Refuse(e) = log.decide(&big(n)) else {
+            panic!("expected the byte limit")
+        };
+        assert_eq!(e.code, ErrorCode::LimitExceeded);
+        log.appended(&retract(100, 1), 100);
+        assert!(matches!(log.decide(&big(n)), Decision::Append { .. }));
     }
 
     #[test]

@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
     contract::{self, notifier as names},
-    domain::{ChangeNotice, DEFAULT_LOCATION, Envelope, EventType, plan},
+    domain::{
+        ChangeNotice, DEFAULT_LOCATION, Envelope, EventType, ReviewState, ReviewStatus, plan,
+    },
 };
 
 use crate::{
@@ -113,7 +115,10 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
         )));
     }
     let ty = event.event_type();
-    if matches!(ty, EventType::SideEventHeld | EventType::ReportPublished) {
+    if matches!(
+        ty,
+        EventType::SideEventHeld | EventType::ReportPublished | EventType::OutcomeAdopted
+    ) {
         return Ok(()); // no bearing on reminders
     }
     let (country, session) = (event.country, event.session);
@@ -125,9 +130,13 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
         debug!("already applied");
         return Ok(());
     }
-    let previous_date = stored.scheduled_for;
-    let mut review = stored.lifecycle();
-    review.apply(&event);
+    let before = stored.state;
+    let mut review = before.clone();
+    let taken_back = review.apply(&event);
+    if ty == EventType::EventRetracted && taken_back.is_none() {
+        // A side event, or nothing valid: reminders stay as they are.
+        return write_state(shared, &event, review, seq, revision).await;
+    }
 
     // Whatever the event, the review's old timers go (a fresh review has none).
     if revision != 0 {
@@ -138,17 +147,25 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
             .await
             .map_err(retry)?;
     }
-    if let (EventType::ReviewScheduled | EventType::ReviewRescheduled, Some(date)) =
-        (ty, review.scheduled_for)
+    // A scheduling, a reschedule, or a retraction that brought a date back:
+    // the reminders of the date in force, planned from when it was
+    // recorded, as if the retracted event had never been.
+    let replan = matches!(
+        ty,
+        EventType::ReviewScheduled | EventType::ReviewRescheduled | EventType::EventRetracted
+    );
+    if let (true, Some(ReviewStatus::Scheduled), Some(date)) =
+        (replan, review.status(), review.scheduled_for())
     {
-        let location = review.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+        let location = review.location().unwrap_or(DEFAULT_LOCATION);
+        let scheduled_at = review.scheduled_at().unwrap_or(event.recorded_at);
         let reminders = plan(
             country,
             session,
             date,
             location,
             &shared.leads,
-            event.recorded_at,
+            scheduled_at,
         );
         let skipped = shared.leads.len() - reminders.len();
         let mut acks = Vec::with_capacity(reminders.len());
@@ -177,12 +194,31 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
         Stats::add(&shared.stats.skipped, skipped as u64);
         info!(planned = reminders.len(), skipped, scheduled_for = %date, "reminders planned");
     }
-    if let Some(notice) = ChangeNotice::for_event(&event, previous_date, now()) {
+    let notice = match &taken_back {
+        Some(entry) => ChangeNotice::corrected(&event, entry, &before, &review, now()),
+        None => ChangeNotice::for_event(&event, before.scheduled_for(), now()),
+    };
+    if let Some(notice) = notice {
         publish_notice(shared, &notice).await?;
     }
+    write_state(shared, &event, review, seq, revision).await
+}
 
-    let value = StoredReview::from_lifecycle(review, seq).to_bytes();
-    let key = state::review_key(country, session);
+/// Stores the review's state as applied up to `seq`, if no other replica
+/// wrote it since it was read at `revision`.
+async fn write_state(
+    shared: &Shared,
+    event: &Envelope,
+    state: ReviewState,
+    seq: u64,
+    revision: u64,
+) -> Result<(), ApplyError> {
+    let value = StoredReview {
+        state,
+        last_seq: seq,
+    }
+    .to_bytes();
+    let key = state::review_key(event.country, event.session);
     let written = if revision == 0 {
         shared.kv.create(&key, value).await.map(drop).map_err(retry)
     } else {
@@ -203,6 +239,7 @@ async fn publish_notice(shared: &Shared, notice: &ChangeNotice) -> Result<(), Ap
     let subject = match notice {
         ChangeNotice::Rescheduled(n) => contract::subjects::rescheduled(n.country),
         ChangeNotice::Cancelled(n) => contract::subjects::cancelled(n.country),
+        ChangeNotice::Corrected(n) => contract::subjects::corrected(n.country),
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::NATS_MESSAGE_ID, notice.id());

@@ -11,51 +11,92 @@
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use upr_shared::domain::{Country, Reminder, ReviewState, ReviewStatus, Session, Timestamp};
+use upr_shared::domain::{
+    Country, EventType, LifecycleEntry, Reminder, ReviewState, ReviewStatus, Session, Timestamp,
+};
+use uuid::Uuid;
 
-/// One review as the notifier stores it.
+/// One review as the notifier stores it: the lifecycle events in force
+/// (the domain's one fold, which a retraction can take back) and the last
+/// event sequence applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredWire")]
 pub struct StoredReview {
-    /// `None` until the first lifecycle event.
-    pub status: Option<ReviewStatus>,
-    /// The latest date (kept after cancel/hold for the change notices).
-    pub scheduled_for: Option<Timestamp>,
-    /// Where the latest scheduling put it.
-    pub location: Option<String>,
+    /// The lifecycle events in force.
+    #[serde(flatten)]
+    pub state: ReviewState,
     /// Stream sequence of the last event applied.
     pub last_seq: u64,
 }
 
-impl StoredReview {
-    /// The lifecycle fold state, so the domain's `apply` does the folding.
-    pub fn lifecycle(&self) -> ReviewState {
-        ReviewState {
-            status: self.status,
-            scheduled_for: self.scheduled_for,
-            location: self.location.clone(),
-        }
-    }
+/// What older notifiers stored (status, date, location) next to what this
+/// one stores, so state written before retractions existed still reads.
+#[derive(Deserialize)]
+struct StoredWire {
+    #[serde(default)]
+    lifecycle: Option<Vec<LifecycleEntry>>,
+    #[serde(default)]
+    status: Option<ReviewStatus>,
+    #[serde(default)]
+    scheduled_for: Option<Timestamp>,
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(default)]
+    last_seq: u64,
+}
 
-    /// Stores a folded state as applied up to `last_seq`.
-    pub fn from_lifecycle(state: ReviewState, last_seq: u64) -> Self {
+impl From<StoredWire> for StoredReview {
+    fn from(w: StoredWire) -> Self {
+        let lifecycle = w.lifecycle.unwrap_or_else(|| {
+            // An older value: one entry per step that gives the same status,
+            // date and location (the events' ids were not kept).
+            let entry = |event| LifecycleEntry {
+                id: Uuid::nil(),
+                event,
+                scheduled_for: None,
+                location: None,
+                recorded_at: None,
+            };
+            let steps: &[EventType] = match w.status {
+                None => &[],
+                Some(ReviewStatus::Scheduled) => &[],
+                Some(ReviewStatus::Cancelled) => &[EventType::ReviewCancelled],
+                Some(ReviewStatus::Held) => &[EventType::ReviewHeld],
+                Some(ReviewStatus::Reported) => {
+                    &[EventType::ReviewHeld, EventType::ReportPublished]
+                }
+                Some(ReviewStatus::Adopted) => &[EventType::ReviewHeld, EventType::OutcomeAdopted],
+            };
+            let scheduling = w.status.map(|_| LifecycleEntry {
+                scheduled_for: w.scheduled_for,
+                location: w.location,
+                ..entry(EventType::ReviewScheduled)
+            });
+            scheduling
+                .into_iter()
+                .chain(steps.iter().map(|e| entry(*e)))
+                .collect()
+        });
         Self {
-            status: state.status,
-            scheduled_for: state.scheduled_for,
-            location: state.location,
-            last_seq,
+            state: ReviewState { lifecycle },
+            last_seq: w.last_seq,
         }
     }
+}
 
+impl StoredReview {
     /// Whether `reminder` still belongs to this review as it stands now: the
     /// review is scheduled and still for the reminder's date.
     pub fn still_wants(&self, reminder: &Reminder) -> bool {
-        self.status == Some(ReviewStatus::Scheduled)
-            && self.scheduled_for == Some(reminder.scheduled_for)
+        self.state.status() == Some(ReviewStatus::Scheduled)
+            && self.state.scheduled_for() == Some(reminder.scheduled_for)
     }
 
     /// The JSON value.
     pub fn to_bytes(&self) -> Bytes {
-        serde_json::to_vec(self).unwrap_or_default().into()
+        serde_json::to_vec(self)
+            .expect("the notifier's state holds only strings, integers and structs")
+            .into()
     }
 }
 
@@ -130,18 +171,25 @@ mod tests {
             ts("2024-11-06T10:00:00Z"),
         )
         .remove(0);
-        let mut review = StoredReview {
-            status: Some(ReviewStatus::Scheduled),
-            scheduled_for: Some(ts("2025-01-23T08:30:00Z")),
-            location: Some("Geneva".into()),
-            last_seq: 1,
-        };
-        assert!(review.still_wants(&r));
-        review.scheduled_for = Some(ts("2025-01-30T08:30:00Z"));
-        assert!(!review.still_wants(&r));
-        review.scheduled_for = Some(ts("2025-01-23T08:30:00Z"));
-        review.status = Some(ReviewStatus::Cancelled);
-        assert!(!review.still_wants(&r));
+        let stored =
+            |json: serde_json::Value| -> StoredReview { serde_json::from_value(json).unwrap() };
+        // As older notifiers stored it, and as this one does.
+        let legacy = stored(serde_json::json!({"status": "scheduled",
+            "scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva", "last_seq": 1}));
+        assert!(legacy.still_wants(&r));
+        let current: StoredReview = serde_json::from_slice(&legacy.to_bytes()).unwrap();
+        assert_eq!(current, legacy);
+        let moved = stored(serde_json::json!({"status": "scheduled",
+            "scheduled_for": "2025-01-30T08:30:00Z", "location": "Geneva", "last_seq": 2}));
+        assert!(!moved.still_wants(&r));
+        let cancelled = stored(serde_json::json!({"status": "cancelled",
+            "scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva", "last_seq": 3}));
+        assert!(!cancelled.still_wants(&r));
+        assert_eq!(
+            cancelled.state.status(),
+            Some(ReviewStatus::Cancelled),
+            "legacy status kept"
+        );
         assert_eq!(
             sent_key(&r),
             format!("sent.KZ.48.7d.{}", ts("2025-01-23T08:30:00Z").unix_millis())

@@ -15,7 +15,7 @@ use std::hash::Hash;
 
 use serde::{Serialize, de::DeserializeOwned};
 use upr_shared::domain::{
-    Country, CountryView, Envelope, ReviewKey, ReviewView, Session, SessionView,
+    Country, CountryView, Envelope, Fold, ReviewKey, ReviewView, Session, SessionView,
 };
 
 /// What the working set needs of a read-model value.
@@ -28,8 +28,6 @@ pub trait View: Serialize + DeserializeOwned {
     fn key_of(event: &Envelope) -> Self::Key;
     /// Parses a KV key; `None` for keys this projection never writes.
     fn parse_key(text: &str) -> Option<Self::Key>;
-    /// The domain fold: `false` when already applied.
-    fn fold(&mut self, seq: u64, event: &Envelope) -> bool;
 }
 
 impl View for ReviewView {
@@ -42,9 +40,6 @@ impl View for ReviewView {
     }
     fn parse_key(text: &str) -> Option<ReviewKey> {
         ReviewKey::parse(text).filter(|k| k.to_string() == text)
-    }
-    fn fold(&mut self, seq: u64, event: &Envelope) -> bool {
-        self.apply(seq, event)
     }
 }
 
@@ -59,9 +54,6 @@ impl View for SessionView {
     fn parse_key(text: &str) -> Option<Session> {
         Session::parse(text).ok()
     }
-    fn fold(&mut self, seq: u64, event: &Envelope) -> bool {
-        self.apply(seq, event)
-    }
 }
 
 impl View for CountryView {
@@ -74,9 +66,6 @@ impl View for CountryView {
     }
     fn parse_key(text: &str) -> Option<Country> {
         Country::parse(text).ok().filter(|c| c.as_str() == text)
-    }
-    fn fold(&mut self, seq: u64, event: &Envelope) -> bool {
-        self.apply(seq, event)
     }
 }
 
@@ -142,9 +131,14 @@ impl<V: View> Table<V> {
         }
     }
 
-    /// Folds one event into its value (created empty when new).
-    pub fn apply(&mut self, seq: u64, event: &Envelope, stamp: u64) -> bool {
-        let key = V::key_of(event);
+    /// Changes the value of `key` (created empty when new) with `change`,
+    /// which says whether it changed anything; a changed value is dirty.
+    pub fn update<T>(
+        &mut self,
+        key: V::Key,
+        stamp: u64,
+        change: impl FnOnce(&mut V) -> (bool, T),
+    ) -> T {
         let slot = self.slots.entry(key).or_insert_with(|| Slot {
             view: V::empty(key),
             weight: 0,
@@ -152,12 +146,12 @@ impl<V: View> Table<V> {
             dirty: false,
         });
         slot.stamp = stamp;
-        let changed = slot.view.fold(seq, event);
+        let (changed, out) = change(&mut slot.view);
         if changed && !slot.dirty {
             slot.dirty = true;
             self.dirty.push(key);
         }
-        changed
+        out
     }
 
     /// Whether any value changed since it was last written.
@@ -244,6 +238,9 @@ pub enum Applied {
     Already,
     /// Past its review's limits (written around ingest): skipped.
     BeyondLimits,
+    /// A retraction of a lifecycle event: nothing changed yet, the review's
+    /// earlier events are needed.
+    NeedsHistory,
 }
 
 /// The three tables and their shared memory budget.
@@ -279,21 +276,60 @@ impl WorkingSet {
     }
 
     /// Folds one event into the three values it belongs to. The review
-    /// value decides: session and country values fold only what it holds,
-    /// so an event past the review's limits changes none of them.
+    /// value folds it; the session and country values take in what the
+    /// review value became, so an event past the review's limits changes
+    /// none of them. A retraction of a lifecycle event answers
+    /// [`Applied::NeedsHistory`]: call [`WorkingSet::apply_with_history`].
     pub fn apply(&mut self, seq: u64, event: &Envelope) -> Applied {
+        self.fold(seq, event, None)
+    }
+
+    /// [`WorkingSet::apply`] for a retraction, given the review's events
+    /// before `seq`.
+    pub fn apply_with_history(
+        &mut self,
+        seq: u64,
+        event: &Envelope,
+        history: &[(u64, Envelope)],
+    ) -> Applied {
+        self.fold(seq, event, Some(history))
+    }
+
+    fn fold(&mut self, seq: u64, event: &Envelope, history: Option<&[(u64, Envelope)]>) -> Applied {
         let stamp = self.clock;
-        let a = self.reviews.apply(seq, event, stamp);
-        let held = self
-            .reviews
-            .get(&event.review_key())
-            .is_some_and(|r| r.holds(seq));
-        if !held {
-            return Applied::BeyondLimits;
+        let key = event.review_key();
+        let fold = self.reviews.update(key, stamp, |review| {
+            let fold = match history {
+                Some(h) => review.apply_with_history(seq, event, h),
+                None => review.apply(seq, event),
+            };
+            (fold == Fold::Applied, fold)
+        });
+        let Some(review) = self.reviews.get(&key) else {
+            return Applied::Already;
+        };
+        match fold {
+            Fold::NeedsHistory => return Applied::NeedsHistory,
+            Fold::Ignored if !review.holds(seq) => {
+                return if seq > review.last_seq {
+                    Applied::BeyondLimits
+                } else {
+                    Applied::Already
+                };
+            }
+            _ => {}
         }
-        let b = self.sessions.apply(seq, event, stamp);
-        let c = self.countries.apply(seq, event, stamp);
-        if a || b || c {
+        // Also for an event the review already holds: a session or country
+        // value that missed it (a crash between writes) catches up.
+        let b = self.sessions.update(event.session, stamp, |s| {
+            let changed = s.absorb(seq, review);
+            (changed, changed)
+        });
+        let c = self.countries.update(event.country, stamp, |c| {
+            let changed = c.absorb(seq, review);
+            (changed, changed)
+        });
+        if fold == Fold::Applied || b || c {
             Applied::Changed
         } else {
             Applied::Already

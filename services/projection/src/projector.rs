@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use upr_shared::{
     contract::subjects,
-    domain::{CountryView, Envelope, ReviewView, SessionView},
+    domain::{CountryView, Envelope, ReviewKey, ReviewView, SessionView},
     service::BoxError,
 };
 
@@ -418,8 +418,14 @@ impl Projector {
             let (mut applied, mut beyond) = (0u64, 0u64);
             for (seq, event) in &events {
                 let _e = tracing::trace_span!("event", seq, subject = %subjects::event(event.country, event.session, event.event_type())).entered();
-                match self.set.apply(*seq, event) {
+                let mut fold = self.set.apply(*seq, event);
+                if fold == Applied::NeedsHistory {
+                    let history = self.history(event.review_key(), *seq).await?;
+                    fold = self.set.apply_with_history(*seq, event, &history);
+                }
+                match fold {
                     Applied::Changed => applied += 1,
+                    Applied::NeedsHistory => unreachable!("the history was given"),
                     Applied::Already => {}
                     Applied::BeyondLimits => {
                         beyond += 1;
@@ -520,6 +526,29 @@ impl Projector {
             )
             .await?;
         insert_loaded(&mut self.set.countries, values, stamp)
+    }
+
+    /// The review's events before `seq` (for a retraction), retrying until
+    /// JetStream answers.
+    async fn history(
+        &mut self,
+        key: ReviewKey,
+        seq: u64,
+    ) -> Result<Vec<(u64, Envelope)>, Interrupt> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.review_history(key, seq).await {
+                Ok(history) => return Ok(history),
+                Err(e) => {
+                    warn!(error = %e, review = %key, retry_in = ?backoff, "reading a review's history failed; retrying");
+                    self.pause(backoff).await;
+                    if self.is_stopping() {
+                        return Err(Interrupt::Shutdown);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Gets `keys` from `bucket` concurrently, retrying until JetStream answers.

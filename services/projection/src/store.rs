@@ -12,12 +12,15 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, PullConsumer, pull},
     context::{ConsumerInfoErrorKind, GetStreamErrorKind},
     kv,
-    stream::{ConsumerErrorKind, Stream},
+    stream::{ConsumerErrorKind, DirectGetErrorKind, Stream},
 };
 use futures::StreamExt;
 use tracing::{info, warn};
+
+use crate::projector::decode;
 use upr_shared::{
     contract::{self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET},
+    domain::{Envelope, ReviewKey},
     nats::ensure_bucket,
     service::BoxError,
 };
@@ -52,6 +55,42 @@ impl Store {
     pub fn max_value_bytes(&self) -> usize {
         let max = self.js.client().server_info().max_payload;
         max.saturating_sub(4 * 1024)
+    }
+
+    /// The valid events of one review stored before sequence `before`: what
+    /// a retraction of a lifecycle event needs to restore the state that
+    /// event replaced. Retractions are rare, so one direct get per event
+    /// (at most a few hundred per review) is cheap enough.
+    ///
+    /// # Errors
+    /// When the event stream cannot be read.
+    pub async fn review_history(
+        &self,
+        key: ReviewKey,
+        before: u64,
+    ) -> Result<Vec<(u64, Envelope)>, BoxError> {
+        let filter = contract::subjects::review_events(key);
+        let mut out = Vec::new();
+        let mut next = 1;
+        while next < before {
+            match self
+                .events
+                .direct_get_next_for_subject(filter.as_str(), Some(next))
+                .await
+            {
+                Ok(m) if m.sequence < before => {
+                    // Malformed messages are skipped by the fold, so here too.
+                    if let Ok(event) = decode(m.subject.as_str(), &m.payload) {
+                        out.push((m.sequence, event));
+                    }
+                    next = m.sequence + 1;
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
     }
 
     /// Makes sure the buckets and the consumer exist. Returns the store and

@@ -1,4 +1,4 @@
-//! The facts we store: six past-tense event types, their data, and the
+//! The facts we store: eight past-tense event types, their data, and the
 //! envelope (id, country, session, times) that wraps them in `UPR_EVENTS`.
 
 use std::fmt;
@@ -11,9 +11,13 @@ use super::country::Country;
 use super::json::parse_strict;
 use super::time::Timestamp;
 
-/// The envelope schema version this code writes and reads; a stored event
-/// with any other version is reported as malformed rather than guessed at.
-pub const SCHEMA: u32 = 1;
+/// The envelope schema version this code writes (contract v2). It reads
+/// this one and every earlier one ([`SCHEMAS_READ`]); a stored event with any
+/// other version is reported as malformed rather than guessed at.
+pub const SCHEMA: u32 = 2;
+
+/// The schema versions consumers read: version 1 events stay valid.
+pub const SCHEMAS_READ: std::ops::RangeInclusive<u32> = 1..=SCHEMA;
 
 /// What happened. The wire name (`review_scheduled`, ...) appears in intake
 /// subjects, event subjects, envelopes and read-model histories.
@@ -32,17 +36,23 @@ pub enum EventType {
     SideEventHeld,
     /// The outcome report of a held review was published.
     ReportPublished,
+    /// The Human Rights Council adopted the review's outcome in plenary.
+    OutcomeAdopted,
+    /// A correction: an earlier event of the review is taken back.
+    EventRetracted,
 }
 
 impl EventType {
     /// Every type, in lifecycle order; for listing valid types in errors.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         Self::ReviewScheduled,
         Self::ReviewRescheduled,
         Self::ReviewCancelled,
         Self::ReviewHeld,
         Self::SideEventHeld,
         Self::ReportPublished,
+        Self::OutcomeAdopted,
+        Self::EventRetracted,
     ];
 
     /// The wire name, e.g. `"review_scheduled"`.
@@ -54,6 +64,8 @@ impl EventType {
             Self::ReviewHeld => "review_held",
             Self::SideEventHeld => "side_event_held",
             Self::ReportPublished => "report_published",
+            Self::OutcomeAdopted => "outcome_adopted",
+            Self::EventRetracted => "event_retracted",
         }
     }
 
@@ -180,6 +192,11 @@ pub struct ReviewScheduled {
     /// Where; `"Geneva"` unless given, as nearly all reviews are there.
     #[serde(default = "default_location")]
     pub location: String,
+    /// The three member states facilitating the review (contract v2), if
+    /// known. Left out of the JSON when absent, so version 1 events keep
+    /// their exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub troika: Option<Vec<Country>>,
 }
 
 /// The location used when `review_scheduled` names none.
@@ -277,6 +294,29 @@ pub struct ReportPublished {
     pub recommendations: Option<Recommendations>,
 }
 
+/// `outcome_adopted` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeAdopted {
+    /// When the Council adopted the outcome.
+    pub adopted_on: Timestamp,
+    /// The Human Rights Council session that adopted it, 1..=999.
+    pub hrc_session: u16,
+    /// The state's final positions on the recommendations, if known.
+    #[serde(default)]
+    pub recommendations: Option<Recommendations>,
+}
+
+/// `event_retracted` data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRetracted {
+    /// The id of the event of this review that is taken back.
+    pub retracts: Uuid,
+    /// Why.
+    pub reason: String,
+}
+
 /// The data of one event; the variant is the event's type.
 ///
 /// Serialized as just the variant's fields (the type sits in the envelope).
@@ -296,6 +336,10 @@ pub enum EventData {
     SideEventHeld(SideEventHeld),
     /// See [`ReportPublished`].
     ReportPublished(ReportPublished),
+    /// See [`OutcomeAdopted`].
+    OutcomeAdopted(OutcomeAdopted),
+    /// See [`EventRetracted`].
+    EventRetracted(EventRetracted),
 }
 
 impl EventData {
@@ -308,6 +352,8 @@ impl EventData {
             Self::ReviewHeld(_) => EventType::ReviewHeld,
             Self::SideEventHeld(_) => EventType::SideEventHeld,
             Self::ReportPublished(_) => EventType::ReportPublished,
+            Self::OutcomeAdopted(_) => EventType::OutcomeAdopted,
+            Self::EventRetracted(_) => EventType::EventRetracted,
         }
     }
 
@@ -324,6 +370,8 @@ impl EventData {
             EventType::ReviewHeld => Self::ReviewHeld(v(data)?),
             EventType::SideEventHeld => Self::SideEventHeld(v(data)?),
             EventType::ReportPublished => Self::ReportPublished(v(data)?),
+            EventType::OutcomeAdopted => Self::OutcomeAdopted(v(data)?),
+            EventType::EventRetracted => Self::EventRetracted(v(data)?),
         })
     }
 }
@@ -337,6 +385,8 @@ impl Serialize for EventData {
             Self::ReviewHeld(d) => d.serialize(s),
             Self::SideEventHeld(d) => d.serialize(s),
             Self::ReportPublished(d) => d.serialize(s),
+            Self::OutcomeAdopted(d) => d.serialize(s),
+            Self::EventRetracted(d) => d.serialize(s),
         }
     }
 }
@@ -425,7 +475,7 @@ impl Envelope {
     /// Decodes anything found in the stream; never panics.
     ///
     /// Strict: duplicated or unknown keys, an unknown `type`, a `schema`
-    /// other than [`SCHEMA`], an invalid country, session or time are all
+    /// outside [`SCHEMAS_READ`], an invalid country, session or time are all
     /// errors, so a consumer never folds a half-understood event.
     ///
     /// # Errors
@@ -457,9 +507,9 @@ impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let w = WireIn::deserialize(d)?;
-        if w.schema != SCHEMA {
+        if !SCHEMAS_READ.contains(&w.schema) {
             return Err(D::Error::custom(format_args!(
-                "unsupported schema {}, expected {SCHEMA}",
+                "unsupported schema {}, expected 1 to {SCHEMA}",
                 w.schema
             )));
         }
@@ -590,7 +640,7 @@ mod tests {
             b"[]".to_vec(),
             b"\xff".to_vec(),
             example_with(|m| {
-                m.insert("schema".into(), 2.into());
+                m.insert("schema".into(), 3.into());
             }),
             example_with(|m| {
                 m.insert("type".into(), "review_postponed".into());

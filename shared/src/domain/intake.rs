@@ -11,9 +11,9 @@ use uuid::Uuid;
 use super::country::Country;
 use super::error::{ErrorCode, RejectError};
 use super::event::{
-    DEFAULT_LOCATION, Envelope, EventData, EventType, Recommendations, ReportPublished,
-    ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled, ReviewScheduled, SCHEMA, Session,
-    SideEventHeld, Speaker,
+    DEFAULT_LOCATION, Envelope, EventData, EventRetracted, EventType, OutcomeAdopted,
+    Recommendations, ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled,
+    ReviewScheduled, SCHEMA, Session, SideEventHeld, Speaker,
 };
 use super::json::parse_strict;
 use super::time::Timestamp;
@@ -77,7 +77,11 @@ const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "sou
 /// The type-specific fields in table order, with whether each is required.
 fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
     match ty {
-        EventType::ReviewScheduled => &[("scheduled_for", true), ("location", false)],
+        EventType::ReviewScheduled => &[
+            ("scheduled_for", true),
+            ("location", false),
+            ("troika", false),
+        ],
         EventType::ReviewRescheduled => &[("scheduled_for", true), ("reason", false)],
         EventType::ReviewCancelled => &[("reason", false)],
         EventType::ReviewHeld => &[("held_on", false), ("recommendations_received", false)],
@@ -93,6 +97,12 @@ fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
             ("document_symbol", false),
             ("recommendations", false),
         ],
+        EventType::OutcomeAdopted => &[
+            ("adopted_on", true),
+            ("hrc_session", true),
+            ("recommendations", false),
+        ],
+        EventType::EventRetracted => &[("retracts", true), ("reason", true)],
     }
 }
 
@@ -160,18 +170,7 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         })?;
         Session::new(n).map_err(|e| RejectError::invalid(f, e))
     })?;
-    let event_id = obj.opt("event_id", |v, f| {
-        let s = v
-            .as_str()
-            .ok_or_else(|| RejectError::invalid(f, "must be a UUID string"))?;
-        match Uuid::try_parse(s) {
-            Ok(id) if !id.is_nil() => Ok(id),
-            _ => Err(RejectError::invalid(
-                f,
-                format_args!("must be a non-nil UUID, got {s:?}"),
-            )),
-        }
-    })?;
+    let event_id = obj.opt("event_id", uuid)?;
     let occurred_at = obj.opt("occurred_at", time)?;
     let source = obj.opt("source", text_of(200))?;
 
@@ -181,6 +180,7 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
             location: obj
                 .opt("location", text_of(200))?
                 .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
+            troika: obj.opt("troika", |v, f| troika(v, f, country))?,
         }),
         EventType::ReviewRescheduled => EventData::ReviewRescheduled(ReviewRescheduled {
             scheduled_for: obj.req("scheduled_for", time)?,
@@ -204,6 +204,25 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
             published_on: obj.req("published_on", date_or_time)?,
             document_symbol: obj.opt("document_symbol", document_symbol)?,
             recommendations: obj.opt("recommendations", recommendations)?,
+        }),
+        EventType::OutcomeAdopted => EventData::OutcomeAdopted(OutcomeAdopted {
+            adopted_on: obj.req("adopted_on", date_or_time)?,
+            hrc_session: obj.req("hrc_session", |v, f| {
+                v.as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| (1..=999).contains(n))
+                    .ok_or_else(|| {
+                        RejectError::invalid(
+                            f,
+                            format_args!("must be an integer from 1 to 999, got {v}"),
+                        )
+                    })
+            })?,
+            recommendations: obj.opt("recommendations", recommendations)?,
+        }),
+        EventType::EventRetracted => EventData::EventRetracted(EventRetracted {
+            retracts: obj.req("retracts", uuid)?,
+            reason: obj.req("reason", text_of(1000))?,
         }),
     };
     Ok(Command {
@@ -275,6 +294,58 @@ impl<'a> Obj<'a> {
             _ => Ok(None),
         }
     }
+}
+
+fn uuid(v: &Value, f: &str) -> Result<Uuid, RejectError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| RejectError::invalid(f, "must be a UUID string"))?;
+    match Uuid::try_parse(s) {
+        Ok(id) if !id.is_nil() => Ok(id),
+        _ => Err(RejectError::invalid(
+            f,
+            format_args!("must be a non-nil UUID, got {s:?}"),
+        )),
+    }
+}
+
+/// Three distinct UN member states, none of them the state under review.
+fn troika(v: &Value, f: &str, under_review: Country) -> Result<Vec<Country>, RejectError> {
+    let items = v
+        .as_array()
+        .filter(|a| a.len() == 3)
+        .ok_or_else(|| RejectError::invalid(f, "must be a list of exactly three member states"))?;
+    let mut states = Vec::with_capacity(3);
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{f}[{i}]");
+        let state = item
+            .as_str()
+            .ok_or_else(|| RejectError::invalid(&at, "must be a country code string"))
+            .and_then(|s| Country::parse(s).map_err(|e| RejectError::invalid(&at, e)))?;
+        if !state.is_member_state() {
+            return Err(RejectError::invalid(
+                &at,
+                format_args!(
+                    "must be a UN member state: {state} ({}) is not one",
+                    state.name()
+                ),
+            ));
+        }
+        if state == under_review {
+            return Err(RejectError::invalid(
+                &at,
+                format_args!("{state} is the state under review; a troika is three other states"),
+            ));
+        }
+        if states.contains(&state) {
+            return Err(RejectError::invalid(
+                &at,
+                format_args!("{state} is named twice; a troika is three distinct states"),
+            ));
+        }
+        states.push(state);
+    }
+    Ok(states)
 }
 
 fn time(v: &Value, f: &str) -> Result<Timestamp, RejectError> {
@@ -497,7 +568,7 @@ mod tests {
         let env = cmd.into_envelope(Uuid::nil(), now);
         assert_eq!(
             (env.occurred_at, env.recorded_at, env.schema),
-            (now, now, 1)
+            (now, now, 2)
         );
     }
 

@@ -1,17 +1,24 @@
-//! A review's lifecycle: [`decide`] holds every rule, [`evolve`] only folds.
+//! A review's lifecycle: [`decide`] holds every rule, [`evolve`] only folds,
+//! and [`ReviewState`] is the one fold of a review's lifecycle that also
+//! knows how to take a retracted event back.
 //!
 //! ```text
 //! (none) ──scheduled──▶ scheduled ──held──▶ held ──report_published──▶ reported
-//!   ▲                    │  ▲  │
-//!   │                    │  └──┘ rescheduled
+//!   ▲                    │  ▲  │              │                          │
+//!   │                    │  └──┘ rescheduled  └──outcome_adopted──▶ adopted ◀──┘
 //!   └──scheduled── cancelled ◀──cancelled
 //! ```
+//!
+//! `event_retracted` takes back the latest lifecycle event not yet retracted
+//! (or any side event): the state is then what it would be had that event
+//! never been recorded.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::RejectError;
 use super::event::{Envelope, EventData, EventType, ReviewKey};
 use super::time::Timestamp;
+use uuid::Uuid;
 
 /// Where a review stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -23,8 +30,10 @@ pub enum ReviewStatus {
     Cancelled,
     /// Took place; awaits its report.
     Held,
-    /// Its outcome report is out; final.
+    /// Its outcome report is out; may be adopted.
     Reported,
+    /// The Human Rights Council adopted the outcome; final.
+    Adopted,
 }
 
 impl ReviewStatus {
@@ -35,6 +44,7 @@ impl ReviewStatus {
             Self::Cancelled => "cancelled",
             Self::Held => "held",
             Self::Reported => "reported",
+            Self::Adopted => "adopted",
         }
     }
 }
@@ -59,7 +69,13 @@ pub fn decide(
             (current == Some(Scheduled), "a scheduled review")
         }
         EventType::ReportPublished => (current == Some(Held), "a held review"),
-        EventType::SideEventHeld => (true, ""),
+        EventType::OutcomeAdopted => (
+            matches!(current, Some(Held | Reported)),
+            "a held or reported review",
+        ),
+        // Their rules look at the events, not the status: see
+        // `ReviewState::decide_retraction`.
+        EventType::SideEventHeld | EventType::EventRetracted => (true, ""),
     };
     if allowed {
         return Ok(());
@@ -69,6 +85,7 @@ pub fn decide(
         Cancelled => "is cancelled",
         Held => "is held",
         Reported => "is reported",
+        Adopted => "is adopted",
     });
     Err(RejectError::conflict(format!(
         "review {} {} {state}; {event} needs {needs}",
@@ -78,42 +95,108 @@ pub fn decide(
 
 /// The status after `event`, without checking any rule: stored events are
 /// facts, and folds must give the same answer for every log, even one
-/// written around ingest. Side events leave the status unchanged.
+/// written around ingest. Side events leave the status unchanged; so does a
+/// retraction here, whose effect needs the events ([`ReviewState`]).
 pub fn evolve(current: Option<ReviewStatus>, event: EventType) -> Option<ReviewStatus> {
     match event {
         EventType::ReviewScheduled | EventType::ReviewRescheduled => Some(ReviewStatus::Scheduled),
         EventType::ReviewCancelled => Some(ReviewStatus::Cancelled),
         EventType::ReviewHeld => Some(ReviewStatus::Held),
         EventType::ReportPublished => Some(ReviewStatus::Reported),
-        EventType::SideEventHeld => current,
+        EventType::OutcomeAdopted => Some(ReviewStatus::Adopted),
+        EventType::SideEventHeld | EventType::EventRetracted => current,
     }
 }
 
-/// What ingest and the notifier need to know about one review, folded from
-/// its events (`upr.events.<COUNTRY>.<session>.>`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReviewState {
-    /// `None` until the first lifecycle event.
-    pub status: Option<ReviewStatus>,
-    /// The latest scheduled date (kept after cancel or hold, as the notifier
-    /// needs the date that was cancelled).
+/// One lifecycle event still in force, with what it set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleEntry {
+    /// The stored event's id (what a retraction names).
+    pub id: Uuid,
+    /// Its type (never a side event or a retraction).
+    #[serde(rename = "type")]
+    pub event: EventType,
+    /// The date it set (scheduled, rescheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<Timestamp>,
-    /// Where the latest scheduling put it; reschedules keep the location.
+    /// The location it set (scheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// When the system learnt the date it set (scheduled, rescheduled): the
+    /// reminders of that date are planned from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<Timestamp>,
+}
+
+/// A review's lifecycle as ingest, the notifier and the read models see it:
+/// the lifecycle events in force, oldest first. Keeping the events (at most
+/// 100 per review) rather than only the status is what lets a retraction
+/// restore the state before the retracted event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewState {
+    /// The lifecycle events in force, oldest first.
+    pub lifecycle: Vec<LifecycleEntry>,
 }
 
 impl ReviewState {
-    /// Folds one event of this review.
-    pub fn apply(&mut self, event: &Envelope) {
-        self.status = evolve(self.status, event.event_type());
-        match &event.data {
-            EventData::ReviewScheduled(d) => {
-                self.scheduled_for = Some(d.scheduled_for);
-                self.location = Some(d.location.clone());
+    /// `None` until the first lifecycle event.
+    pub fn status(&self) -> Option<ReviewStatus> {
+        self.lifecycle.iter().fold(None, |s, e| evolve(s, e.event))
+    }
+
+    /// The latest scheduled date (kept after cancel or hold, as the notifier
+    /// needs the date that was cancelled).
+    pub fn scheduled_for(&self) -> Option<Timestamp> {
+        self.lifecycle.iter().rev().find_map(|e| e.scheduled_for)
+    }
+
+    /// When the latest date was recorded (see [`LifecycleEntry::recorded_at`]).
+    pub fn scheduled_at(&self) -> Option<Timestamp> {
+        self.lifecycle
+            .iter()
+            .rev()
+            .find(|e| e.scheduled_for.is_some())
+            .and_then(|e| e.recorded_at)
+    }
+
+    /// Where the latest scheduling put it; reschedules keep the location.
+    pub fn location(&self) -> Option<&str> {
+        self.lifecycle
+            .iter()
+            .rev()
+            .find_map(|e| e.location.as_deref())
+    }
+
+    /// The latest lifecycle event in force: the only one a retraction may take back.
+    pub fn latest(&self) -> Option<&LifecycleEntry> {
+        self.lifecycle.last()
+    }
+
+    /// Folds one event of this review; `Some(entry)` when it took a
+    /// lifecycle event back (a retraction of the latest one in force).
+    /// A retraction that names anything else changes nothing here.
+    pub fn apply(&mut self, event: &Envelope) -> Option<LifecycleEntry> {
+        let (scheduled_for, location) = match &event.data {
+            EventData::SideEventHeld(_) => return None,
+            EventData::EventRetracted(r) => {
+                return self
+                    .latest()
+                    .is_some_and(|e| e.id == r.retracts)
+                    .then(|| self.lifecycle.pop())
+                    .flatten();
             }
-            EventData::ReviewRescheduled(d) => self.scheduled_for = Some(d.scheduled_for),
-            _ => {}
-        }
+            EventData::ReviewScheduled(d) => (Some(d.scheduled_for), Some(d.location.clone())),
+            EventData::ReviewRescheduled(d) => (Some(d.scheduled_for), None),
+            _ => (None, None),
+        };
+        self.lifecycle.push(LifecycleEntry {
+            id: event.id,
+            event: event.event_type(),
+            scheduled_for,
+            location,
+            recorded_at: scheduled_for.map(|_| event.recorded_at),
+        });
+        None
     }
 
     /// [`decide`] against this state.
@@ -121,7 +204,48 @@ impl ReviewState {
     /// # Errors
     /// As [`decide`].
     pub fn decide(&self, event: EventType, review: ReviewKey) -> Result<(), RejectError> {
-        decide(self.status, event, review)
+        decide(self.status(), event, review)
+    }
+
+    /// Whether a retraction of `target` is allowed, given what the review
+    /// holds: `target` is `None` when no event of this review has that id,
+    /// else its type and whether it is already retracted.
+    ///
+    /// # Errors
+    /// `conflict`, saying which rule: not an event of this review, already
+    /// retracted, a retraction itself, or a lifecycle event that is not the
+    /// latest one in force.
+    pub fn decide_retraction(
+        &self,
+        retracts: Uuid,
+        target: Option<(EventType, bool)>,
+        review: ReviewKey,
+    ) -> Result<(), RejectError> {
+        let (country, session) = (review.country, review.session);
+        let conflict = |why: String| Err(RejectError::conflict(why));
+        match target {
+            None => conflict(format!(
+                "review {country} {session} holds no event {retracts}; only an event of this review can be retracted"
+            )),
+            Some((_, true)) => conflict(format!(
+                "event {retracts} of review {country} {session} is already retracted"
+            )),
+            Some((EventType::EventRetracted, _)) => conflict(format!(
+                "event {retracts} is itself a retraction; a retraction cannot be retracted"
+            )),
+            Some((EventType::SideEventHeld, _)) => Ok(()),
+            Some((ty, _)) => match self.latest() {
+                Some(latest) if latest.id == retracts => Ok(()),
+                latest => conflict(format!(
+                    "event {retracts} ({ty}) is not the latest lifecycle event of review {country} {session} \
+                     in force{}; only that one may be retracted",
+                    latest.map_or(String::new(), |l| format!(
+                        " (that is {} {})",
+                        l.event, l.id
+                    ))
+                )),
+            },
+        }
     }
 }
 
@@ -161,25 +285,29 @@ mod tests {
         e
     }
 
-    /// The five states as event histories: absent, scheduled, cancelled, held, reported.
-    const STATES: [&[EventType]; 5] = [
+    /// The six states as event histories: absent, scheduled, cancelled,
+    /// held, reported, adopted.
+    const STATES: [&[EventType]; 6] = [
         &[],
         &[ReviewScheduled],
         &[ReviewScheduled, ReviewCancelled],
         &[ReviewScheduled, ReviewHeld],
         &[ReviewScheduled, ReviewHeld, ReportPublished],
+        &[ReviewScheduled, ReviewHeld, OutcomeAdopted],
     ];
 
     #[test]
     fn the_full_transition_table() {
-        // Rows: event type; columns: absent, scheduled, cancelled, held, reported.
+        // Rows: event type; columns: absent, scheduled, cancelled, held,
+        // reported, adopted. (Retractions are decided on the events.)
         let table = [
-            (ReviewScheduled, [true, false, true, false, false]),
-            (ReviewRescheduled, [false, true, false, false, false]),
-            (ReviewCancelled, [false, true, false, false, false]),
-            (ReviewHeld, [false, true, false, false, false]),
-            (SideEventHeld, [true, true, true, true, true]),
-            (ReportPublished, [false, false, false, true, false]),
+            (ReviewScheduled, [true, false, true, false, false, false]),
+            (ReviewRescheduled, [false, true, false, false, false, false]),
+            (ReviewCancelled, [false, true, false, false, false, false]),
+            (ReviewHeld, [false, true, false, false, false, false]),
+            (SideEventHeld, [true, true, true, true, true, true]),
+            (ReportPublished, [false, false, false, true, false, false]),
+            (OutcomeAdopted, [false, false, false, true, true, false]),
         ];
         for (event, row) in table {
             for (past, allowed) in STATES.iter().zip(row) {
@@ -213,6 +341,16 @@ mod tests {
             e.message,
             "review KZ 48 is scheduled; review_scheduled needs no review or a cancelled one"
         );
+        let e = then_conflict(given(&[ReviewScheduled]).when(OutcomeAdopted));
+        assert_eq!(
+            e.message,
+            "review KZ 48 is scheduled; outcome_adopted needs a held or reported review"
+        );
+        let e = then_conflict(given(STATES[5]).when(ReportPublished));
+        assert_eq!(
+            e.message,
+            "review KZ 48 is adopted; report_published needs a held review"
+        );
     }
 
     #[test]
@@ -239,25 +377,135 @@ mod tests {
         );
     }
 
+    fn env(n: u128, ty: EventType, data: &str) -> Envelope {
+        let id = Uuid::from_u128(n);
+        Envelope::from_json(format!(
+            r#"{{"id":"{id}","type":"{ty}","schema":2,"country":"KZ","session":48,"occurred_at":"2024-11-06T10:00:00Z","recorded_at":"2024-11-06T10:00:00Z","source":null,"data":{data}}}"#
+        ).as_bytes())
+        .unwrap()
+    }
+
+    fn retract(n: u128, target: u128) -> Envelope {
+        let data = format!(
+            r#"{{"retracts":"{}","reason":"mistake"}}"#,
+            Uuid::from_u128(target)
+        );
+        env(n, EventRetracted, &data)
+    }
+
+    fn state_of(events: &[Envelope]) -> ReviewState {
+        let mut s = ReviewState::default();
+        for e in events {
+            s.apply(e);
+        }
+        s
+    }
+
+    fn scheduled(n: u128, date: &str, location: &str) -> Envelope {
+        env(
+            n,
+            ReviewScheduled,
+            &format!(r#"{{"scheduled_for":"{date}","location":"{location}"}}"#),
+        )
+    }
+
+    fn rescheduled(n: u128, date: &str) -> Envelope {
+        env(
+            n,
+            ReviewRescheduled,
+            &format!(r#"{{"scheduled_for":"{date}","reason":null}}"#),
+        )
+    }
+
     #[test]
     fn review_state_tracks_date_and_location() {
-        let env = |json: &str| Envelope::from_json(json.as_bytes()).unwrap();
-        let head = r#""id":"0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b","schema":1,"country":"KZ","session":48,"occurred_at":"2024-11-06T10:00:00Z","recorded_at":"2024-11-06T10:00:00Z","source":null"#;
-        let mut s = ReviewState::default();
-        s.apply(&env(&format!(
-            r#"{{{head},"type":"review_scheduled","data":{{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva"}}}}"#
-        )));
-        s.apply(&env(&format!(
-            r#"{{{head},"type":"review_rescheduled","data":{{"scheduled_for":"2025-01-24T08:30:00Z","reason":null}}}}"#
-        )));
-        assert_eq!(s.status, Some(ReviewStatus::Scheduled));
-        assert_eq!(s.scheduled_for.unwrap().to_string(), "2025-01-24T08:30:00Z");
-        assert_eq!(s.location.as_deref(), Some("Geneva"));
-        s.apply(&env(&format!(
-            r#"{{{head},"type":"review_cancelled","data":{{"reason":null}}}}"#
-        )));
-        assert_eq!(s.status, Some(ReviewStatus::Cancelled));
+        let mut s = state_of(&[
+            scheduled(1, "2025-01-23T08:30:00Z", "Geneva"),
+            rescheduled(2, "2025-01-24T08:30:00Z"),
+        ]);
+        assert_eq!(s.status(), Some(ReviewStatus::Scheduled));
+        assert_eq!(
+            s.scheduled_for().unwrap().to_string(),
+            "2025-01-24T08:30:00Z"
+        );
+        assert_eq!(s.location(), Some("Geneva"));
+        s.apply(&env(3, ReviewCancelled, r#"{"reason":null}"#));
+        assert_eq!(s.status(), Some(ReviewStatus::Cancelled));
         assert!(s.decide(ReviewScheduled, key()).is_ok());
-        assert_eq!(s.scheduled_for.unwrap().to_string(), "2025-01-24T08:30:00Z");
+        assert_eq!(
+            s.scheduled_for().unwrap().to_string(),
+            "2025-01-24T08:30:00Z"
+        );
+    }
+
+    #[test]
+    fn a_retraction_restores_the_state_before_the_latest_lifecycle_event() {
+        let log = [
+            scheduled(1, "2025-01-23T08:30:00Z", "Geneva"),
+            env(
+                2,
+                SideEventHeld,
+                r#"{"title":"t","held_on":"2025-01-22T00:00:00Z"}"#,
+            ),
+            rescheduled(3, "2025-01-24T08:30:00Z"),
+            env(4, ReviewHeld, "{}"),
+        ];
+        // Given the log, when the hold is retracted, then the review is
+        // scheduled on the 24th; when the reschedule is too, on the 23rd.
+        let mut s = state_of(&log);
+        assert_eq!(s.apply(&retract(5, 4)).map(|e| e.event), Some(ReviewHeld));
+        assert_eq!(s, state_of(&log[..3]));
+        assert_eq!(
+            s.apply(&retract(6, 3)).map(|e| e.event),
+            Some(ReviewRescheduled)
+        );
+        assert_eq!(s, state_of(&log[..2]));
+        assert_eq!(
+            s.scheduled_for().unwrap().to_string(),
+            "2025-01-23T08:30:00Z"
+        );
+        // A retraction naming anything but the latest lifecycle event changes nothing.
+        assert_eq!(s.apply(&retract(7, 2)), None);
+        assert_eq!(s.apply(&retract(8, 99)), None);
+        assert_eq!(s, state_of(&log[..1]));
+        assert_eq!(
+            s.apply(&retract(9, 1)).map(|e| e.event),
+            Some(ReviewScheduled)
+        );
+        assert_eq!(s.status(), None);
+    }
+
+    #[test]
+    fn which_retractions_are_allowed() {
+        let s = state_of(&[
+            scheduled(1, "2025-01-23T08:30:00Z", "Geneva"),
+            rescheduled(3, "2025-01-24T08:30:00Z"),
+        ]);
+        let id = Uuid::from_u128;
+        then_ok(s.decide_retraction(id(3), Some((ReviewRescheduled, false)), key()));
+        then_ok(s.decide_retraction(id(2), Some((SideEventHeld, false)), key()));
+        let cases = [
+            (
+                id(1),
+                Some((ReviewScheduled, false)),
+                "is not the latest lifecycle event of review KZ 48 in force (that is review_rescheduled",
+            ),
+            (id(9), None, "review KZ 48 holds no event"),
+            (id(2), Some((SideEventHeld, true)), "is already retracted"),
+            (
+                id(3),
+                Some((ReviewRescheduled, true)),
+                "is already retracted",
+            ),
+            (
+                id(5),
+                Some((EventRetracted, false)),
+                "a retraction cannot be retracted",
+            ),
+        ];
+        for (target, known, says) in cases {
+            let e = then_conflict(s.decide_retraction(target, known, key()));
+            assert!(e.message.contains(says), "{}", e.message);
+        }
     }
 }

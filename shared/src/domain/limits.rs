@@ -15,7 +15,7 @@ use std::io;
 use serde::Serialize;
 
 use super::error::RejectError;
-use super::event::{Envelope, EventData, ReviewKey};
+use super::event::{Envelope, EventData, ReviewKey, SideEventHeld};
 use super::read_models::SideEventView;
 
 /// Most side events one review may hold.
@@ -24,9 +24,13 @@ pub const MAX_SIDE_EVENTS: usize = 200;
 /// Most bytes a review's side events may take in its `upr_reviews` value.
 pub const MAX_SIDE_EVENT_BYTES: usize = 128 * 1024;
 
-/// Most lifecycle events (every type but `side_event_held`) one review may
-/// hold: its history lists them all.
+/// Most lifecycle events (every type but `side_event_held` and
+/// `event_retracted`) one review may hold: its history lists them all.
 pub const MAX_LIFECYCLE_EVENTS: usize = 100;
+
+/// Most retractions one review may hold (its history lists them, and marks
+/// each retracted entry with a reason).
+pub const MAX_RETRACTIONS: usize = 100;
 
 /// What every read-model value stays under, whatever was sent.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
@@ -38,20 +42,31 @@ pub struct ReviewSize {
     pub side_events: usize,
     /// Bytes those side events take in the review value.
     pub side_event_bytes: usize,
-    /// Every other event.
+    /// Lifecycle events (retracted ones included: the history keeps them).
     pub lifecycle: usize,
+    /// `event_retracted` events.
+    pub retractions: usize,
 }
 
 impl ReviewSize {
-    /// Counts one more stored event of the review.
+    /// Counts one more stored event of the review. (A retracted side event
+    /// gives its bytes back: [`ReviewSize::side_event_retracted`].)
     pub fn add(&mut self, event: &Envelope) {
         match &event.data {
             EventData::SideEventHeld(d) => {
                 self.side_events += 1;
-                self.side_event_bytes += SideEventView::of(event.id, d).encoded_len();
+                self.side_event_bytes += side_event_bytes(event.id, d);
             }
+            EventData::EventRetracted(_) => self.retractions += 1,
             _ => self.lifecycle += 1,
         }
+    }
+
+    /// A side event of `bytes` ([`side_event_bytes`]) was retracted: it
+    /// leaves the review value, so its bytes are free again. It still counts
+    /// towards [`MAX_SIDE_EVENTS`], as the history keeps its entry.
+    pub fn side_event_retracted(&mut self, bytes: usize) {
+        self.side_event_bytes = self.side_event_bytes.saturating_sub(bytes);
     }
 
     /// Whether the review may take `event` as well.
@@ -60,16 +75,22 @@ impl ReviewSize {
     /// `limit_exceeded`, naming the limit that `event` would pass.
     pub fn check(&self, event: &Envelope) -> Result<(), RejectError> {
         let review = event.review_key();
-        let EventData::SideEventHeld(d) = &event.data else {
-            return within(
-                self.lifecycle,
-                MAX_LIFECYCLE_EVENTS,
-                "lifecycle events",
-                review,
-            );
+        let d = match &event.data {
+            EventData::SideEventHeld(d) => d,
+            EventData::EventRetracted(_) => {
+                return within(self.retractions, MAX_RETRACTIONS, "retractions", review);
+            }
+            _ => {
+                return within(
+                    self.lifecycle,
+                    MAX_LIFECYCLE_EVENTS,
+                    "lifecycle events",
+                    review,
+                );
+            }
         };
         within(self.side_events, MAX_SIDE_EVENTS, "side events", review)?;
-        let bytes = SideEventView::of(event.id, d).encoded_len();
+        let bytes = side_event_bytes(event.id, d);
         if self.side_event_bytes + bytes <= MAX_SIDE_EVENT_BYTES {
             return Ok(());
         }
@@ -80,6 +101,11 @@ impl ReviewSize {
             review.country, review.session, self.side_event_bytes
         )))
     }
+}
+
+/// Bytes a side event takes in its review value.
+pub fn side_event_bytes(id: uuid::Uuid, d: &SideEventHeld) -> usize {
+    SideEventView::of(id, d).encoded_len()
 }
 
 fn within(held: usize, max: usize, what: &str, review: ReviewKey) -> Result<(), RejectError> {

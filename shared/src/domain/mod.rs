@@ -4,7 +4,7 @@
 //!
 //! - [`country`]: ISO 3166-1 alpha-2 codes, the only way a country enters.
 //! - [`time`]: UTC timestamps, parsed strictly and written as RFC 3339 `Z`.
-//! - [`event`]: the six event types, their data, the stored envelope.
+//! - [`event`]: the eight event types, their data, the stored envelope.
 //! - [`error`]: error codes and the `{code, message, field}` rejection.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
 //! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
@@ -28,22 +28,26 @@ pub mod time;
 pub use country::{COUNTRIES, Country, CountryError};
 pub use error::{ErrorCode, RejectError};
 pub use event::{
-    DEFAULT_LOCATION, Envelope, EnvelopeError, EventData, EventType, Recommendations,
-    ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled, ReviewScheduled,
-    SCHEMA, Session, SessionError, SideEventHeld, Speaker,
+    DEFAULT_LOCATION, Envelope, EnvelopeError, EventData, EventRetracted, EventType,
+    OutcomeAdopted, Recommendations, ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey,
+    ReviewRescheduled, ReviewScheduled, SCHEMA, SCHEMAS_READ, Session, SessionError, SideEventHeld,
+    Speaker,
 };
 pub use intake::{Command, MAX_PAYLOAD, parse_intake};
-pub use lifecycle::{ReviewState, ReviewStatus, decide, evolve};
+pub use lifecycle::{LifecycleEntry, ReviewState, ReviewStatus, decide, evolve};
 pub use limits::{
-    MAX_LIFECYCLE_EVENTS, MAX_SIDE_EVENT_BYTES, MAX_SIDE_EVENTS, MAX_VALUE_BYTES, ReviewSize,
+    MAX_LIFECYCLE_EVENTS, MAX_RETRACTIONS, MAX_SIDE_EVENT_BYTES, MAX_SIDE_EVENTS, MAX_VALUE_BYTES,
+    ReviewSize, side_event_bytes,
 };
 pub use member_states::{MEMBER_STATES, member_state_name};
 pub use read_models::{
-    CountryReport, CountryReview, CountryView, HistoryEntry, ReadModels, ReportView, ReviewView,
-    SessionReview, SessionView, SideEventView, Touched, Upcoming,
+    CountryReport, CountryReview, CountryView, Fold, HistoryEntry, OutcomeView, REASON_CHARS,
+    ReadModels, ReportView, RetractionMark, ReviewView, SessionReview, SessionView, SideEventView,
+    Touched, Upcoming,
 };
 pub use reminders::{
-    CancelledNotice, ChangeNotice, Firing, LATE_AFTER, Lead, LeadError, NoticeKind, Reminder,
-    ReminderNotice, RescheduledNotice, classify, parse_leads, plan,
+    CancelledNotice, ChangeNotice, CorrectedNotice, Firing, LATE_AFTER, Lead, LeadError,
+    NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, classify, parse_leads,
+    plan,
 };
 pub use time::{TimeError, Timestamp};

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use super::country::Country;
 use super::event::{
-    Envelope, EventData, EventType, Recommendations, ReviewKey, Session, SideEventHeld, Speaker,
+    Envelope, EventData, EventRetracted, EventType, Recommendations, ReviewKey, Session,
+    SideEventHeld, Speaker,
 };
 use super::lifecycle::{ReviewStatus, evolve};
 use super::limits::{ReviewSize, json_len};
@@ -41,6 +42,32 @@ pub struct HistoryEntry {
     pub seq: u64,
     /// When it happened.
     pub occurred_at: Timestamp,
+    /// Set when a later `event_retracted` took this event back.
+    pub retracted: Option<RetractionMark>,
+}
+
+/// How a history entry was retracted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetractionMark {
+    /// The stream sequence of the `event_retracted` event.
+    pub seq: u64,
+    /// Its reason, cut to [`REASON_CHARS`] characters (the log keeps it whole).
+    pub reason: String,
+}
+
+/// How much of a retraction's reason a history entry repeats: up to 100
+/// retractions fit in a review value only if their reasons are short there.
+pub const REASON_CHARS: usize = 50;
+
+/// The Council's adoption of a review's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeView {
+    /// When it was adopted.
+    pub adopted_on: Timestamp,
+    /// The Human Rights Council session that adopted it.
+    pub hrc_session: u16,
+    /// The state's final positions, if known.
+    pub recommendations: Option<Recommendations>,
 }
 
 /// The outcome report of a review.
@@ -107,15 +134,32 @@ pub struct ReviewView {
     pub scheduled_for: Option<Timestamp>,
     /// The location of the latest scheduling.
     pub location: Option<String>,
-    /// Every event of the review, in stream order.
+    /// The three states facilitating the review, if the scheduling named them.
+    pub troika: Option<Vec<Country>>,
+    /// Every event of the review, in stream order, retracted ones marked.
     pub history: Vec<HistoryEntry>,
     /// The side events this country held at this session, in full, by
     /// `held_on` then `event_id`.
     pub side_events: Vec<SideEventView>,
     /// The outcome report, once published.
     pub report: Option<ReportView>,
+    /// The Council's adoption of the outcome, once adopted.
+    pub outcome: Option<OutcomeView>,
     /// The last stream sequence applied.
     pub last_seq: u64,
+}
+
+/// What folding one event into a review value did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// The value changed.
+    Applied,
+    /// Nothing changed: an applied sequence, another review's event, or one
+    /// past the review's limits.
+    Ignored,
+    /// A retraction of a lifecycle event: restoring what the event replaced
+    /// needs the review's earlier events ([`ReviewView::apply_with_history`]).
+    NeedsHistory,
 }
 
 impl ReviewView {
@@ -129,9 +173,11 @@ impl ReviewView {
             status: None,
             scheduled_for: None,
             location: None,
+            troika: None,
             history: Vec::new(),
             side_events: Vec::new(),
             report: None,
+            outcome: None,
             last_seq: 0,
         }
     }
@@ -156,31 +202,121 @@ impl ReviewView {
         self.history.binary_search_by_key(&seq, |h| h.seq).is_ok()
     }
 
-    /// How much of the per-review limits this value uses; the bytes of its
-    /// side events are only summed when `event` is a side event (the only
-    /// case that needs them).
+    /// How much of the per-review limits this value uses: counts from the
+    /// history (retracted entries stay there, so they still count), bytes
+    /// from the side events in force, summed only when `event` is a side
+    /// event (the only case that needs them).
     fn size_for(&self, event: &Envelope) -> ReviewSize {
-        let side_events = self.side_events.len();
-        let side_event_bytes = match event.data {
-            EventData::SideEventHeld(_) => self.side_events.iter().map(|s| s.encoded_len()).sum(),
-            _ => 0,
-        };
-        ReviewSize {
-            side_events,
-            side_event_bytes,
-            lifecycle: self.history.len() - side_events,
+        let mut size = ReviewSize::default();
+        for h in &self.history {
+            match h.event_type {
+                EventType::SideEventHeld => size.side_events += 1,
+                EventType::EventRetracted => size.retractions += 1,
+                _ => size.lifecycle += 1,
+            }
         }
+        if let EventData::SideEventHeld(_) = event.data {
+            size.side_event_bytes = self.side_events.iter().map(|s| s.encoded_len()).sum();
+        }
+        size
     }
 
-    /// Folds one event; `false` (and no change) for an already applied
-    /// `seq`, an event of another review, or one past the review's limits.
-    pub fn apply(&mut self, seq: u64, event: &Envelope) -> bool {
+    /// Folds one event. A retraction of a side event, or one that takes
+    /// nothing back, is folded here; a retraction of the lifecycle event in
+    /// force answers [`Fold::NeedsHistory`] and changes nothing yet.
+    pub fn apply(&mut self, seq: u64, event: &Envelope) -> Fold {
         if seq <= self.last_seq
             || event.review_key() != self.key()
             || self.size_for(event).check(event).is_err()
         {
-            return false;
+            return Fold::Ignored;
         }
+        if let EventData::EventRetracted(r) = &event.data
+            && self.lifecycle_in_force().last() == Some(&r.retracts)
+        {
+            return Fold::NeedsHistory;
+        }
+        self.fold(seq, event);
+        Fold::Applied
+    }
+
+    /// Folds a retraction that [`ReviewView::apply`] answered with
+    /// [`Fold::NeedsHistory`], given the review's events before it
+    /// (`upr.events.<C>.<S>.>` up to `seq - 1`; other events are ignored).
+    pub fn apply_with_history(
+        &mut self,
+        seq: u64,
+        event: &Envelope,
+        history: &[(u64, Envelope)],
+    ) -> Fold {
+        match self.apply(seq, event) {
+            Fold::NeedsHistory => {}
+            done => return done,
+        }
+        self.fold(seq, event);
+        // Restore what the lifecycle events still in force set, in order.
+        let in_force = self.lifecycle_in_force();
+        self.status = None;
+        self.scheduled_for = None;
+        self.location = None;
+        self.troika = None;
+        self.report = None;
+        self.outcome = None;
+        for (_, e) in history
+            .iter()
+            .filter(|(s, e)| *s < seq && in_force.contains(&e.id))
+        {
+            self.status = evolve(self.status, e.event_type());
+            self.fold_lifecycle_data(e);
+        }
+        Fold::Applied
+    }
+
+    /// How the event at `seq`, as this value holds it, changed the number of
+    /// side events in force: +1 for a side event, -1 for a retraction that
+    /// took one back, else 0. Read from the history, so a session or country
+    /// value taking in a redelivered event counts it exactly as the first
+    /// time (each does so only for a `seq` past its own `last_seq`).
+    pub fn side_event_delta(&self, seq: u64) -> i64 {
+        let Ok(i) = self.history.binary_search_by_key(&seq, |h| h.seq) else {
+            return 0;
+        };
+        match self.history[i].event_type {
+            EventType::SideEventHeld => 1,
+            EventType::EventRetracted => {
+                let took_back_side_event = self.history.iter().any(|h| {
+                    h.event_type == EventType::SideEventHeld
+                        && h.retracted.as_ref().is_some_and(|r| r.seq == seq)
+                });
+                -i64::from(took_back_side_event)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether nothing of the review is in force: every event it held was
+    /// retracted. Session and country values then list it as if it had
+    /// never been recorded.
+    pub fn is_void(&self) -> bool {
+        self.status.is_none() && self.side_events.is_empty()
+    }
+
+    /// Ids of the lifecycle events in force (not retracted), oldest first.
+    fn lifecycle_in_force(&self) -> Vec<Uuid> {
+        self.history
+            .iter()
+            .filter(|h| h.retracted.is_none())
+            .filter(|h| {
+                !matches!(
+                    h.event_type,
+                    EventType::SideEventHeld | EventType::EventRetracted
+                )
+            })
+            .map(|h| h.event_id)
+            .collect()
+    }
+
+    fn fold(&mut self, seq: u64, event: &Envelope) {
         let ty = event.event_type();
         self.status = evolve(self.status, ty);
         self.history.push(HistoryEntry {
@@ -188,13 +324,9 @@ impl ReviewView {
             event_id: event.id,
             seq,
             occurred_at: event.occurred_at,
+            retracted: None,
         });
         match &event.data {
-            EventData::ReviewScheduled(d) => {
-                self.scheduled_for = Some(d.scheduled_for);
-                self.location = Some(d.location.clone());
-            }
-            EventData::ReviewRescheduled(d) => self.scheduled_for = Some(d.scheduled_for),
             EventData::SideEventHeld(d) => {
                 let item = SideEventView::of(event.id, d);
                 let at = self
@@ -202,6 +334,42 @@ impl ReviewView {
                     .partition_point(|e| (e.held_on, e.event_id) <= (item.held_on, item.event_id));
                 self.side_events.insert(at, item);
             }
+            EventData::EventRetracted(r) => self.mark_retracted(seq, r),
+            _ => self.fold_lifecycle_data(event),
+        }
+        self.last_seq = seq;
+    }
+
+    /// Marks the target of a retraction (if it is an event of this review
+    /// not yet retracted, and not a retraction itself) and drops it from the
+    /// side events. Anything else leaves the value as it was: a retraction
+    /// written around ingest that names nothing valid takes nothing back.
+    fn mark_retracted(&mut self, seq: u64, r: &EventRetracted) {
+        let Some(target) = self.history.iter_mut().find(|h| {
+            h.event_id == r.retracts
+                && h.retracted.is_none()
+                && h.event_type != EventType::EventRetracted
+        }) else {
+            return;
+        };
+        target.retracted = Some(RetractionMark {
+            seq,
+            reason: r.reason.chars().take(REASON_CHARS).collect(),
+        });
+        if target.event_type == EventType::SideEventHeld {
+            self.side_events.retain(|s| s.event_id != r.retracts);
+        }
+    }
+
+    /// What a lifecycle event sets besides the status.
+    fn fold_lifecycle_data(&mut self, event: &Envelope) {
+        match &event.data {
+            EventData::ReviewScheduled(d) => {
+                self.scheduled_for = Some(d.scheduled_for);
+                self.location = Some(d.location.clone());
+                self.troika = d.troika.clone();
+            }
+            EventData::ReviewRescheduled(d) => self.scheduled_for = Some(d.scheduled_for),
             EventData::ReportPublished(d) => {
                 self.report = Some(ReportView {
                     published_on: d.published_on,
@@ -209,10 +377,18 @@ impl ReviewView {
                     recommendations: d.recommendations,
                 });
             }
-            EventData::ReviewCancelled(_) | EventData::ReviewHeld(_) => {}
+            EventData::OutcomeAdopted(d) => {
+                self.outcome = Some(OutcomeView {
+                    adopted_on: d.adopted_on,
+                    hrc_session: d.hrc_session,
+                    recommendations: d.recommendations,
+                });
+            }
+            EventData::ReviewCancelled(_)
+            | EventData::ReviewHeld(_)
+            | EventData::SideEventHeld(_)
+            | EventData::EventRetracted(_) => {}
         }
-        self.last_seq = seq;
-        true
     }
 
     /// The KV value bytes.
@@ -269,29 +445,38 @@ impl SessionView {
         self.session.to_string()
     }
 
-    /// Folds one event; `false` (and no change) for an already applied
-    /// `seq` or an event of another session.
-    pub fn apply(&mut self, seq: u64, event: &Envelope) -> bool {
-        if seq <= self.last_seq || event.session != self.session {
+    /// Takes in the review value `review` after it folded the event at
+    /// `seq`. The session lists each review as its value now stands, so
+    /// every event, a retraction included, lands the same way. `false` (and
+    /// no change) for an already applied `seq` or a review of another session.
+    pub fn absorb(&mut self, seq: u64, review: &ReviewView) -> bool {
+        if seq <= self.last_seq || review.session != self.session {
             return false;
         }
-        let side = u32::from(event.event_type() == EventType::SideEventHeld);
-        let at = self.reviews.iter().position(|r| r.country == event.country);
-        let prev = at.map(|i| self.reviews.remove(i));
+        if let Some(i) = self
+            .reviews
+            .iter()
+            .position(|r| r.country == review.country)
+        {
+            self.reviews.remove(i);
+        }
+        self.side_events = moved(self.side_events, review.side_event_delta(seq));
+        self.last_seq = seq;
+        if review.is_void() {
+            return true; // everything retracted: listed as if never recorded
+        }
         let item = SessionReview {
-            country: event.country,
-            country_name: event.country.un_name().to_owned(),
-            status: evolve(prev.as_ref().and_then(|r| r.status), event.event_type()),
-            scheduled_for: new_date(event).or(prev.as_ref().and_then(|r| r.scheduled_for)),
-            side_events: prev.map_or(0, |r| r.side_events).saturating_add(side),
+            country: review.country,
+            country_name: review.country_name.clone(),
+            status: review.status,
+            scheduled_for: review.scheduled_for,
+            side_events: count(review.side_events.len()),
         };
         // The list is kept sorted and a country appears once, so a binary
         // search finds the place a full sort would give.
         let order = |r: &SessionReview| (r.scheduled_for.is_none(), r.scheduled_for, r.country);
         let at = self.reviews.partition_point(|r| order(r) < order(&item));
         self.reviews.insert(at, item);
-        self.side_events = self.side_events.saturating_add(side);
-        self.last_seq = seq;
         true
     }
 
@@ -363,40 +548,50 @@ impl CountryView {
         self.country.to_string()
     }
 
-    /// Folds one event; `false` (and no change) for an already applied
-    /// `seq` or an event of another country.
-    pub fn apply(&mut self, seq: u64, event: &Envelope) -> bool {
-        if seq <= self.last_seq || event.country != self.country {
+    /// Takes in the review value `review` after it folded the event at
+    /// `seq` (as [`SessionView::absorb`]). `false` (and no change) for an
+    /// already applied `seq` or a review of another country.
+    pub fn absorb(&mut self, seq: u64, review: &ReviewView) -> bool {
+        if seq <= self.last_seq || review.country != self.country {
             return false;
         }
-        let session = event.session;
-        let at = self.reviews.binary_search_by_key(&session, |r| r.session);
-        let prev = at.ok().map(|i| &self.reviews[i]);
-        let review = CountryReview {
+        let session = review.session;
+        let entry = CountryReview {
             session,
             cycle: session.cycle(),
-            status: evolve(prev.and_then(|r| r.status), event.event_type()),
-            scheduled_for: new_date(event).or(prev.and_then(|r| r.scheduled_for)),
+            status: review.status,
+            scheduled_for: review.scheduled_for,
         };
-        match at {
-            Ok(i) => self.reviews[i] = review,
-            Err(i) => self.reviews.insert(i, review),
+        match (
+            self.reviews.binary_search_by_key(&session, |r| r.session),
+            review.is_void(),
+        ) {
+            (Ok(i), false) => self.reviews[i] = entry,
+            (Err(i), false) => self.reviews.insert(i, entry),
+            (Ok(i), true) => {
+                self.reviews.remove(i);
+            }
+            (Err(_), true) => {}
         }
-        match &event.data {
-            EventData::SideEventHeld(_) => self.side_events = self.side_events.saturating_add(1),
-            EventData::ReportPublished(d) => {
+        let at = self.reports.binary_search_by_key(&session, |r| r.session);
+        match (&review.report, at) {
+            (Some(r), at) => {
                 let report = CountryReport {
                     session,
-                    published_on: d.published_on,
-                    document_symbol: d.document_symbol.clone(),
+                    published_on: r.published_on,
+                    document_symbol: r.document_symbol.clone(),
                 };
-                match self.reports.binary_search_by_key(&session, |r| r.session) {
+                match at {
                     Ok(i) => self.reports[i] = report,
                     Err(i) => self.reports.insert(i, report),
                 }
             }
-            _ => {}
+            (None, Ok(i)) => {
+                self.reports.remove(i);
+            }
+            (None, Err(_)) => {}
         }
+        self.side_events = moved(self.side_events, review.side_event_delta(seq));
         self.last_seq = seq;
         true
     }
@@ -407,13 +602,13 @@ impl CountryView {
     }
 }
 
-/// The date an event sets, if it sets one.
-fn new_date(event: &Envelope) -> Option<Timestamp> {
-    match &event.data {
-        EventData::ReviewScheduled(d) => Some(d.scheduled_for),
-        EventData::ReviewRescheduled(d) => Some(d.scheduled_for),
-        _ => None,
-    }
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A side-event total moved by `delta`.
+fn moved(total: u32, delta: i64) -> u32 {
+    u32::try_from(i64::from(total) + delta).unwrap_or(0)
 }
 
 fn to_json<T: Serialize>(view: &T) -> Vec<u8> {
@@ -446,7 +641,7 @@ impl Touched {
 }
 
 /// All three read models in memory: the reference fold that live
-/// projections are compared against, and a convenient cache.
+/// projections are compared against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadModels {
     /// `upr_reviews`.
@@ -455,41 +650,60 @@ pub struct ReadModels {
     pub sessions: BTreeMap<Session, SessionView>,
     /// `upr_countries`.
     pub countries: BTreeMap<Country, CountryView>,
+    /// The log by review and sequence: the history a retraction needs (a
+    /// live projection reads it from the stream instead).
+    events: BTreeMap<ReviewKey, BTreeMap<u64, Envelope>>,
 }
 
 impl ReadModels {
-    /// Applies one event to the three views it belongs to.
+    /// Applies one event to the three views it belongs to: the review value
+    /// first, then the session and country values take in what it became.
     pub fn apply(&mut self, seq: u64, event: &Envelope) -> Touched {
         let review = event.review_key();
         let view = self
             .reviews
             .entry(review)
             .or_insert_with(|| ReviewView::new(review));
-        let a = view.apply(seq, event);
-        if !view.holds(seq) {
-            return Touched {
-                review,
-                session: event.session,
-                country: event.country,
-                changed: false,
-            };
+        let log = self.events.entry(review).or_default();
+        let changed = match view.apply(seq, event) {
+            Fold::NeedsHistory => {
+                let history: Vec<(u64, Envelope)> =
+                    log.range(..seq).map(|(s, e)| (*s, e.clone())).collect();
+                view.apply_with_history(seq, event, &history) == Fold::Applied
+            }
+            fold => fold == Fold::Applied,
+        };
+        log.insert(seq, event.clone());
+        // Also for an event the review already holds: a session or country
+        // value that missed it (a crash between writes) catches up.
+        if changed || view.holds(seq) {
+            self.sessions
+                .entry(event.session)
+                .or_insert_with(|| SessionView::new(event.session))
+                .absorb(seq, view);
+            self.countries
+                .entry(event.country)
+                .or_insert_with(|| CountryView::new(event.country))
+                .absorb(seq, view);
         }
-        let b = self
-            .sessions
-            .entry(event.session)
-            .or_insert_with(|| SessionView::new(event.session))
-            .apply(seq, event);
-        let c = self
-            .countries
-            .entry(event.country)
-            .or_insert_with(|| CountryView::new(event.country))
-            .apply(seq, event);
         Touched {
             review,
             session: event.session,
             country: event.country,
-            changed: a || b || c,
+            changed,
         }
+    }
+
+    /// Makes the log known, as a live projection knows the stream: models
+    /// resumed from stored values can then fold a retraction.
+    pub fn knowing<'a>(mut self, log: impl IntoIterator<Item = (u64, &'a Envelope)>) -> Self {
+        for (seq, event) in log {
+            self.events
+                .entry(event.review_key())
+                .or_default()
+                .insert(seq, event.clone());
+        }
+        self
     }
 
     /// Folds a log from scratch.
@@ -629,7 +843,8 @@ pub(crate) mod tests {
         rows.iter()
             .map(|(t, n)| {
                 json!({"type": t, "event_id": id((*n).into()), "seq": n,
-                                 "occurred_at": format!("2024-11-{:02}T10:00:00Z", n % 28 + 1)})
+                                 "occurred_at": format!("2024-11-{:02}T10:00:00Z", n % 28 + 1),
+                                 "retracted": null})
             })
             .collect()
     }
@@ -646,12 +861,13 @@ pub(crate) mod tests {
         assert_eq!(kz.kv_key(), "KZ.48");
         let expected = json!({
             "country": "KZ", "country_name": "Kazakhstan", "session": 48, "cycle": 4, "status": "reported",
-            "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva",
+            "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva", "troika": null,
             "history": history(&[("review_scheduled", 1), ("side_event_held", 3), ("review_rescheduled", 4),
                                  ("review_held", 7), ("report_published", 8)]),
             "side_events": [side_view(3, "2025-01-22T00:00:00Z")],
             "report": {"published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10",
                        "recommendations": {"total": 300, "supported": 250, "noted": 50}},
+            "outcome": null,
             "last_seq": 8,
         });
         assert_eq!(text(kz.to_json()), expected.to_string());
@@ -662,9 +878,10 @@ pub(crate) mod tests {
         let m = folded();
         let fr = &m.reviews[&ReviewKey::parse("FR.48").unwrap()];
         let expected = json!({"country": "FR", "country_name": "France", "session": 48, "cycle": 4,
-            "status": null, "scheduled_for": null, "location": null,
+            "status": null, "scheduled_for": null, "location": null, "troika": null,
             "history": history(&[("side_event_held", 5)]),
-            "side_events": [side_view(5, "2025-01-20T00:00:00Z")], "report": null, "last_seq": 5});
+            "side_events": [side_view(5, "2025-01-20T00:00:00Z")], "report": null, "outcome": null,
+            "last_seq": 5});
         assert_eq!(text(fr.to_json()), expected.to_string());
         let ch = &m.reviews[&ReviewKey::parse("CH.48").unwrap()];
         assert_eq!(
@@ -785,9 +1002,14 @@ pub(crate) mod tests {
     #[test]
     fn views_ignore_events_of_other_keys() {
         let e = scheduled(1, "KZ.48", "2025-01-23T08:30:00Z");
-        assert!(!ReviewView::new(ReviewKey::parse("KZ.47").unwrap()).apply(1, &e));
-        assert!(!SessionView::new(Session::new(47).unwrap()).apply(1, &e));
-        assert!(!CountryView::new(Country::parse("CH").unwrap()).apply(1, &e));
+        assert_eq!(
+            ReviewView::new(ReviewKey::parse("KZ.47").unwrap()).apply(1, &e),
+            Fold::Ignored
+        );
+        let mut kz48 = ReviewView::new(ReviewKey::parse("KZ.48").unwrap());
+        assert_eq!(kz48.apply(1, &e), Fold::Applied);
+        assert!(!SessionView::new(Session::new(47).unwrap()).absorb(1, &kz48));
+        assert!(!CountryView::new(Country::parse("CH").unwrap()).absorb(1, &kz48));
     }
 
     #[test]
@@ -834,6 +1056,140 @@ pub(crate) mod tests {
         assert!(m.upcoming(now, None, Country::parse("KZ").ok()).is_empty());
         let earlier = Timestamp::parse_rfc3339("2024-10-01T00:00:00Z").unwrap();
         assert_eq!(keys(m.upcoming(earlier, None, None)), ["KZ.47", "BR.48"]);
+    }
+
+    /// Contract v2: after a retraction, the read models are what they would
+    /// be had the retracted event never been recorded. Exactly: every
+    /// field but the history and `last_seq` is byte-identical to the fold
+    /// of the log without the retracted event and the retraction; the
+    /// history keeps the retracted entry, marked, and the retraction; a
+    /// review whose every event was retracted is empty and listed nowhere.
+    mod retractions {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 3] = ["KZ.48", "CH.48", "KZ.47"];
+
+        fn make(n: u64, key: usize, ty: u8, day: u8) -> Envelope {
+            let when = format!("2025-{:02}-{:02}T08:30:00Z", day / 28 + 1, day % 28 + 1);
+            let (ty, data) = match ty % 7 {
+                0 => (
+                    EventType::ReviewScheduled,
+                    json!({"scheduled_for": when, "location": format!("Room {day}"),
+                        "troika": if day.is_multiple_of(2) { json!(["AR", "JP", "SN"]) } else { json!(null) }}),
+                ),
+                1 => (EventType::ReviewRescheduled, json!({"scheduled_for": when})),
+                2 => (EventType::ReviewCancelled, json!({})),
+                3 => (EventType::ReviewHeld, json!({})),
+                4 => (
+                    EventType::SideEventHeld,
+                    json!({"title": format!("Side {n}"), "held_on": when}),
+                ),
+                5 => (
+                    EventType::ReportPublished,
+                    json!({"published_on": when, "document_symbol": "A/HRC/59/10"}),
+                ),
+                _ => (
+                    EventType::OutcomeAdopted,
+                    json!({"adopted_on": when, "hrc_session": 58}),
+                ),
+            };
+            envelope(n, KEYS[key], data, ty)
+        }
+
+        fn retraction(n: u64, target: &Envelope) -> Envelope {
+            let data = json!({"retracts": target.id, "reason": "r".repeat(150)});
+            envelope(
+                n,
+                &target.review_key().to_string(),
+                data,
+                EventType::EventRetracted,
+            )
+        }
+
+        fn fold(log: &[Envelope]) -> ReadModels {
+            ReadModels::fold(log.iter().enumerate().map(|(i, e)| (i as u64 + 1, e)))
+        }
+
+        /// The values with `history` and `last_seq` left out.
+        fn comparable(m: &ReadModels) -> Vec<(String, serde_json::Value)> {
+            let strip = |mut v: serde_json::Value| {
+                let o = v.as_object_mut().unwrap();
+                o.remove("history");
+                o.remove("last_seq");
+                v
+            };
+            let reviews = m.reviews.values().filter(|r| !r.is_void()).map(|r| {
+                (
+                    format!("review {}", r.kv_key()),
+                    strip(serde_json::to_value(r).unwrap()),
+                )
+            });
+            // A session or country whose every event was retracted lists nothing.
+            let sessions = m
+                .sessions
+                .values()
+                .filter(|v| !v.reviews.is_empty())
+                .map(|v| {
+                    (
+                        format!("session {}", v.kv_key()),
+                        strip(serde_json::to_value(v).unwrap()),
+                    )
+                });
+            let countries = m
+                .countries
+                .values()
+                .filter(|v| !v.reviews.is_empty())
+                .map(|v| {
+                    (
+                        format!("country {}", v.kv_key()),
+                        strip(serde_json::to_value(v).unwrap()),
+                    )
+                });
+            reviews.chain(sessions).chain(countries).collect()
+        }
+
+        proptest! {
+            #[test]
+            fn a_retraction_gives_the_fold_of_the_log_without_the_retracted_event(
+                specs in proptest::collection::vec((0usize..3, 0u8..7, 0u8..50), 1..30),
+                at in any::<prop::sample::Index>(),
+                pick in any::<prop::sample::Index>(),
+            ) {
+                let events: Vec<Envelope> = specs.iter().enumerate()
+                    .map(|(i, (k, t, d))| make(i as u64 + 1, *k, *t, *d)).collect();
+                let p = at.index(events.len()) + 1;
+                // What may be retracted after the first p events: any side
+                // event, or a review's latest lifecycle event in force.
+                let before = fold(&events[..p]);
+                let mut targets: Vec<&Envelope> = Vec::new();
+                for view in before.reviews.values() {
+                    let in_force = view.lifecycle_in_force();
+                    for e in &events[..p] {
+                        let side = e.event_type() == EventType::SideEventHeld && view.side_events.iter().any(|s| s.event_id == e.id);
+                        if side || in_force.last() == Some(&e.id) {
+                            targets.push(e);
+                        }
+                    }
+                }
+                prop_assume!(!targets.is_empty());
+                let target = targets[pick.index(targets.len())].clone();
+                let r = retraction(1000, &target);
+
+                let with: Vec<Envelope> = events[..p].iter().cloned().chain([r]).chain(events[p..].iter().cloned()).collect();
+                let without: Vec<Envelope> = events.iter().filter(|e| e.id != target.id).cloned().collect();
+                let (a, b) = (fold(&with), fold(&without));
+                prop_assert_eq!(comparable(&a), comparable(&b));
+
+                // The history keeps the entry, marked with the (cut) reason.
+                let view = &a.reviews[&target.review_key()];
+                let entry = view.history.iter().find(|h| h.event_id == target.id).unwrap();
+                let mark = entry.retracted.as_ref().unwrap();
+                prop_assert_eq!(mark.seq, p as u64 + 1);
+                prop_assert_eq!(mark.reason.chars().count(), REASON_CHARS);
+                prop_assert!(view.history.iter().any(|h| h.event_type == EventType::EventRetracted));
+            }
+        }
     }
 
     /// The largest values intake lets through stay under the bound.
@@ -941,6 +1297,57 @@ pub(crate) mod tests {
             assert!(len < MAX_VALUE_BYTES, "review value of {len} bytes");
         }
 
+        /// The other worst case: 100 side events in force, 100 retracted
+        /// (each marked with a reason), 100 lifecycle events, 100 retractions.
+        #[test]
+        fn a_review_value_full_of_retractions_stays_under_256_kib() {
+            let mut log = vec![accepted(
+                0,
+                "review_scheduled",
+                json!({"country": "KZ", "session": 999,
+                "scheduled_for": LATEST, "location": WIDE.repeat(200)}),
+            )];
+            for n in 1..=99 {
+                log.push(accepted(
+                    n,
+                    "review_rescheduled",
+                    json!({"country": "KZ", "session": 999,
+                    "scheduled_for": LATEST}),
+                ));
+            }
+            // Side events just small enough that 100 fit in the byte limit.
+            let side = |n: u64| {
+                let mut s = largest_side_event("KZ", 999, 0);
+                s["title"] = WIDE.repeat(180).into();
+                s["topics"] = json!([]);
+                accepted(n, "side_event_held", s)
+            };
+            for n in 100..200 {
+                log.push(side(n));
+            }
+            for n in 100..200 {
+                let target = Uuid::from_u128(u128::MAX - u128::from(n));
+                log.push(accepted(
+                    1000 + n,
+                    "event_retracted",
+                    json!({"country": "KZ", "session": 999,
+                    "retracts": target, "reason": WIDE.repeat(1000)}),
+                ));
+            }
+            for n in 200..300 {
+                log.push(side(n));
+            }
+            let m = fold_all(&log);
+            let kz = &m.reviews[&ReviewKey::parse("KZ.999").unwrap()];
+            let retracted = kz.history.iter().filter(|h| h.retracted.is_some()).count();
+            assert_eq!(
+                (kz.history.len(), retracted, kz.side_events.len()),
+                (400, 100, 100)
+            );
+            let len = kz.to_json().len();
+            assert!(len < MAX_VALUE_BYTES, "review value of {len} bytes");
+        }
+
         #[test]
         fn a_country_reviewed_at_every_session_stays_under_256_kib() {
             let mut log = Vec::new();
@@ -1009,7 +1416,7 @@ pub(crate) mod tests {
         use proptest::prelude::*;
 
         fn arb_event() -> impl Strategy<Value = (u8, u8, u8, u8)> {
-            (0u8..3, 1u8..3, 0u8..6, 0u8..40)
+            (0u8..3, 1u8..3, 0u8..8, 0u8..40)
         }
 
         fn make(n: u64, (c, s, t, day): (u8, u8, u8, u8)) -> Envelope {
@@ -1023,6 +1430,11 @@ pub(crate) mod tests {
                 EventType::ReviewHeld => json!({"held_on": when, "recommendations_received": null}),
                 EventType::SideEventHeld => json!({"title": "t", "held_on": when}),
                 EventType::ReportPublished => json!({"published_on": when}),
+                EventType::OutcomeAdopted => json!({"adopted_on": when, "hrc_session": 58}),
+                // Names an earlier event (of any review: some take nothing back).
+                EventType::EventRetracted => {
+                    json!({"retracts": Uuid::from_u128(u128::from(day) % n.max(1) as u128 + 1), "reason": "r"})
+                }
             };
             envelope(n, &key, data, ty)
         }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::country::Country;
-use super::event::{Envelope, EventData, Session};
+use super::event::{Envelope, EventData, EventType, Session};
+use super::lifecycle::{LifecycleEntry, ReviewState, ReviewStatus};
 use super::time::Timestamp;
 
 /// How long before the review a reminder is due, e.g. `7d`.
@@ -243,6 +244,8 @@ pub enum NoticeKind {
     Rescheduled,
     /// A review was called off.
     Cancelled,
+    /// A retraction changed a date or status subscribers were told of.
+    Corrected,
 }
 
 impl NoticeKind {
@@ -252,6 +255,7 @@ impl NoticeKind {
             Self::Reminder => "reminder",
             Self::Rescheduled => "rescheduled",
             Self::Cancelled => "cancelled",
+            Self::Corrected => "corrected",
         }
     }
 }
@@ -265,8 +269,12 @@ pub struct ReminderNotice {
     pub kind: NoticeKind,
     /// The state under review.
     pub country: Country,
+    /// Its UN short name.
+    pub country_name: String,
     /// The Working Group session.
     pub session: Session,
+    /// Its UPR cycle.
+    pub cycle: u16,
     /// The review date.
     pub scheduled_for: Timestamp,
     /// Where.
@@ -288,7 +296,9 @@ impl Reminder {
             id: self.id.clone(),
             kind: NoticeKind::Reminder,
             country: self.country,
+            country_name: self.country.un_name().to_owned(),
             session: self.session,
+            cycle: self.session.cycle(),
             scheduled_for: self.scheduled_for,
             location: self.location.clone(),
             lead: self.lead.clone(),
@@ -302,7 +312,7 @@ impl Reminder {
 impl ReminderNotice {
     /// The payload bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(self).expect("notices hold only strings, integers and structs")
     }
 }
 
@@ -315,8 +325,12 @@ pub struct RescheduledNotice {
     pub kind: NoticeKind,
     /// The state under review.
     pub country: Country,
+    /// Its UN short name.
+    pub country_name: String,
     /// The Working Group session.
     pub session: Session,
+    /// Its UPR cycle.
+    pub cycle: u16,
     /// The date before the change (`null` if the notifier never saw it).
     pub old_scheduled_for: Option<Timestamp>,
     /// The new date.
@@ -338,8 +352,12 @@ pub struct CancelledNotice {
     pub kind: NoticeKind,
     /// The state under review.
     pub country: Country,
+    /// Its UN short name.
+    pub country_name: String,
     /// The Working Group session.
     pub session: Session,
+    /// Its UPR cycle.
+    pub cycle: u16,
     /// The date that was cancelled (`null` if the notifier never saw it).
     pub scheduled_for: Option<Timestamp>,
     /// Why, if given.
@@ -350,8 +368,52 @@ pub struct CancelledNotice {
     pub sent_at: Timestamp,
 }
 
-/// A notice about a change of date; its id contains the event id, so
-/// re-processing the event publishes the same message id.
+/// What a correction took back, in a [`CorrectedNotice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retracted {
+    /// The retracted event.
+    pub event_id: Uuid,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+}
+
+/// The payload on `upr.notify.corrected.<COUNTRY>`: a retraction took back
+/// a scheduling, a reschedule or a cancellation that subscribers were told of
+/// (by reminders or notices); the review now stands as `status` on
+/// `scheduled_for`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrectedNotice {
+    /// `KZ.48.corrected.<retraction event id>`.
+    pub id: String,
+    /// Always [`NoticeKind::Corrected`].
+    pub kind: NoticeKind,
+    /// The state under review.
+    pub country: Country,
+    /// Its UN short name.
+    pub country_name: String,
+    /// The Working Group session.
+    pub session: Session,
+    /// Its UPR cycle.
+    pub cycle: u16,
+    /// What was taken back.
+    pub retracted: Retracted,
+    /// Why.
+    pub reason: String,
+    /// The review's status now (`null`: no lifecycle event in force).
+    pub status: Option<ReviewStatus>,
+    /// Its date now.
+    pub scheduled_for: Option<Timestamp>,
+    /// Its date before the correction.
+    pub old_scheduled_for: Option<Timestamp>,
+    /// The `event_retracted` event.
+    pub event_id: Uuid,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+}
+
+/// A notice about a change of date or status; its id contains the event
+/// id, so re-processing the event publishes the same message id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ChangeNotice {
@@ -359,6 +421,8 @@ pub enum ChangeNotice {
     Rescheduled(RescheduledNotice),
     /// See [`CancelledNotice`].
     Cancelled(CancelledNotice),
+    /// See [`CorrectedNotice`].
+    Corrected(CorrectedNotice),
 }
 
 impl ChangeNotice {
@@ -376,7 +440,9 @@ impl ChangeNotice {
                 id: format!("{country}.{session}.rescheduled.{event_id}"),
                 kind: NoticeKind::Rescheduled,
                 country,
+                country_name: country.un_name().to_owned(),
                 session,
+                cycle: session.cycle(),
                 old_scheduled_for: previous_scheduled_for,
                 scheduled_for: d.scheduled_for,
                 reason: d.reason.clone(),
@@ -387,7 +453,9 @@ impl ChangeNotice {
                 id: format!("{country}.{session}.cancelled.{event_id}"),
                 kind: NoticeKind::Cancelled,
                 country,
+                country_name: country.un_name().to_owned(),
                 session,
+                cycle: session.cycle(),
                 scheduled_for: previous_scheduled_for,
                 reason: d.reason.clone(),
                 event_id,
@@ -397,11 +465,55 @@ impl ChangeNotice {
         }
     }
 
+    /// The notice for a retraction that took back `taken_back`, when
+    /// subscribers were told of what it set: a scheduling or reschedule (by
+    /// reminders) or a reschedule or cancellation (by notices). `after` is
+    /// the review's lifecycle once the event is taken back; `None` for other
+    /// types, whose effects were never announced.
+    pub fn corrected(
+        retraction: &Envelope,
+        taken_back: &LifecycleEntry,
+        before: &ReviewState,
+        after: &ReviewState,
+        sent_at: Timestamp,
+    ) -> Option<Self> {
+        let EventData::EventRetracted(r) = &retraction.data else {
+            return None;
+        };
+        let announced = matches!(
+            taken_back.event,
+            EventType::ReviewScheduled | EventType::ReviewRescheduled | EventType::ReviewCancelled
+        );
+        if !announced {
+            return None;
+        }
+        let (country, session, event_id) = (retraction.country, retraction.session, retraction.id);
+        Some(Self::Corrected(CorrectedNotice {
+            id: format!("{country}.{session}.corrected.{event_id}"),
+            kind: NoticeKind::Corrected,
+            country,
+            country_name: country.un_name().to_owned(),
+            session,
+            cycle: session.cycle(),
+            retracted: Retracted {
+                event_id: taken_back.id,
+                event_type: taken_back.event,
+            },
+            reason: r.reason.clone(),
+            status: after.status(),
+            scheduled_for: after.scheduled_for(),
+            old_scheduled_for: before.scheduled_for(),
+            event_id,
+            sent_at,
+        }))
+    }
+
     /// The id, also the `Nats-Msg-Id`.
     pub fn id(&self) -> &str {
         match self {
             Self::Rescheduled(n) => &n.id,
             Self::Cancelled(n) => &n.id,
+            Self::Corrected(n) => &n.id,
         }
     }
 
@@ -410,6 +522,7 @@ impl ChangeNotice {
         match self {
             Self::Rescheduled(_) => NoticeKind::Rescheduled,
             Self::Cancelled(_) => NoticeKind::Cancelled,
+            Self::Corrected(_) => NoticeKind::Corrected,
         }
     }
 
@@ -418,12 +531,13 @@ impl ChangeNotice {
         match self {
             Self::Rescheduled(n) => n.country,
             Self::Cancelled(n) => n.country,
+            Self::Corrected(n) => n.country,
         }
     }
 
     /// The payload bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(self).expect("notices hold only strings, integers and structs")
     }
 }
 
@@ -572,7 +686,7 @@ mod tests {
         let r = &plan_kz("2025-01-23T08:30:00Z", "2024-11-06T10:00:00Z")[1];
         let n = r.notice(ts("2025-01-16T08:30:00.250Z"), false);
         let expected = json!({"id": "KZ.48.7d.2025-01-23T08:30:00Z", "kind": "reminder", "country": "KZ",
-            "session": 48, "scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva",
+            "country_name": "Kazakhstan", "session": 48, "cycle": 4, "scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva",
             "lead": "7d", "due_at": "2025-01-16T08:30:00Z", "sent_at": "2025-01-16T08:30:00.25Z", "late": false});
         assert_eq!(
             String::from_utf8(n.to_json()).unwrap(),
@@ -600,7 +714,8 @@ mod tests {
                 "KZ"
             )
         );
-        let expected = json!({"id": format!("KZ.48.rescheduled.{id}"), "kind": "rescheduled", "country": "KZ", "session": 48,
+        let expected = json!({"id": format!("KZ.48.rescheduled.{id}"), "kind": "rescheduled", "country": "KZ",
+            "country_name": "Kazakhstan", "session": 48, "cycle": 4,
             "old_scheduled_for": "2025-01-23T08:30:00Z", "scheduled_for": "2025-01-30T08:30:00Z",
             "reason": "room", "event_id": id, "sent_at": "2025-01-10T00:00:00Z"});
         assert_eq!(
@@ -616,7 +731,8 @@ mod tests {
         );
         let n = ChangeNotice::for_event(&e, old, sent).unwrap();
         let id = Uuid::from_u128(6);
-        let expected = json!({"id": format!("KZ.48.cancelled.{id}"), "kind": "cancelled", "country": "KZ", "session": 48,
+        let expected = json!({"id": format!("KZ.48.cancelled.{id}"), "kind": "cancelled", "country": "KZ",
+            "country_name": "Kazakhstan", "session": 48, "cycle": 4,
             "scheduled_for": "2025-01-23T08:30:00Z", "reason": null, "event_id": id, "sent_at": "2025-01-10T00:00:00Z"});
         assert_eq!(
             String::from_utf8(n.to_json()).unwrap(),

@@ -214,7 +214,7 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
     let recorded_at = env["recorded_at"].as_str().unwrap().to_owned();
     assert_eq!(
         serde_json::to_string(&env).unwrap(),
-        serde_json::to_string(&json!({"id": id, "type": "review_scheduled", "schema": 1, "country": "KZ", "session": 48,
+        serde_json::to_string(&json!({"id": id, "type": "review_scheduled", "schema": 2, "country": "KZ", "session": 48,
             "occurred_at": "2024-11-06T10:00:00Z", "recorded_at": recorded_at, "source": "UPR Info",
             "data": {"scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva"}}))
         .unwrap(),

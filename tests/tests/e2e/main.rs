@@ -4,6 +4,7 @@
 
 mod bounds;
 mod corpus;
+mod corrections;
 mod deployment;
 mod foundation;
 mod ingest;

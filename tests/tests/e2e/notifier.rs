@@ -15,8 +15,8 @@ use serde_json::Value;
 use upr_shared::{
     contract::{self, notifier as names, services},
     domain::{
-        Country, Envelope, EventData, ReviewCancelled, ReviewHeld, ReviewRescheduled,
-        ReviewScheduled, SCHEMA, Session, Timestamp,
+        Country, Envelope, EventData, EventRetracted, ReviewCancelled, ReviewHeld,
+        ReviewRescheduled, ReviewScheduled, SCHEMA, Session, Timestamp,
     },
     nats::ensure_own_stream,
 };
@@ -124,6 +124,7 @@ impl Bed {
             EventData::ReviewScheduled(ReviewScheduled {
                 scheduled_for: when,
                 location: "Geneva".into(),
+                troika: None,
             }),
         )
         .await
@@ -244,7 +245,9 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
                 "id",
                 "kind",
                 "country",
+                "country_name",
                 "session",
+                "cycle",
                 "scheduled_for",
                 "location",
                 "lead",
@@ -256,7 +259,9 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
         assert_eq!(n["id"], id.as_str());
         assert_eq!(n["kind"], "reminder");
         assert_eq!(n["country"], "KZ");
+        assert_eq!(n["country_name"], "Kazakhstan");
         assert_eq!(n["session"], 48);
+        assert_eq!(n["cycle"], 4);
         assert_eq!(n["scheduled_for"], date.to_string());
         assert_eq!(n["location"], "Geneva");
         assert_eq!(n["lead"], lead);
@@ -353,6 +358,77 @@ async fn rescheduling_replaces_the_reminders_and_announces_old_and_new_dates() {
         bed.heard()
             .iter()
             .any(|(s, v)| s == "upr.notify.rescheduled.KZ" && v == n)
+    );
+}
+
+#[tokio::test]
+async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_announces_it() {
+    let bed = Bed::start(LEADS).await;
+    let old = in_ms(7_000);
+    bed.schedule("KZ", 48, old).await;
+    let new = in_ms(9_000);
+    let moved = bed
+        .publish(
+            "KZ",
+            48,
+            EventData::ReviewRescheduled(ReviewRescheduled {
+                scheduled_for: new,
+                reason: None,
+            }),
+        )
+        .await;
+    let retraction = bed
+        .publish(
+            "KZ",
+            48,
+            EventData::EventRetracted(EventRetracted {
+                retracts: moved.id,
+                reason: "entered twice".into(),
+            }),
+        )
+        .await;
+    let notice = eventually(Duration::from_secs(5), "the corrected notice", || async {
+        bed.stored()
+            .await
+            .into_iter()
+            .find(|(subject, _, _)| subject == "upr.notify.corrected.KZ")
+    })
+    .await;
+    assert_eq!(notice.1, format!("KZ.48.corrected.{}", retraction.id));
+    let n = &notice.2;
+    assert_eq!(n["kind"], "corrected");
+    assert_eq!(
+        n["retracted"],
+        serde_json::json!({"event_id": moved.id, "type": "review_rescheduled"})
+    );
+    assert_eq!(n["status"], "scheduled");
+    assert_eq!(n["scheduled_for"], old.to_string());
+    assert_eq!(n["old_scheduled_for"], new.to_string());
+    assert_eq!(n["reason"], "entered twice");
+    assert_eq!(
+        (n["country_name"].as_str(), n["cycle"].as_u64()),
+        (Some("Kazakhstan"), Some(4))
+    );
+    // The first date's reminders are sent as if the reschedule had never
+    // been recorded; none for the retracted date.
+    tokio::time::sleep(ms_until(new)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the first date's reminders",
+        || async { (bed.stored_reminder_ids().await.len() >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        bed.stored_reminder_ids().await,
+        [
+            reminder_id("KZ", 48, "4s", old),
+            reminder_id("KZ", 48, "2s", old)
+        ]
+    );
+    assert!(
+        bed.heard()
+            .iter()
+            .any(|(s, v)| s == "upr.notify.corrected.KZ" && v == n)
     );
 }
 

@@ -333,7 +333,7 @@ fn scenario() -> Vec<Envelope> {
 
 fn history(rows: &[(&str, u32)]) -> Value {
     rows.iter()
-        .map(|(t, n)| json!({"type": t, "event_id": Uuid::from_u128((*n).into()), "seq": n, "occurred_at": at(*n)}))
+        .map(|(t, n)| json!({"type": t, "event_id": Uuid::from_u128((*n).into()), "seq": n, "occurred_at": at(*n), "retracted": null}))
         .collect()
 }
 
@@ -356,20 +356,21 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
         "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12, "topics": ["press freedom"]});
     let kz48 = json!({
         "country": "KZ", "country_name": "Kazakhstan", "session": 48, "cycle": 4, "status": "reported",
-        "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva",
+        "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva", "troika": null,
         "history": history(&[("review_scheduled", 1), ("review_rescheduled", 4), ("side_event_held", 5), ("review_held", 8), ("report_published", 9)]),
-        "side_events": [kz_side], "report": report(), "last_seq": 9,
+        "side_events": [kz_side], "report": report(), "outcome": null, "last_seq": 9,
     });
     let ch48 = json!({
         "country": "CH", "country_name": "Switzerland", "session": 48, "cycle": 4, "status": "scheduled",
-        "scheduled_for": "2025-01-27T09:00:00Z", "location": "Geneva",
+        "scheduled_for": "2025-01-27T09:00:00Z", "location": "Geneva", "troika": null,
         "history": history(&[("review_scheduled", 2), ("review_cancelled", 6), ("review_scheduled", 7)]),
-        "side_events": [], "report": null, "last_seq": 7,
+        "side_events": [], "report": null, "outcome": null, "last_seq": 7,
     });
     let fr48 = json!({
         "country": "FR", "country_name": "France", "session": 48, "cycle": 4, "status": null,
-        "scheduled_for": null, "location": null,
-        "history": history(&[("side_event_held", 3)]), "side_events": [fr_side], "report": null, "last_seq": 3,
+        "scheduled_for": null, "location": null, "troika": null,
+        "history": history(&[("side_event_held", 3)]), "side_events": [fr_side], "report": null,
+        "outcome": null, "last_seq": 3,
     });
     // Every state of the session by date then country (AR and CH tie; FR,
     // with side events only, has no date), each with its side-event count.

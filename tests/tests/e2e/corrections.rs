@@ -1,0 +1,311 @@
+//! Contract v2 end to end through ingest and the projection: troikas, the
+//! Council's adoption of an outcome, and corrections (`event_retracted`).
+
+use serde_json::{Value, json};
+use upr_shared::contract::services;
+use upr_tests::{NatsServer, ServiceProcess};
+
+/// A server with ingest and the projection, and a client that sends as
+/// people do (`nats req`).
+struct Stack {
+    _nats: NatsServer,
+    _ingest: ServiceProcess,
+    _projection: ServiceProcess,
+    client: async_nats::Client,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
+        let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
+        ingest.wait_healthy().await;
+        projection.wait_healthy().await;
+        let client = nats.client().await;
+        Self {
+            _nats: nats,
+            _ingest: ingest,
+            _projection: projection,
+            client,
+        }
+    }
+
+    async fn request(&self, subject: &str, payload: Value) -> Value {
+        let reply = self
+            .client
+            .request(subject.to_owned(), payload.to_string().into())
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        serde_json::from_slice(&reply.payload).expect("a JSON reply")
+    }
+
+    /// Records an event; returns `(event_id, seq)`.
+    async fn record(&self, ty: &str, payload: Value) -> (String, u64) {
+        let reply = self.request(&format!("upr.ingest.{ty}"), payload).await;
+        assert_eq!(reply["ok"], true, "{ty}: {reply}");
+        (
+            reply["event_id"].as_str().unwrap().to_owned(),
+            reply["seq"].as_u64().unwrap(),
+        )
+    }
+
+    async fn refused(&self, ty: &str, payload: Value) -> Value {
+        let reply = self.request(&format!("upr.ingest.{ty}"), payload).await;
+        assert_eq!(reply["ok"], false, "{ty} was accepted: {reply}");
+        reply["error"].clone()
+    }
+
+    /// A query answered once the projection has applied `seq`.
+    async fn read(&self, subject: &str, seq: u64) -> Value {
+        let v = self.request(subject, json!({"min_seq": seq})).await;
+        assert_eq!(v["ok"], true, "{subject}: {v}");
+        v
+    }
+}
+
+fn kz(extra: Value) -> Value {
+    let mut p = json!({"country": "KZ", "session": 48});
+    p.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    p
+}
+
+#[tokio::test]
+async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
+    let stack = Stack::start().await;
+    let e = stack
+        .refused(
+            "review_scheduled",
+            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "troika": ["AR", "KZ", "SN"]})),
+        )
+        .await;
+    assert_eq!(
+        (e["code"].as_str(), e["field"].as_str()),
+        (Some("invalid_field"), Some("troika[1]"))
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("state under review"),
+        "{e}"
+    );
+    let e = stack
+        .refused(
+            "review_scheduled",
+            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "troika": ["AR", "VA", "SN"]})),
+        )
+        .await;
+    assert_eq!(
+        e["field"], "troika[1]",
+        "the Holy See is no member state: {e}"
+    );
+
+    stack
+        .record(
+            "review_scheduled",
+            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "troika": ["ar", "JP", "SN"]})),
+        )
+        .await;
+    let e = stack
+        .refused(
+            "outcome_adopted",
+            kz(json!({"adopted_on": "2025-06-20", "hrc_session": 59})),
+        )
+        .await;
+    assert_eq!(e["code"], "conflict", "{e}");
+    assert_eq!(
+        e["message"],
+        "review KZ 48 is scheduled; outcome_adopted needs a held or reported review"
+    );
+    stack.record("review_held", kz(json!({}))).await;
+    let e = stack
+        .refused(
+            "outcome_adopted",
+            kz(json!({"adopted_on": "2025-06-20", "hrc_session": 1000})),
+        )
+        .await;
+    assert_eq!(
+        (e["code"].as_str(), e["field"].as_str()),
+        (Some("invalid_field"), Some("hrc_session"))
+    );
+    let (_, seq) = stack
+        .record(
+            "outcome_adopted",
+            kz(json!({"adopted_on": "2025-06-20", "hrc_session": 59,
+                      "recommendations": {"total": 250, "supported": 200, "noted": 50}})),
+        )
+        .await;
+
+    let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
+    assert_eq!(review["status"], "adopted");
+    assert_eq!(review["troika"], json!(["AR", "JP", "SN"]));
+    assert_eq!(
+        review["outcome"],
+        json!({"adopted_on": "2025-06-20T00:00:00Z", "hrc_session": 59,
+               "recommendations": {"total": 250, "supported": 200, "noted": 50}})
+    );
+    assert_eq!(
+        (review["cycle"].as_u64(), review["country_name"].as_str()),
+        (Some(4), Some("Kazakhstan"))
+    );
+    let session = &stack.read("upr.query.session.48", seq).await["session"];
+    assert_eq!(session["reviews"][0]["status"], "adopted");
+    let e = stack
+        .refused(
+            "report_published",
+            kz(json!({"published_on": "2025-07-01"})),
+        )
+        .await;
+    assert_eq!(
+        e["message"],
+        "review KZ 48 is adopted; report_published needs a held review"
+    );
+}
+
+#[tokio::test]
+async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
+    let stack = Stack::start().await;
+    let (scheduled, _) = stack
+        .record(
+            "review_scheduled",
+            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "location": "Room XX"})),
+        )
+        .await;
+    let (side, _) = stack
+        .record(
+            "side_event_held",
+            kz(json!({"title": "Briefing", "held_on": "2025-01-20"})),
+        )
+        .await;
+    let (moved, _) = stack
+        .record(
+            "review_rescheduled",
+            kz(json!({"scheduled_for": "2025-01-30T08:30:00Z"})),
+        )
+        .await;
+
+    // Only the latest lifecycle event in force may be taken back.
+    let e = stack
+        .refused(
+            "event_retracted",
+            kz(json!({"retracts": scheduled, "reason": "typo"})),
+        )
+        .await;
+    assert_eq!(e["code"], "conflict");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(that is review_rescheduled {moved})")),
+        "{e}"
+    );
+    let e = stack
+        .refused(
+            "event_retracted",
+            kz(json!({"retracts": "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b", "reason": "typo"})),
+        )
+        .await;
+    assert!(
+        e["message"].as_str().unwrap().contains("holds no event"),
+        "{e}"
+    );
+    let e = stack
+        .refused("event_retracted", kz(json!({"retracts": moved})))
+        .await;
+    assert_eq!(
+        (e["code"].as_str(), e["field"].as_str()),
+        (Some("missing_field"), Some("reason"))
+    );
+
+    let (retraction, _) = stack
+        .record(
+            "event_retracted",
+            kz(json!({"retracts": moved, "reason": "entered for the wrong state"})),
+        )
+        .await;
+    let (_, seq) = stack
+        .record(
+            "event_retracted",
+            kz(json!({"retracts": side, "reason": "never took place"})),
+        )
+        .await;
+
+    let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
+    assert_eq!(review["status"], "scheduled");
+    assert_eq!(review["scheduled_for"], "2025-01-23T08:30:00Z");
+    assert_eq!(review["location"], "Room XX");
+    assert_eq!(review["side_events"], json!([]));
+    let history = review["history"].as_array().unwrap();
+    assert_eq!(
+        history.len(),
+        5,
+        "every event stays in the history: {history:?}"
+    );
+    assert_eq!(history[2]["event_id"], moved.as_str());
+    assert_eq!(
+        history[2]["retracted"]["reason"],
+        "entered for the wrong state"
+    );
+    assert_eq!(history[1]["retracted"]["reason"], "never took place");
+    assert_eq!(history[3]["event_id"], retraction.as_str());
+    assert_eq!(history[3]["retracted"], Value::Null);
+
+    let session = &stack.read("upr.query.session.48", seq).await["session"];
+    assert_eq!(session["side_events"], 0);
+    assert_eq!(
+        session["reviews"][0]["scheduled_for"],
+        "2025-01-23T08:30:00Z"
+    );
+    assert_eq!(session["reviews"][0]["side_events"], 0);
+    let country = &stack.read("upr.query.country.KZ", seq).await["country"];
+    assert_eq!(country["side_events"], 0);
+    assert_eq!(
+        country["reviews"][0]["scheduled_for"],
+        "2025-01-23T08:30:00Z"
+    );
+
+    // A retraction cannot be retracted, nor an event twice.
+    let e = stack
+        .refused(
+            "event_retracted",
+            kz(json!({"retracts": retraction, "reason": "x"})),
+        )
+        .await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be retracted"),
+        "{e}"
+    );
+    let e = stack
+        .refused(
+            "event_retracted",
+            kz(json!({"retracts": moved, "reason": "x"})),
+        )
+        .await;
+    assert!(
+        e["message"].as_str().unwrap().contains("already retracted"),
+        "{e}"
+    );
+    // The scheduling is now the latest lifecycle event in force.
+    let (_, seq) = stack
+        .record(
+            "event_retracted",
+            kz(json!({"retracts": scheduled, "reason": "no such review"})),
+        )
+        .await;
+    let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
+    assert_eq!(
+        (review["status"].clone(), review["scheduled_for"].clone()),
+        (Value::Null, Value::Null)
+    );
+    let session = &stack.read("upr.query.session.48", seq).await["session"];
+    assert_eq!(
+        session["reviews"],
+        json!([]),
+        "nothing of KZ 48 is in force: {session}"
+    );
+}
