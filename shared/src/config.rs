@@ -163,6 +163,23 @@ pub fn err(var: &'static str, message: &str) -> ConfigError {
     }
 }
 
+/// `UPR_REMINDER_LEADS` (default `30d,7d,1d`), longest first: the notifier
+/// plans a reminder per lead, and the calendar query gives each scheduled
+/// review an alarm per lead.
+///
+/// # Errors
+/// A [`ConfigError`] naming the variable for a list like `30d,7x`.
+pub fn reminder_leads(env: Lookup<'_>) -> Result<Vec<crate::domain::Lead>, ConfigError> {
+    use crate::contract::notifier as names;
+    let spec = env(names::ENV_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
+    crate::domain::parse_leads(&spec).map_err(|e| {
+        err(
+            names::ENV_LEADS,
+            &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
+        )
+    })
+}
+
 /// Parses a duration such as `90s`, `10m`, `1h`, `2d`, `1w` (the units of
 /// `UPR_REMINDER_LEADS`), for duration-valued variables.
 ///

@@ -292,6 +292,17 @@ pub mod query {
     pub fn country(country: Country) -> String {
         format!("upr.query.country.{country}")
     }
+
+    /// `upr.query.calendar`: every review with a date, as iCalendar.
+    pub const CALENDAR: &str = "upr.query.calendar";
+
+    /// `upr.query.calendar.<COUNTRY>`: one state's reviews, as iCalendar.
+    pub fn calendar(country: Country) -> String {
+        format!("upr.query.calendar.{country}")
+    }
+
+    /// The `Content-Type` header of a calendar answer.
+    pub const CALENDAR_CONTENT_TYPE: &str = "text/calendar";
 }
 
 // ---- notifier: its timers, state, consumers and status -----------------------

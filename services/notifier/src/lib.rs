@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, notifier as names, services},
-    domain::{Lead, Timestamp, parse_leads},
+    domain::{Lead, Timestamp},
     nats::{await_stream, ensure_own_stream},
     service::{self, BoxError},
 };
@@ -67,13 +67,7 @@ impl Config {
     /// `UPR_REMINDER_LEADS` for `30d,7x`.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_lookup(env)?;
-        let spec = env(names::ENV_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
-        let leads = parse_leads(&spec).map_err(|e| {
-            config::err(
-                names::ENV_LEADS,
-                &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
-            )
-        })?;
+        let leads = config::reminder_leads(env)?;
         let reader_consumers = parse_consumer_names(
             &env(names::ENV_READER_CONSUMERS)
                 .unwrap_or_else(|| names::DEFAULT_READER_CONSUMERS.to_string()),

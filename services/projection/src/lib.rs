@@ -29,6 +29,7 @@ use tracing::info;
 use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, PROJECTION_MAX_BATCH, services},
+    domain::Lead,
     service::{self, BoxError},
 };
 
@@ -46,6 +47,8 @@ pub struct Config {
     /// `UPR_PROJECTION_CACHE_MB` (default 32): memory for cached values
     /// between batches, counted as their JSON size plus overhead.
     pub cache_bytes: usize,
+    /// `UPR_REMINDER_LEADS`, as the notifier reads it: the calendar's alarms.
+    pub leads: Vec<Lead>,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             common: CommonConfig::from_lookup(env)?,
             max_batch: number("UPR_PROJECTION_BATCH", 10_000, PROJECTION_MAX_BATCH)?,
             cache_bytes: number("UPR_PROJECTION_CACHE_MB", 32, 64 * 1024)? * 1024 * 1024,
+            leads: config::reminder_leads(env)?,
         })
     }
 }
@@ -151,7 +155,9 @@ impl App {
             move |_, _| stats.stats_json(),
         )
         .await?;
-        Queries::new(store, shared).serve(&service).await?;
+        Queries::new(store, shared, config.leads)
+            .serve(&service)
+            .await?;
         Ok(Self {
             client,
             edge,

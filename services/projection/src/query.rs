@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use async_nats::service::{Service, endpoint::Endpoint};
+use async_nats::{
+    HeaderMap,
+    service::{Service, endpoint::Endpoint},
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -27,7 +30,10 @@ use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{Instrument, debug, info_span, warn};
 use upr_shared::{
     contract::query,
-    domain::{Country, ErrorCode, RejectError, ReviewKey, Session, Timestamp, json::parse_strict},
+    domain::{
+        Country, ErrorCode, Lead, RejectError, ReviewKey, Session, Timestamp, calendar,
+        json::parse_strict,
+    },
 };
 
 use crate::{state::Shared, store::Store};
@@ -64,6 +70,8 @@ pub enum Query {
     Upcoming,
     /// `upr.query.status`.
     Status,
+    /// `upr.query.calendar` (every state) or `upr.query.calendar.<COUNTRY>`.
+    Calendar(Option<Country>),
 }
 
 impl Query {
@@ -87,6 +95,8 @@ impl Query {
             ["country", c] => Ok(Self::Country(country(c)?)),
             ["upcoming"] => Ok(Self::Upcoming),
             ["status"] => Ok(Self::Status),
+            ["calendar"] => Ok(Self::Calendar(None)),
+            ["calendar", c] => Ok(Self::Calendar(Some(country(c)?))),
             _ => Err(RejectError::new(
                 ErrorCode::InvalidField,
                 format!("{subject} is not a query subject"),
@@ -173,11 +183,31 @@ impl Options {
     }
 }
 
+/// An answer: JSON, or an iCalendar document (sent with its content type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `{"ok": …}`.
+    Json(Bytes),
+    /// `text/calendar`.
+    Calendar(Bytes),
+}
+
+impl Answer {
+    /// The payload.
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Self::Json(b) | Self::Calendar(b) => b,
+        }
+    }
+}
+
 /// What the handlers read.
 #[derive(Clone)]
 pub struct Queries {
     store: Store,
     shared: Arc<Shared>,
+    /// The reminder leads, one calendar alarm each.
+    leads: Arc<Vec<Lead>>,
     /// Permits to wait for a `min_seq` ([`MAX_WAITING`]).
     waiting: Arc<Semaphore>,
     /// Permits to read ([`MAX_IN_FLIGHT`]).
@@ -201,24 +231,25 @@ fn wrap(name: &str, value: &[u8]) -> Bytes {
 
 impl Queries {
     /// Handlers over these buckets and this shared state.
-    pub fn new(store: Store, shared: Arc<Shared>) -> Self {
+    pub fn new(store: Store, shared: Arc<Shared>, leads: Vec<Lead>) -> Self {
         Self {
             store,
             shared,
+            leads: Arc::new(leads),
             waiting: Arc::new(Semaphore::new(MAX_WAITING)),
             reading: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
     /// The reply to one request.
-    pub async fn answer(&self, subject: &str, payload: &[u8]) -> Bytes {
+    pub async fn answer(&self, subject: &str, payload: &[u8]) -> Answer {
         match self.try_answer(subject, payload).await {
             Ok(reply) => reply,
-            Err(e) => error(&e),
+            Err(e) => Answer::Json(error(&e)),
         }
     }
 
-    async fn try_answer(&self, subject: &str, payload: &[u8]) -> Result<Bytes, RejectError> {
+    async fn try_answer(&self, subject: &str, payload: &[u8]) -> Result<Answer, RejectError> {
         let query = Query::parse(subject)?;
         let options = Options::parse(payload, query)?;
         if let Some(n) = options.min_seq {
@@ -250,7 +281,11 @@ impl Queries {
                 }
             }
         };
-        match query {
+        let now = || {
+            Timestamp::from_unix_millis(now_millis())
+                .ok_or_else(|| unavailable(&"clock out of range"))
+        };
+        let json = match query {
             Query::Review(key) => {
                 get(
                     &buckets.reviews,
@@ -279,14 +314,12 @@ impl Queries {
                 .await
             }
             Query::Upcoming => {
-                let now = Timestamp::from_unix_millis(now_millis())
-                    .ok_or_else(|| unavailable(&"clock out of range"))?;
                 let reviews = self
                     .shared
                     .upcoming
                     .read()
                     .map_err(|_| unavailable(&"index poisoned"))?
-                    .query(now, options.within_days, options.country);
+                    .query(now()?, options.within_days, options.country);
                 Ok(Bytes::from(
                     json!({"ok": true, "reviews": reviews}).to_string(),
                 ))
@@ -306,7 +339,18 @@ impl Queries {
                     .to_string(),
                 ))
             }
-        }
+            Query::Calendar(country) => {
+                let entries = self
+                    .shared
+                    .upcoming
+                    .read()
+                    .map_err(|_| unavailable(&"index poisoned"))?
+                    .calendar(country);
+                let text = calendar(&entries, &self.leads, now()?);
+                return Ok(Answer::Calendar(Bytes::from(text)));
+            }
+        };
+        json.map(Answer::Json)
     }
 
     /// Waits (up to [`MIN_SEQ_WAIT`]) until sequence `n` is applied; when
@@ -348,6 +392,8 @@ impl Queries {
             ("country", "country.*"),
             ("upcoming", "upcoming"),
             ("status", "status"),
+            ("calendar", "calendar"),
+            ("country_calendar", "calendar.*"),
         ];
         // Tasks at once: every reader and every waiter, no more.
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT + MAX_WAITING));
@@ -382,8 +428,16 @@ impl Queries {
                     let reply = queries
                         .answer(request.message.subject.as_str(), &request.message.payload)
                         .await;
-                    debug!(bytes = reply.len(), "answered");
-                    if let Err(e) = request.respond(Ok(reply)).await {
+                    debug!(bytes = reply.body().len(), "answered");
+                    let sent = match reply {
+                        Answer::Json(body) => request.respond(Ok(body)).await,
+                        Answer::Calendar(body) => {
+                            let mut headers = HeaderMap::new();
+                            headers.insert("Content-Type", query::CALENDAR_CONTENT_TYPE);
+                            request.respond_with_headers(Ok(body), headers).await
+                        }
+                    };
+                    if let Err(e) = sent {
                         warn!(error = %e, "cannot send the reply");
                     }
                     drop(permit);

@@ -1,27 +1,31 @@
-//! The in-memory index behind `upr.query.upcoming`: every review whose
-//! status is `scheduled`, ordered by date, then country, then session.
+//! The in-memory index behind `upr.query.upcoming` and `upr.query.calendar`:
+//! every review with a status and a date, and those `scheduled` ordered by
+//! date, then country, then session.
 //!
-//! Kept in memory because the query scans by date, which the KV buckets
+//! Kept in memory because the queries scan by date, which the KV buckets
 //! cannot do; it is rebuilt at start from `upr_reviews` and updated after
 //! each written batch, so it never runs ahead of what the buckets hold.
 
 use std::collections::{BTreeSet, HashMap};
 
 use upr_shared::domain::{
-    Country, ReviewKey, ReviewStatus, ReviewView, Session, Timestamp, Upcoming,
+    CalendarEntry, Country, ReviewKey, ReviewStatus, ReviewView, Session, Timestamp, Upcoming,
 };
 
-/// Scheduled reviews by date.
+/// Reviews with a date: scheduled ones by date, all for the calendar.
 #[derive(Debug, Default)]
 pub struct UpcomingIndex {
-    /// Sorted as the query answers: date, country, session.
+    /// Scheduled reviews, sorted as the query answers: date, country, session.
     by_date: BTreeSet<(Timestamp, Country, Session)>,
-    /// The date each indexed review is filed under, to move or remove it.
+    /// The date each scheduled review is filed under, to move or remove it.
     dates: HashMap<ReviewKey, Timestamp>,
+    /// Every review with a status and a date, as the calendar shows it.
+    calendar: HashMap<ReviewKey, CalendarEntry>,
 }
 
 impl UpcomingIndex {
-    /// Files the review under its date if it is scheduled, else removes it.
+    /// Files the review under its date if it is scheduled, else removes it;
+    /// keeps its calendar entry current.
     pub fn update(&mut self, view: &ReviewView) {
         let key = view.key();
         if let Some(old) = self.dates.remove(&key) {
@@ -31,12 +35,30 @@ impl UpcomingIndex {
             self.dates.insert(key, at);
             self.by_date.insert((at, key.country, key.session));
         }
+        match CalendarEntry::of(view) {
+            Some(entry) => self.calendar.insert(key, entry),
+            None => self.calendar.remove(&key),
+        };
     }
 
     /// Forgets everything (before a replay).
     pub fn clear(&mut self) {
         self.by_date.clear();
         self.dates.clear();
+        self.calendar.clear();
+    }
+
+    /// The calendar entries, of one country or all, by date, then country,
+    /// then session.
+    pub fn calendar(&self, country: Option<Country>) -> Vec<CalendarEntry> {
+        let mut out: Vec<CalendarEntry> = self
+            .calendar
+            .values()
+            .filter(|e| country.is_none_or(|c| c == e.country))
+            .cloned()
+            .collect();
+        out.sort_by_key(|e| (e.scheduled_for, e.country, e.session));
+        out
     }
 
     /// How many reviews are scheduled (any date).

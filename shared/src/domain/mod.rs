@@ -12,7 +12,9 @@
 //! - [`member_states`]: the 193 UN member states the UPR reviews, with UN names.
 //! - [`read_models`]: the review, session and country views as idempotent folds.
 //! - [`reminders`]: lead times, reminder planning and notice payloads.
+//! - [`calendar`]: reviews as an RFC 5545 iCalendar document.
 
+pub mod calendar;
 pub mod country;
 pub mod error;
 pub mod event;
@@ -25,6 +27,7 @@ pub mod read_models;
 pub mod reminders;
 pub mod time;
 
+pub use calendar::{CalendarEntry, REVIEW_MINUTES, calendar};
 pub use country::{COUNTRIES, Country, CountryError};
 pub use error::{ErrorCode, RejectError};
 pub use event::{

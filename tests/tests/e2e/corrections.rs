@@ -309,3 +309,85 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
         "nothing of KZ 48 is in force: {session}"
     );
 }
+
+/// The VEVENTs of an iCalendar answer, read with an independent parser, as
+/// property name -> value.
+fn events(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut reader = ical::IcalParser::new(std::io::BufReader::new(text.as_bytes()));
+    let cal = reader.next().expect("a calendar").expect("it parses");
+    cal.events
+        .iter()
+        .map(|e| {
+            e.properties
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of_adding_one() {
+    let stack = Stack::start().await;
+    stack
+        .record(
+            "review_scheduled",
+            kz(json!({"scheduled_for": "2031-01-23T08:30:00Z", "location": "Palais des Nations, Room XX"})),
+        )
+        .await;
+    stack
+        .record(
+            "review_scheduled",
+            json!({"country": "BO", "session": 48, "scheduled_for": "2031-01-21T14:30:00Z"}),
+        )
+        .await;
+    let (_, seq) = stack
+        .record("review_cancelled", json!({"country": "BO", "session": 48}))
+        .await;
+    let calendar = |subject: &'static str, seq: u64| {
+        let client = stack.client.clone();
+        async move {
+            let reply = client
+                .request(subject, json!({"min_seq": seq}).to_string().into())
+                .await
+                .unwrap();
+            let headers = reply.headers.clone().unwrap_or_default();
+            assert_eq!(
+                headers.get("Content-Type").map(|v| v.as_str()),
+                Some("text/calendar"),
+                "{subject}"
+            );
+            String::from_utf8(reply.payload.to_vec()).unwrap()
+        }
+    };
+    let before = events(&calendar("upr.query.calendar", seq).await);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (bo, kz48) = (&before[0], &before[1]);
+    assert_eq!(bo["UID"], "BO-48@upr-tracker");
+    assert_eq!(bo["STATUS"], "CANCELLED");
+    assert_eq!(
+        bo["SUMMARY"],
+        "UPR review: Bolivia (Plurinational State of) (session 48)"
+    );
+    assert_eq!(kz48["UID"], "KZ-48@upr-tracker");
+    assert_eq!(kz48["DTSTART"], "20310123T083000Z");
+    assert_eq!(kz48["DTEND"], "20310123T120000Z");
+    assert_eq!(kz48["LOCATION"], "Palais des Nations\\, Room XX");
+    assert_eq!(kz48["STATUS"], "CONFIRMED");
+    assert_eq!(kz48["SEQUENCE"], "0");
+
+    let (_, seq) = stack
+        .record(
+            "review_rescheduled",
+            kz(json!({"scheduled_for": "2031-01-24T08:30:00Z"})),
+        )
+        .await;
+    let after = events(&calendar("upr.query.calendar.KZ", seq).await);
+    assert_eq!(after.len(), 1, "one state's calendar: {after:?}");
+    assert_eq!(after[0]["UID"], "KZ-48@upr-tracker", "the same event");
+    assert_eq!(after[0]["DTSTART"], "20310124T083000Z");
+    assert_eq!(after[0]["SEQUENCE"], "1", "a newer version of it");
+
+    let wrong = stack.request("upr.query.calendar.XX", json!({})).await;
+    assert_eq!(wrong["error"]["field"], "country", "{wrong}");
+}
