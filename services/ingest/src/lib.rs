@@ -11,7 +11,9 @@
 //! - [`store`]: reading a review's history and appending under an expected sequence.
 //! - [`rejection`]: the `upr.rejected` record and its writer.
 //! - [`stats`]: counters for the endpoint's STATS data.
+//! - [`import`]: `upr-ingest import FILE`, a file of intake messages sent in order.
 
+pub mod import;
 pub mod pipeline;
 pub mod rejection;
 pub mod review;

@@ -391,3 +391,151 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
     let wrong = stack.request("upr.query.calendar.XX", json!({})).await;
     assert_eq!(wrong["error"]["field"], "country", "{wrong}");
 }
+
+/// `upr-ingest import` with `args`, as a publisher would run it against
+/// `url`; returns the exit status and stdout.
+fn import(url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(upr_tests::bin_path(services::INGEST))
+        .arg("import")
+        .args(args)
+        .env("NATS_URL", url)
+        .envs(env.iter().copied())
+        .output()
+        .expect("upr-ingest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.code().is_some(),
+        "ended by a signal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), stdout)
+}
+
+fn example_file() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/upr-session-99-example.csv")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn importing_the_example_calendar_twice_stores_it_once() {
+    let stack = Stack::start().await;
+    let url = stack._nats.url();
+    let file = example_file();
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (url, file) = (url.clone(), file.clone());
+        move || import(&url, &[&file], &[])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.ends_with(": 16 rows: 16 accepted, 0 duplicate, 0 refused\n"),
+        "{out}"
+    );
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (url, file) = (url.clone(), file.clone());
+        move || import(&url, &[&file], &[])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.ends_with(": 16 rows: 0 accepted, 16 duplicate, 0 refused\n"),
+        "{out}"
+    );
+    let status = stack.request("upr.query.status", json!({})).await;
+    assert_eq!(
+        status["stream_last_seq"], 16,
+        "nothing stored twice: {status}"
+    );
+    let session = &stack.read("upr.query.session.99", 16).await["session"];
+    assert_eq!(session["reviews"].as_array().unwrap().len(), 14);
+    assert_eq!(session["side_events"], 2);
+
+    // A file with refusals: exit 1, each refused row with its line number.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"type\":\"review_held\",\"country\":\"SN\",\"session\":99}\n\
+         {\"type\":\"review_held\",\"country\":\"SN\",\"session\":99}\n\
+         {\"type\":\"review_scheduled\",\"country\":\"AQ\",\"session\":99,\"scheduled_for\":\"2058-01-21T08:00:00Z\"}\n\
+         {\"type\":\"review_postponed\",\"country\":\"SN\",\"session\":99}\n",
+    )
+    .unwrap();
+    let bad = bad.display().to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || import(&url, &[&bad], &[]))
+        .await
+        .unwrap();
+    assert!(!ok, "exit 1 when anything was refused: {out}");
+    assert!(
+        out.contains(
+            "4 rows: 1 accepted, 1 duplicate, 2 refused (invalid_field: 1, unknown_type: 1)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("  line 3 (review_scheduled): invalid_field:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  line 4 (review_postponed): unknown_type:"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_validates_without_a_server() {
+    let file = example_file();
+    let (ok, out) = import("nats://127.0.0.1:9", &["--dry-run", &file], &[]);
+    assert!(ok, "{out}");
+    assert!(out.ends_with(": 16 rows: 16 valid, 0 refused\n"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "type,country,session\nreview_held,KZ,forty\n").unwrap();
+    let (ok, out) = import(
+        "nats://127.0.0.1:9",
+        &[&bad.display().to_string(), "--dry-run"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("line 2 (review_held): invalid_field: field \"session\""),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_publisher_imports_with_its_own_key_and_a_reader_cannot() {
+    let nats = NatsServer::start_secured();
+    let url = nats.url();
+    let _services = upr_tests::start_services(&nats, &url, &[]).await;
+    let file = example_file();
+    let publisher = nats.seed_file("publisher").display().to_string();
+    let reader = nats.seed_file("reader").display().to_string();
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (url, file) = (url.clone(), file.clone());
+        move || import(&url, &[&file], &[("NATS_NKEY", &publisher)])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.ends_with(": 16 rows: 16 accepted, 0 duplicate, 0 refused\n"),
+        "{out}"
+    );
+    // A reader may not send intake: no answer, so the import stops at the
+    // first row and says how to go on.
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || import(&url, &[&file], &[("NATS_NKEY", &reader)]))
+            .await
+            .unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("stopped at line 2: ingest did not answer"),
+        "{out}"
+    );
+    assert!(out.contains("; 16 rows not sent."), "{out}");
+}
