@@ -531,6 +531,122 @@ mod tests {
     }
 
     #[test]
+    fn a_troika_is_three_distinct_member_states_other_than_the_one_reviewed() {
+        let cmd = intake_json(
+            "review_scheduled",
+            with(scheduled(), "troika", json!(["ar", "JP", "SN"])),
+        )
+        .then_ok();
+        let EventData::ReviewScheduled(d) = cmd.data else {
+            panic!("{:?}", cmd.data)
+        };
+        let codes: Vec<&str> = d.troika.iter().flatten().map(Country::as_str).collect();
+        assert_eq!(codes, ["AR", "JP", "SN"]);
+        let cases = [
+            (json!(["AR", "JP"]), "troika", "exactly three"),
+            (json!(["AR", "JP", "SN", "FR"]), "troika", "exactly three"),
+            (json!("AR|JP|SN"), "troika", "exactly three"),
+            (json!(["AR", "KZ", "SN"]), "troika[1]", "state under review"),
+            (json!(["AR", "JP", "ar"]), "troika[2]", "named twice"),
+            (json!(["AR", "VA", "SN"]), "troika[1]", "member state"),
+            (json!(["AR", "XX", "SN"]), "troika[1]", "ISO 3166-1"),
+            (json!(["AR", 7, "SN"]), "troika[1]", "string"),
+        ];
+        for (troika, field, says) in cases {
+            let e = intake_json("review_scheduled", with(scheduled(), "troika", troika))
+                .then_invalid(field);
+            assert!(e.message.contains(says), "{field}: {}", e.message);
+        }
+        // Rescheduling takes no troika.
+        intake_json(
+            "review_rescheduled",
+            with(scheduled(), "troika", json!(["AR", "JP", "SN"])),
+        )
+        .then_invalid("troika");
+    }
+
+    #[test]
+    fn outcome_adopted_needs_a_date_and_a_council_session() {
+        let adopted = || json!({"country": "KZ", "session": 48, "adopted_on": "2025-07-03", "hrc_session": 59});
+        let cmd = intake_json("outcome_adopted", adopted()).then_ok();
+        let EventData::OutcomeAdopted(d) = cmd.data else {
+            panic!("{:?}", cmd.data)
+        };
+        assert_eq!(
+            (
+                d.adopted_on.to_string().as_str(),
+                d.hrc_session,
+                d.recommendations
+            ),
+            ("2025-07-03T00:00:00Z", 59, None)
+        );
+        for field in ["adopted_on", "hrc_session"] {
+            let mut p = adopted();
+            p.as_object_mut().unwrap().remove(field);
+            intake_json("outcome_adopted", p).then_err(ErrorCode::MissingField, Some(field));
+        }
+        for bad in [json!(0), json!(1000), json!(-1), json!("59"), json!(5.5)] {
+            intake_json("outcome_adopted", with(adopted(), "hrc_session", bad))
+                .then_invalid("hrc_session");
+        }
+        intake_json(
+            "outcome_adopted",
+            with(
+                adopted(),
+                "recommendations",
+                json!({"total": 10, "supported": 8, "noted": 3}),
+            ),
+        )
+        .then_invalid("recommendations");
+        intake_json(
+            "outcome_adopted",
+            with(adopted(), "adopted_on", json!("July")),
+        )
+        .then_invalid("adopted_on");
+    }
+
+    #[test]
+    fn a_retraction_names_an_event_and_says_why() {
+        let retract = || {
+            json!({"country": "KZ", "session": 48, "retracts": "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b",
+                   "reason": "entered for the wrong state"})
+        };
+        let cmd = intake_json("event_retracted", retract()).then_ok();
+        let EventData::EventRetracted(d) = cmd.data else {
+            panic!("{:?}", cmd.data)
+        };
+        assert_eq!(
+            d.retracts.to_string(),
+            "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b"
+        );
+        for field in ["retracts", "reason"] {
+            let mut p = retract();
+            p.as_object_mut().unwrap().remove(field);
+            intake_json("event_retracted", p).then_err(ErrorCode::MissingField, Some(field));
+        }
+        for bad in [
+            json!("nope"),
+            json!("00000000-0000-0000-0000-000000000000"),
+            json!(42),
+        ] {
+            intake_json("event_retracted", with(retract(), "retracts", bad))
+                .then_invalid("retracts");
+        }
+        intake_json(
+            "event_retracted",
+            with(retract(), "reason", json!("r".repeat(1001))),
+        )
+        .then_invalid("reason");
+        intake_json("event_retracted", with(retract(), "reason", json!("  ")))
+            .then_invalid("reason");
+        intake_json(
+            "event_retracted",
+            with(retract(), "reason", json!("r".repeat(1000))),
+        )
+        .then_ok();
+    }
+
+    #[test]
     fn a_minimal_review_scheduled_gets_defaults() {
         let cmd = intake_json("review_scheduled", scheduled()).then_ok();
         assert_eq!(cmd.review_key().to_string(), "KZ.48");
