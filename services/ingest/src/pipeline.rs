@@ -270,7 +270,7 @@ impl Worker {
     }
 
     /// Decide against the review's state and append under its last sequence;
-    /// a lost race reloads the state and decides again.
+    /// a lost race reads what the state missed and decides again.
     async fn append(&mut self, command: Command) -> Result<Stored, RejectError> {
         let deadline = Instant::now() + BUDGET;
         let key = command.review_key();
@@ -278,14 +278,26 @@ impl Worker {
         let subject = subjects::event(key.country, key.session, command.event_type());
         let event = command.into_envelope(id, now());
         let envelope = Bytes::from(event.to_json());
+        // Whether the state was read from the log during this command, and
+        // whether it must read what it missed before deciding again.
+        let (mut fresh, mut stale) = (false, false);
         for attempt in 1..=MAX_ATTEMPTS {
-            let (state, fresh) = match self.cache.get_mut(&key) {
-                Some(state) => (state, false),
+            let state = match self.cache.get_mut(&key) {
+                Some(state) => state,
                 None => {
                     let loaded = self.log.load(key, deadline).await.map_err(unavailable)?;
-                    (self.cache.insert(key, loaded), true)
+                    (fresh, stale) = (true, false);
+                    self.cache.insert(key, loaded)
                 }
             };
+            if stale {
+                // Another replica appended meanwhile: read only what it added.
+                if let Err(e) = self.log.catch_up(key, state, deadline).await {
+                    self.cache.forget(&key);
+                    return Err(unavailable(e));
+                }
+                fresh = true;
+            }
             let expected = match state.decide(&event) {
                 Decision::Duplicate(seq) => {
                     return Ok(Stored {
@@ -299,8 +311,8 @@ impl Worker {
                 // log as it is now: another replica may have moved the
                 // review on, or stored this very event_id, since it was cached.
                 Decision::Refuse(_) if !fresh => {
-                    debug!(attempt, "refusal decided on a cached state; reloading");
-                    self.cache.forget(&key);
+                    debug!(attempt, "refusal decided on a cached state; catching up");
+                    stale = true;
                     continue;
                 }
                 Decision::Refuse(error) => return Err(error),
@@ -330,8 +342,8 @@ impl Worker {
                     });
                 }
                 Err(StoreError::Conflict) => {
-                    debug!(attempt, expected, "review changed meanwhile; reloading");
-                    self.cache.forget(&key);
+                    debug!(attempt, expected, "review changed meanwhile; catching up");
+                    stale = true;
                 }
                 Err(e @ StoreError::Unavailable(_)) => {
                     // Whether it was stored is unknown: forget the state so

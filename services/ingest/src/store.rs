@@ -68,15 +68,31 @@ impl EventLog {
     /// # Errors
     /// [`StoreError::Unavailable`] when JetStream does not answer by `deadline`.
     pub async fn load(&self, key: ReviewKey, deadline: Instant) -> Result<ReviewLog, StoreError> {
-        let filter = subjects::review_events(key);
         let mut log = ReviewLog::default();
-        let mut from = 1u64;
+        self.catch_up(key, &mut log, deadline).await?;
+        Ok(log)
+    }
+
+    /// Folds into `log` what the review's history holds after its last
+    /// sequence: a stale cached state costs one read of what it missed
+    /// (usually one event another replica appended), not the whole history.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when JetStream does not answer by
+    /// `deadline`; `log` may then have taken part of what it missed, which
+    /// is still a true prefix of the history.
+    pub async fn catch_up(
+        &self,
+        key: ReviewKey,
+        log: &mut ReviewLog,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        let filter = subjects::review_events(key);
+        let mut from = log.last_seq() + 1;
         loop {
-            let (count, last) = self
-                .load_batch(key, &filter, from, deadline, &mut log)
-                .await?;
+            let (count, last) = self.load_batch(key, &filter, from, deadline, log).await?;
             if count < HISTORY_BATCH {
-                return Ok(log);
+                return Ok(());
             }
             from = last + 1;
         }
