@@ -261,6 +261,10 @@ struct ReviewModel {
     key: ReviewKey,
     status: Option<ReviewStatus>,
     dates: HashSet<i64>,
+    /// Lifecycle events in force, oldest first (what a retraction may take back).
+    in_force: Vec<(Uuid, EventType)>,
+    /// Every stored event: its type and whether it was retracted.
+    events: HashMap<Uuid, (EventType, bool)>,
 }
 
 /// A command and whether the lifecycle allows it (else `conflict` is due).
@@ -276,6 +280,53 @@ impl ReviewModel {
             key,
             status: None,
             dates: HashSet::new(),
+            in_force: Vec::new(),
+            events: HashMap::new(),
+        }
+    }
+
+    /// A correction of a long-lived review: mostly of the latest lifecycle
+    /// event in force or of a side event, some of an event the rules do not
+    /// let it take back (an older lifecycle event, one already retracted, an
+    /// unknown id), which must be refused with `conflict`.
+    fn retraction(&self, rng: &mut Rng) -> Next {
+        let side: Vec<Uuid> = self
+            .events
+            .iter()
+            .filter(|(_, (ty, retracted))| *ty == EventType::SideEventHeld && !retracted)
+            .map(|(id, _)| *id)
+            .collect();
+        let target = match rng.below(100) {
+            0..45 => self.in_force.last().map(|e| e.0),
+            45..80 => side
+                .get(rng.below(side.len().max(1) as u64) as usize)
+                .copied(),
+            80..90 => self.in_force.first().map(|e| e.0),
+            _ => None,
+        }
+        .unwrap_or_else(|| rng.uuid());
+        let mut p = self.base(rng);
+        p["retracts"] = target.to_string().into();
+        p["reason"] = "recorded by mistake (fault test)".into();
+        let state = ReviewState {
+            lifecycle: self
+                .in_force
+                .iter()
+                .map(|(id, ty)| upr_shared::domain::LifecycleEntry {
+                    id: *id,
+                    event: *ty,
+                    scheduled_for: None,
+                    location: None,
+                    recorded_at: None,
+                })
+                .collect(),
+        };
+        let known = self.events.get(&target).copied();
+        let allowed = state.decide_retraction(target, known, self.key).is_ok();
+        Next {
+            ty: EventType::EventRetracted,
+            payload: p,
+            allowed,
         }
     }
 
@@ -396,6 +447,9 @@ impl ReviewModel {
     /// allows, some conflicts on purpose.
     fn next_bulk(&mut self, rng: &mut Rng) -> Next {
         use EventType::*;
+        if rng.percent(6) && !self.events.is_empty() {
+            return self.retraction(rng);
+        }
         let roll = rng.below(100);
         let ty = match self.status {
             None | Some(ReviewStatus::Cancelled) => match roll {
@@ -435,8 +489,24 @@ impl ReviewModel {
         self.command(ty, rng, date)
     }
 
-    fn accepted(&mut self, ty: EventType) {
-        self.status = evolve(self.status, ty);
+    fn accepted(&mut self, id: Uuid, ty: EventType, payload: &Value) {
+        match ty {
+            EventType::EventRetracted => {
+                let target = payload["retracts"]
+                    .as_str()
+                    .and_then(|t| Uuid::parse_str(t).ok());
+                if self.in_force.last().map(|e| e.0) == target {
+                    self.in_force.pop();
+                }
+                if let Some(entry) = target.and_then(|t| self.events.get_mut(&t)) {
+                    entry.1 = true;
+                }
+            }
+            EventType::SideEventHeld => {}
+            _ => self.in_force.push((id, ty)),
+        }
+        self.events.insert(id, (ty, false));
+        self.status = self.in_force.iter().fold(None, |s, e| evolve(s, e.1));
     }
 }
 
@@ -453,7 +523,7 @@ async fn drive(driver: &Driver, model: &mut ReviewModel, next: Next, rng: &mut R
                     model.key, model.status
                 ));
             }
-            model.accepted(ty);
+            model.accepted(id, ty, &next.payload);
             true
         }
         Outcome::Refused { code } => {
@@ -1412,11 +1482,27 @@ async fn acknowledged_events_read_models_and_reminders_survive_sigkill_of_every_
             e.1 += u32::from(sent.contains_key(id));
         }
     }
-    let mut changes = 0;
+    let (mut changes, mut corrections, mut corrected) = (0, 0, 0);
+    // A correction is announced when it takes back what subscribers were
+    // told of: a scheduling, a reschedule or a cancellation.
+    let mut lifecycles: HashMap<ReviewKey, ReviewState> = HashMap::new();
     for (_, e) in &envelopes {
-        let kind = match e.event_type() {
-            EventType::ReviewRescheduled => "rescheduled",
-            EventType::ReviewCancelled => "cancelled",
+        let taken_back = lifecycles.entry(e.review_key()).or_default().apply(e);
+        if e.event_type() == EventType::EventRetracted {
+            corrections += 1;
+            corrected += u32::from(taken_back.is_some());
+        }
+        let kind = match (e.event_type(), taken_back.map(|t| t.event)) {
+            (EventType::ReviewRescheduled, _) => "rescheduled",
+            (EventType::ReviewCancelled, _) => "cancelled",
+            (
+                EventType::EventRetracted,
+                Some(
+                    EventType::ReviewScheduled
+                    | EventType::ReviewRescheduled
+                    | EventType::ReviewCancelled,
+                ),
+            ) => "corrected",
             _ => continue,
         };
         changes += 1;
@@ -1464,7 +1550,8 @@ async fn acknowledged_events_read_models_and_reminders_survive_sigkill_of_every_
         sent.len(),
     ));
     report.line(format!(
-        "change notices: {changes} expected, each checked exactly once"
+        "change notices: {changes} expected, each checked exactly once; \
+         {corrections} retractions stored, {corrected} of a lifecycle event"
     ));
     let mut lags: Vec<i64> = envelopes
         .iter()
