@@ -222,6 +222,26 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
         (major, minor) >= (2, 12),
         "nats {version}: message schedules need 2.12 or newer"
     );
+    // What users deploy is the server every test and benchmark runs.
+    let lib = read("scripts/lib.sh");
+    let tested = lib
+        .lines()
+        .find_map(|l| l.strip_prefix("NATS_SERVER_VERSION="))
+        .expect("scripts/lib.sh pins the tested nats-server");
+    assert_eq!(
+        version, tested,
+        "compose.yaml runs the nats-server the tests run"
+    );
+    let cluster = compose("compose.cluster.yaml");
+    for (name, node) in cluster["services"].as_hash().unwrap() {
+        if let Some(image) = node["image"].as_str().filter(|i| i.starts_with("nats:")) {
+            assert_eq!(
+                image,
+                format!("nats:{tested}-alpine"),
+                "{name:?} in compose.cluster.yaml"
+            );
+        }
+    }
 
     let command = strings(&nats["command"], "nats command");
     assert!(
