@@ -237,9 +237,9 @@ async fn write_state(
 
 async fn publish_notice(shared: &Shared, notice: &ChangeNotice) -> Result<(), ApplyError> {
     let subject = match notice {
-        ChangeNotice::Rescheduled(n) => contract::subjects::rescheduled(n.country),
-        ChangeNotice::Cancelled(n) => contract::subjects::cancelled(n.country),
-        ChangeNotice::Corrected(n) => contract::subjects::corrected(n.country),
+        ChangeNotice::Rescheduled(_) => contract::subjects::rescheduled(notice.country()),
+        ChangeNotice::Cancelled(_) => contract::subjects::cancelled(notice.country()),
+        ChangeNotice::Corrected(_) => contract::subjects::corrected(notice.country()),
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::NATS_MESSAGE_ID, notice.id());

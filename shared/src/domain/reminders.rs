@@ -260,12 +260,13 @@ impl NoticeKind {
     }
 }
 
-/// The payload on `upr.notify.reminder.<COUNTRY>`.
+/// The fields every notification starts with: which notice, of what kind,
+/// about which review (with the state's name and the session's cycle).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReminderNotice {
-    /// The reminder id (also its `Nats-Msg-Id`).
+pub struct NoticeHead {
+    /// Stable, so it is also the notice's `Nats-Msg-Id`.
     pub id: String,
-    /// Always [`NoticeKind::Reminder`].
+    /// What the notice is about; also the subject token.
     pub kind: NoticeKind,
     /// The state under review.
     pub country: Country,
@@ -275,6 +276,28 @@ pub struct ReminderNotice {
     pub session: Session,
     /// Its UPR cycle.
     pub cycle: u16,
+}
+
+impl NoticeHead {
+    /// The head of a `kind` notice about `country` at `session`, with `id`.
+    pub fn new(kind: NoticeKind, country: Country, session: Session, id: String) -> Self {
+        Self {
+            id,
+            kind,
+            country,
+            country_name: country.un_name().to_owned(),
+            session,
+            cycle: session.cycle(),
+        }
+    }
+}
+
+/// The payload on `upr.notify.reminder.<COUNTRY>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderNotice {
+    /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
+    #[serde(flatten)]
+    pub head: NoticeHead,
     /// The review date.
     pub scheduled_for: Timestamp,
     /// Where.
@@ -293,12 +316,12 @@ impl Reminder {
     /// The notice to publish for this reminder.
     pub fn notice(&self, sent_at: Timestamp, late: bool) -> ReminderNotice {
         ReminderNotice {
-            id: self.id.clone(),
-            kind: NoticeKind::Reminder,
-            country: self.country,
-            country_name: self.country.un_name().to_owned(),
-            session: self.session,
-            cycle: self.session.cycle(),
+            head: NoticeHead::new(
+                NoticeKind::Reminder,
+                self.country,
+                self.session,
+                self.id.clone(),
+            ),
             scheduled_for: self.scheduled_for,
             location: self.location.clone(),
             lead: self.lead.clone(),
@@ -319,18 +342,9 @@ impl ReminderNotice {
 /// The payload on `upr.notify.rescheduled.<COUNTRY>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RescheduledNotice {
-    /// `KZ.48.rescheduled.<event id>`.
-    pub id: String,
-    /// Always [`NoticeKind::Rescheduled`].
-    pub kind: NoticeKind,
-    /// The state under review.
-    pub country: Country,
-    /// Its UN short name.
-    pub country_name: String,
-    /// The Working Group session.
-    pub session: Session,
-    /// Its UPR cycle.
-    pub cycle: u16,
+    /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
+    #[serde(flatten)]
+    pub head: NoticeHead,
     /// The date before the change (`null` if the notifier never saw it).
     pub old_scheduled_for: Option<Timestamp>,
     /// The new date.
@@ -346,18 +360,9 @@ pub struct RescheduledNotice {
 /// The payload on `upr.notify.cancelled.<COUNTRY>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelledNotice {
-    /// `KZ.48.cancelled.<event id>`.
-    pub id: String,
-    /// Always [`NoticeKind::Cancelled`].
-    pub kind: NoticeKind,
-    /// The state under review.
-    pub country: Country,
-    /// Its UN short name.
-    pub country_name: String,
-    /// The Working Group session.
-    pub session: Session,
-    /// Its UPR cycle.
-    pub cycle: u16,
+    /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
+    #[serde(flatten)]
+    pub head: NoticeHead,
     /// The date that was cancelled (`null` if the notifier never saw it).
     pub scheduled_for: Option<Timestamp>,
     /// Why, if given.
@@ -384,18 +389,9 @@ pub struct Retracted {
 /// `scheduled_for`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorrectedNotice {
-    /// `KZ.48.corrected.<retraction event id>`.
-    pub id: String,
-    /// Always [`NoticeKind::Corrected`].
-    pub kind: NoticeKind,
-    /// The state under review.
-    pub country: Country,
-    /// Its UN short name.
-    pub country_name: String,
-    /// The Working Group session.
-    pub session: Session,
-    /// Its UPR cycle.
-    pub cycle: u16,
+    /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
+    #[serde(flatten)]
+    pub head: NoticeHead,
     /// What was taken back.
     pub retracted: Retracted,
     /// Why.
@@ -435,14 +431,13 @@ impl ChangeNotice {
         sent_at: Timestamp,
     ) -> Option<Self> {
         let (country, session, event_id) = (event.country, event.session, event.id);
+        let head = |kind: NoticeKind| {
+            let id = format!("{country}.{session}.{}.{event_id}", kind.as_str());
+            NoticeHead::new(kind, country, session, id)
+        };
         match &event.data {
             EventData::ReviewRescheduled(d) => Some(Self::Rescheduled(RescheduledNotice {
-                id: format!("{country}.{session}.rescheduled.{event_id}"),
-                kind: NoticeKind::Rescheduled,
-                country,
-                country_name: country.un_name().to_owned(),
-                session,
-                cycle: session.cycle(),
+                head: head(NoticeKind::Rescheduled),
                 old_scheduled_for: previous_scheduled_for,
                 scheduled_for: d.scheduled_for,
                 reason: d.reason.clone(),
@@ -450,12 +445,7 @@ impl ChangeNotice {
                 sent_at,
             })),
             EventData::ReviewCancelled(d) => Some(Self::Cancelled(CancelledNotice {
-                id: format!("{country}.{session}.cancelled.{event_id}"),
-                kind: NoticeKind::Cancelled,
-                country,
-                country_name: country.un_name().to_owned(),
-                session,
-                cycle: session.cycle(),
+                head: head(NoticeKind::Cancelled),
                 scheduled_for: previous_scheduled_for,
                 reason: d.reason.clone(),
                 event_id,
@@ -488,13 +478,9 @@ impl ChangeNotice {
             return None;
         }
         let (country, session, event_id) = (retraction.country, retraction.session, retraction.id);
+        let id = format!("{country}.{session}.corrected.{event_id}");
         Some(Self::Corrected(CorrectedNotice {
-            id: format!("{country}.{session}.corrected.{event_id}"),
-            kind: NoticeKind::Corrected,
-            country,
-            country_name: country.un_name().to_owned(),
-            session,
-            cycle: session.cycle(),
+            head: NoticeHead::new(NoticeKind::Corrected, country, session, id),
             retracted: Retracted {
                 event_id: taken_back.id,
                 event_type: taken_back.event,
@@ -508,31 +494,28 @@ impl ChangeNotice {
         }))
     }
 
+    /// Id, kind and review of the notice.
+    pub fn head(&self) -> &NoticeHead {
+        match self {
+            Self::Rescheduled(n) => &n.head,
+            Self::Cancelled(n) => &n.head,
+            Self::Corrected(n) => &n.head,
+        }
+    }
+
     /// The id, also the `Nats-Msg-Id`.
     pub fn id(&self) -> &str {
-        match self {
-            Self::Rescheduled(n) => &n.id,
-            Self::Cancelled(n) => &n.id,
-            Self::Corrected(n) => &n.id,
-        }
+        &self.head().id
     }
 
     /// The kind, for the subject.
     pub fn kind(&self) -> NoticeKind {
-        match self {
-            Self::Rescheduled(_) => NoticeKind::Rescheduled,
-            Self::Cancelled(_) => NoticeKind::Cancelled,
-            Self::Corrected(_) => NoticeKind::Corrected,
-        }
+        self.head().kind
     }
 
     /// The country, for the subject.
     pub fn country(&self) -> Country {
-        match self {
-            Self::Rescheduled(n) => n.country,
-            Self::Cancelled(n) => n.country,
-            Self::Corrected(n) => n.country,
-        }
+        self.head().country
     }
 
     /// The payload bytes.
