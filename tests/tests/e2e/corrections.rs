@@ -393,13 +393,14 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
 
 /// `upr-ingest import` with `args`, as a publisher would run it against
 /// `url`; returns the exit status and stdout.
-fn import(url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = std::process::Command::new(upr_tests::bin_path(services::INGEST))
+async fn import(url: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = tokio::process::Command::new(upr_tests::bin_path(services::INGEST))
         .arg("import")
         .args(args)
         .env("NATS_URL", url)
         .envs(env.iter().copied())
         .output()
+        .await
         .expect("upr-ingest runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -422,23 +423,13 @@ async fn importing_the_example_calendar_twice_stores_it_once() {
     let stack = Stack::start().await;
     let url = stack._nats.url();
     let file = example_file();
-    let (ok, out) = tokio::task::spawn_blocking({
-        let (url, file) = (url.clone(), file.clone());
-        move || import(&url, &[&file], &[])
-    })
-    .await
-    .unwrap();
+    let (ok, out) = import(&url, &[&file], &[]).await;
     assert!(ok, "{out}");
     assert!(
         out.ends_with(": 16 rows: 16 accepted, 0 duplicate, 0 refused\n"),
         "{out}"
     );
-    let (ok, out) = tokio::task::spawn_blocking({
-        let (url, file) = (url.clone(), file.clone());
-        move || import(&url, &[&file], &[])
-    })
-    .await
-    .unwrap();
+    let (ok, out) = import(&url, &[&file], &[]).await;
     assert!(ok, "{out}");
     assert!(
         out.ends_with(": 16 rows: 0 accepted, 16 duplicate, 0 refused\n"),
@@ -465,9 +456,7 @@ async fn importing_the_example_calendar_twice_stores_it_once() {
     )
     .unwrap();
     let bad = bad.display().to_string();
-    let (ok, out) = tokio::task::spawn_blocking(move || import(&url, &[&bad], &[]))
-        .await
-        .unwrap();
+    let (ok, out) = import(&url, &[&bad], &[]).await;
     assert!(!ok, "exit 1 when anything was refused: {out}");
     assert!(
         out.contains(
@@ -488,7 +477,7 @@ async fn importing_the_example_calendar_twice_stores_it_once() {
 #[tokio::test]
 async fn a_dry_run_validates_without_a_server() {
     let file = example_file();
-    let (ok, out) = import("nats://127.0.0.1:9", &["--dry-run", &file], &[]);
+    let (ok, out) = import("nats://127.0.0.1:9", &["--dry-run", &file], &[]).await;
     assert!(ok, "{out}");
     assert!(out.ends_with(": 16 rows: 16 valid, 0 refused\n"), "{out}");
     let dir = tempfile::tempdir().unwrap();
@@ -498,7 +487,8 @@ async fn a_dry_run_validates_without_a_server() {
         "nats://127.0.0.1:9",
         &[&bad.display().to_string(), "--dry-run"],
         &[],
-    );
+    )
+    .await;
     assert!(!ok);
     assert!(
         out.contains("line 2 (review_held): invalid_field: field \"session\""),
@@ -514,12 +504,7 @@ async fn a_publisher_imports_with_its_own_key_and_a_reader_cannot() {
     let file = example_file();
     let publisher = nats.seed_file("publisher").display().to_string();
     let reader = nats.seed_file("reader").display().to_string();
-    let (ok, out) = tokio::task::spawn_blocking({
-        let (url, file) = (url.clone(), file.clone());
-        move || import(&url, &[&file], &[("NATS_NKEY", &publisher)])
-    })
-    .await
-    .unwrap();
+    let (ok, out) = import(&url, &[&file], &[("NATS_NKEY", &publisher)]).await;
     assert!(ok, "{out}");
     assert!(
         out.ends_with(": 16 rows: 16 accepted, 0 duplicate, 0 refused\n"),
@@ -527,10 +512,7 @@ async fn a_publisher_imports_with_its_own_key_and_a_reader_cannot() {
     );
     // A reader may not send intake: no answer, so the import stops at the
     // first row and says how to go on.
-    let (ok, out) =
-        tokio::task::spawn_blocking(move || import(&url, &[&file], &[("NATS_NKEY", &reader)]))
-            .await
-            .unwrap();
+    let (ok, out) = import(&url, &[&file], &[("NATS_NKEY", &reader)]).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("stopped at line 2: ingest did not answer"),
