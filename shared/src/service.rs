@@ -22,10 +22,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// `upr-x healthcheck` pings this binary's micro service and exits 0 when it
 /// answers (for compose health checks); `upr-x --version` prints the version;
-/// anything else is passed to `run` with the tracing subscriber installed.
-/// `run` receives the remaining arguments so a binary can add subcommands
-/// (`upr-projection rebuild`).
-pub fn main<F, Fut>(name: &'static str, run: F) -> ExitCode
+/// `upr-x --help` prints `usage` and exits 0; anything else is passed to
+/// `run` with the tracing subscriber installed. `run` receives the remaining
+/// arguments so a binary can add subcommands (`upr-projection rebuild`), and
+/// refuses any it does not know with `usage` ([`unknown_command`]).
+pub fn main<F, Fut>(name: &'static str, usage: &'static str, run: F) -> ExitCode
 where
     F: FnOnce(Vec<String>) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
@@ -44,6 +45,10 @@ where
             println!("{name} {VERSION}");
             ExitCode::SUCCESS
         }
+        Some("--help" | "-h" | "help") => {
+            println!("{usage}");
+            ExitCode::SUCCESS
+        }
         _ => {
             crate::telemetry::init();
             match runtime.block_on(run(args)) {
@@ -59,6 +64,12 @@ where
             }
         }
     }
+}
+
+/// The error for an argument a binary does not take: names it and shows
+/// the usage, so a typo never starts the service by accident.
+pub fn unknown_command(arg: &str, usage: &str) -> BoxError {
+    format!("unknown command {arg:?}\n{usage}").into()
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM. Run loops `select!`

@@ -8,10 +8,16 @@ use std::process::ExitCode;
 
 use upr_shared::{contract::services, service};
 
-const USAGE: &str = "usage: upr-ingest [import FILE [--dry-run] | healthcheck | --version]";
+const USAGE: &str = "usage: upr-ingest [import FILE [--dry-run] | healthcheck | --version | --help]
+
+  (no command)              run the intake service
+  import FILE [--dry-run]   send a CSV or JSON Lines file of intake messages (as the publisher);
+                            --dry-run checks every row and sends nothing; exit 1 when any is refused
+  healthcheck               exit 0 when this instance answers a NATS micro PING
+Settings are environment variables (NATS_URL, NATS_NKEY, ...): see the README.";
 
 fn main() -> ExitCode {
-    service::main(services::INGEST, |args| async move {
+    service::main(services::INGEST, USAGE, |args| async move {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match args.as_slice() {
             [] => {
@@ -31,7 +37,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            [other, ..] => Err(format!("unknown command {other:?}; {USAGE}").into()),
+            [other, ..] => Err(service::unknown_command(other, USAGE)),
         }
     })
 }

@@ -76,3 +76,30 @@ async fn only_ingest_sets_the_event_logs_dedup_window() {
         .unwrap();
     assert_eq!(info.config.duplicate_window, Duration::from_secs(7200));
 }
+
+#[tokio::test]
+async fn every_binary_answers_help_and_refuses_an_unknown_command_without_starting() {
+    for name in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
+        let run = |args: &[&str]| {
+            std::process::Command::new(upr_tests::bin_path(name))
+                .args(args)
+                // Nothing listens here: a binary that started would not exit.
+                .env("NATS_URL", "nats://127.0.0.1:9")
+                .output()
+                .expect("the binary runs")
+        };
+        let help = run(&["--help"]);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success(), "{name} --help");
+        assert!(
+            text.starts_with(&format!("usage: {name} [")),
+            "{name}: {text}"
+        );
+        assert!(text.contains("healthcheck"), "{name}: {text}");
+        let typo = run(&["--hlep"]);
+        assert_eq!(typo.status.code(), Some(1), "{name} --hlep");
+        let err = String::from_utf8_lossy(&typo.stderr);
+        assert!(err.contains("unknown command \"--hlep\""), "{name}: {err}");
+        assert!(err.contains(&format!("usage: {name}")), "{name}: {err}");
+    }
+}
