@@ -254,8 +254,12 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Fired timers handled at once by one replica: they are independent (one
 /// id each, the sent-mark settles races), and handling them one by one let a
-/// queue build when many fall due together.
-const SEND_CONCURRENCY: usize = 32;
+/// queue build when many fall due together. Each is also held up to
+/// `TIMER_EARLY` (300 ms) until due, so this bounds the rate too: 128 held
+/// for 300 ms is over 400 a second, and 10,000 reminders due within a
+/// minute need 167. (A replica killed with timers in hand leaves them for
+/// the consumer's 5 s ack wait.)
+const SEND_CONCURRENCY: usize = 128;
 
 /// Feeds every message of a durable consumer to `handle`, with at most
 /// `concurrency` of them in hand at once, until `stop` flips (the messages

@@ -171,7 +171,11 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
         let mut acks = Vec::with_capacity(reminders.len());
         for r in &reminders {
             let mut headers = HeaderMap::new();
-            headers.insert(header::NATS_SCHEDULE, format!("@at {}", r.due_at).as_str());
+            // A little early: the sender holds it until due (TIMER_EARLY).
+            headers.insert(
+                header::NATS_SCHEDULE,
+                format!("@at {}", r.timer_at()).as_str(),
+            );
             headers.insert(
                 header::NATS_SCHEDULE_TARGET,
                 names::due(country, session, &r.lead).as_str(),

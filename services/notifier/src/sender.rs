@@ -1,5 +1,9 @@
 //! Sends the reminders whose timer fired.
 //!
+//! Timers are set [`upr_shared::domain::TIMER_EARLY`] before the due time,
+//! because the server's scheduler fires only every 250 ms; a fired timer is
+//! held here until its reminder is due.
+//!
 //! A schedule that comes due makes JetStream store its payload (the planned
 //! [`Reminder`]) on `upr.notifier.timer.due.<C>.<S>.<lead>`; this module's
 //! durable consumer hands each such message to one replica. Before
@@ -88,6 +92,9 @@ async fn handle(shared: &Shared, msg: Message) {
                 return;
             }
         };
+        // The timer fires a little early (TIMER_EARLY): hold it until due,
+        // then check the review as it stands at that moment.
+        tokio::time::sleep(reminder.wait(now())).await;
         match deliver(shared, &reminder).await {
             Ok(outcome) => {
                 match outcome {

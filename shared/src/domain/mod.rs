@@ -50,7 +50,7 @@ pub use read_models::{
 };
 pub use reminders::{
     CancelledNotice, ChangeNotice, CorrectedNotice, Firing, LATE_AFTER, Lead, LeadError,
-    NoticeHead, NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, classify,
-    parse_leads, plan,
+    NoticeHead, NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, TIMER_EARLY,
+    classify, parse_leads, plan,
 };
 pub use time::{TimeError, Timestamp};

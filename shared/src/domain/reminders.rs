@@ -165,6 +165,13 @@ pub struct Reminder {
     pub due_at: Timestamp,
 }
 
+/// How long before `due_at` a reminder's timer fires. The JetStream message
+/// scheduler fires at most every 250 ms (nats-server 2.15, `scheduler.go`),
+/// so a timer set for `due_at` went out up to 250 ms late; set this much
+/// earlier, it reaches the sender before `due_at`, and the sender holds the
+/// reminder until `due_at` ([`Reminder::wait`]).
+pub const TIMER_EARLY: time::Duration = time::Duration::milliseconds(300);
+
 /// How long after `due_at` a sent reminder counts as late: the contract
 /// promises delivery within one second of the due time.
 pub const LATE_AFTER: time::Duration = time::Duration::SECOND;
@@ -313,6 +320,18 @@ pub struct ReminderNotice {
 }
 
 impl Reminder {
+    /// When its timer should fire: [`TIMER_EARLY`] before `due_at`.
+    pub fn timer_at(&self) -> Timestamp {
+        self.due_at.checked_sub(TIMER_EARLY).unwrap_or(self.due_at)
+    }
+
+    /// How long to hold the reminder at `now` before sending it (zero once
+    /// due): a reminder is never sent before `due_at`.
+    pub fn wait(&self, now: Timestamp) -> std::time::Duration {
+        let ms = self.due_at.since(now).whole_milliseconds();
+        std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
     /// The notice to publish for this reminder.
     pub fn notice(&self, sent_at: Timestamp, late: bool) -> ReminderNotice {
         ReminderNotice {
@@ -662,6 +681,25 @@ mod tests {
         assert_eq!(classify(r, ts("2025-01-23T08:29:59Z")), Firing::Late);
         assert_eq!(classify(r, ts("2025-01-23T08:30:00Z")), Firing::Never);
         assert_eq!(classify(r, ts("2025-02-01T00:00:00Z")), Firing::Never);
+    }
+
+    #[test]
+    fn a_timer_fires_early_and_the_reminder_waits_for_its_due_time() {
+        let r = &plan_kz("2025-01-23T08:30:00Z", "2024-11-06T10:00:00Z")[1];
+        assert_eq!(r.due_at.to_string(), "2025-01-16T08:30:00Z");
+        assert_eq!(r.timer_at().to_string(), "2025-01-16T08:29:59.7Z");
+        assert_eq!(
+            r.wait(ts("2025-01-16T08:29:59.800Z")),
+            std::time::Duration::from_millis(200)
+        );
+        assert_eq!(
+            r.wait(ts("2025-01-16T08:30:00Z")),
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            r.wait(ts("2025-01-16T09:00:00Z")),
+            std::time::Duration::ZERO
+        );
     }
 
     #[test]
