@@ -98,10 +98,8 @@ impl UpcomingIndex {
             .filter(|(at, _, _)| *at > now)
             .take_while(|(at, _, _)| horizon.is_none_or(|h| *at <= h))
             .filter(|(_, c, _)| country.is_none_or(|want| want == *c))
-            .map(|&(scheduled_for, country, session)| Upcoming {
-                country,
-                session,
-                scheduled_for,
+            .map(|&(scheduled_for, country, session)| {
+                Upcoming::new(country, session, scheduled_for)
             })
             .collect()
     }

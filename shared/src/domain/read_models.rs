@@ -730,13 +730,7 @@ impl ReadModels {
             .values()
             .filter(|r| r.status == Some(ReviewStatus::Scheduled))
             .filter(|r| country.is_none_or(|c| c == r.country))
-            .filter_map(|r| {
-                Some(Upcoming {
-                    country: r.country,
-                    session: r.session,
-                    scheduled_for: r.scheduled_for?,
-                })
-            })
+            .filter_map(|r| Some(Upcoming::new(r.country, r.session, r.scheduled_for?)))
             .filter(|u| u.scheduled_for > now && horizon.is_none_or(|h| u.scheduled_for <= h))
             .collect();
         out.sort_by_key(|u| (u.scheduled_for, u.country, u.session));
@@ -745,14 +739,28 @@ impl ReadModels {
 }
 
 /// One entry of `upr.query.upcoming`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upcoming {
     /// The state under review.
     pub country: Country,
+    /// Its UN short name.
+    pub country_name: String,
     /// The Working Group session.
     pub session: Session,
     /// When the review starts.
     pub scheduled_for: Timestamp,
+}
+
+impl Upcoming {
+    /// The entry of `country`'s review at `session` on `scheduled_for`.
+    pub fn new(country: Country, session: Session, scheduled_for: Timestamp) -> Self {
+        Self {
+            country,
+            country_name: country.un_name().to_owned(),
+            session,
+            scheduled_for,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -514,7 +514,10 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
     }
     given.caught_up().await;
 
-    let up = |c: &str, s: u32, d| json!({"country": c, "session": s, "scheduled_for": day(d)});
+    let up = |c: &str, s: u32, d| {
+        let name = upr_shared::domain::Country::parse(c).unwrap().un_name();
+        json!({"country": c, "country_name": name, "session": s, "scheduled_for": day(d)})
+    };
     // Soonest first, then country; past, cancelled excluded.
     let all = given.query_ok("upr.query.upcoming", "").await;
     assert_eq!(
