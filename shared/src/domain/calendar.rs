@@ -102,16 +102,31 @@ pub fn calendar(entries: &[CalendarEntry], leads: &[Lead], stamp: Timestamp) -> 
             );
         if e.status == ReviewStatus::Scheduled {
             for lead in leads {
-                let secs = i64::try_from(lead.secs()).unwrap_or(i64::MAX);
-                event.alarm(Alarm::display(
+                // The crate writes a trigger in seconds (-PT604800S); the
+                // same trigger in the lead's own unit (-P1W) reads better.
+                let mut alarm = Alarm::display(
                     &format!("UPR review of {name} in {}", lead.label()),
-                    -chrono::Duration::seconds(secs),
-                ));
+                    -chrono::Duration::seconds(i64::try_from(lead.secs()).unwrap_or(i64::MAX)),
+                );
+                alarm.add_property("TRIGGER", format!("-{}", duration(lead.secs())));
+                event.alarm(alarm.done());
             }
         }
         cal.push(event.done());
     }
     cal.done().to_string()
+}
+
+/// An RFC 5545 duration in the largest whole unit: `P1W`, `P7D`, `PT12H`,
+/// `PT90M`, `PT45S` (as a person would write the lead).
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s % 604_800 == 0 => format!("P{}W", s / 604_800),
+        s if s % 86_400 == 0 => format!("P{}D", s / 86_400),
+        s if s % 3_600 == 0 => format!("PT{}H", s / 3_600),
+        s if s % 60 == 0 => format!("PT{}M", s / 60),
+        s => format!("PT{s}S"),
+    }
 }
 
 /// `20250123T083000Z`, the iCalendar form of a UTC time (to the second).
@@ -210,12 +225,39 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        // 30, 7 and 1 days before the start, in seconds.
-        assert_eq!(triggers, ["-PT2592000S", "-PT604800S", "-PT86400S"]);
+        // 30 days, a week (7d) and a day before the start.
+        assert_eq!(triggers, ["-P30D", "-P1W", "-P1D"]);
+        let actions: Vec<_> = alarms
+            .iter()
+            .map(|a| {
+                a.properties
+                    .iter()
+                    .find(|p| p.name == "ACTION")
+                    .and_then(|p| p.value.clone())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(actions, ["DISPLAY"; 3]);
 
         let kz = props(&cal.events[1]);
         assert_eq!(kz["STATUS"], "CANCELLED");
         assert!(cal.events[1].alarms.is_empty(), "no alarms when cancelled");
+    }
+
+    #[test]
+    fn durations_take_the_largest_whole_unit() {
+        let cases = [
+            (604_800, "P1W"),
+            (2_592_000, "P30D"),
+            (86_400, "P1D"),
+            (43_200, "PT12H"),
+            (5_400, "PT90M"),
+            (45, "PT45S"),
+            (1_209_600, "P2W"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(duration(secs), text, "{secs} s");
+        }
     }
 
     #[test]
