@@ -12,7 +12,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::domain::{Country, EventType, ReviewKey, Session};
+use crate::domain::{Country, EventType, NoticeKind, ReviewKey, Session};
 
 /// Largest intake payload ingest accepts (contract section 2, `too_large`).
 pub const MAX_INTAKE_BYTES: usize = 64 * 1024;
@@ -70,24 +70,10 @@ pub mod subjects {
             .then_some((country, session, event_type))
     }
 
-    /// `upr.notify.reminder.<COUNTRY>`.
-    pub fn reminder(country: Country) -> String {
-        format!("upr.notify.reminder.{country}")
-    }
-
-    /// `upr.notify.rescheduled.<COUNTRY>`.
-    pub fn rescheduled(country: Country) -> String {
-        format!("upr.notify.rescheduled.{country}")
-    }
-
-    /// `upr.notify.cancelled.<COUNTRY>`.
-    pub fn cancelled(country: Country) -> String {
-        format!("upr.notify.cancelled.{country}")
-    }
-
-    /// `upr.notify.corrected.<COUNTRY>`.
-    pub fn corrected(country: Country) -> String {
-        format!("upr.notify.corrected.{country}")
+    /// `upr.notify.<kind>.<COUNTRY>`: `reminder`, `rescheduled`,
+    /// `cancelled` or `corrected` notices about a state's reviews.
+    pub fn notify(kind: NoticeKind, country: Country) -> String {
+        format!("upr.notify.{}.{country}", kind.as_str())
     }
 }
 

@@ -240,11 +240,7 @@ async fn write_state(
 }
 
 async fn publish_notice(shared: &Shared, notice: &ChangeNotice) -> Result<(), ApplyError> {
-    let subject = match notice {
-        ChangeNotice::Rescheduled(_) => contract::subjects::rescheduled(notice.country()),
-        ChangeNotice::Cancelled(_) => contract::subjects::cancelled(notice.country()),
-        ChangeNotice::Corrected(_) => contract::subjects::corrected(notice.country()),
-    };
+    let subject = contract::subjects::notify(notice.kind(), notice.country());
     let mut headers = HeaderMap::new();
     headers.insert(header::NATS_MESSAGE_ID, notice.id());
     let ack = shared

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
     contract::{self, notifier as names},
-    domain::{Firing, Reminder, classify},
+    domain::{Firing, NoticeKind, Reminder, classify},
 };
 
 use crate::{
@@ -157,7 +157,7 @@ async fn deliver(shared: &Shared, reminder: &Reminder) -> Result<Outcome, async_
     let ack = shared
         .js
         .publish_with_headers(
-            contract::subjects::reminder(reminder.country),
+            contract::subjects::notify(NoticeKind::Reminder, reminder.country),
             headers,
             notice.to_json().into(),
         )
