@@ -17,10 +17,14 @@ use upr_shared::domain::{
 pub struct UpcomingIndex {
     /// Scheduled reviews, sorted as the query answers: date, country, session.
     by_date: BTreeSet<(Timestamp, Country, Session)>,
-    /// The date each scheduled review is filed under, to move or remove it.
-    dates: HashMap<ReviewKey, Timestamp>,
-    /// Every review with a status and a date, as the calendar shows it.
+    /// Every review with a status and a date, as the calendar shows it; a
+    /// scheduled one's entry also says where it is filed in `by_date`.
     calendar: HashMap<ReviewKey, CalendarEntry>,
+}
+
+/// Where a scheduled review is filed in `by_date`; `None` otherwise.
+fn filed(e: &CalendarEntry) -> Option<(Timestamp, Country, Session)> {
+    (e.status == ReviewStatus::Scheduled).then_some((e.scheduled_for, e.country, e.session))
 }
 
 impl UpcomingIndex {
@@ -28,23 +32,20 @@ impl UpcomingIndex {
     /// keeps its calendar entry current.
     pub fn update(&mut self, view: &ReviewView) {
         let key = view.key();
-        if let Some(old) = self.dates.remove(&key) {
-            self.by_date.remove(&(old, key.country, key.session));
+        if let Some(old) = self.calendar.remove(&key).as_ref().and_then(filed) {
+            self.by_date.remove(&old);
         }
-        if let (Some(ReviewStatus::Scheduled), Some(at)) = (view.status, view.scheduled_for) {
-            self.dates.insert(key, at);
-            self.by_date.insert((at, key.country, key.session));
+        if let Some(entry) = CalendarEntry::of(view) {
+            if let Some(at) = filed(&entry) {
+                self.by_date.insert(at);
+            }
+            self.calendar.insert(key, entry);
         }
-        match CalendarEntry::of(view) {
-            Some(entry) => self.calendar.insert(key, entry),
-            None => self.calendar.remove(&key),
-        };
     }
 
     /// Forgets everything (before a replay).
     pub fn clear(&mut self) {
         self.by_date.clear();
-        self.dates.clear();
         self.calendar.clear();
     }
 
@@ -63,12 +64,12 @@ impl UpcomingIndex {
 
     /// How many reviews are scheduled (any date).
     pub fn len(&self) -> usize {
-        self.dates.len()
+        self.by_date.len()
     }
 
     /// Whether no review is scheduled.
     pub fn is_empty(&self) -> bool {
-        self.dates.is_empty()
+        self.by_date.is_empty()
     }
 
     /// Scheduled reviews strictly after `now` and, with `within_days`, no
