@@ -249,6 +249,8 @@ fn outcome(reply: &[u8]) -> Outcome {
 /// What an import did, row by row.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// Whether rows were only validated (`--dry-run`), not sent.
+    pub dry_run: bool,
     /// Rows stored.
     pub accepted: usize,
     /// Rows already stored.
@@ -302,10 +304,9 @@ impl fmt::Display for Summary {
         let refused: usize = self.refused_by_code.values().sum();
         let total = self.accepted + self.duplicate + self.valid + refused;
         write!(f, "{total} rows: ")?;
-        if self.valid > 0 || (self.accepted == 0 && self.duplicate == 0 && total == refused) {
+        if self.dry_run {
             write!(f, "{} valid, ", self.valid)?;
-        }
-        if self.accepted > 0 || self.duplicate > 0 || self.valid == 0 {
+        } else {
             write!(
                 f,
                 "{} accepted, {} duplicate, ",
@@ -356,7 +357,10 @@ pub async fn import(path: &Path, dry_run: bool) -> Result<Summary, BoxError> {
     let progress = ProgressBar::new(rows.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} rows {msg}").expect("a valid template"),
     );
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        dry_run,
+        ..Summary::default()
+    };
     let total = rows.len();
     for (i, row) in rows.into_iter().enumerate() {
         if let Some((_, _, not_sent)) = &mut summary.stopped {
@@ -439,7 +443,10 @@ mod tests {
         let rows = read(
             "{\"type\":\"review_held\",\"country\":\"KZ\",\"session\":48}\nnot json\n{\"country\":\"KZ\"}\n",
         );
-        let mut summary = Summary::default();
+        let mut summary = Summary {
+            dry_run: true,
+            ..Summary::default()
+        };
         for row in rows {
             match row {
                 Ok(row) => summary.add(row.line, &row.ty, validate(&row)),
