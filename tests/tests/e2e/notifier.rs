@@ -217,12 +217,34 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
         .unwrap()
         .await
         .unwrap();
+    // Receipt times, to check nothing arrives before its due time (timers
+    // fire early; the notifier holds each reminder until due).
+    let mut receipts = bed
+        .client
+        .subscribe("upr.notify.reminder.KZ")
+        .await
+        .unwrap();
+    bed.client.flush().await.unwrap();
     let date = in_ms(6_000);
     bed.schedule("KZ", 48, date).await;
     let ids = [
         reminder_id("KZ", 48, "4s", date),
         reminder_id("KZ", 48, "2s", date),
     ];
+    for _ in &ids {
+        let m = tokio::time::timeout(Duration::from_secs(10), receipts.next())
+            .await
+            .expect("a reminder within 10 s")
+            .unwrap();
+        let received = now();
+        let n: Value = serde_json::from_slice(&m.payload).unwrap();
+        let due = Timestamp::parse_rfc3339(n["due_at"].as_str().unwrap()).unwrap();
+        assert!(
+            received >= due,
+            "{} received at {received}, before its due time {due}",
+            n["id"]
+        );
+    }
 
     let heard = eventually(
         Duration::from_secs(10),
