@@ -110,6 +110,36 @@ pub mod ingest {
     pub fn direct_get(stream: &str) -> String {
         format!("$JS.API.DIRECT.GET.{stream}")
     }
+
+    /// `$JS.API.STREAM.MSG.GET.<stream>`: answered by the stream's leader
+    /// only, so ingest confirms there that a review has nothing newer before
+    /// a refusal is final (a direct get may be answered by a lagging replica).
+    pub fn leader_get(stream: &str) -> String {
+        format!("$JS.API.STREAM.MSG.GET.{stream}")
+    }
+
+    /// Prefix of the subjects one ingest replica hands a command to the
+    /// replica owning its review on: `upr.internal.ingest.<instance>.<type>`.
+    /// Inside the service account only; not part of the public contract.
+    pub const ROUTE_PREFIX: &str = "upr.internal.ingest.";
+
+    /// `upr.internal.ingest.<instance>.<type>`.
+    pub fn route(instance: &str, event_type: &str) -> String {
+        format!("{ROUTE_PREFIX}{instance}.{event_type}")
+    }
+
+    /// `upr.internal.ingest.<instance>.*`: what one replica listens on.
+    pub fn route_all(instance: &str) -> String {
+        format!("{ROUTE_PREFIX}{instance}.*")
+    }
+
+    /// The intake type of a hand-over subject (its last token).
+    pub fn route_event_type(subject: &str) -> Option<&str> {
+        subject
+            .strip_prefix(ROUTE_PREFIX)?
+            .split_once('.')
+            .map(|(_, ty)| ty)
+    }
 }
 
 // --- end ingest ---------------------------------------------------------------

@@ -9,6 +9,7 @@
 //! - [`pipeline`]: intake loop, per-review workers, replies.
 //! - [`review`]: a review's state and the decision for a command (pure).
 //! - [`store`]: reading a review's history and appending under an expected sequence.
+//! - [`route`]: which replica owns which review.
 //! - [`rejection`]: the `upr.rejected` record and its writer.
 //! - [`stats`]: counters for the endpoint's STATS data.
 //! - [`import`]: `upr-ingest import FILE`, a file of intake messages sent in order.
@@ -17,6 +18,7 @@ pub mod import;
 pub mod pipeline;
 pub mod rejection;
 pub mod review;
+pub mod route;
 pub mod stats;
 pub mod store;
 
@@ -37,7 +39,8 @@ use upr_shared::{
 };
 
 use crate::{
-    pipeline::{Dispatcher, Responder},
+    pipeline::{Dispatcher, Intake, Responder},
+    route::Peers,
     stats::Counters,
     store::EventLog,
 };
@@ -110,6 +113,9 @@ pub struct App {
     js: jetstream::Context,
     service: Service,
     endpoint: Endpoint,
+    /// Commands other replicas hand to this one (`upr.internal.ingest.<id>.*`).
+    handed_over: async_nats::Subscriber,
+    peers: Arc<Peers>,
     counters: Arc<Counters>,
 }
 
@@ -159,7 +165,14 @@ impl App {
             .add(subjects::INGEST_ALL)
             .await
             .map_err(|e| e.to_string())?;
+        let id = service.info().await.id;
+        let handed_over = edge
+            .subscribe(ingest::route_all(&id))
+            .await
+            .map_err(|e| e.to_string())?;
+        let peers = Arc::new(Peers::new(&id));
         info!(
+            instance = %id,
             workers = config.workers,
             dedup_window = ?config.dedup_window,
             "listening on {} in queue group {}",
@@ -173,6 +186,8 @@ impl App {
             js,
             service,
             endpoint,
+            handed_over,
+            peers,
             counters,
         })
     }
@@ -190,13 +205,26 @@ impl App {
             js,
             service,
             mut endpoint,
+            mut handed_over,
+            peers,
             counters,
         } = self;
+        let watch = tokio::spawn(route::watch(
+            client.clone(),
+            peers.clone(),
+            counters.clone(),
+        ));
         let log = EventLog::new(client.clone(), js);
         let (records, record_rx) = mpsc::channel(rejection::QUEUE);
         let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
         let responder = Responder::new(counters, records);
-        let (dispatcher, workers) = Dispatcher::start(config.workers, config.cache, log, responder);
+        let (dispatcher, workers) = Dispatcher::start(
+            config.workers,
+            config.cache,
+            log,
+            responder,
+            (peers, edge.clone()),
+        );
         let dispatcher = Arc::new(dispatcher);
         // The intake loop only admits (never waits); one task parses and
         // routes in arrival order, so each review's commands keep theirs.
@@ -209,13 +237,17 @@ impl App {
                 }
             })
         };
-        let take = |request| async {
-            match dispatcher.admit(&request) {
+        let take = |intake: Intake| async {
+            match dispatcher.admit(&intake) {
                 Some(bytes) => {
-                    let _ = admitted.send((request, bytes));
+                    let _ = admitted.send((intake, bytes));
                 }
-                None => dispatcher.busy(&request).await,
+                None => dispatcher.busy(&intake).await,
             }
+        };
+        let handed = |message| Intake::HandedOver {
+            message,
+            client: edge.clone(),
         };
 
         tokio::pin!(shutdown);
@@ -224,19 +256,29 @@ impl App {
                 biased;
                 () = &mut shutdown => break,
                 request = endpoint.next() => match request {
-                    Some(request) => take(request).await,
+                    Some(request) => take(Intake::Endpoint(request)).await,
                     None => break,
                 },
+                Some(message) = handed_over.next() => take(handed(message)).await,
             }
         }
 
-        // Stop the subscription, then handle what it had already delivered.
+        // Stop the subscriptions, then handle what they had already
+        // delivered. Replicas still handing commands to this one find
+        // nobody listening and decide them themselves.
+        watch.abort();
         if let Err(e) = endpoint.stop().await {
             warn!(error = %e, "could not unsubscribe the intake endpoint");
         }
+        if let Err(e) = handed_over.unsubscribe().await {
+            warn!(error = %e, "could not unsubscribe the hand-over subject");
+        }
         let drained = async {
             while let Some(request) = endpoint.next().await {
-                take(request).await;
+                take(Intake::Endpoint(request)).await;
+            }
+            while let Some(message) = handed_over.next().await {
+                take(handed(message)).await;
             }
         };
         if tokio::time::timeout(Duration::from_secs(5), drained)

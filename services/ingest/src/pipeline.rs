@@ -1,6 +1,10 @@
 //! From intake message to reply: validate, route to the review's worker,
 //! decide against the log, append, answer.
 //!
+//! Several replicas: a command for a review another replica owns is handed
+//! to it ([`crate::route`]) and its answer relayed, so each review's state
+//! lives in one replica's cache.
+//!
 //! Concurrency: reviews are sharded by hash over N workers. A worker handles
 //! its messages one at a time, so one review's commands are decided and
 //! appended in arrival order, while the N workers keep up to N appends in
@@ -15,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::service::Request;
+use async_nats::{Client, Message, RequestErrorKind, service::Request};
 use bytes::Bytes;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -25,7 +29,7 @@ use tokio::{
 };
 use tracing::{Instrument, debug, info_span, warn};
 use upr_shared::{
-    contract::subjects,
+    contract::{ingest, subjects},
     domain::{Command, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake},
 };
 use uuid::Uuid;
@@ -33,8 +37,9 @@ use uuid::Uuid;
 use crate::{
     rejection::{RecordSender, RejectionRecord},
     review::{Decision, ReviewCache},
+    route::Peers,
     stats::Counters,
-    store::{EventLog, StoreError},
+    store::{EventLog, HistoryInbox, StoreError},
 };
 
 /// Messages waiting for one worker; beyond this the intake loop waits.
@@ -48,7 +53,70 @@ pub const WORKER_QUEUE: usize = 64;
 pub const QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// A message taken in, holding its share of [`QUEUED_BYTES`].
-pub type Admitted = (Request, OwnedSemaphorePermit);
+pub type Admitted = (Intake, OwnedSemaphorePermit);
+
+/// How long a replica waits for the owner of a review to answer a command
+/// it handed over: the owner's [`BUDGET`] and some queueing, still inside
+/// a `nats req`'s 5 s.
+pub const HAND_OVER_WAIT: Duration = Duration::from_millis(4000);
+
+/// An intake message and where its answer goes.
+pub enum Intake {
+    /// From the public intake endpoint (the queue group).
+    Endpoint(Request),
+    /// Handed over by another replica on `upr.internal.ingest.<me>.<type>`;
+    /// the answer goes back to that replica, which relays it.
+    HandedOver {
+        /// The message as the other replica received it, on the hand-over subject.
+        message: Message,
+        /// The connection to answer on.
+        client: Client,
+    },
+}
+
+impl Intake {
+    /// The message as received.
+    pub fn message(&self) -> &Message {
+        match self {
+            Self::Endpoint(request) => &request.message,
+            Self::HandedOver { message, .. } => message,
+        }
+    }
+
+    /// The intake type the sender named (the subject's last part).
+    fn event_type(&self) -> &str {
+        let subject = self.message().subject.as_str();
+        match self {
+            Self::Endpoint(_) => subject.strip_prefix(subjects::INGEST_PREFIX),
+            Self::HandedOver { .. } => ingest::route_event_type(subject),
+        }
+        .unwrap_or(subject)
+    }
+
+    /// The public intake subject the sender used, for records and logs.
+    fn intake_subject(&self) -> String {
+        match self {
+            Self::Endpoint(request) => request.message.subject.to_string(),
+            Self::HandedOver { .. } => format!("{}{}", subjects::INGEST_PREFIX, self.event_type()),
+        }
+    }
+
+    /// Sends the answer when the message was a request; a plain publish gets none.
+    async fn reply(&self, body: Bytes) {
+        let Some(to) = self.message().reply.clone() else {
+            return;
+        };
+        let sent = match self {
+            Self::Endpoint(request) => request.respond(Ok(body)).await.map_err(|e| e.to_string()),
+            Self::HandedOver { client, .. } => {
+                client.publish(to, body).await.map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = sent {
+            warn!(subject = %self.message().subject, error = %e, "reply not sent");
+        }
+    }
+}
 
 /// Time one command may take from the moment its worker starts it, so a
 /// `nats req` (5 s timeout) gets `unavailable` rather than a timeout.
@@ -78,47 +146,38 @@ impl Responder {
     }
 
     /// Answers a stored (or already stored) event.
-    async fn stored(&self, request: &Request, id: Uuid, seq: u64, duplicate: bool) {
+    async fn stored(&self, intake: &Intake, id: Uuid, seq: u64, duplicate: bool) {
         if duplicate {
             self.counters.duplicate();
         } else {
             self.counters.accepted();
         }
         let body = json!({"ok": true, "event_id": id, "seq": seq, "duplicate": duplicate});
-        reply(request, body).await;
+        intake.reply(Bytes::from(body.to_string())).await;
     }
 
     /// Answers a refusal and records it on `upr.rejected`.
-    async fn refused(&self, request: &Request, error: RejectError, received_at: Timestamp) {
+    async fn refused(&self, intake: &Intake, error: RejectError, received_at: Timestamp) {
         self.counters.rejected(error.code);
-        debug!(subject = %request.message.subject, code = %error.code, field = ?error.field, "refused");
+        let subject = intake.intake_subject();
+        debug!(%subject, code = %error.code, field = ?error.field, "refused");
         let record = RejectionRecord::new(
-            request.message.subject.as_str(),
+            &subject,
             error.clone(),
-            &request.message.payload,
+            &intake.message().payload,
             received_at,
         );
-        reply(request, json!({"ok": false, "error": error})).await;
+        let body = json!({"ok": false, "error": error});
+        intake.reply(Bytes::from(body.to_string())).await;
         if self.records.send(record).await.is_err() {
             warn!("rejection writer stopped; record dropped");
         }
     }
 }
 
-/// Sends the reply when the message was a request; a plain publish gets none.
-async fn reply(request: &Request, body: serde_json::Value) {
-    if request.message.reply.is_none() {
-        return;
-    }
-    let bytes = Bytes::from(body.to_string());
-    if let Err(e) = request.respond(Ok(bytes)).await {
-        warn!(subject = %request.message.subject, error = %e, "reply not sent");
-    }
-}
-
 /// One validated command on its way to its worker.
 pub struct Job {
-    request: Request,
+    intake: Intake,
     command: Command,
     received_at: Timestamp,
     /// Its share of [`QUEUED_BYTES`], given back when the job is done.
@@ -127,10 +186,15 @@ pub struct Job {
 
 /// Validates and routes messages; owns the senders of the workers' queues.
 pub struct Dispatcher {
-    workers: Vec<mpsc::Sender<Job>>,
+    /// Shared with hand-overs in flight, so the workers run until the last
+    /// of them has come back (a hand-over may end in this replica).
+    workers: Arc<[mpsc::Sender<Job>]>,
     responder: Responder,
     /// [`QUEUED_BYTES`], in bytes.
     queued: Arc<Semaphore>,
+    /// Who owns which review, and the connection commands are handed over on.
+    peers: Arc<Peers>,
+    edge: Client,
 }
 
 impl Dispatcher {
@@ -141,6 +205,7 @@ impl Dispatcher {
         cache: usize,
         log: EventLog,
         responder: Responder,
+        (peers, edge): (Arc<Peers>, Client),
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let count = count.max(1);
         let per_worker = cache.div_ceil(count).max(1);
@@ -149,6 +214,7 @@ impl Dispatcher {
         for _ in 0..count {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let worker = Worker {
+                inbox: HistoryInbox::new(&log),
                 log: log.clone(),
                 cache: ReviewCache::new(per_worker),
                 responder: responder.clone(),
@@ -158,9 +224,11 @@ impl Dispatcher {
         }
         (
             Self {
-                workers: senders,
+                workers: senders.into(),
                 responder,
                 queued: Arc::new(Semaphore::new(QUEUED_BYTES)),
+                peers,
+                edge,
             },
             handles,
         )
@@ -169,47 +237,106 @@ impl Dispatcher {
     /// The message's share of [`QUEUED_BYTES`] if the budget allows (never
     /// waits): the intake loop's whole work, so it keeps pace with the
     /// socket. `None`: answer [`Self::busy`].
-    pub fn admit(&self, request: &Request) -> Option<OwnedSemaphorePermit> {
-        let size = u32::try_from(request.message.payload.len().max(1)).unwrap_or(u32::MAX);
+    pub fn admit(&self, intake: &Intake) -> Option<OwnedSemaphorePermit> {
+        let size = u32::try_from(intake.message().payload.len().max(1)).unwrap_or(u32::MAX);
         self.queued.clone().try_acquire_many_owned(size).ok()
     }
 
     /// Answers a message that did not fit in the budget: `unavailable`, safe
     /// to retry with the same `event_id`. Counted, not recorded in
     /// `UPR_REJECTED` (recording a flood would feed it).
-    pub async fn busy(&self, request: &Request) {
+    pub async fn busy(&self, intake: &Intake) {
         self.responder.counters.rejected(ErrorCode::Unavailable);
         let error = RejectError::new(
             ErrorCode::Unavailable,
             "ingest is busy; nothing was stored, retry with the same event_id",
         );
-        reply(request, json!({"ok": false, "error": error})).await;
+        let body = json!({"ok": false, "error": error});
+        intake.reply(Bytes::from(body.to_string())).await;
     }
 
-    /// Validates one admitted message; refuses it here or queues it for the
-    /// worker of its review (waiting while that queue is full).
-    pub async fn dispatch(&self, (request, bytes): Admitted) {
+    /// Validates one admitted message; refuses it here, hands it to the
+    /// replica owning its review, or queues it for the worker of its review
+    /// (waiting while that queue is full). A command handed over is never
+    /// handed on: two replicas that disagree for a moment about an owner
+    /// cannot bounce it between them.
+    pub async fn dispatch(&self, (intake, bytes): Admitted) {
         let received_at = now();
-        let subject = request.message.subject.as_str();
-        let event_type = subject
-            .strip_prefix(subjects::INGEST_PREFIX)
-            .unwrap_or(subject);
-        match parse_intake(event_type, &request.message.payload) {
-            Err(error) => self.responder.refused(&request, error, received_at).await,
+        match parse_intake(intake.event_type(), &intake.message().payload) {
+            Err(error) => self.responder.refused(&intake, error, received_at).await,
             Ok(command) => {
-                let worker = &self.workers[shard(command.review_key(), self.workers.len())];
                 let job = Job {
-                    request,
+                    intake,
                     command,
                     received_at,
                     _bytes: bytes,
                 };
-                if let Err(mpsc::error::SendError(job)) = worker.send(job).await {
-                    let error = RejectError::unavailable("ingest is shutting down");
-                    self.responder
-                        .refused(&job.request, error, job.received_at)
-                        .await;
+                let owner = match &job.intake {
+                    Intake::Endpoint(_) => self.peers.owner(job.command.review_key()),
+                    Intake::HandedOver { .. } => None,
+                };
+                match owner {
+                    None => queue(&self.workers, &self.responder, job).await,
+                    Some(owner) => {
+                        self.responder.counters.handed_over();
+                        let hand_over = HandOver {
+                            workers: self.workers.clone(),
+                            responder: self.responder.clone(),
+                            peers: self.peers.clone(),
+                            edge: self.edge.clone(),
+                        };
+                        tokio::spawn(hand_over.run(owner, job));
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// Queues `job` for the worker of its review (waiting while it is full).
+async fn queue(workers: &[mpsc::Sender<Job>], responder: &Responder, job: Job) {
+    let worker = &workers[shard(job.command.review_key(), workers.len())];
+    if let Err(mpsc::error::SendError(job)) = worker.send(job).await {
+        let error = RejectError::unavailable("ingest is shutting down");
+        responder.refused(&job.intake, error, job.received_at).await;
+    }
+}
+
+/// One command on its way to the replica that owns its review.
+struct HandOver {
+    workers: Arc<[mpsc::Sender<Job>]>,
+    responder: Responder,
+    peers: Arc<Peers>,
+    edge: Client,
+}
+
+impl HandOver {
+    /// Sends the message to `owner` and relays its answer. Nobody listening
+    /// (the owner stopped): it is dropped from the membership and the
+    /// command is decided here. No answer in time: `unavailable`, since the
+    /// owner may still store it (a retry with the same `event_id` is safe).
+    async fn run(self, owner: Arc<str>, job: Job) {
+        let message = job.intake.message();
+        let request = async_nats::Request::new()
+            .payload(message.payload.clone())
+            .headers(message.headers.clone().unwrap_or_default())
+            .timeout(Some(HAND_OVER_WAIT));
+        let subject = ingest::route(&owner, job.intake.event_type());
+        match self.edge.send_request(subject, request).await {
+            Ok(answer) => job.intake.reply(answer.payload).await,
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                debug!(%owner, "owner of the review is gone; deciding here");
+                self.peers.gone(&owner);
+                queue(&self.workers, &self.responder, job).await;
+            }
+            Err(e) => {
+                let error = RejectError::unavailable(format_args!(
+                    "the ingest replica owning review {} did not answer ({e}); retry with the same event_id",
+                    job.command.review_key()
+                ));
+                self.responder
+                    .refused(&job.intake, error, job.received_at)
+                    .await;
             }
         }
     }
@@ -225,6 +352,7 @@ fn shard(key: ReviewKey, workers: usize) -> usize {
 /// Handles the commands of its share of reviews, one at a time.
 struct Worker {
     log: EventLog,
+    inbox: HistoryInbox,
     cache: ReviewCache,
     responder: Responder,
 }
@@ -242,7 +370,7 @@ impl Worker {
             let key = job.command.review_key();
             let span = info_span!(
                 "intake",
-                subject = %job.request.message.subject,
+                subject = %job.intake.message().subject,
                 review = %key,
                 seq = tracing::field::Empty,
             );
@@ -252,7 +380,7 @@ impl Worker {
 
     async fn handle(&mut self, job: Job) {
         let Job {
-            request,
+            intake,
             command,
             received_at,
             _bytes,
@@ -262,10 +390,10 @@ impl Worker {
                 tracing::Span::current().record("seq", stored.seq);
                 debug!(event_id = %stored.id, duplicate = stored.duplicate, "stored");
                 self.responder
-                    .stored(&request, stored.id, stored.seq, stored.duplicate)
+                    .stored(&intake, stored.id, stored.seq, stored.duplicate)
                     .await;
             }
-            Err(error) => self.responder.refused(&request, error, received_at).await,
+            Err(error) => self.responder.refused(&intake, error, received_at).await,
         }
     }
 
@@ -285,14 +413,22 @@ impl Worker {
             let state = match self.cache.get_mut(&key) {
                 Some(state) => state,
                 None => {
-                    let loaded = self.log.load(key, deadline).await.map_err(unavailable)?;
+                    let loaded = self
+                        .log
+                        .load(&mut self.inbox, key, deadline)
+                        .await
+                        .map_err(unavailable)?;
                     (fresh, stale) = (true, false);
                     self.cache.insert(key, loaded)
                 }
             };
             if stale {
                 // Another replica appended meanwhile: read only what it added.
-                if let Err(e) = self.log.catch_up(key, state, deadline).await {
+                if let Err(e) = self
+                    .log
+                    .catch_up(&mut self.inbox, key, state, deadline)
+                    .await
+                {
                     self.cache.forget(&key);
                     return Err(unavailable(e));
                 }
@@ -315,7 +451,21 @@ impl Worker {
                     stale = true;
                     continue;
                 }
-                Decision::Refuse(error) => return Err(error),
+                // Decided on what a direct get returned, which on a cluster
+                // may come from a replica behind the leader: final only when
+                // the leader has nothing newer.
+                Decision::Refuse(error) => {
+                    let last_seq = state.last_seq();
+                    match self.log.is_current(key, last_seq, deadline).await {
+                        Ok(true) => return Err(error),
+                        Ok(false) => {
+                            debug!(attempt, "the leader holds newer events; catching up");
+                            stale = true;
+                            continue;
+                        }
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
                 Decision::Append { expected_last_seq } => expected_last_seq,
             };
             let result = self
@@ -342,6 +492,7 @@ impl Worker {
                     });
                 }
                 Err(StoreError::Conflict) => {
+                    self.responder.counters.lost_race();
                     debug!(attempt, expected, "review changed meanwhile; catching up");
                     stale = true;
                 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::{
-    Client, HeaderMap,
+    Client, HeaderMap, Subscriber,
     connection::State,
     jetstream::{self, context::PublishErrorKind, message::PublishMessage, publish::PublishAck},
 };
@@ -40,6 +40,29 @@ pub struct EventLog {
     client: Client,
     js: jetstream::Context,
     direct_get: String,
+    leader_get: String,
+}
+
+/// Where one reader's history batches arrive: one subscription for its
+/// life (`<inbox>.*`), each batch on its own last token, so a batch costs
+/// one request instead of a subscribe, a request and an unsubscribe, and
+/// late messages of an abandoned batch are told apart and skipped.
+#[derive(Debug)]
+pub struct HistoryInbox {
+    prefix: String,
+    subscription: Option<Subscriber>,
+    batch: u64,
+}
+
+impl HistoryInbox {
+    /// An inbox on `log`'s connection, subscribed on first use.
+    pub fn new(log: &EventLog) -> Self {
+        Self {
+            prefix: log.client.new_inbox(),
+            subscription: None,
+            batch: 0,
+        }
+    }
 }
 
 impl EventLog {
@@ -49,6 +72,7 @@ impl EventLog {
             client,
             js,
             direct_get: contract::ingest::direct_get(contract::EVENTS_STREAM),
+            leader_get: contract::ingest::leader_get(contract::EVENTS_STREAM),
         }
     }
 
@@ -67,10 +91,52 @@ impl EventLog {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when JetStream does not answer by `deadline`.
-    pub async fn load(&self, key: ReviewKey, deadline: Instant) -> Result<ReviewLog, StoreError> {
+    pub async fn load(
+        &self,
+        inbox: &mut HistoryInbox,
+        key: ReviewKey,
+        deadline: Instant,
+    ) -> Result<ReviewLog, StoreError> {
         let mut log = ReviewLog::default();
-        self.catch_up(key, &mut log, deadline).await?;
+        self.catch_up(inbox, key, &mut log, deadline).await?;
         Ok(log)
+    }
+
+    /// Whether the review has nothing after `last_seq`, asked of the stream's
+    /// leader: a refusal is final only when decided on state known to be
+    /// current, and on a cluster a direct get may come from a replica that
+    /// has not yet stored the latest events.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the leader does not answer by `deadline`.
+    pub async fn is_current(
+        &self,
+        key: ReviewKey,
+        last_seq: u64,
+        deadline: Instant,
+    ) -> Result<bool, StoreError> {
+        self.connected()?;
+        let unavailable =
+            |what: &str| StoreError::Unavailable(format!("confirming review {key}: {what}"));
+        let filter = subjects::review_events(key);
+        let request = serde_json::json!({"seq": last_seq + 1, "next_by_subj": filter});
+        let answer = timeout_at(
+            deadline,
+            self.client
+                .request(self.leader_get.clone(), Bytes::from(request.to_string())),
+        )
+        .await
+        .map_err(|_| unavailable("no answer in time"))?
+        .map_err(|e| unavailable(&e.to_string()))?;
+        let answer: serde_json::Value = serde_json::from_slice(&answer.payload)
+            .map_err(|e| unavailable(&format!("unreadable answer: {e}")))?;
+        if answer.get("message").is_some() {
+            return Ok(false);
+        }
+        match answer["error"]["code"].as_u64() {
+            Some(404) => Ok(true),
+            _ => Err(unavailable(&answer["error"].to_string())),
+        }
     }
 
     /// Folds into `log` what the review's history holds after its last
@@ -83,6 +149,7 @@ impl EventLog {
     /// is still a true prefix of the history.
     pub async fn catch_up(
         &self,
+        inbox: &mut HistoryInbox,
         key: ReviewKey,
         log: &mut ReviewLog,
         deadline: Instant,
@@ -90,7 +157,9 @@ impl EventLog {
         let filter = subjects::review_events(key);
         let mut from = log.last_seq() + 1;
         loop {
-            let (count, last) = self.load_batch(key, &filter, from, deadline, log).await?;
+            let (count, last) = self
+                .load_batch(inbox, key, &filter, from, deadline, log)
+                .await?;
             if count < HISTORY_BATCH {
                 return Ok(());
             }
@@ -101,6 +170,7 @@ impl EventLog {
     /// One batch from `from`: returns how many messages came and the last seq.
     async fn load_batch(
         &self,
+        inbox: &mut HistoryInbox,
         key: ReviewKey,
         filter: &str,
         from: u64,
@@ -110,43 +180,52 @@ impl EventLog {
         self.connected()?;
         let unavailable =
             |what: &str| StoreError::Unavailable(format!("reading review {key}: {what}"));
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| unavailable(&e.to_string()))?;
+        let replies = match &mut inbox.subscription {
+            Some(subscription) => subscription,
+            empty => empty.insert(
+                self.client
+                    .subscribe(format!("{}.*", inbox.prefix))
+                    .await
+                    .map_err(|e| unavailable(&e.to_string()))?,
+            ),
+        };
+        inbox.batch += 1;
+        let reply = format!("{}.{}", inbox.prefix, inbox.batch);
         let request =
             serde_json::json!({"seq": from, "next_by_subj": filter, "batch": HISTORY_BATCH});
         self.client
             .publish_with_reply(
                 self.direct_get.clone(),
-                inbox,
+                reply.clone(),
                 Bytes::from(request.to_string()),
             )
             .await
             .map_err(|e| unavailable(&e.to_string()))?;
         let mut count = 0;
         let mut last = from.saturating_sub(1);
-        let result = loop {
+        loop {
             let message = match timeout_at(deadline, replies.next()).await {
-                Err(_) => break Err(unavailable("no answer in time")),
-                Ok(None) => break Err(unavailable("connection closed")),
+                Err(_) => return Err(unavailable("no answer in time")),
+                Ok(None) => {
+                    inbox.subscription = None;
+                    return Err(unavailable("connection closed"));
+                }
+                Ok(Some(m)) if m.subject.as_str() != reply => continue,
                 Ok(Some(m)) => m,
             };
             match message.status.map(|s| s.as_u16()) {
                 // 204: end of batch; 404: nothing (more) on these subjects.
-                Some(204 | 404) => break Ok((count, last)),
-                Some(503) => break Err(unavailable("no responders for the event stream")),
+                Some(204 | 404) => return Ok((count, last)),
+                Some(503) => return Err(unavailable("no responders for the event stream")),
                 Some(code) => {
                     let what = format!("status {code} {}", message.description.unwrap_or_default());
-                    break Err(unavailable(&what));
+                    return Err(unavailable(&what));
                 }
                 None => {}
             }
             let headers = message.headers.unwrap_or_default();
             let Some(seq) = header(&headers, "Nats-Sequence").and_then(|s| s.parse().ok()) else {
-                break Err(unavailable("a history message without Nats-Sequence"));
+                return Err(unavailable("a history message without Nats-Sequence"));
             };
             let subject = header(&headers, "Nats-Subject").unwrap_or_default();
             let id = header(&headers, "Nats-Msg-Id").and_then(|s| Uuid::try_parse(s).ok());
@@ -157,9 +236,7 @@ impl EventLog {
             );
             count += 1;
             last = seq;
-        };
-        let _ = replies.unsubscribe().await;
-        result
+        }
     }
 
     /// Appends `envelope` on `subject` with `Nats-Msg-Id: id`, accepted by the
