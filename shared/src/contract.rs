@@ -329,7 +329,7 @@ pub mod notifier {
     use std::time::Duration;
 
     use async_nats::jetstream::{
-        consumer::{AckPolicy, DeliverPolicy, pull},
+        consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull},
         kv,
         stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
     };
@@ -440,6 +440,12 @@ pub mod notifier {
     /// The notifier's consumer of `UPR_EVENTS`: one event in flight across all
     /// replicas (`max_ack_pending` 1), so events of a review are applied in
     /// log order; a short ack wait so a killed replica's event is retried soon.
+    ///
+    /// One replica plans at a time: the server pins the priority group
+    /// [`PLANNER_GROUP`] to one puller and moves the pin to a standby when
+    /// it stops pulling for [`PLANNER_PIN_TIMEOUT`]. The pinned replica
+    /// applies up to [`PLANNER_IN_FLIGHT`] events at once, in order within
+    /// each review (services/notifier/src/planner.rs).
     pub fn events_consumer() -> pull::Config {
         pull::Config {
             durable_name: Some(EVENTS_CONSUMER.into()),
@@ -447,10 +453,22 @@ pub mod notifier {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(5),
-            max_ack_pending: 1,
+            max_ack_pending: PLANNER_IN_FLIGHT as i64,
+            priority_policy: PriorityPolicy::PinnedClient,
+            priority_groups: vec![PLANNER_GROUP.into()],
+            priority_timeout: PLANNER_PIN_TIMEOUT,
             ..Default::default()
         }
     }
+
+    /// The priority group the notifier's replicas pull the event log in.
+    pub const PLANNER_GROUP: &str = "planner";
+    /// How long the pinned planner may go without pulling before a standby
+    /// takes over. Pulls expire every few seconds, so a live replica keeps
+    /// its pin; a dead one loses it after this.
+    pub const PLANNER_PIN_TIMEOUT: Duration = Duration::from_secs(4);
+    /// Events the pinned planner holds at once.
+    pub const PLANNER_IN_FLIGHT: usize = 256;
 
     /// The notifier's consumer of fired timers: each goes to one replica; a
     /// short ack wait so a killed replica's reminder is retried within seconds.

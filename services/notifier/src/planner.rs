@@ -12,19 +12,35 @@
 //! the ack: a crash anywhere repeats the event, and every effect is idempotent
 //! (a schedule is replaced by itself, a notice is de-duplicated, the state
 //! write is skipped once `last_seq` has reached the event).
+//!
+//! Concurrency: one replica plans at a time (the consumer pins its priority
+//! group to one puller; the others stand by). It applies many events at
+//! once, but a review's events strictly in log order: each waits for the
+//! one before it on the same review ([`ReviewOrder`]), a failing one is
+//! retried in place rather than sent back (which would let the next one
+//! overtake it), and before applying an event the planner reads from the
+//! log any earlier event of the review its state has not taken in: one
+//! delivered to a replica that died before acknowledging it, say. Order
+//! therefore never depends on the order of delivery.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_nats::{
     HeaderMap, header,
     jetstream::{AckKind, Message, consumer::PullConsumer},
 };
-use tokio::sync::watch;
+use futures::{FutureExt, future::Shared as SharedFuture};
+use tokio::sync::{oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
     contract::{self, notifier as names},
     domain::{
-        ChangeNotice, DEFAULT_LOCATION, Envelope, EventType, ReviewState, ReviewStatus, plan,
+        ChangeNotice, Country, DEFAULT_LOCATION, Envelope, EventType, ReviewKey, ReviewState,
+        ReviewStatus, Session, plan,
     },
 };
 
@@ -49,7 +65,7 @@ fn retry(e: impl std::fmt::Display) -> ApplyError {
     ApplyError::Retry(e.to_string())
 }
 
-/// Consumes `UPR_EVENTS` until `stop` flips, finishing the event in hand.
+/// Consumes `UPR_EVENTS` until `stop` flips, finishing the events in hand.
 pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let open = || async {
         let consumer: PullConsumer = shared
@@ -58,42 +74,151 @@ pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             .await?;
         Ok(consumer
             .stream()
+            .group(names::PLANNER_GROUP)
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await?)
     };
-    crate::follow("events", stop, 1, open, |msg| handle(&shared, msg)).await;
+    let order = Arc::new(ReviewOrder::default());
+    let stopping = stop.clone();
+    crate::follow("events", stop, names::PLANNER_IN_FLIGHT, open, |msg| {
+        // Taken here, in delivery order, not when the task first runs.
+        let turn = order.enter(&order, &msg);
+        handle(&shared, msg, turn, stopping.clone())
+    })
+    .await;
+    // A standby takes over now rather than after the pin times out.
+    if let Err(e) = shared
+        .events
+        .unpin_consumer(names::EVENTS_CONSUMER, names::PLANNER_GROUP)
+        .await
+    {
+        debug!(error = %e, "planner pin not released; a standby takes it when it times out");
+    }
 }
 
-async fn handle(shared: &Shared, msg: Message) {
+/// Keeps each review's events in log order while many reviews are planned
+/// at once: every event waits for the previous one of its review.
+#[derive(Default)]
+struct ReviewOrder {
+    /// Per review, the last event taken in: its sequence, and whether it was
+    /// applied once it is done. Entries go when their last event is done.
+    tails: Mutex<HashMap<ReviewKey, (u64, Done)>>,
+}
+
+/// Resolves when an event is done: `true` once applied (or skipped).
+type Done = SharedFuture<oneshot::Receiver<bool>>;
+
+/// One event's place in its review's order.
+struct Turn {
+    order: Arc<ReviewOrder>,
+    /// The review and the event's sequence; `None` for a subject that names
+    /// no review (such a message is skipped as malformed anyway).
+    place: Option<(ReviewKey, u64)>,
+    before: Option<Done>,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+impl ReviewOrder {
+    fn enter(&self, this: &Arc<Self>, msg: &Message) -> Turn {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let Some((country, session, _)) = contract::subjects::parse_event(&msg.subject) else {
+            return Turn {
+                order: this.clone(),
+                place: None,
+                before: None,
+                done: None,
+            };
+        };
+        let key = ReviewKey { country, session };
+        let (done, finished) = oneshot::channel();
+        let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        let before = tails
+            .insert(key, (seq, finished.shared()))
+            .map(|(_, before)| before);
+        Turn {
+            order: this.clone(),
+            place: Some((key, seq)),
+            before,
+            done: Some(done),
+        }
+    }
+}
+
+impl Turn {
+    /// Waits for the review's previous event; `false` when it was left
+    /// unapplied (shutting down), so this one must be left too.
+    async fn wait(&mut self) -> bool {
+        match self.before.take() {
+            Some(before) => before.await.unwrap_or(false),
+            None => true,
+        }
+    }
+
+    /// Lets the review's next event go (`applied`) or leaves it too.
+    fn finish(mut self, applied: bool) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(applied);
+        }
+        if let Some((key, seq)) = self.place {
+            let mut tails = self.order.tails.lock().unwrap_or_else(|p| p.into_inner());
+            if tails.get(&key).is_some_and(|(last, _)| *last == seq) {
+                tails.remove(&key);
+            }
+        }
+    }
+}
+
+/// How long a failing event waits before it is tried again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+async fn handle(shared: &Shared, msg: Message, mut turn: Turn, stop: watch::Receiver<bool>) {
     let seq = match msg.info() {
         Ok(info) => info.stream_sequence,
         Err(e) => {
             warn!(subject = %msg.subject, error = %e, "event without JetStream metadata; skipped");
+            turn.finish(true);
             return;
         }
     };
     let span = info_span!("event", subject = %msg.subject, seq);
     async {
-        match apply(shared, &msg, seq).await {
-            Ok(()) => {
-                if let Err(e) = msg.ack().await {
-                    warn!(error = %e, "ack failed; the event will be applied again (harmless)");
+        if !turn.wait().await {
+            // The review's previous event is unapplied: this one waits for
+            // its redelivery too (no ack).
+            turn.finish(false);
+            return;
+        }
+        loop {
+            match apply(shared, &msg, seq).await {
+                Ok(()) => {
+                    if let Err(e) = msg.ack().await {
+                        warn!(error = %e, "ack failed; the event will be applied again (harmless)");
+                    }
+                    turn.finish(true);
+                    return;
                 }
-            }
-            Err(ApplyError::Malformed(why)) => {
-                warn!(why, "malformed event skipped");
-                Stats::add(&shared.stats.malformed, 1);
-                if let Err(e) = msg.ack_with(AckKind::Term).await {
-                    warn!(error = %e, "term failed");
+                Err(ApplyError::Malformed(why)) => {
+                    warn!(why, "malformed event skipped");
+                    Stats::add(&shared.stats.malformed, 1);
+                    if let Err(e) = msg.ack_with(AckKind::Term).await {
+                        warn!(error = %e, "term failed");
+                    }
+                    turn.finish(true);
+                    return;
                 }
-            }
-            Err(ApplyError::Retry(why)) => {
-                warn!(why, "event not applied; retrying in 1 s");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
-                    .await;
+                Err(ApplyError::Retry(why)) if *stop.borrow() => {
+                    warn!(why, "event not applied; left for redelivery");
+                    turn.finish(false);
+                    return;
+                }
+                Err(ApplyError::Retry(why)) => {
+                    // In place: sent back, the review's next event would overtake it.
+                    warn!(why, "event not applied; retrying in 1 s");
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         }
     }
@@ -101,41 +226,113 @@ async fn handle(shared: &Shared, msg: Message) {
     .await;
 }
 
-async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyError> {
-    let event =
-        Envelope::from_json(&msg.payload).map_err(|e| ApplyError::Malformed(e.to_string()))?;
-    let from_subject = contract::subjects::parse_event(&msg.subject);
+/// Events that change a review's reminders; the others are skipped.
+fn bears_on_reminders(ty: EventType) -> bool {
+    !matches!(
+        ty,
+        EventType::SideEventHeld | EventType::ReportPublished | EventType::OutcomeAdopted
+    )
+}
+
+/// The envelope of a message of the log, if it is a valid event stored on
+/// its own subject.
+fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, ApplyError> {
+    let event = Envelope::from_json(payload).map_err(|e| ApplyError::Malformed(e.to_string()))?;
+    let from_subject = contract::subjects::parse_event(subject);
     if from_subject != Some((event.country, event.session, event.event_type())) {
         return Err(ApplyError::Malformed(format!(
-            "subject {} does not match the envelope ({} {} {})",
-            msg.subject,
+            "subject {subject} does not match the envelope ({} {} {})",
             event.country,
             event.session,
             event.event_type()
         )));
     }
-    let ty = event.event_type();
-    if matches!(
-        ty,
-        EventType::SideEventHeld | EventType::ReportPublished | EventType::OutcomeAdopted
-    ) {
-        return Ok(()); // no bearing on reminders
-    }
-    let (country, session) = (event.country, event.session);
-    let (stored, revision) = state::load_review(&shared.kv, country, session)
-        .await
-        .map_err(retry)?;
-    let stored = stored.unwrap_or_default();
-    if stored.last_seq >= seq {
-        debug!("already applied");
+    Ok(event)
+}
+
+async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyError> {
+    let event = decode(&msg.subject, &msg.payload)?;
+    if !bears_on_reminders(event.event_type()) {
         return Ok(());
     }
+    let (country, session) = (event.country, event.session);
+    loop {
+        let (stored, revision) = state::load_review(&shared.kv, country, session)
+            .await
+            .map_err(retry)?;
+        let stored = stored.unwrap_or_default();
+        if stored.last_seq >= seq {
+            debug!("already applied");
+            return Ok(());
+        }
+        match earlier_unapplied(shared, country, session, stored.last_seq, seq).await? {
+            Some((earlier_seq, earlier)) => {
+                info!(
+                    earlier_seq,
+                    "an earlier event of the review was not applied; applying it first"
+                );
+                apply_event(shared, &earlier, earlier_seq, stored, revision).await?;
+            }
+            None => return apply_event(shared, &event, seq, stored, revision).await,
+        }
+    }
+}
+
+/// The first event of the review after `applied` and before `seq` that
+/// bears on reminders, read from the log. Usually there is none, and the
+/// first answer is the event in hand itself.
+async fn earlier_unapplied(
+    shared: &Shared,
+    country: Country,
+    session: Session,
+    applied: u64,
+    seq: u64,
+) -> Result<Option<(u64, Envelope)>, ApplyError> {
+    let filter = contract::subjects::review_events(ReviewKey { country, session });
+    let mut from = applied + 1;
+    while from < seq {
+        let message = match shared
+            .events
+            .direct_get_next_for_subject(&filter, Some(from))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(retry(e)),
+        };
+        if message.sequence >= seq {
+            return Ok(None);
+        }
+        from = message.sequence + 1;
+        // Anything written around ingest is skipped, as everywhere.
+        if let Ok(event) = decode(&message.subject, &message.payload)
+            && bears_on_reminders(event.event_type())
+        {
+            return Ok(Some((message.sequence, event)));
+        }
+    }
+    Ok(None)
+}
+
+/// Applies one event to the review's `stored` state (read at `revision`):
+/// timers, notices, then the state with `seq`.
+async fn apply_event(
+    shared: &Shared,
+    event: &Envelope,
+    seq: u64,
+    stored: StoredReview,
+    revision: u64,
+) -> Result<(), ApplyError> {
+    let ty = event.event_type();
+    let (country, session) = (event.country, event.session);
     let before = stored.state;
     let mut review = before.clone();
-    let taken_back = review.apply(&event);
+    let taken_back = review.apply(event);
     if ty == EventType::EventRetracted && taken_back.is_none() {
         // A side event, or nothing valid: reminders stay as they are.
-        return write_state(shared, &event, review, seq, revision).await;
+        return write_state(shared, event, review, seq, revision).await;
     }
 
     // Whatever the event, the review's old timers go (a fresh review has none).
@@ -199,13 +396,13 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
         info!(planned = reminders.len(), skipped, scheduled_for = %date, "reminders planned");
     }
     let notice = match &taken_back {
-        Some(entry) => ChangeNotice::corrected(&event, entry, &before, &review, now()),
-        None => ChangeNotice::for_event(&event, before.scheduled_for(), now()),
+        Some(entry) => ChangeNotice::corrected(event, entry, &before, &review, now()),
+        None => ChangeNotice::for_event(event, before.scheduled_for(), now()),
     };
     if let Some(notice) = notice {
         publish_notice(shared, &notice).await?;
     }
-    write_state(shared, &event, review, seq, revision).await
+    write_state(shared, event, review, seq, revision).await
 }
 
 /// Stores the review's state as applied up to `seq`, if no other replica

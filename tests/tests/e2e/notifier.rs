@@ -93,43 +93,53 @@ impl Bed {
 
     /// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
     async fn publish(&self, code: &str, session: u64, data: EventData) -> Envelope {
-        let at = now();
-        let envelope = Envelope {
-            id: Uuid::new_v4(),
-            data,
-            schema: SCHEMA,
-            country: country(code),
-            session: s(session),
-            occurred_at: at,
-            recorded_at: at,
-            source: None,
-        };
-        let subject =
-            contract::subjects::event(envelope.country, envelope.session, envelope.event_type());
-        let mut headers = HeaderMap::new();
-        headers.insert(header::NATS_MESSAGE_ID, envelope.id.to_string().as_str());
-        self.js
-            .publish_with_headers(subject, headers, envelope.to_json().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        envelope
+        store_event(&self.js, code, session, data).await
     }
 
     async fn schedule(&self, code: &str, session: u64, when: Timestamp) -> Envelope {
-        self.publish(
-            code,
-            session,
-            EventData::ReviewScheduled(ReviewScheduled {
-                scheduled_for: when,
-                location: "Geneva".into(),
-                troika: None,
-            }),
-        )
-        .await
+        store_event(&self.js, code, session, scheduled(when)).await
     }
+}
 
+/// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
+async fn store_event(
+    js: &jetstream::Context,
+    code: &str,
+    session: u64,
+    data: EventData,
+) -> Envelope {
+    let at = now();
+    let envelope = Envelope {
+        id: Uuid::new_v4(),
+        data,
+        schema: SCHEMA,
+        country: country(code),
+        session: s(session),
+        occurred_at: at,
+        recorded_at: at,
+        source: None,
+    };
+    let subject =
+        contract::subjects::event(envelope.country, envelope.session, envelope.event_type());
+    let mut headers = HeaderMap::new();
+    headers.insert(header::NATS_MESSAGE_ID, envelope.id.to_string().as_str());
+    js.publish_with_headers(subject, headers, envelope.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    envelope
+}
+
+fn scheduled(when: Timestamp) -> EventData {
+    EventData::ReviewScheduled(ReviewScheduled {
+        scheduled_for: when,
+        location: "Geneva".into(),
+        troika: None,
+    })
+}
+
+impl Bed {
     async fn status(&self) -> Option<Value> {
         let reply = self.client.request(names::STATUS, "".into()).await.ok()?;
         serde_json::from_slice(&reply.payload).ok()
@@ -679,4 +689,128 @@ async fn a_bad_reminder_lead_list_stops_start_up_naming_the_variable() {
         logs.contains("UPR_REMINDER_LEADS") && logs.contains("7x"),
         "{logs}"
     );
+}
+
+/// One replica plans, the other stands by: killed, the active one's work
+/// moves to the standby once the server drops its pin.
+#[tokio::test]
+async fn a_standby_planner_takes_over_when_the_active_one_is_killed() {
+    let mut bed = Bed::start(LEADS).await;
+    bed.schedule("KZ", 48, in_ms(60_000)).await;
+    // Planned: the first replica holds the pin.
+    bed.wait_pending(2).await;
+    let _standby = start_notifier(&bed.nats, LEADS).await;
+    bed.notifier.kill9();
+    let killed = std::time::Instant::now();
+    let date = in_ms(60_000);
+    bed.schedule("FR", 48, date).await;
+    eventually(
+        Duration::from_secs(20),
+        "the standby plans the next event",
+        || async { bed.status().await.filter(|s| s["pending"] == 4).map(|_| ()) },
+    )
+    .await;
+    println!(
+        "planner failover: next event planned {:?} after the active replica was killed",
+        killed.elapsed()
+    );
+}
+
+/// An event delivered while an earlier one of the same review was never
+/// applied (it went to a replica that acknowledged it and died before
+/// writing its state, say): the planner reads the earlier one from the log
+/// and applies it first, so the review's reminders follow the log, not the
+/// order of delivery.
+#[tokio::test]
+async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let stream = ensure_own_stream(
+        &js,
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .unwrap();
+    let old = in_ms(60_000);
+    store_event(&js, "KZ", 48, scheduled(old)).await;
+    let new = in_ms(90_000);
+    let rescheduled = EventData::ReviewRescheduled(ReviewRescheduled {
+        scheduled_for: new,
+        reason: None,
+    });
+    store_event(&js, "KZ", 48, rescheduled).await;
+    // Another puller takes the scheduling and acknowledges it unapplied.
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(names::events_consumer())
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .stream()
+        .group(names::PLANNER_GROUP)
+        .max_messages_per_batch(1)
+        .messages()
+        .await
+        .unwrap();
+    let first = loop {
+        match batch.next().await.expect("one message") {
+            Ok(m) => break m,
+            // The first answer may only tell the puller it is now pinned.
+            Err(e) => println!("pull: {e}"),
+        }
+    };
+    assert_eq!(first.info().unwrap().stream_sequence, 1);
+    first.double_ack().await.unwrap();
+    drop(batch);
+    stream
+        .unpin_consumer(names::EVENTS_CONSUMER, names::PLANNER_GROUP)
+        .await
+        .unwrap();
+
+    let _notifier = start_notifier(&nats, LEADS).await;
+    let reply = eventually(Duration::from_secs(15), "two reminders planned", || async {
+        let r = client.request(names::STATUS, "".into()).await.ok()?;
+        let v: Value = serde_json::from_slice(&r.payload).ok()?;
+        (v["pending"] == 2).then_some(v)
+    })
+    .await;
+    let notices: Vec<_> = stored(&js)
+        .await
+        .into_iter()
+        .filter(|(subject, _, _)| subject == "upr.notify.rescheduled.KZ")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?} {reply}");
+    assert_eq!(notices[0].2["old_scheduled_for"], old.to_string());
+    assert_eq!(notices[0].2["scheduled_for"], new.to_string());
+}
+
+/// A deployment upgraded from a version whose planner consumer had no
+/// priority group: the notifier still plans.
+#[tokio::test]
+async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let stream = ensure_own_stream(
+        &js,
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .unwrap();
+    let older = jetstream::consumer::pull::Config {
+        durable_name: Some(names::EVENTS_CONSUMER.into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(5),
+        max_ack_pending: 1,
+        ..Default::default()
+    };
+    stream.create_consumer(older).await.unwrap();
+    store_event(&js, "KZ", 48, scheduled(in_ms(60_000))).await;
+    let _notifier = start_notifier(&nats, LEADS).await;
+    eventually(Duration::from_secs(15), "two reminders planned", || async {
+        let r = client.request(names::STATUS, "".into()).await.ok()?;
+        let v: Value = serde_json::from_slice(&r.payload).ok()?;
+        (v["pending"] == 2).then_some(())
+    })
+    .await;
 }
