@@ -11,4 +11,5 @@ mod ingest;
 mod notifier;
 mod projection;
 mod readme;
+mod schemas;
 mod security;
