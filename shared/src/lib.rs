@@ -10,10 +10,13 @@
 //! - [`nats`]: connecting with retry and creating/verifying streams and buckets.
 //! - [`service`]: what every binary does the same way: the NATS micro service,
 //!   the `healthcheck` subcommand and the shutdown signal.
+//! - [`schema`]: JSON Schemas of every payload (`docs/schemas/`), from the
+//!   wire types and the intake rules.
 
 pub mod config;
 pub mod contract;
 pub mod domain;
 pub mod nats;
+pub mod schema;
 pub mod service;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The stable, machine-readable error codes of the contract.
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// `unknown_type`, `missing_field`, `invalid_field`, `too_large`), re-read
 /// and decide again (`conflict`), retry with the same `event_id`
 /// (`unavailable`, `timeout`), or accept the answer (`not_found`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The payload is not a single, well-formed JSON object.
@@ -63,18 +64,21 @@ impl fmt::Display for ErrorCode {
 
 /// A refusal, serialized as `{"code", "message", "field"}` with `field`
 /// `null` when the problem is not about one field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct RejectError {
     /// What kind of problem, for programs.
     pub code: ErrorCode,
     /// A sentence naming the problem, for people.
+    #[schemars(length(max = MAX_MESSAGE_CHARS + 1))]
     pub message: String,
     /// The offending field as a path (`speakers[1].name`), if any.
+    #[schemars(length(max = MAX_FIELD_CHARS + 1))]
     pub field: Option<String>,
 }
 
-/// Longest `message` of a refusal, in characters: a message quotes what was
+/// Longest `message` of a refusal, in characters, before the `…` that marks
+/// a cut (so a message has at most one more): a message quotes what was
 /// sent (an unknown key, a bad value), and a client must not be able to make
 /// the reply, or the record kept in `UPR_REJECTED`, as large as its input.
 pub const MAX_MESSAGE_CHARS: usize = 500;

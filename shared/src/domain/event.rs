@@ -3,11 +3,13 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::country::Country;
+use super::intake::{MAX_COUNT, MAX_SPEAKERS, MAX_TOPICS, max_chars};
 use super::json::parse_strict;
 use super::time::Timestamp;
 
@@ -21,7 +23,9 @@ pub const SCHEMAS_READ: std::ops::RangeInclusive<u32> = 1..=SCHEMA;
 
 /// What happened. The wire name (`review_scheduled`, ...) appears in intake
 /// subjects, event subjects, envelopes and read-model histories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     /// A review was put on a session's calendar.
@@ -184,18 +188,20 @@ impl fmt::Display for ReviewKey {
 }
 
 /// `review_scheduled` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewScheduled {
     /// When the review starts.
     pub scheduled_for: Timestamp,
     /// Where; `"Geneva"` unless given, as nearly all reviews are there.
     #[serde(default = "default_location")]
+    #[schemars(length(min = 1, max = max_chars::LOCATION))]
     pub location: String,
     /// The three member states facilitating the review (contract v2), if
     /// known. Left out of the JSON when absent, so version 1 events keep
     /// their exact bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 3), extend("uniqueItems" = true))]
     pub troika: Option<Vec<Country>>,
 }
 
@@ -207,27 +213,29 @@ fn default_location() -> String {
 }
 
 /// `review_rescheduled` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewRescheduled {
     /// The new start time.
     pub scheduled_for: Timestamp,
     /// Why it moved, if known.
     #[serde(default)]
+    #[schemars(length(min = 1, max = max_chars::REASON))]
     pub reason: Option<String>,
 }
 
 /// `review_cancelled` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewCancelled {
     /// Why it was cancelled, if known.
     #[serde(default)]
+    #[schemars(length(min = 1, max = max_chars::REASON))]
     pub reason: Option<String>,
 }
 
 /// `review_held` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewHeld {
     /// When it was held, if reported.
@@ -235,59 +243,73 @@ pub struct ReviewHeld {
     pub held_on: Option<Timestamp>,
     /// How many recommendations the state received, if reported.
     #[serde(default)]
+    #[schemars(range(max = MAX_COUNT))]
     pub recommendations_received: Option<u32>,
 }
 
 /// One speaker at a side event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Speaker {
     /// The speaker's name.
+    #[schemars(length(min = 1, max = max_chars::SPEAKER))]
     pub name: String,
     /// Their role or affiliation, if given.
     #[serde(default)]
+    #[schemars(length(min = 1, max = max_chars::SPEAKER))]
     pub role: Option<String>,
 }
 
 /// `side_event_held` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SideEventHeld {
     /// The event's title.
+    #[schemars(length(min = 1, max = max_chars::TITLE))]
     pub title: String,
     /// When it was held.
     pub held_on: Timestamp,
     /// Who spoke; empty when not reported.
     #[serde(default)]
+    #[schemars(length(max = MAX_SPEAKERS))]
     pub speakers: Vec<Speaker>,
     /// How many states took part, if reported.
     #[serde(default)]
+    #[schemars(range(max = MAX_COUNT))]
     pub participating_states: Option<u32>,
     /// Subjects covered; empty when not reported.
     #[serde(default)]
+    #[schemars(length(max = MAX_TOPICS), inner(length(min = 1, max = max_chars::TOPIC)))]
     pub topics: Vec<String>,
 }
 
 /// Recommendation counts of an outcome report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recommendations {
     /// All recommendations made.
+    #[schemars(range(max = MAX_COUNT))]
     pub total: u32,
     /// Those the state supported.
+    #[schemars(range(max = MAX_COUNT))]
     pub supported: u32,
     /// Those the state noted; `supported + noted <= total`.
+    #[schemars(range(max = MAX_COUNT))]
     pub noted: u32,
 }
 
 /// `report_published` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportPublished {
     /// When it was published.
     pub published_on: Timestamp,
     /// The UN document symbol, e.g. `A/HRC/59/10`, if known.
     #[serde(default)]
+    #[schemars(
+        length(min = 1, max = max_chars::DOCUMENT_SYMBOL),
+        pattern(crate::schema::document_symbol_pattern())
+    )]
     pub document_symbol: Option<String>,
     /// The recommendation counts, if known.
     #[serde(default)]
@@ -295,12 +317,13 @@ pub struct ReportPublished {
 }
 
 /// `outcome_adopted` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomeAdopted {
     /// When the Council adopted the outcome.
     pub adopted_on: Timestamp,
     /// The Human Rights Council session that adopted it, 1..=999.
+    #[schemars(range(min = 1, max = 999))]
     pub hrc_session: u16,
     /// The state's final positions on the recommendations, if known.
     #[serde(default)]
@@ -308,12 +331,13 @@ pub struct OutcomeAdopted {
 }
 
 /// `event_retracted` data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventRetracted {
     /// The id of the event of this review that is taken back.
     pub retracts: Uuid,
     /// Why.
+    #[schemars(length(min = 1, max = max_chars::REASON))]
     pub reason: String,
 }
 

@@ -25,6 +25,35 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// far above any real value, low enough to catch unit mistakes.
 pub const MAX_COUNT: u64 = 10_000;
 
+/// Longest value of each free-text field, in characters once trimmed. Named
+/// once because the JSON Schemas of intake and of stored events
+/// ([`crate::schema`]) state the same limits and must not drift from them.
+pub mod max_chars {
+    /// `source`: who reported it.
+    pub const SOURCE: usize = 200;
+    /// `location` of a review.
+    pub const LOCATION: usize = 200;
+    /// `reason` of a reschedule, a cancellation or a retraction.
+    pub const REASON: usize = 1000;
+    /// `title` of a side event.
+    pub const TITLE: usize = 300;
+    /// A speaker's `name` and `role`.
+    pub const SPEAKER: usize = 200;
+    /// One of a side event's `topics`.
+    pub const TOPIC: usize = 100;
+    /// `document_symbol` of a report; see [`super::DOCUMENT_SYMBOL_CHARS`].
+    pub const DOCUMENT_SYMBOL: usize = 50;
+}
+
+/// Most speakers one side event lists.
+pub const MAX_SPEAKERS: usize = 100;
+
+/// Most topics one side event lists.
+pub const MAX_TOPICS: usize = 50;
+
+/// The characters a document symbol may hold besides ASCII letters and digits.
+pub const DOCUMENT_SYMBOL_CHARS: &str = " /.-()*";
+
 /// A validated intake message: everything needed to decide and to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -72,10 +101,10 @@ impl Command {
     }
 }
 
-const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "source"];
+pub(crate) const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "source"];
 
 /// The type-specific fields in table order, with whether each is required.
-fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
+pub(crate) fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
     match ty {
         EventType::ReviewScheduled => &[
             ("scheduled_for", true),
@@ -172,29 +201,29 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
     })?;
     let event_id = obj.opt("event_id", uuid)?;
     let occurred_at = obj.opt("occurred_at", time)?;
-    let source = obj.opt("source", text_of(200))?;
+    let source = obj.opt("source", text_of(max_chars::SOURCE))?;
 
     let data = match ty {
         EventType::ReviewScheduled => EventData::ReviewScheduled(ReviewScheduled {
             scheduled_for: obj.req("scheduled_for", time)?,
             location: obj
-                .opt("location", text_of(200))?
+                .opt("location", text_of(max_chars::LOCATION))?
                 .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
             troika: obj.opt("troika", |v, f| troika(v, f, country))?,
         }),
         EventType::ReviewRescheduled => EventData::ReviewRescheduled(ReviewRescheduled {
             scheduled_for: obj.req("scheduled_for", time)?,
-            reason: obj.opt("reason", text_of(1000))?,
+            reason: obj.opt("reason", text_of(max_chars::REASON))?,
         }),
         EventType::ReviewCancelled => EventData::ReviewCancelled(ReviewCancelled {
-            reason: obj.opt("reason", text_of(1000))?,
+            reason: obj.opt("reason", text_of(max_chars::REASON))?,
         }),
         EventType::ReviewHeld => EventData::ReviewHeld(ReviewHeld {
             held_on: obj.opt("held_on", date_or_time)?,
             recommendations_received: obj.opt("recommendations_received", count)?,
         }),
         EventType::SideEventHeld => EventData::SideEventHeld(SideEventHeld {
-            title: obj.req("title", text_of(300))?,
+            title: obj.req("title", text_of(max_chars::TITLE))?,
             held_on: obj.req("held_on", date_or_time)?,
             speakers: obj.opt("speakers", speakers)?.unwrap_or_default(),
             participating_states: obj.opt("participating_states", count)?,
@@ -222,7 +251,7 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         }),
         EventType::EventRetracted => EventData::EventRetracted(EventRetracted {
             retracts: obj.req("retracts", uuid)?,
-            reason: obj.req("reason", text_of(1000))?,
+            reason: obj.req("reason", text_of(max_chars::REASON))?,
         }),
     };
     Ok(Command {
@@ -388,10 +417,10 @@ fn text_of(max: usize) -> impl Fn(&Value, &str) -> Result<String, RejectError> {
 /// character set keeps each symbol at most 50 bytes in JSON, which the size
 /// bound of the country value counts on.
 fn document_symbol(v: &Value, f: &str) -> Result<String, RejectError> {
-    let s = text_of(50)(v, f)?;
+    let s = text_of(max_chars::DOCUMENT_SYMBOL)(v, f)?;
     match s
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || " /.-()*".contains(*c)))
+        .find(|c| !(c.is_ascii_alphanumeric() || DOCUMENT_SYMBOL_CHARS.contains(*c)))
     {
         None => Ok(s),
         Some(c) => Err(RejectError::invalid(
@@ -429,7 +458,7 @@ fn array<'v>(v: &'v Value, f: &str, max: usize) -> Result<&'v [Value], RejectErr
 }
 
 fn speakers(v: &Value, f: &str) -> Result<Vec<Speaker>, RejectError> {
-    array(v, f, 100)?
+    array(v, f, MAX_SPEAKERS)?
         .iter()
         .enumerate()
         .map(|(i, item)| {
@@ -439,18 +468,18 @@ fn speakers(v: &Value, f: &str) -> Result<Vec<Speaker>, RejectError> {
             })?;
             let obj = Obj::check(map, &format!("{at}."), &["name", "role"], ["name"])?;
             Ok(Speaker {
-                name: obj.req("name", text_of(200))?,
-                role: obj.opt("role", text_of(200))?,
+                name: obj.req("name", text_of(max_chars::SPEAKER))?,
+                role: obj.opt("role", text_of(max_chars::SPEAKER))?,
             })
         })
         .collect()
 }
 
 fn topics(v: &Value, f: &str) -> Result<Vec<String>, RejectError> {
-    array(v, f, 50)?
+    array(v, f, MAX_TOPICS)?
         .iter()
         .enumerate()
-        .map(|(i, item)| text_of(100)(item, &format!("{f}[{i}]")))
+        .map(|(i, item)| text_of(max_chars::TOPIC)(item, &format!("{f}[{i}]")))
         .collect()
 }
 

@@ -13,6 +13,7 @@
 //! (or any side event): the state is then what it would be had that event
 //! never been recorded.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::error::RejectError;
@@ -21,7 +22,9 @@ use super::time::Timestamp;
 use uuid::Uuid;
 
 /// Where a review stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewStatus {
     /// On the calendar; may be rescheduled, cancelled or held.

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -31,7 +32,7 @@ use super::time::Timestamp;
 
 /// One line of a review's history: every event stored on its subjects,
 /// side events included (`upr.events.KZ.48.>` is the review's history).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     /// The event type.
     #[serde(rename = "type")]
@@ -47,7 +48,7 @@ pub struct HistoryEntry {
 }
 
 /// How a history entry was retracted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RetractionMark {
     /// The stream sequence of the `event_retracted` event.
     pub seq: u64,
@@ -60,7 +61,7 @@ pub struct RetractionMark {
 pub const REASON_CHARS: usize = 50;
 
 /// The Council's adoption of a review's outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OutcomeView {
     /// When it was adopted.
     pub adopted_on: Timestamp,
@@ -71,7 +72,7 @@ pub struct OutcomeView {
 }
 
 /// The outcome report of a review.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReportView {
     /// When it was published.
     pub published_on: Timestamp,
@@ -82,7 +83,7 @@ pub struct ReportView {
 }
 
 /// A side event as listed in full in its review.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SideEventView {
     /// The stored event's id (unique, and a stable tie-breaker in sorting).
     pub event_id: Uuid,
@@ -118,7 +119,7 @@ impl SideEventView {
 }
 
 /// `upr_reviews` value, key `KZ.48`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReviewView {
     /// The state under review.
     pub country: Country,
@@ -398,7 +399,7 @@ impl ReviewView {
 }
 
 /// A review as listed in its session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionReview {
     /// The state under review.
     pub country: Country,
@@ -413,7 +414,7 @@ pub struct SessionReview {
 }
 
 /// `upr_sessions` value, key `48`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionView {
     /// The Working Group session.
     pub session: Session,
@@ -487,7 +488,7 @@ impl SessionView {
 }
 
 /// A review as listed for its country.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CountryReview {
     /// The Working Group session.
     pub session: Session,
@@ -502,7 +503,7 @@ pub struct CountryReview {
 /// A published report as listed for its country. The recommendation counts
 /// are in the review value: with them, a state reviewed at every one of the
 /// 999 sessions would pass the value size bound.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CountryReport {
     /// The session of the review it reports on.
     pub session: Session,
@@ -513,7 +514,7 @@ pub struct CountryReport {
 }
 
 /// `upr_countries` value, key `KZ`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CountryView {
     /// The state.
     pub country: Country,
@@ -739,7 +740,7 @@ impl ReadModels {
 }
 
 /// One entry of `upr.query.upcoming`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Upcoming {
     /// The state under review.
     pub country: Country,

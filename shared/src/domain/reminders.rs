@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -242,7 +243,7 @@ pub fn classify(reminder: &Reminder, now: Timestamp) -> Firing {
 
 /// The `kind` of a notification, also the subject token
 /// (`upr.notify.<kind>.<COUNTRY>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// A review is coming up.
@@ -269,7 +270,7 @@ impl NoticeKind {
 
 /// The fields every notification starts with: which notice, of what kind,
 /// about which review (with the state's name and the session's cycle).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NoticeHead {
     /// Stable, so it is also the notice's `Nats-Msg-Id`.
     pub id: String,
@@ -300,7 +301,7 @@ impl NoticeHead {
 }
 
 /// The payload on `upr.notify.reminder.<COUNTRY>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReminderNotice {
     /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
     #[serde(flatten)]
@@ -359,7 +360,7 @@ impl ReminderNotice {
 }
 
 /// The payload on `upr.notify.rescheduled.<COUNTRY>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RescheduledNotice {
     /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
     #[serde(flatten)]
@@ -377,7 +378,7 @@ pub struct RescheduledNotice {
 }
 
 /// The payload on `upr.notify.cancelled.<COUNTRY>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelledNotice {
     /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
     #[serde(flatten)]
@@ -393,7 +394,7 @@ pub struct CancelledNotice {
 }
 
 /// What a correction took back, in a [`CorrectedNotice`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Retracted {
     /// The retracted event.
     pub event_id: Uuid,
@@ -406,7 +407,7 @@ pub struct Retracted {
 /// a scheduling, a reschedule or a cancellation that subscribers were told of
 /// (by reminders or notices); the review now stands as `status` on
 /// `scheduled_for`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CorrectedNotice {
     /// Id, kind (`reminder`, `rescheduled`, ...), review, name and cycle.
     #[serde(flatten)]

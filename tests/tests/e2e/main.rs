@@ -12,4 +12,5 @@ mod notifier;
 mod projection;
 mod readme;
 mod replicas;
+mod schemas;
 mod security;
