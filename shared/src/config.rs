@@ -5,6 +5,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::contract::env::{
+    NATS_CREDS, NATS_NKEY, NATS_PASSWORD, NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY, NATS_URL,
+    NATS_USER, RUST_LOG, UPR_LOG_FORMAT, UPR_REMINDER_LEADS, UPR_REPLICAS,
+};
+
 /// A configuration value that could not be used; the message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {message}")]
@@ -14,6 +19,9 @@ pub struct ConfigError {
     /// What is wrong with it, for a person.
     pub message: String,
 }
+
+/// Where the services look for NATS when `NATS_URL` is unset.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]
@@ -67,13 +75,13 @@ impl CommonConfig {
     /// # Errors
     /// A [`ConfigError`] naming the variable when a value cannot be used.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
-        let url = env("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
+        let url = env(NATS_URL).unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
         let servers = url
             .split(',')
             .map(|one| {
                 one.trim()
                     .parse::<async_nats::ServerAddr>()
-                    .map_err(|e| err("NATS_URL", &format!("{one:?} is not a NATS URL: {e}")))
+                    .map_err(|e| err(NATS_URL, &format!("{one:?} is not a NATS URL: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let file = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
@@ -84,50 +92,66 @@ impl CommonConfig {
                 .map_err(|e| err(var, &format!("cannot read {}: {e}", path.display())))?;
             Ok(Some(path))
         };
-        let creds = file("NATS_CREDS")?;
-        let nkey = file("NATS_NKEY")?;
-        let user_password = match (env("NATS_USER"), env("NATS_PASSWORD")) {
+        let creds = file(NATS_CREDS)?;
+        let nkey = file(NATS_NKEY)?;
+        let user_password = match (env(NATS_USER), env(NATS_PASSWORD)) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
-            (Some(_), None) => return Err(err("NATS_PASSWORD", "must be set with NATS_USER")),
-            (None, Some(_)) => return Err(err("NATS_USER", "must be set with NATS_PASSWORD")),
+            (Some(_), None) => {
+                return Err(err(NATS_PASSWORD, &format!("must be set with {NATS_USER}")));
+            }
+            (None, Some(_)) => {
+                return Err(err(NATS_USER, &format!("must be set with {NATS_PASSWORD}")));
+            }
         };
         let ways = [creds.is_some(), nkey.is_some(), user_password.is_some()];
         if ways.iter().filter(|set| **set).count() > 1 {
             let var = if creds.is_some() {
-                "NATS_CREDS"
+                NATS_CREDS
             } else {
-                "NATS_NKEY"
+                NATS_NKEY
             };
             return Err(err(
                 var,
-                "set one of NATS_CREDS, NATS_NKEY or NATS_USER/NATS_PASSWORD, not several",
+                &format!(
+                    "set one of {NATS_CREDS}, {NATS_NKEY} or {NATS_USER}/{NATS_PASSWORD}, not several"
+                ),
             ));
         }
-        let tls_ca = file("NATS_TLS_CA")?;
-        let tls_client = match (file("NATS_TLS_CERT")?, file("NATS_TLS_KEY")?) {
+        let tls_ca = file(NATS_TLS_CA)?;
+        let tls_client = match (file(NATS_TLS_CERT)?, file(NATS_TLS_KEY)?) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            (Some(_), None) => return Err(err("NATS_TLS_KEY", "must be set with NATS_TLS_CERT")),
-            (None, Some(_)) => return Err(err("NATS_TLS_CERT", "must be set with NATS_TLS_KEY")),
+            (Some(_), None) => {
+                return Err(err(
+                    NATS_TLS_KEY,
+                    &format!("must be set with {NATS_TLS_CERT}"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    NATS_TLS_CERT,
+                    &format!("must be set with {NATS_TLS_KEY}"),
+                ));
+            }
         };
-        if let Some(filter) = env("RUST_LOG") {
+        if let Some(filter) = env(RUST_LOG) {
             tracing_subscriber::EnvFilter::try_new(&filter)
-                .map_err(|e| err("RUST_LOG", &format!("{filter:?} is not a log filter: {e}")))?;
+                .map_err(|e| err(RUST_LOG, &format!("{filter:?} is not a log filter: {e}")))?;
         }
-        if let Some(format) = env("UPR_LOG_FORMAT")
+        if let Some(format) = env(UPR_LOG_FORMAT)
             && !["json", "text"].contains(&format.trim().to_ascii_lowercase().as_str())
         {
             return Err(err(
-                "UPR_LOG_FORMAT",
+                UPR_LOG_FORMAT,
                 &format!("must be json or text, got {format:?}"),
             ));
         }
-        let replicas = match env("UPR_REPLICAS") {
+        let replicas = match env(UPR_REPLICAS) {
             None => 1,
             Some(v) => match v.trim().parse::<usize>() {
                 Ok(n @ 1..=5) => n,
-                _ => return Err(err("UPR_REPLICAS", &format!("must be 1 to 5, got {v:?}"))),
+                _ => return Err(err(UPR_REPLICAS, &format!("must be 1 to 5, got {v:?}"))),
             },
         };
         Ok(Self {
@@ -171,10 +195,10 @@ pub fn err(var: &'static str, message: &str) -> ConfigError {
 /// A [`ConfigError`] naming the variable for a list like `30d,7x`.
 pub fn reminder_leads(env: Lookup<'_>) -> Result<Vec<crate::domain::Lead>, ConfigError> {
     use crate::contract::notifier as names;
-    let spec = env(names::ENV_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
+    let spec = env(UPR_REMINDER_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
     crate::domain::parse_leads(&spec).map_err(|e| {
         err(
-            names::ENV_LEADS,
+            UPR_REMINDER_LEADS,
             &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
         )
     })

@@ -9,7 +9,10 @@ use async_nats::{
 };
 use tracing::{error, info};
 
-use crate::config::{CommonConfig, process_env};
+use crate::{
+    config::{CommonConfig, process_env},
+    contract::env::UPR_HEALTH_FILE,
+};
 
 /// The version every service reports in its micro-service INFO.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -101,7 +104,7 @@ pub async fn shutdown_signal() {
 /// pings that very instance rather than any replica of the same name.
 /// `UPR_HEALTH_FILE` overrides it (tests run several instances on one host).
 fn health_file(name: &str) -> PathBuf {
-    process_env("UPR_HEALTH_FILE")
+    process_env(UPR_HEALTH_FILE)
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.health")))
 }
