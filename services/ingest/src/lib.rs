@@ -292,6 +292,11 @@ mod tests {
     use upr_shared::config::lookup_pairs as lookup;
 
     #[test]
+    fn help_lists_every_setting_read_with_the_default_applied() {
+        config::check_settings(services::INGEST, Config::from_lookup);
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::from_lookup(&lookup(&[])).unwrap();
         assert_eq!(c.dedup_window, contract::DEFAULT_DEDUP_WINDOW);

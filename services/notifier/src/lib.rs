@@ -376,6 +376,11 @@ mod tests {
     }
 
     #[test]
+    fn help_lists_every_setting_read_with_the_default_applied() {
+        config::check_settings(services::NOTIFIER, Config::from_lookup);
+    }
+
+    #[test]
     fn leads_default_to_30d_7d_1d() {
         let c = Config::from_lookup(&lookup(None)).unwrap();
         let labels: Vec<_> = c.leads.iter().map(Lead::label).collect();

@@ -247,3 +247,13 @@ pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Resu
     client.drain().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_setting_read_with_the_default_applied() {
+        config::check_settings(services::PROJECTION, Config::from_lookup);
+    }
+}
