@@ -151,3 +151,45 @@ async fn every_binary_answers_help_and_version_and_refuses_a_bad_argument_withou
         }
     }
 }
+
+#[test]
+fn upr_keys_answers_help_and_version_and_refuses_a_bad_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(upr_tests::bin_path("upr-keys"))
+            .args(args)
+            // A command that ran would write its keys here, not in the tree.
+            .current_dir(dir.path())
+            .output()
+            .expect("upr-keys runs")
+    };
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert_eq!(help.status.code(), Some(0), "{text}");
+    for command in ["init", "rotate", "routes"] {
+        assert!(
+            text.contains(&format!("\n  {command} ")),
+            "{command}: {text}"
+        );
+    }
+    let version = run(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("upr-keys {}", env!("CARGO_PKG_VERSION")),
+    );
+    for bad in [
+        &["--hlep"][..],
+        &[],
+        &["rotate", "secrets"],
+        &["init", "a", "b"],
+    ] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?} ran");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a refused command wrote something"
+    );
+}
