@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Environment of every service process the benchmark starts.
-pub const SERVICE_ENV: &[(&str, &str)] = &[("RUST_LOG", "warn")];
+pub const SERVICE_ENV: &[(&str, &str)] = &[(upr_shared::contract::env::RUST_LOG, "warn")];
 
 /// Messages in `UPR_EVENTS`.
 pub async fn stream_messages(js: &async_nats::jetstream::Context) -> Result<u64, String> {

@@ -26,9 +26,10 @@ mod workload;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+use clap::{Parser, builder::PossibleValuesParser};
 use serde_json::json;
 use time::OffsetDateTime;
-use upr_shared::domain::Timestamp;
+use upr_shared::{config, domain::Timestamp};
 
 use crate::{
     part::{Part, say},
@@ -161,83 +162,49 @@ pub const PARTS: [(&str, &str); 4] = [
     ("reminders", "4 Reminders"),
 ];
 
-const USAGE: &str = "usage: upr-bench [--quick] [--out DIR] [--reps N] [--parts ingest,projection,latency,reminders]
-
-  --quick   small sizes, one repetition, no scaling curve; writes to a temp dir unless --out is given
-  --out     where latest.json, README.md and chart.svg go (default docs/benchmarks)
-  --reps    repetitions of each figure (default 3, quick 1)
-  --parts   run only these parts
-  --events  override the projection stream length (and drop the length curve)
-  --note    a sentence for the Markdown page (how and when the figures were taken)
-  --render  DIR: redraw README.md and chart.svg from DIR/latest.json, run nothing";
-
+/// Measures the UPR Tracker services against raw JetStream on this machine,
+/// with its own nats-server and service processes.
+#[derive(Debug, Parser)]
+#[command(name = config::BENCH, version, after_help = after_help())]
 struct Options {
+    /// Small sizes, one repetition, no scaling curve; writes to a temporary
+    /// directory unless --out is given.
+    #[arg(long)]
     quick: bool,
+    /// Where latest.json, README.md and chart.svg go [default: docs/benchmarks].
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Repetitions of each figure [default: 3, with --quick 1].
+    #[arg(long, value_name = "N")]
     reps: Option<usize>,
+    /// Run only these parts, comma-separated [default: all].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        hide_default_value = true,
+        default_values = PARTS.map(|(name, _)| name),
+        value_parser = PossibleValuesParser::new(PARTS.map(|(name, _)| name)),
+    )]
     parts: Vec<String>,
+    /// Override the projection stream length (and drop the length curve).
+    #[arg(long, value_name = "N")]
     events: Option<u64>,
+    /// A sentence for the Markdown page: how and when the figures were taken.
+    #[arg(long)]
     note: Option<String>,
+    /// Redraw README.md and chart.svg from DIR/latest.json, run nothing.
+    #[arg(long, value_name = "DIR")]
     render: Option<PathBuf>,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        quick: false,
-        out: None,
-        reps: None,
-        parts: PARTS.iter().map(|(n, _)| n.to_string()).collect(),
-        events: None,
-        note: None,
-        render: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--out" => o.out = Some(PathBuf::from(value("--out")?)),
-            "--reps" => {
-                o.reps = Some(
-                    value("--reps")?
-                        .parse()
-                        .map_err(|_| "--reps needs a number")?,
-                )
-            }
-            "--note" => o.note = Some(value("--note")?),
-            "--render" => o.render = Some(PathBuf::from(value("--render")?)),
-            "--events" => {
-                o.events = Some(
-                    value("--events")?
-                        .parse()
-                        .map_err(|_| "--events needs a number")?,
-                )
-            }
-            "--parts" => {
-                o.parts = value("--parts")?.split(',').map(str::to_string).collect();
-                if let Some(bad) = o.parts.iter().find(|p| !PARTS.iter().any(|(n, _)| n == p)) {
-                    return Err(format!("unknown part {bad:?}"));
-                }
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(o)
+/// The variables upr-bench reads, and the ones it passes on.
+fn after_help() -> String {
+    config::settings_help(config::BENCH)
+        + "  UPR_*\n          Passed on to the services it starts, e.g. UPR_INGEST_WORKERS=1024\n"
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match parse_args(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("upr-bench: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -394,13 +361,22 @@ mod tests {
 
     #[test]
     fn arguments() {
-        let a = |s: &str| parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>());
+        let a = |s: &str| {
+            Options::try_parse_from(["upr-bench"].into_iter().chain(s.split_whitespace()))
+        };
         let o = a("--quick --out /tmp/x --parts ingest,latency").unwrap();
         assert!(o.quick);
         assert_eq!(o.out, Some(PathBuf::from("/tmp/x")));
         assert_eq!(o.parts, ["ingest", "latency"]);
+        assert_eq!(a("").unwrap().parts, PARTS.map(|(name, _)| name));
         assert!(a("--parts nope").is_err());
         assert!(a("--out").is_err());
         assert!(a("--bogus").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Options::command().debug_assert();
     }
 }

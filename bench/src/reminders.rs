@@ -185,7 +185,10 @@ pub async fn run(part: Part, sizes: Sizes) {
     {
         return part.error(format!("cannot create the event log: {e}"));
     }
-    let env = [("RUST_LOG", "warn"), (contract::notifier::ENV_LEADS, LEAD)];
+    let env = [
+        (contract::env::RUST_LOG, "warn"),
+        (contract::env::UPR_REMINDER_LEADS, LEAD),
+    ];
     let notifier = ServiceProcess::start("upr-notifier", &url, &env);
     notifier.wait_healthy().await;
     let pid = notifier.pid();

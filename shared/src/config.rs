@@ -5,6 +5,16 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::contract::{
+    env::{
+        NATS_CREDS, NATS_NKEY, NATS_PASSWORD, NATS_SERVER_BIN, NATS_TLS_CA, NATS_TLS_CERT,
+        NATS_TLS_KEY, NATS_URL, NATS_USER, RUST_LOG, UPR_DEDUP_WINDOW, UPR_HEALTH_FILE,
+        UPR_INGEST_CACHE, UPR_INGEST_WORKERS, UPR_LOG_FORMAT, UPR_PROJECTION_BATCH,
+        UPR_PROJECTION_CACHE_MB, UPR_READER_CONSUMERS, UPR_REMINDER_LEADS, UPR_REPLICAS,
+    },
+    services,
+};
+
 /// A configuration value that could not be used; the message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {message}")]
@@ -14,6 +24,9 @@ pub struct ConfigError {
     /// What is wrong with it, for a person.
     pub message: String,
 }
+
+/// Where the services look for NATS when `NATS_URL` is unset.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]
@@ -67,13 +80,13 @@ impl CommonConfig {
     /// # Errors
     /// A [`ConfigError`] naming the variable when a value cannot be used.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
-        let url = env("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
+        let url = env(NATS_URL).unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
         let servers = url
             .split(',')
             .map(|one| {
                 one.trim()
                     .parse::<async_nats::ServerAddr>()
-                    .map_err(|e| err("NATS_URL", &format!("{one:?} is not a NATS URL: {e}")))
+                    .map_err(|e| err(NATS_URL, &format!("{one:?} is not a NATS URL: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let file = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
@@ -84,50 +97,66 @@ impl CommonConfig {
                 .map_err(|e| err(var, &format!("cannot read {}: {e}", path.display())))?;
             Ok(Some(path))
         };
-        let creds = file("NATS_CREDS")?;
-        let nkey = file("NATS_NKEY")?;
-        let user_password = match (env("NATS_USER"), env("NATS_PASSWORD")) {
+        let creds = file(NATS_CREDS)?;
+        let nkey = file(NATS_NKEY)?;
+        let user_password = match (env(NATS_USER), env(NATS_PASSWORD)) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
-            (Some(_), None) => return Err(err("NATS_PASSWORD", "must be set with NATS_USER")),
-            (None, Some(_)) => return Err(err("NATS_USER", "must be set with NATS_PASSWORD")),
+            (Some(_), None) => {
+                return Err(err(NATS_PASSWORD, &format!("must be set with {NATS_USER}")));
+            }
+            (None, Some(_)) => {
+                return Err(err(NATS_USER, &format!("must be set with {NATS_PASSWORD}")));
+            }
         };
         let ways = [creds.is_some(), nkey.is_some(), user_password.is_some()];
         if ways.iter().filter(|set| **set).count() > 1 {
             let var = if creds.is_some() {
-                "NATS_CREDS"
+                NATS_CREDS
             } else {
-                "NATS_NKEY"
+                NATS_NKEY
             };
             return Err(err(
                 var,
-                "set one of NATS_CREDS, NATS_NKEY or NATS_USER/NATS_PASSWORD, not several",
+                &format!(
+                    "set one of {NATS_CREDS}, {NATS_NKEY} or {NATS_USER}/{NATS_PASSWORD}, not several"
+                ),
             ));
         }
-        let tls_ca = file("NATS_TLS_CA")?;
-        let tls_client = match (file("NATS_TLS_CERT")?, file("NATS_TLS_KEY")?) {
+        let tls_ca = file(NATS_TLS_CA)?;
+        let tls_client = match (file(NATS_TLS_CERT)?, file(NATS_TLS_KEY)?) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            (Some(_), None) => return Err(err("NATS_TLS_KEY", "must be set with NATS_TLS_CERT")),
-            (None, Some(_)) => return Err(err("NATS_TLS_CERT", "must be set with NATS_TLS_KEY")),
+            (Some(_), None) => {
+                return Err(err(
+                    NATS_TLS_KEY,
+                    &format!("must be set with {NATS_TLS_CERT}"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    NATS_TLS_CERT,
+                    &format!("must be set with {NATS_TLS_KEY}"),
+                ));
+            }
         };
-        if let Some(filter) = env("RUST_LOG") {
+        if let Some(filter) = env(RUST_LOG) {
             tracing_subscriber::EnvFilter::try_new(&filter)
-                .map_err(|e| err("RUST_LOG", &format!("{filter:?} is not a log filter: {e}")))?;
+                .map_err(|e| err(RUST_LOG, &format!("{filter:?} is not a log filter: {e}")))?;
         }
-        if let Some(format) = env("UPR_LOG_FORMAT")
+        if let Some(format) = env(UPR_LOG_FORMAT)
             && !["json", "text"].contains(&format.trim().to_ascii_lowercase().as_str())
         {
             return Err(err(
-                "UPR_LOG_FORMAT",
+                UPR_LOG_FORMAT,
                 &format!("must be json or text, got {format:?}"),
             ));
         }
-        let replicas = match env("UPR_REPLICAS") {
+        let replicas = match env(UPR_REPLICAS) {
             None => 1,
             Some(v) => match v.trim().parse::<usize>() {
                 Ok(n @ 1..=5) => n,
-                _ => return Err(err("UPR_REPLICAS", &format!("must be 1 to 5, got {v:?}"))),
+                _ => return Err(err(UPR_REPLICAS, &format!("must be 1 to 5, got {v:?}"))),
             },
         };
         Ok(Self {
@@ -163,6 +192,219 @@ pub fn err(var: &'static str, message: &str) -> ConfigError {
     }
 }
 
+/// One environment variable, as `--help` documents it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Its name, from [`crate::contract::env`].
+    pub var: &'static str,
+    /// What applies when it is unset, as a person would write it; empty
+    /// when unset means "not used" (the NATS credentials, TLS files).
+    pub default: &'static str,
+    /// What it changes, in one line.
+    pub meaning: &'static str,
+    /// The binaries that read it.
+    pub used_by: &'static [&'static str],
+}
+
+const SERVICES: &[&str] = &[services::INGEST, services::PROJECTION, services::NOTIFIER];
+
+/// Every variable the binaries read, in the order `--help` lists them. The
+/// defaults are the ones the readers above apply (a test in each service
+/// checks that setting a variable to its listed default changes nothing),
+/// so the help cannot drift from the code without a test failing.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        var: NATS_URL,
+        default: DEFAULT_NATS_URL,
+        meaning: "Server URL; a comma-separated list fails over between cluster nodes",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_NKEY,
+        default: "",
+        meaning: "A file holding the user's nkey seed (what upr-keys generates)",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_USER,
+        default: "",
+        meaning: "User name, with NATS_PASSWORD",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_PASSWORD,
+        default: "",
+        meaning: "Password, with NATS_USER",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_CREDS,
+        default: "",
+        meaning: "A credentials file (JWT + nkey); only one of NATS_NKEY, NATS_USER, NATS_CREDS",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_TLS_CA,
+        default: "",
+        meaning: "CA of the server's certificate; when set, the connection must be TLS",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_TLS_CERT,
+        default: "",
+        meaning: "Client certificate, with NATS_TLS_KEY, for servers that verify clients",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: NATS_TLS_KEY,
+        default: "",
+        meaning: "Key of the client certificate, with NATS_TLS_CERT",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: UPR_REPLICAS,
+        default: "1",
+        meaning: "Replicas of the streams and buckets the service creates (1 to 5)",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: RUST_LOG,
+        default: crate::telemetry::DEFAULT_FILTER,
+        meaning: "Log filter, e.g. debug or info,async_nats=warn",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: UPR_LOG_FORMAT,
+        default: "text",
+        meaning: "json for one JSON object per log line, or text",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: UPR_HEALTH_FILE,
+        default: "<temp dir>/<binary>.health",
+        meaning: "Where the running service writes its id, so healthcheck pings that instance",
+        used_by: SERVICES,
+    },
+    Setting {
+        var: UPR_DEDUP_WINDOW,
+        default: "1h",
+        meaning: "JetStream de-duplication window of UPR_EVENTS (units s, m, h, d, w)",
+        used_by: &[services::INGEST],
+    },
+    Setting {
+        var: UPR_INGEST_WORKERS,
+        default: "256",
+        meaning: "Reviews appended to concurrently",
+        used_by: &[services::INGEST],
+    },
+    Setting {
+        var: UPR_INGEST_CACHE,
+        default: "100000",
+        meaning: "Reviews whose state is kept in memory",
+        used_by: &[services::INGEST],
+    },
+    Setting {
+        var: UPR_PROJECTION_BATCH,
+        default: "10000",
+        meaning: "Most events folded per batch before the read models are written",
+        used_by: &[services::PROJECTION],
+    },
+    Setting {
+        var: UPR_PROJECTION_CACHE_MB,
+        default: "32",
+        meaning: "Memory for read-model values kept between batches, in MiB",
+        used_by: &[services::PROJECTION],
+    },
+    Setting {
+        var: UPR_REMINDER_LEADS,
+        default: crate::contract::notifier::DEFAULT_LEADS,
+        meaning: "Reminder lead times before a review (the calendar's alarms in the projection)",
+        used_by: &[services::PROJECTION, services::NOTIFIER],
+    },
+    Setting {
+        var: UPR_READER_CONSUMERS,
+        default: crate::contract::notifier::DEFAULT_READER_CONSUMERS,
+        meaning: "Durable consumers on UPR_NOTIFICATIONS kept for readers (comma-separated, or none)",
+        used_by: &[services::NOTIFIER],
+    },
+    Setting {
+        var: NATS_SERVER_BIN,
+        default: "nats-server from .tools/, then PATH",
+        meaning: "The nats-server binary to start",
+        used_by: &[BENCH],
+    },
+];
+
+/// The benchmark binary, for [`SETTINGS`] (it is not a NATS micro service).
+pub const BENCH: &str = "upr-bench";
+
+/// The settings `binary` reads.
+pub fn settings_of(binary: &str) -> impl Iterator<Item = &'static Setting> + use<'_> {
+    SETTINGS.iter().filter(move |s| s.used_by.contains(&binary))
+}
+
+/// The `--help` section listing the variables `binary` reads, with their
+/// defaults; the settings are environment variables so that compose files
+/// and supervisors configure every binary the same way, hence no flags.
+pub fn settings_help(binary: &str) -> String {
+    let mut text = String::from("Environment variables:\n");
+    for s in settings_of(binary) {
+        text += &format!("  {}", s.var);
+        if !s.default.is_empty() {
+            text += &format!("  [default: {}]", s.default.replace("<binary>", binary));
+        }
+        text += &format!("\n          {}\n", s.meaning);
+    }
+    text
+}
+
+/// Checks `binary`'s [`SETTINGS`] against its configuration reader `read`:
+/// every variable it reads is listed, every listed one is read, and setting
+/// one to its listed default changes nothing. For the services' tests, so a
+/// new variable or a changed default cannot leave `--help` behind.
+///
+/// # Panics
+/// On the first disagreement, naming the variable.
+pub fn check_settings<T: std::fmt::Debug>(
+    binary: &str,
+    read: impl Fn(Lookup<'_>) -> Result<T, ConfigError>,
+) {
+    let asked = std::sync::Mutex::new(Vec::new());
+    let unset = read(&|var: &str| {
+        asked.lock().unwrap().push(var.to_string());
+        None
+    })
+    .unwrap();
+    let asked = asked.into_inner().unwrap();
+    let listed: Vec<&Setting> = settings_of(binary).collect();
+    for var in &asked {
+        assert!(
+            listed.iter().any(|s| s.var == var),
+            "{binary} reads {var} but its --help does not list it"
+        );
+    }
+    // The health file is read when the micro service starts, not here.
+    for s in listed.iter().filter(|s| s.var != UPR_HEALTH_FILE) {
+        assert!(
+            asked.iter().any(|var| var == s.var),
+            "{binary}'s --help lists {} but it does not read it",
+            s.var
+        );
+        if s.default.is_empty() {
+            continue;
+        }
+        let set = read(&lookup_pairs(&[(s.var, s.default)]))
+            .unwrap_or_else(|e| panic!("the listed default of {} is refused: {e}", s.var));
+        assert_eq!(
+            format!("{set:?}"),
+            format!("{unset:?}"),
+            "{}={} is not what {binary} does when it is unset",
+            s.var,
+            s.default
+        );
+    }
+}
+
 /// `UPR_REMINDER_LEADS` (default `30d,7d,1d`), longest first: the notifier
 /// plans a reminder per lead, and the calendar query gives each scheduled
 /// review an alarm per lead.
@@ -171,10 +413,10 @@ pub fn err(var: &'static str, message: &str) -> ConfigError {
 /// A [`ConfigError`] naming the variable for a list like `30d,7x`.
 pub fn reminder_leads(env: Lookup<'_>) -> Result<Vec<crate::domain::Lead>, ConfigError> {
     use crate::contract::notifier as names;
-    let spec = env(names::ENV_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
+    let spec = env(UPR_REMINDER_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
     crate::domain::parse_leads(&spec).map_err(|e| {
         err(
-            names::ENV_LEADS,
+            UPR_REMINDER_LEADS,
             &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
         )
     })
@@ -269,6 +511,12 @@ mod tests {
                 .unwrap_or_else(|| panic!("{var}={bad:?} was accepted"));
             assert_eq!(e.var, var, "{bad:?}");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "does not read it")]
+    fn a_listed_variable_nothing_reads_is_caught() {
+        check_settings(services::INGEST, CommonConfig::from_lookup);
     }
 
     #[test]

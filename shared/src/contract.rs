@@ -88,6 +88,53 @@ pub mod services {
     pub const NOTIFIER: &str = "upr-notifier";
 }
 
+/// Names of the environment variables the binaries read ([`crate::config`]
+/// reads and checks them). Everything that reads, sets or documents one
+/// takes its name from here, so a variable cannot be read under one spelling
+/// and documented or set under another.
+pub mod env {
+    /// Server URL, or a comma-separated list of cluster nodes.
+    pub const NATS_URL: &str = "NATS_URL";
+    /// A file holding the user's nkey seed.
+    pub const NATS_NKEY: &str = "NATS_NKEY";
+    /// User name, with [`NATS_PASSWORD`].
+    pub const NATS_USER: &str = "NATS_USER";
+    /// Password, with [`NATS_USER`].
+    pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
+    /// A credentials file (JWT + nkey).
+    pub const NATS_CREDS: &str = "NATS_CREDS";
+    /// The CA of the server's certificate.
+    pub const NATS_TLS_CA: &str = "NATS_TLS_CA";
+    /// A client certificate, with [`NATS_TLS_KEY`].
+    pub const NATS_TLS_CERT: &str = "NATS_TLS_CERT";
+    /// The key of the client certificate, with [`NATS_TLS_CERT`].
+    pub const NATS_TLS_KEY: &str = "NATS_TLS_KEY";
+    /// Replicas of the streams and buckets a service creates.
+    pub const UPR_REPLICAS: &str = "UPR_REPLICAS";
+    /// The log filter.
+    pub const RUST_LOG: &str = "RUST_LOG";
+    /// `json` or `text` logs.
+    pub const UPR_LOG_FORMAT: &str = "UPR_LOG_FORMAT";
+    /// Where a running service writes its micro-service id.
+    pub const UPR_HEALTH_FILE: &str = "UPR_HEALTH_FILE";
+    /// Ingest: the event log's de-duplication window.
+    pub const UPR_DEDUP_WINDOW: &str = "UPR_DEDUP_WINDOW";
+    /// Ingest: how many reviews it appends to concurrently.
+    pub const UPR_INGEST_WORKERS: &str = "UPR_INGEST_WORKERS";
+    /// Ingest: how many reviews' state it keeps in memory.
+    pub const UPR_INGEST_CACHE: &str = "UPR_INGEST_CACHE";
+    /// Projection: most events folded per batch.
+    pub const UPR_PROJECTION_BATCH: &str = "UPR_PROJECTION_BATCH";
+    /// Projection: memory for cached read-model values, in MiB.
+    pub const UPR_PROJECTION_CACHE_MB: &str = "UPR_PROJECTION_CACHE_MB";
+    /// Notifier and projection: the reminder lead times.
+    pub const UPR_REMINDER_LEADS: &str = "UPR_REMINDER_LEADS";
+    /// Notifier: the durable consumers kept for readers.
+    pub const UPR_READER_CONSUMERS: &str = "UPR_READER_CONSUMERS";
+    /// The tests and the benchmark: which `nats-server` binary to start.
+    pub const NATS_SERVER_BIN: &str = "NATS_SERVER_BIN";
+}
+
 // --- ingest: internal names -------------------------------------------------
 
 /// Ingest's names that are not subjects of the public contract.
@@ -95,12 +142,6 @@ pub mod ingest {
     /// Name of the intake endpoint in the micro service (`nats micro info
     /// upr-ingest`), whose STATS data carries the accepted/duplicate/rejected counts.
     pub const ENDPOINT: &str = "intake";
-    /// `UPR_DEDUP_WINDOW`: the event log's de-duplication window.
-    pub const ENV_DEDUP_WINDOW: &str = "UPR_DEDUP_WINDOW";
-    /// `UPR_INGEST_WORKERS`: how many reviews ingest appends to concurrently.
-    pub const ENV_WORKERS: &str = "UPR_INGEST_WORKERS";
-    /// `UPR_INGEST_CACHE`: how many reviews' state ingest keeps in memory.
-    pub const ENV_CACHE: &str = "UPR_INGEST_CACHE";
     /// JetStream header scoping `Nats-Expected-Last-Subject-Sequence` to a
     /// wildcard, here one review's subjects `upr.events.<C>.<S>.>`.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
@@ -336,8 +377,6 @@ pub mod notifier {
 
     use crate::domain::{Country, Session};
 
-    /// `UPR_REMINDER_LEADS`: the reminder lead times.
-    pub const ENV_LEADS: &str = "UPR_REMINDER_LEADS";
     /// The lead times when `UPR_REMINDER_LEADS` is unset.
     pub const DEFAULT_LEADS: &str = "30d,7d,1d";
 
@@ -359,10 +398,6 @@ pub mod notifier {
     pub const EVENTS_CONSUMER: &str = "upr-notifier";
     /// Durable consumer of the fired timers.
     pub const TIMERS_CONSUMER: &str = "upr-notifier-timers";
-    /// `UPR_READER_CONSUMERS`: names of the durable pull consumers on
-    /// `UPR_NOTIFICATIONS` that the notifier keeps for people who follow the
-    /// notifications durably (comma-separated; `none` for none).
-    pub const ENV_READER_CONSUMERS: &str = "UPR_READER_CONSUMERS";
     /// The consumers when `UPR_READER_CONSUMERS` is unset: one for the
     /// `reader` account of `deploy/nats/nats.conf`.
     pub const DEFAULT_READER_CONSUMERS: &str = "reader";

@@ -1,5 +1,5 @@
-//! What every binary does the same way: the command line (`healthcheck`), the
-//! NATS micro service registration, and the shutdown signal.
+//! What every service binary does the same way: the runtime and exit code,
+//! `healthcheck`, the NATS micro service registration, and the shutdown signal.
 
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -9,7 +9,10 @@ use async_nats::{
 };
 use tracing::{error, info};
 
-use crate::config::{CommonConfig, process_env};
+use crate::{
+    config::{CommonConfig, process_env},
+    contract::env::UPR_HEALTH_FILE,
+};
 
 /// The version every service reports in its micro-service INFO.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -18,58 +21,45 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// the same way (logged, printed, exit code 1).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The entry point every `main.rs` calls.
-///
-/// `upr-x healthcheck` pings this binary's micro service and exits 0 when it
-/// answers (for compose health checks); `upr-x --version` prints the version;
-/// `upr-x --help` prints `usage` and exits 0; anything else is passed to
-/// `run` with the tracing subscriber installed. `run` receives the remaining
-/// arguments so a binary can add subcommands (`upr-projection rebuild`), and
-/// refuses any it does not know with `usage` ([`unknown_command`]).
-pub fn main<F, Fut>(name: &'static str, usage: &'static str, run: F) -> ExitCode
+/// What a service binary does once clap has parsed its command line (and
+/// already answered `--help`, `--version` and bad usage): runs `run` on a
+/// runtime with the tracing subscriber installed, and turns its result into
+/// the exit code, so every binary logs and reports a fatal error alike.
+pub fn main<F, Fut>(name: &'static str, run: F) -> ExitCode
 where
-    F: FnOnce(Vec<String>) -> Fut,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name}: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(name) else {
+        return ExitCode::FAILURE;
     };
-    match args.first().map(String::as_str) {
-        Some("healthcheck") => runtime.block_on(healthcheck(name)),
-        Some("--version" | "-V") => {
-            println!("{name} {VERSION}");
+    crate::telemetry::init();
+    match runtime.block_on(run()) {
+        Ok(()) => {
+            info!("stopped cleanly");
             ExitCode::SUCCESS
         }
-        Some("--help" | "-h" | "help") => {
-            println!("{usage}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            crate::telemetry::init();
-            match runtime.block_on(run(args)) {
-                Ok(()) => {
-                    info!("stopped cleanly");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    error!(error = %e, "stopped on an error");
-                    eprintln!("{name}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Err(e) => {
+            error!(error = %e, "stopped on an error");
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// The error for an argument a binary does not take: names it and shows
-/// the usage, so a typo never starts the service by accident.
-pub fn unknown_command(arg: &str, usage: &str) -> BoxError {
-    format!("unknown command {arg:?}\n{usage}").into()
+/// `upr-x healthcheck` as a whole program: no tracing subscriber, so a
+/// compose health check sees only the one line [`healthcheck`] prints.
+pub fn main_healthcheck(name: &'static str) -> ExitCode {
+    match runtime(name) {
+        Some(runtime) => runtime.block_on(healthcheck(name)),
+        None => ExitCode::FAILURE,
+    }
+}
+
+fn runtime(name: &str) -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("{name}: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM. Run loops `select!`
@@ -101,7 +91,7 @@ pub async fn shutdown_signal() {
 /// pings that very instance rather than any replica of the same name.
 /// `UPR_HEALTH_FILE` overrides it (tests run several instances on one host).
 fn health_file(name: &str) -> PathBuf {
-    process_env("UPR_HEALTH_FILE")
+    process_env(UPR_HEALTH_FILE)
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.health")))
 }

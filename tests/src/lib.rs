@@ -49,7 +49,7 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// Finds `nats-server`: `NATS_SERVER_BIN`, then the project-local install made
 /// by `scripts/test`, then `PATH`.
 pub fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+    if let Ok(p) = std::env::var(upr_shared::contract::env::NATS_SERVER_BIN) {
         return PathBuf::from(p);
     }
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/bin/nats-server");
@@ -746,7 +746,7 @@ impl ServiceProcess {
         let mut all_env = vec![
             ("NATS_URL".to_string(), nats_url.to_string()),
             (
-                "UPR_HEALTH_FILE".to_string(),
+                upr_shared::contract::env::UPR_HEALTH_FILE.to_string(),
                 dir.path().join("health").display().to_string(),
             ),
             (

@@ -1072,7 +1072,7 @@ async fn acknowledged_events_read_models_and_reminders_survive_sigkill_of_every_
         .map(|_| {
             start(
                 services::NOTIFIER,
-                &[(contract::notifier::ENV_LEADS, LEADS)],
+                &[(contract::env::UPR_REMINDER_LEADS, LEADS)],
             )
         })
         .collect();

@@ -81,8 +81,8 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the variable that cannot be used.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
-        let dedup_window = match env(ingest::ENV_DEDUP_WINDOW) {
-            Some(v) => config::parse_duration(ingest::ENV_DEDUP_WINDOW, &v)?,
+        let dedup_window = match env(contract::env::UPR_DEDUP_WINDOW) {
+            Some(v) => config::parse_duration(contract::env::UPR_DEDUP_WINDOW, &v)?,
             None => contract::DEFAULT_DEDUP_WINDOW,
         };
         let count = |var: &'static str, default: usize, max: usize| match env(var) {
@@ -98,8 +98,8 @@ impl Config {
         Ok(Self {
             common: CommonConfig::from_lookup(env)?,
             dedup_window,
-            workers: count(ingest::ENV_WORKERS, DEFAULT_WORKERS, 65_536)?,
-            cache: count(ingest::ENV_CACHE, DEFAULT_CACHE, 100_000_000)?,
+            workers: count(contract::env::UPR_INGEST_WORKERS, DEFAULT_WORKERS, 65_536)?,
+            cache: count(contract::env::UPR_INGEST_CACHE, DEFAULT_CACHE, 100_000_000)?,
         })
     }
 }
@@ -332,6 +332,11 @@ mod tests {
     use super::*;
 
     use upr_shared::config::lookup_pairs as lookup;
+
+    #[test]
+    fn help_lists_every_setting_read_with_the_default_applied() {
+        config::check_settings(services::INGEST, Config::from_lookup);
+    }
 
     #[test]
     fn defaults() {

@@ -1,43 +1,49 @@
-//! The `upr-ingest` binary: configuration, telemetry and the shutdown signal;
-//! everything else lives in the library.
-//!
-//! `upr-ingest` runs the service; `upr-ingest import FILE [--dry-run]` sends
-//! a file of intake messages and sums up (exit 1 when any was refused).
+//! The `upr-ingest` binary: command line, configuration, telemetry and the
+//! shutdown signal; everything else lives in the library.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use upr_shared::{contract::services, service};
+use clap::{Parser, Subcommand};
+use upr_shared::{config, contract::services, service};
 
-const USAGE: &str = "usage: upr-ingest [import FILE [--dry-run] | healthcheck | --version | --help]
+/// The intake service of UPR Tracker: validates intake messages and appends
+/// the accepted ones to the event log. Without a command it runs the service.
+#[derive(Debug, Parser)]
+#[command(name = services::INGEST, version, after_help = config::settings_help(services::INGEST))]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-  (no command)              run the intake service
-  import FILE [--dry-run]   send a CSV or JSON Lines file of intake messages (as the publisher);
-                            --dry-run checks every row and sends nothing; exit 1 when any is refused
-  healthcheck               exit 0 when this instance answers a NATS micro PING
-Settings are environment variables (NATS_URL, NATS_NKEY, ...): see the README.";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send a CSV or JSON Lines file of intake messages (as the publisher);
+    /// exit 1 when any row is refused.
+    Import {
+        /// The file to send.
+        file: PathBuf,
+        /// Check every row and send nothing (no server needed).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Exit 0 when this instance answers a NATS micro PING.
+    Healthcheck,
+}
 
 fn main() -> ExitCode {
-    service::main(services::INGEST, USAGE, |args| async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        match args.as_slice() {
-            [] => {
-                let app = upr_ingest::App::build(upr_ingest::Config::from_env()?).await?;
-                app.run(service::shutdown_signal()).await
+    match Cli::parse().command {
+        None => service::main(services::INGEST, || async {
+            let app = upr_ingest::App::build(upr_ingest::Config::from_env()?).await?;
+            app.run(service::shutdown_signal()).await
+        }),
+        Some(Command::Import { file, dry_run }) => service::main(services::INGEST, || async move {
+            let summary = upr_ingest::import::import(&file, dry_run).await?;
+            print!("{}: {summary}", file.display());
+            if summary.any_refused() {
+                return Err("some rows were refused (listed above)".into());
             }
-            ["import", rest @ ..] => {
-                let dry_run = rest.contains(&"--dry-run");
-                let files: Vec<&&str> = rest.iter().filter(|a| **a != "--dry-run").collect();
-                let [file] = files.as_slice() else {
-                    return Err(format!("import takes one file; {USAGE}").into());
-                };
-                let summary = upr_ingest::import::import(file.as_ref(), dry_run).await?;
-                print!("{file}: {summary}");
-                if summary.any_refused() {
-                    return Err("some rows were refused (listed above)".into());
-                }
-                Ok(())
-            }
-            [other, ..] => Err(service::unknown_command(other, USAGE)),
-        }
-    })
+            Ok(())
+        }),
+        Some(Command::Healthcheck) => service::main_healthcheck(services::INGEST),
+    }
 }

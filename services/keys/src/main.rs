@@ -28,6 +28,7 @@ use std::{
     process::ExitCode,
 };
 
+use clap::{Parser, Subcommand};
 use nkeys::KeyPair;
 
 /// The NATS users of `deploy/nats/nats.conf`, in the order the generated
@@ -59,14 +60,9 @@ const CONF: &str = "nats-keys.conf";
 /// variable that nothing in its configuration uses.
 const ROUTE_CONF: &str = "route.conf";
 
-const USAGE: &str = "usage:
-  upr-keys init [DIR]               create the keys that are missing in DIR (default: secrets)
-  upr-keys rotate DIR NAME...       replace the key of each NAME (ingest, projection, notifier,
-                                    publisher, reader, admin, or route for the cluster routes)
-  upr-keys routes DIR HOST:PORT...  the route address of every cluster node (default: the
-                                    nodes of compose.cluster.yaml, nats:6222 nats-2:6222 nats-3:6222)
-
-Files in DIR:
+/// `--help` beyond the commands: what the files are and what to do after a
+/// rotation, so an operator needs no other page to use them.
+const AFTER_HELP: &str = "Files in DIR:
   <user>.nk        the user's nkey seed: a client connects with it (NATS_NKEY=<file>,
                    or `nats --nkey <file>`). Keep it secret.
   route.password   the password cluster nodes use on their routes.
@@ -77,26 +73,54 @@ Files in DIR:
 After `rotate`, reload the server configuration (`nats-server --signal reload`, or
 `docker compose kill -s HUP nats`) and restart whatever connects with the old key.";
 
+/// The secrets of one UPR Tracker installation: the NATS users' nkeys and
+/// the cluster route password, generated on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "upr-keys", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the keys that are missing in DIR; existing keys are kept.
+    Init {
+        /// Where the keys go.
+        #[arg(default_value = "secrets")]
+        dir: PathBuf,
+    },
+    /// Replace the named keys.
+    Rotate {
+        /// A directory `init` made.
+        dir: PathBuf,
+        /// ingest, projection, notifier, publisher, reader, admin, or route
+        /// for the cluster routes' password.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Set the route address of every cluster node.
+    ///
+    /// Until then the routes are the nodes of compose.cluster.yaml:
+    /// nats:6222 nats-2:6222 nats-3:6222.
+    Routes {
+        /// A directory `init` made.
+        dir: PathBuf,
+        /// Every node's route address.
+        #[arg(required = true, value_name = "HOST:PORT")]
+        hosts: Vec<String>,
+    },
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
-        ["init"] => init(Path::new("secrets")),
-        ["init", dir] => init(Path::new(dir)),
-        ["rotate", dir, names @ ..] if !names.is_empty() => rotate(Path::new(dir), names),
-        ["routes", dir, hosts @ ..] if !hosts.is_empty() => routes(Path::new(dir), hosts),
-        ["--help" | "-h" | "help"] => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        ["--version" | "-V"] => {
-            println!("upr-keys {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let result = match Cli::parse().command {
+        Command::Init { dir } => init(&dir),
+        Command::Rotate { dir, names } => rotate(&dir, &strs(&names)),
+        Command::Routes { dir, hosts } => routes(&dir, &strs(&hosts)),
     };
     match result {
         Ok(report) => {
@@ -299,6 +323,12 @@ fn write_conf(dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn init_creates_every_key_once_and_keeps_them_on_a_second_run() {

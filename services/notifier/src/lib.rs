@@ -69,7 +69,7 @@ impl Config {
         let common = CommonConfig::from_lookup(env)?;
         let leads = config::reminder_leads(env)?;
         let reader_consumers = parse_consumer_names(
-            &env(names::ENV_READER_CONSUMERS)
+            &env(contract::env::UPR_READER_CONSUMERS)
                 .unwrap_or_else(|| names::DEFAULT_READER_CONSUMERS.to_string()),
         )?;
         Ok(Self {
@@ -94,7 +94,7 @@ fn parse_consumer_names(spec: &str) -> Result<Vec<String>, ConfigError> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid {
             return Err(config::err(
-                names::ENV_READER_CONSUMERS,
+                contract::env::UPR_READER_CONSUMERS,
                 &format!("{name:?} is not a consumer name (letters, digits, - and _, at most 64)"),
             ));
         }
@@ -368,11 +368,16 @@ mod tests {
 
     fn lookup(leads: Option<&'static str>) -> impl Fn(&str) -> Option<String> {
         move |k| {
-            (k == names::ENV_LEADS)
+            (k == contract::env::UPR_REMINDER_LEADS)
                 .then_some(leads)
                 .flatten()
                 .map(str::to_string)
         }
+    }
+
+    #[test]
+    fn help_lists_every_setting_read_with_the_default_applied() {
+        config::check_settings(services::NOTIFIER, Config::from_lookup);
     }
 
     #[test]
@@ -385,7 +390,7 @@ mod tests {
     #[test]
     fn a_bad_lead_list_names_the_variable() {
         let e = Config::from_lookup(&lookup(Some("30d,7x"))).unwrap_err();
-        assert_eq!(e.var, names::ENV_LEADS);
+        assert_eq!(e.var, contract::env::UPR_REMINDER_LEADS);
         assert!(e.to_string().starts_with("UPR_REMINDER_LEADS: "), "{e}");
     }
 
@@ -400,7 +405,7 @@ mod tests {
         assert!(parse_consumer_names("none").unwrap().is_empty());
         for bad in ["a.b", "a*", ">", "a b", "é"] {
             let e = parse_consumer_names(bad).unwrap_err();
-            assert_eq!(e.var, names::ENV_READER_CONSUMERS, "{bad}");
+            assert_eq!(e.var, contract::env::UPR_READER_CONSUMERS, "{bad}");
         }
     }
 }

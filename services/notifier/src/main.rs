@@ -1,22 +1,32 @@
-//! The `upr-notifier` binary: configuration, telemetry and the shutdown signal;
-//! everything else lives in the library.
+//! The `upr-notifier` binary: command line, configuration, telemetry and the
+//! shutdown signal; everything else lives in the library.
 
 use std::process::ExitCode;
 
-use upr_shared::{contract::services, service};
+use clap::{Parser, Subcommand};
+use upr_shared::{config, contract::services, service};
 
-const USAGE: &str = "usage: upr-notifier [healthcheck | --version | --help]
+/// The notifier of UPR Tracker: plans reminders from the event log and sends
+/// them when due. Without a command it runs the service.
+#[derive(Debug, Parser)]
+#[command(name = services::NOTIFIER, version, after_help = config::settings_help(services::NOTIFIER))]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-  (no command)  run the notifier: plan reminders from the event log and send them when due
-  healthcheck   exit 0 when this instance answers a NATS micro PING
-Settings are environment variables (NATS_URL, UPR_REMINDER_LEADS, ...): see the README.";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exit 0 when this instance answers a NATS micro PING.
+    Healthcheck,
+}
 
 fn main() -> ExitCode {
-    service::main(services::NOTIFIER, USAGE, |args| async move {
-        if let Some(arg) = args.first() {
-            return Err(service::unknown_command(arg, USAGE));
-        }
-        let app = upr_notifier::App::build(upr_notifier::Config::from_env()?).await?;
-        app.run(service::shutdown_signal()).await
-    })
+    match Cli::parse().command {
+        None => service::main(services::NOTIFIER, || async {
+            let app = upr_notifier::App::build(upr_notifier::Config::from_env()?).await?;
+            app.run(service::shutdown_signal()).await
+        }),
+        Some(Command::Healthcheck) => service::main_healthcheck(services::NOTIFIER),
+    }
 }

@@ -81,8 +81,14 @@ impl Config {
         };
         Ok(Self {
             common: CommonConfig::from_lookup(env)?,
-            max_batch: number("UPR_PROJECTION_BATCH", 10_000, PROJECTION_MAX_BATCH)?,
-            cache_bytes: number("UPR_PROJECTION_CACHE_MB", 32, 64 * 1024)? * 1024 * 1024,
+            max_batch: number(
+                contract::env::UPR_PROJECTION_BATCH,
+                10_000,
+                PROJECTION_MAX_BATCH,
+            )?,
+            cache_bytes: number(contract::env::UPR_PROJECTION_CACHE_MB, 32, 64 * 1024)?
+                * 1024
+                * 1024,
             leads: config::reminder_leads(env)?,
         })
     }
@@ -240,4 +246,14 @@ pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Resu
     );
     client.drain().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_setting_read_with_the_default_applied() {
+        config::check_settings(services::PROJECTION, Config::from_lookup);
+    }
 }

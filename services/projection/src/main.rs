@@ -1,30 +1,40 @@
-//! The `upr-projection` binary: configuration, telemetry and the shutdown
-//! signal; everything else lives in the library.
-//!
-//! `upr-projection` runs the service; `upr-projection rebuild` empties the
-//! read models, replays the log and exits.
+//! The `upr-projection` binary: command line, configuration, telemetry and
+//! the shutdown signal; everything else lives in the library.
 
 use std::process::ExitCode;
 
-use upr_shared::{contract::services, service};
+use clap::{Parser, Subcommand};
+use upr_shared::{config, contract::services, service};
 
-const USAGE: &str = "usage: upr-projection [rebuild | healthcheck | --version | --help]
+/// The projection of UPR Tracker: folds the event log into the read models and
+/// answers queries. Without a command it runs the service.
+#[derive(Debug, Parser)]
+#[command(name = services::PROJECTION, version, after_help = config::settings_help(services::PROJECTION))]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-  (no command)  run the projection: fold the event log into the read models and answer queries
-  rebuild       empty the read models, replay the whole log, exit
-  healthcheck   exit 0 when this instance answers a NATS micro PING
-Settings are environment variables (NATS_URL, UPR_PROJECTION_BATCH, ...): see the README.";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Empty the read models, replay the whole log, exit.
+    Rebuild,
+    /// Exit 0 when this instance answers a NATS micro PING.
+    Healthcheck,
+}
 
 fn main() -> ExitCode {
-    service::main(services::PROJECTION, USAGE, |args| async move {
+    let command = Cli::parse().command;
+    if let Some(Command::Healthcheck) = command {
+        return service::main_healthcheck(services::PROJECTION);
+    }
+    service::main(services::PROJECTION, || async {
         let config = upr_projection::Config::from_env()?;
-        match args.first().map(String::as_str) {
-            None => {
-                let app = upr_projection::App::build(config).await?;
-                app.run(service::shutdown_signal()).await
-            }
-            Some("rebuild") => upr_projection::rebuild(config, service::shutdown_signal()).await,
-            Some(other) => Err(service::unknown_command(other, USAGE)),
+        if let Some(Command::Rebuild) = command {
+            upr_projection::rebuild(config, service::shutdown_signal()).await
+        } else {
+            let app = upr_projection::App::build(config).await?;
+            app.run(service::shutdown_signal()).await
         }
     })
 }

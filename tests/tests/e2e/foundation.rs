@@ -78,28 +78,118 @@ async fn only_ingest_sets_the_event_logs_dedup_window() {
 }
 
 #[tokio::test]
-async fn every_binary_answers_help_and_refuses_an_unknown_command_without_starting() {
-    for name in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
+async fn every_binary_answers_help_and_version_and_refuses_a_bad_argument_without_starting() {
+    // Each binary with its commands and a variable only it reads, with its default.
+    let binaries: [(&str, &[&str], &str); 3] = [
+        (
+            services::INGEST,
+            &["import", "healthcheck"],
+            "UPR_DEDUP_WINDOW  [default: 1h]",
+        ),
+        (
+            services::PROJECTION,
+            &["rebuild", "healthcheck"],
+            "UPR_PROJECTION_BATCH  [default: 10000]",
+        ),
+        (
+            services::NOTIFIER,
+            &["healthcheck"],
+            "UPR_READER_CONSUMERS  [default: reader]",
+        ),
+    ];
+    for (name, commands, own_setting) in binaries {
         let run = |args: &[&str]| {
-            std::process::Command::new(upr_tests::bin_path(name))
+            let mut child = std::process::Command::new(upr_tests::bin_path(name))
                 .args(args)
-                // Nothing listens here: a binary that started would not exit.
+                // Nothing listens here: a binary that started would retry
+                // until killed below, and fail the exit-code checks.
                 .env("NATS_URL", "nats://127.0.0.1:9")
-                .output()
-                .expect("the binary runs")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the binary runs");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while child.try_wait().expect("wait").is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.wait_with_output().expect("output")
         };
         let help = run(&["--help"]);
         let text = String::from_utf8_lossy(&help.stdout);
-        assert!(help.status.success(), "{name} --help");
+        assert_eq!(help.status.code(), Some(0), "{name} --help: {text}");
+        assert!(text.contains(&format!("Usage: {name}")), "{name}: {text}");
+        for command in commands {
+            assert!(
+                text.contains(&format!("\n  {command} ")),
+                "{name} {command}: {text}"
+            );
+        }
         assert!(
-            text.starts_with(&format!("usage: {name} [")),
+            text.contains("NATS_URL  [default: nats://127.0.0.1:4222]"),
             "{name}: {text}"
         );
-        assert!(text.contains("healthcheck"), "{name}: {text}");
-        let typo = run(&["--hlep"]);
-        assert_eq!(typo.status.code(), Some(1), "{name} --hlep");
-        let err = String::from_utf8_lossy(&typo.stderr);
-        assert!(err.contains("unknown command \"--hlep\""), "{name}: {err}");
-        assert!(err.contains(&format!("usage: {name}")), "{name}: {err}");
+        assert!(text.contains(own_setting), "{name}: {text}");
+
+        let version = run(&["--version"]);
+        assert_eq!(version.status.code(), Some(0), "{name} --version");
+        assert_eq!(
+            String::from_utf8_lossy(&version.stdout).trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION")),
+        );
+
+        for bad in [&["--hlep"][..], &["import-all"], &["healthcheck", "now"]] {
+            let typo = run(bad);
+            let err = String::from_utf8_lossy(&typo.stderr);
+            assert_eq!(typo.status.code(), Some(2), "{name} {bad:?}: {err}");
+            assert!(err.starts_with("error: "), "{name} {bad:?}: {err}");
+            assert!(err.contains(bad[bad.len() - 1]), "{name} {bad:?}: {err}");
+            assert!(typo.stdout.is_empty(), "{name} {bad:?} started");
+        }
     }
+}
+
+#[test]
+fn upr_keys_answers_help_and_version_and_refuses_a_bad_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(upr_tests::bin_path("upr-keys"))
+            .args(args)
+            // A command that ran would write its keys here, not in the tree.
+            .current_dir(dir.path())
+            .output()
+            .expect("upr-keys runs")
+    };
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert_eq!(help.status.code(), Some(0), "{text}");
+    for command in ["init", "rotate", "routes"] {
+        assert!(
+            text.contains(&format!("\n  {command} ")),
+            "{command}: {text}"
+        );
+    }
+    let version = run(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("upr-keys {}", env!("CARGO_PKG_VERSION")),
+    );
+    for bad in [
+        &["--hlep"][..],
+        &[],
+        &["rotate", "secrets"],
+        &["init", "a", "b"],
+    ] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?} ran");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a refused command wrote something"
+    );
 }

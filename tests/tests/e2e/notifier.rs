@@ -184,7 +184,7 @@ async fn start_notifier(nats: &NatsServer, leads: &str) -> ServiceProcess {
     let p = ServiceProcess::start(
         services::NOTIFIER,
         &nats.url(),
-        &[(names::ENV_LEADS, leads)],
+        &[(contract::env::UPR_REMINDER_LEADS, leads)],
     );
     p.wait_healthy().await;
     p
@@ -680,7 +680,7 @@ async fn a_bad_reminder_lead_list_stops_start_up_naming_the_variable() {
     let mut p = ServiceProcess::start(
         services::NOTIFIER,
         &nats.url(),
-        &[(names::ENV_LEADS, "30d,7x")],
+        &[(contract::env::UPR_REMINDER_LEADS, "30d,7x")],
     );
     let status = p.wait_exit(Duration::from_secs(10));
     assert!(!status.success());

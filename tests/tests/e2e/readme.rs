@@ -2,7 +2,7 @@
 //! line between its walkthrough markers is sent, in order, exactly as the
 //! NATS CLI would send it, as the user its `--context` names, to the services
 //! running with the shipped `deploy/nats/nats.conf`, and every query line
-//! answers `ok`.
+//! answers `ok`. Its configuration table says what `--help` says.
 
 use std::time::Duration;
 
@@ -196,4 +196,39 @@ async fn the_readme_walkthrough_works_as_written() {
         review["review"]["side_events"].as_array().map(Vec::len),
         Some(1)
     );
+}
+
+#[test]
+fn the_configuration_table_gives_the_defaults_the_binaries_apply() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n### Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("README has a Configuration section");
+    let services = [services::INGEST, services::PROJECTION, services::NOTIFIER];
+    let settings = upr_shared::config::SETTINGS
+        .iter()
+        .filter(|s| s.used_by.iter().any(|b| services.contains(b)));
+    for s in settings {
+        let row = section
+            .lines()
+            .find(|l| {
+                l.starts_with('|')
+                    && l.split('|')
+                        .nth(1)
+                        .is_some_and(|first| first.contains(&format!("`{}`", s.var)))
+            })
+            .unwrap_or_else(|| panic!("README's configuration table has no row for {}", s.var));
+        if !s.default.is_empty() && s.var != upr_shared::contract::env::UPR_HEALTH_FILE {
+            let default = row.split('|').nth(3).unwrap_or_default();
+            assert!(
+                default.contains(s.default),
+                "README gives {} the default {default:?}; the binaries apply {}",
+                s.var,
+                s.default
+            );
+        }
+    }
 }
