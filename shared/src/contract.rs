@@ -292,6 +292,29 @@ pub fn read_model_bucket(bucket: &str, replicas: usize) -> kv::Config {
 
 // ---- projection: its consumer and its query subjects -----------------------
 
+/// The bucket holding the projection's lease: the one key `active` names the
+/// instance that consumes and answers queries; the others stand by. Every
+/// value expires [`PROJECTION_LEASE_TTL`] after it was written (the bucket's
+/// max age), so a dead holder's lease goes by itself, timed by the server's
+/// clock alone.
+pub const PROJECTION_LEASE_BUCKET: &str = "upr_projection_lease";
+/// How long a lease lasts unless renewed; the holder renews it every second.
+pub const PROJECTION_LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// `upr_projection_lease` as the projection creates it: in memory (a lease
+/// outliving a server restart would only delay the next holder).
+pub fn projection_lease_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: PROJECTION_LEASE_BUCKET.into(),
+        description: "UPR Tracker projection: which instance is active".into(),
+        history: 1,
+        max_age: PROJECTION_LEASE_TTL,
+        storage: StorageType::Memory,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// Durable pull consumer of the projection on `UPR_EVENTS`. Its ack floor and
 /// the `last_seq` stored in each read-model value are the projection's
 /// checkpoint.

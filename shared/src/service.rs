@@ -119,7 +119,7 @@ where
         .await?;
     let id = service.info().await.id;
     if let Err(e) = std::fs::write(health_file(name), &id) {
-        tracing::warn!(error = %e, "cannot write the health file; healthcheck will ping by name");
+        tracing::warn!(error = %e, "cannot write the health file; `healthcheck` will report unhealthy (set UPR_HEALTH_FILE)");
     }
     info!(service = name, id = %id, "micro service registered");
     Ok(service)
@@ -136,9 +136,18 @@ pub async fn healthcheck(name: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let subject = match std::fs::read_to_string(health_file(name)) {
+    // By this instance's id only: pinging by name, any other replica would
+    // answer for one that has not registered yet (a standby still waiting).
+    let file = health_file(name);
+    let subject = match std::fs::read_to_string(&file) {
         Ok(id) if !id.trim().is_empty() => format!("$SRV.PING.{name}.{}", id.trim()),
-        _ => format!("$SRV.PING.{name}"),
+        _ => {
+            eprintln!(
+                "{name}: unhealthy: not registered yet ({} holds no instance id)",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
     };
     let check = async {
         let client = crate::nats::connect(&config.nats, name).await?;

@@ -10,11 +10,13 @@
 //! - [`upcoming`]: the in-memory index of scheduled reviews.
 //! - [`query`]: the `upr.query.*` endpoints of the micro service.
 //! - [`state`]: what the loop shares with the queries and the stats.
+//! - [`lease`]: which instance is active; the others stand by.
 //!
 //! [`App::build`] connects and sets everything up; [`App::run`] serves until
 //! the shutdown future resolves. [`rebuild`] is `upr-projection rebuild`.
 
 pub mod cache;
+pub mod lease;
 pub mod projector;
 pub mod query;
 pub mod state;
@@ -33,7 +35,7 @@ use upr_shared::{
     service::{self, BoxError},
 };
 
-use crate::{projector::Projector, query::Queries, state::Shared, store::Store};
+use crate::{lease::Lease, projector::Projector, query::Queries, state::Shared, store::Store};
 
 /// Settings of this service, read from the environment.
 #[derive(Debug, Clone)]
@@ -116,81 +118,213 @@ async fn connect(
     Ok((client, js, events))
 }
 
+/// What an instance needs to become the active one.
+struct Standby {
+    config: Config,
+    js: jetstream::Context,
+    events: jetstream::stream::Stream,
+    leases: jetstream::kv::Store,
+    holder: String,
+    shared: Arc<Shared>,
+}
+
+/// The active instance's part: the loop and the lease it writes under.
+struct Active {
+    projector: Projector,
+    lease: Arc<Lease>,
+}
+
+impl Standby {
+    /// Opens the read models (checking, creating or replaying them) and
+    /// loads them: only under the lease, so a standby never touches buckets
+    /// or consumer. The queries are served once the caller adds them.
+    async fn activate(
+        &self,
+        lease: Lease,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<(Active, Queries), BoxError> {
+        let lease = Arc::new(lease);
+        let (store, _) = Store::open(
+            self.js.clone(),
+            self.events.clone(),
+            self.config.common.replicas,
+        )
+        .await?;
+        let mut projector = Projector::new(
+            store.clone(),
+            self.shared.clone(),
+            self.config.cache_bytes,
+            self.config.max_batch,
+            stopping,
+        );
+        projector.under(lease.clone());
+        projector.load().await?;
+        let queries = Queries::new(store, self.shared.clone(), self.config.leads.clone());
+        info!(holder = %self.holder, "active: consuming the event log and answering queries");
+        Ok((Active { projector, lease }, queries))
+    }
+}
+
 /// The running service.
 pub struct App {
     client: async_nats::Client,
     /// Queries and the micro service ([`upr_shared::nats::connect_edge`]).
     edge: async_nats::Client,
     service: async_nats::service::Service,
-    projector: Projector,
+    standby: Standby,
+    /// `Some` when this instance took the lease at start.
+    active: Option<Active>,
     stop: watch::Sender<bool>,
 }
 
 impl App {
-    /// Connects (retrying until NATS answers), checks or creates the stream,
-    /// the buckets and the consumer (replaying from 1 when any was missing),
-    /// loads the upcoming index and registers the micro service with its
-    /// query endpoints.
+    /// Connects (retrying until NATS answers) and asks for the lease. The
+    /// first instance takes it and, before it registers the micro service
+    /// (so a healthy single instance already answers queries), checks or
+    /// creates the buckets and the consumer (replaying from 1 when any was
+    /// missing), loads the upcoming index and adds the query endpoints. Any
+    /// other instance registers the micro service and stands by.
     ///
     /// # Errors
     /// When NATS refuses the setup (e.g. an incompatible bucket).
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let (client, js, events) = connect(&config).await?;
-        let (store, _) = Store::open(js, events, config.common.replicas).await?;
+        let leases = upr_shared::nats::ensure_bucket(
+            &js,
+            contract::projection_lease_bucket(config.common.replicas),
+        )
+        .await?;
         let shared = Arc::new(Shared::default());
         let (stop, stopping) = watch::channel(false);
-        let mut projector = Projector::new(
-            store.clone(),
-            shared.clone(),
-            config.cache_bytes,
-            config.max_batch,
-            stopping,
-        );
-        projector.load().await?;
-        let stats = shared.clone();
+        let standby = Standby {
+            config,
+            js,
+            events,
+            leases,
+            holder: uuid::Uuid::now_v7().to_string(),
+            shared: shared.clone(),
+        };
         let edge = upr_shared::nats::connect_edge(
-            &config.common.nats,
+            &standby.config.common.nats,
             services::PROJECTION,
             contract::PEOPLE_MAX_QUERY_MESSAGE,
         )
         .await?;
-        let service = service::start_micro(
-            &edge,
-            services::PROJECTION,
-            "Folds the UPR event log into read models and answers queries",
-            move |_, _| stats.stats_json(),
-        )
-        .await?;
-        Queries::new(store, shared, config.leads)
-            .serve(&service)
-            .await?;
+        // A lease still held by an instance killed just before this one
+        // started (a restart after a crash) expires within its TTL: wait that
+        // long before standing by, so a lone instance that is healthy also
+        // answers queries.
+        let patience =
+            tokio::time::Instant::now() + contract::PROJECTION_LEASE_TTL + lease::RETRY_EVERY;
+        let lease = loop {
+            match Lease::try_take(&standby.leases, &standby.holder).await? {
+                Some(lease) => break Some(lease),
+                None if tokio::time::Instant::now() < patience => {
+                    tokio::time::sleep(lease::RETRY_EVERY).await;
+                }
+                None => break None,
+            }
+        };
+        let stats = shared.clone();
+        let start_service = || {
+            service::start_micro(
+                &edge,
+                services::PROJECTION,
+                "Folds the UPR event log into read models and answers queries",
+                move |_, _| stats.stats_json(),
+            )
+        };
+        let (service, active) = match lease {
+            Some(lease) => {
+                // Ready before it registers: the health file is written then.
+                let (active, queries) = standby.activate(lease, stopping).await?;
+                let service = start_service().await?;
+                queries.serve(&service).await?;
+                (service, Some(active))
+            }
+            None => {
+                info!("another instance is active; standing by");
+                (start_service().await?, None)
+            }
+        };
         Ok(Self {
             client,
             edge,
             service,
-            projector,
+            standby,
+            active,
             stop,
         })
     }
 
-    /// Consumes and serves until `shutdown` resolves; then finishes the
-    /// batch in hand (written and acked), stops the micro service and drains.
+    /// Stands by until this instance holds the lease (unless it already
+    /// does), then consumes and serves until `shutdown` resolves; then
+    /// finishes the batch in hand (written and acked), gives the lease up,
+    /// stops the micro service and drains. Losing the lease stops the
+    /// instance with an error: its supervisor starts it again as a standby.
     ///
     /// # Errors
-    /// When the read models cannot be reset, or draining fails.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        let run = self.projector.run(None);
-        tokio::pin!(run, shutdown);
-        let result = tokio::select! {
-            r = &mut run => r,
-            () = &mut shutdown => {
-                self.stop.send_replace(true);
-                run.await
+    /// When the read models cannot be reset, the lease is lost, or draining
+    /// fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let Self {
+            client,
+            edge,
+            service,
+            standby,
+            active,
+            stop,
+        } = self;
+        tokio::pin!(shutdown);
+        let active = match active {
+            Some(active) => Some(active),
+            None => tokio::select! {
+                () = &mut shutdown => None,
+                lease = lease::take(&standby.leases, &standby.holder) => {
+                    let (active, queries) = standby.activate(lease, stop.subscribe()).await?;
+                    queries.serve(&service).await?;
+                    Some(active)
+                }
+            },
+        };
+        let result = match active {
+            None => Ok(()),
+            Some(Active {
+                mut projector,
+                lease,
+            }) => {
+                // Its own task: a long fold must not delay a renewal.
+                let mut keeper = tokio::spawn({
+                    let lease = lease.clone();
+                    async move { lease.keep().await }
+                });
+                let lost = |r: Result<String, tokio::task::JoinError>| -> BoxError {
+                    r.unwrap_or_else(|e| format!("lease keeper failed: {e}"))
+                        .into()
+                };
+                let run = projector.run(None);
+                tokio::pin!(run);
+                let result = tokio::select! {
+                    r = &mut run => r,
+                    r = &mut keeper => Err(lost(r)),
+                    () = &mut shutdown => {
+                        stop.send_replace(true);
+                        tokio::select! {
+                            r = &mut run => r,
+                            r = &mut keeper => Err(lost(r)),
+                        }
+                    }
+                };
+                keeper.abort();
+                if result.is_ok() {
+                    lease.release().await;
+                }
+                result
             }
         };
-        self.service.stop().await?;
-        self.edge.drain().await?;
-        self.client.drain().await?;
+        service.stop().await?;
+        edge.drain().await?;
+        client.drain().await?;
         result
     }
 }

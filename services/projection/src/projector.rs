@@ -29,9 +29,14 @@ use upr_shared::{
 
 use crate::{
     cache::{Applied, Table, View, WorkingSet},
+    lease::Lease,
     state::Shared,
     store::Store,
 };
+
+/// Why an instance stops when its lease is gone.
+const LEASE_LOST: &str =
+    "the projection lease was lost (another instance may be active); stopping without writing more";
 
 /// How many messages one pull request asks for.
 const PULL_BATCH: usize = 1000;
@@ -70,6 +75,9 @@ enum Interrupt {
         /// The sequence delivered.
         got: u64,
     },
+    /// This instance no longer surely holds the lease: another may be
+    /// active, so nothing more is written or acked.
+    LeaseLost,
 }
 
 /// Folds the event log into the read models.
@@ -94,6 +102,9 @@ pub struct Projector {
     /// jump there is a real hole in the stream, not a lost delivery.
     accept_gap: bool,
     stopping: watch::Receiver<bool>,
+    /// The lease this instance writes under (`None`: `rebuild`, which runs
+    /// with the service stopped).
+    lease: Option<Arc<Lease>>,
 }
 
 impl Projector {
@@ -118,6 +129,20 @@ impl Projector {
             checkpoint_cost: Duration::ZERO,
             accept_gap: false,
             stopping,
+            lease: None,
+        }
+    }
+
+    /// Writes only while `lease` is valid.
+    pub fn under(&mut self, lease: Arc<Lease>) {
+        self.lease = Some(lease);
+    }
+
+    /// Whether writing is still this instance's to do.
+    fn fenced(&self) -> Result<(), Interrupt> {
+        match &self.lease {
+            Some(lease) if !lease.is_valid() => Err(Interrupt::LeaseLost),
+            _ => Ok(()),
         }
     }
 
@@ -183,6 +208,9 @@ impl Projector {
 
     /// Empties the read models and starts over from sequence 1.
     async fn replay(&mut self, reason: &str) -> Result<(), BoxError> {
+        if self.fenced().is_err() {
+            return Err(LEASE_LOST.into());
+        }
         warn!(
             reason,
             "emptying the read models and replaying the log from sequence 1"
@@ -280,6 +308,7 @@ impl Projector {
                             match i {
                                 Interrupt::Replay(reason) => self.replay(&reason).await?,
                                 Interrupt::Shutdown | Interrupt::Gap { .. } => return Ok(()),
+                                Interrupt::LeaseLost => return Err(LEASE_LOST.into()),
                             }
                             continue 'consume;
                         }
@@ -324,6 +353,7 @@ impl Projector {
                     match self.process(batch).await {
                         Ok(()) => backoff = Duration::from_millis(100),
                         Err(Interrupt::Shutdown) => return Ok(()),
+                        Err(Interrupt::LeaseLost) => return Err(LEASE_LOST.into()),
                         Err(Interrupt::Replay(reason)) => {
                             self.replay(&reason).await?;
                             continue 'consume;
@@ -487,6 +517,7 @@ impl Projector {
         if self.folded == self.applied && self.unacked.is_none() {
             return Ok(());
         }
+        self.fenced()?;
         self.applied = self.folded;
         self.shared.set_applied(self.applied);
         if let Some(last) = self.unacked.take()
@@ -651,6 +682,7 @@ impl Projector {
         }
         let mut backoff = Duration::from_millis(100);
         loop {
+            self.fenced()?;
             let puts = values
                 .iter()
                 .map(|(k, v)| bucket.put(k.to_string(), v.clone()));

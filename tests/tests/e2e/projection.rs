@@ -942,3 +942,68 @@ async fn redelivering_the_whole_log_into_kept_buckets_changes_nothing() {
     );
     assert_same(&given.snapshot().await, &before, "after redelivery");
 }
+
+/// Several instances: one holds the lease and consumes; the other stands
+/// by, answers no query, and takes over when the active one is killed. The
+/// read models then still equal the pure fold of the log.
+#[tokio::test]
+async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_stay_exact() {
+    let mut given = Given::projection().await;
+    let mut standby = ServiceProcess::start(services::PROJECTION, &given.nats.url(), &[]);
+    standby.wait_healthy().await;
+    assert!(
+        standby.logs().contains("standing by"),
+        "the second instance did not stand by:\n{}",
+        standby.logs()
+    );
+    let events = scenario();
+    let (first, rest) = events.split_at(events.len() / 2);
+    for e in first {
+        given.publish(e).await;
+    }
+    given.caught_up().await;
+
+    // A graceful stop hands the lease over at once; kill -9 after the TTL.
+    given.projection.kill9();
+    let killed = std::time::Instant::now();
+    let mut last = 0;
+    for e in rest {
+        last = given.publish(e).await;
+    }
+    let answer = eventually(Duration::from_secs(20), "the standby answers", || async {
+        let reply = given
+            .client
+            .request(
+                "upr.query.status",
+                json!({"min_seq": last}).to_string().into(),
+            )
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_slice(&reply.payload).ok()?;
+        (v["ok"] == true).then_some(v)
+    })
+    .await;
+    println!(
+        "projection failover: the standby applied the next event {:?} after the active instance was killed",
+        killed.elapsed()
+    );
+    assert!(answer["applied_seq"].as_u64() >= Some(last), "{answer}");
+    assert_same(
+        &given.snapshot().await,
+        &given.pure_fold().await,
+        "after the takeover",
+    );
+
+    // Stopped gracefully, the new active instance gives the lease up at once
+    // and the old one, restarted, takes it.
+    let status = standby.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", standby.logs());
+    assert!(
+        standby.logs().contains("lease released"),
+        "{}",
+        standby.logs()
+    );
+    given.projection.restart();
+    given.projection.wait_healthy().await;
+    given.query_ok("upr.query.status", "").await;
+}
