@@ -18,6 +18,13 @@
 //! successful renewal, and checks that before every write round: a process
 //! paused for longer than the lease (a stopped container, a frozen VM) finds
 //! it expired on waking and stops instead of writing over its successor.
+//!
+//! A lease that is gone without anyone else holding it (the server restarted
+//! and lost the in-memory bucket, or it expired while NATS was unreachable)
+//! is taken again, as a new term: another instance may have been active in
+//! between, so the holder reloads its read models from the buckets before
+//! it writes again. Only a lease another instance holds is lost for good:
+//! the instance then stops, and its supervisor starts it again as a standby.
 
 use std::{
     sync::{
@@ -27,11 +34,14 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::kv::{self, CreateErrorKind};
+use async_nats::jetstream::{
+    self,
+    kv::{self, CreateErrorKind, Operation},
+};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use upr_shared::contract::PROJECTION_LEASE_TTL;
+use upr_shared::contract::{self, PROJECTION_LEASE_TTL};
 
 /// The one key of the lease bucket.
 const KEY: &str = "active";
@@ -47,9 +57,14 @@ const MARGIN: Duration = Duration::from_millis(750);
 #[derive(Debug)]
 pub struct Lease {
     kv: kv::Store,
+    /// To create the bucket again when the server lost it.
+    js: jetstream::Context,
+    replicas: usize,
     holder: String,
     revision: AtomicU64,
     valid_until: Mutex<Instant>,
+    /// Bumped each time the lease is taken again after it was gone.
+    term: AtomicU64,
 }
 
 impl Lease {
@@ -57,18 +72,32 @@ impl Lease {
     ///
     /// # Errors
     /// NATS did not answer.
-    pub async fn try_take(kv: &kv::Store, holder: &str) -> Result<Option<Self>, kv::CreateError> {
+    pub async fn try_take(
+        js: &jetstream::Context,
+        replicas: usize,
+        kv: &kv::Store,
+        holder: &str,
+    ) -> Result<Option<Self>, kv::CreateError> {
         let sent = Instant::now();
         match kv.create(KEY, Bytes::from(holder.to_owned())).await {
             Ok(revision) => Ok(Some(Self {
                 kv: kv.clone(),
+                js: js.clone(),
+                replicas,
                 holder: holder.to_owned(),
                 revision: AtomicU64::new(revision),
                 valid_until: Mutex::new(sent + PROJECTION_LEASE_TTL - MARGIN),
+                term: AtomicU64::new(0),
             })),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Which term of the lease this is: a holder that sees it change
+    /// reloads before writing.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
     }
 
     /// Whether the lease is still surely this instance's.
@@ -76,32 +105,68 @@ impl Lease {
         Instant::now() < *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One renewal; an error means it did not take (the lease may still be
-    /// valid for a while, see [`Self::is_valid`]).
-    async fn renew(&self) -> Result<(), kv::UpdateError> {
-        let sent = Instant::now();
-        let revision = self
-            .kv
-            .update(
-                KEY,
-                Bytes::from(self.holder.clone()),
-                self.revision.load(Ordering::Acquire),
-            )
-            .await?;
+    fn renewed(&self, revision: u64, sent: Instant) {
         self.revision.store(revision, Ordering::Release);
         *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
             sent + PROJECTION_LEASE_TTL - MARGIN;
-        Ok(())
     }
 
-    /// Renews every [`RENEW_EVERY`] and returns once the lease is lost, with why.
+    /// One renewal. `Ok(false)`: another instance holds the lease; an error
+    /// is a failure to reach NATS (the lease may still be valid for a while,
+    /// see [`Self::is_valid`]).
+    async fn renew(&self) -> Result<bool, async_nats::Error> {
+        let sent = Instant::now();
+        let revision = self.revision.load(Ordering::Acquire);
+        let holder = Bytes::from(self.holder.clone());
+        if let Ok(next) = self.kv.update(KEY, holder.clone(), revision).await {
+            self.renewed(next, sent);
+            return Ok(true);
+        }
+        // Not at our revision: ours still (an update whose answer was lost),
+        // someone else's, or gone.
+        match self.kv.entry(KEY).await {
+            Ok(Some(entry)) if entry.operation == Operation::Put => {
+                if entry.value == holder {
+                    self.renewed(entry.revision, sent);
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::EntryErrorKind::Other => {
+                // No bucket at all: the server restarted and lost it.
+                upr_shared::nats::ensure_bucket(
+                    &self.js,
+                    contract::projection_lease_bucket(self.replicas),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self.kv.create(KEY, holder).await {
+            Ok(next) => {
+                self.renewed(next, sent);
+                self.term.fetch_add(1, Ordering::AcqRel);
+                warn!("the lease was gone; taken again (reloading the read models before writing)");
+                Ok(true)
+            }
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renews every [`RENEW_EVERY`] and returns once another instance holds
+    /// the lease. While NATS is unreachable it keeps trying; the lease's
+    /// validity, checked before every write, fences the writes meanwhile.
     pub async fn keep(&self) -> String {
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
             match self.renew().await {
-                Ok(()) => debug!("lease renewed"),
-                Err(e) if !self.is_valid() => return format!("lease not renewed in time: {e}"),
-                Err(e) => warn!(error = %e, "lease renewal failed; retrying while it lasts"),
+                Ok(true) => debug!("lease renewed"),
+                Ok(false) => return "another instance holds the projection lease".into(),
+                Err(e) => {
+                    warn!(error = %e, valid = self.is_valid(), "lease renewal failed; retrying")
+                }
             }
         }
     }
@@ -118,10 +183,10 @@ impl Lease {
 }
 
 /// Waits until this instance holds the lease (a NATS failure is retried).
-pub async fn take(kv: &kv::Store, holder: &str) -> Lease {
+pub async fn take(js: &jetstream::Context, replicas: usize, kv: &kv::Store, holder: &str) -> Lease {
     let mut said = false;
     loop {
-        match Lease::try_take(kv, holder).await {
+        match Lease::try_take(js, replicas, kv, holder).await {
             Ok(Some(lease)) => return lease,
             Ok(None) => {
                 if !said {

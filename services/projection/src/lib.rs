@@ -158,7 +158,7 @@ impl Standby {
             stopping,
         );
         projector.under(lease.clone());
-        projector.load().await?;
+        projector.take_over().await?;
         let queries = Queries::new(store, self.shared.clone(), self.config.leads.clone());
         info!(holder = %self.holder, "active: consuming the event log and answering queries");
         Ok((Active { projector, lease }, queries))
@@ -217,7 +217,14 @@ impl App {
         let patience =
             tokio::time::Instant::now() + contract::PROJECTION_LEASE_TTL + lease::RETRY_EVERY;
         let lease = loop {
-            match Lease::try_take(&standby.leases, &standby.holder).await? {
+            match Lease::try_take(
+                &standby.js,
+                standby.config.common.replicas,
+                &standby.leases,
+                &standby.holder,
+            )
+            .await?
+            {
                 Some(lease) => break Some(lease),
                 None if tokio::time::Instant::now() < patience => {
                     tokio::time::sleep(lease::RETRY_EVERY).await;
@@ -280,7 +287,12 @@ impl App {
             Some(active) => Some(active),
             None => tokio::select! {
                 () = &mut shutdown => None,
-                lease = lease::take(&standby.leases, &standby.holder) => {
+                lease = lease::take(
+                    &standby.js,
+                    standby.config.common.replicas,
+                    &standby.leases,
+                    &standby.holder,
+                ) => {
                     let (active, queries) = standby.activate(lease, stop.subscribe()).await?;
                     queries.serve(&service).await?;
                     Some(active)

@@ -34,10 +34,6 @@ use crate::{
     store::Store,
 };
 
-/// Why an instance stops when its lease is gone.
-const LEASE_LOST: &str =
-    "the projection lease was lost (another instance may be active); stopping without writing more";
-
 /// How many messages one pull request asks for.
 const PULL_BATCH: usize = 1000;
 /// KV reads in flight at once when a batch misses the cache.
@@ -78,6 +74,9 @@ enum Interrupt {
     /// This instance no longer surely holds the lease: another may be
     /// active, so nothing more is written or acked.
     LeaseLost,
+    /// The lease was taken again after it was gone: another instance may
+    /// have written meanwhile, so the working set is read again first.
+    NewTerm,
 }
 
 /// Folds the event log into the read models.
@@ -105,6 +104,8 @@ pub struct Projector {
     /// The lease this instance writes under (`None`: `rebuild`, which runs
     /// with the service stopped).
     lease: Option<Arc<Lease>>,
+    /// The lease term the working set was loaded under.
+    term: u64,
 }
 
 impl Projector {
@@ -130,6 +131,7 @@ impl Projector {
             accept_gap: false,
             stopping,
             lease: None,
+            term: 0,
         }
     }
 
@@ -142,6 +144,7 @@ impl Projector {
     fn fenced(&self) -> Result<(), Interrupt> {
         match &self.lease {
             Some(lease) if !lease.is_valid() => Err(Interrupt::LeaseLost),
+            Some(lease) if lease.term() != self.term => Err(Interrupt::NewTerm),
             _ => Ok(()),
         }
     }
@@ -152,6 +155,7 @@ impl Projector {
     /// # Errors
     /// JetStream unreachable.
     pub async fn load(&mut self) -> Result<(), BoxError> {
+        self.term = self.lease.as_ref().map_or(0, |l| l.term());
         self.set.clear();
         let mut index = crate::upcoming::UpcomingIndex::default();
         let reviews = &mut self.set.reviews;
@@ -206,10 +210,24 @@ impl Projector {
         Ok(())
     }
 
+    /// [`Self::load`], then the consumer restarted at the first sequence
+    /// not applied: what an earlier holder of the lease had been handed
+    /// (and, dead or frozen, will not acknowledge) is delivered again now,
+    /// not when its ack wait runs out, and its waiting pulls are dropped.
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn take_over(&mut self) -> Result<(), BoxError> {
+        self.load().await?;
+        self.store.reposition(self.applied + 1).await?;
+        self.accept_gap = true;
+        Ok(())
+    }
+
     /// Empties the read models and starts over from sequence 1.
     async fn replay(&mut self, reason: &str) -> Result<(), BoxError> {
         if self.fenced().is_err() {
-            return Err(LEASE_LOST.into());
+            return Err("the projection lease lapsed; not emptying the read models".into());
         }
         warn!(
             reason,
@@ -246,6 +264,26 @@ impl Projector {
 
     fn is_stopping(&self) -> bool {
         *self.stopping.borrow()
+    }
+
+    /// After the lease lapsed or was taken again: waits until it is valid,
+    /// then reads the working set and the applied sequence again, since
+    /// another instance may have written meanwhile and what this one had
+    /// folded but not written is redelivered.
+    async fn resume_under_lease(&mut self) -> Result<(), BoxError> {
+        warn!("writes paused: the lease lapsed or was taken again; reloading once it is valid");
+        loop {
+            if self.is_stopping() {
+                return Ok(());
+            }
+            if self.lease.as_ref().is_none_or(|l| l.is_valid()) {
+                match self.take_over().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => warn!(error = %e, "cannot reload the read models yet"),
+                }
+            }
+            self.pause(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits `delay`, or less when the service is stopping.
@@ -308,7 +346,10 @@ impl Projector {
                             match i {
                                 Interrupt::Replay(reason) => self.replay(&reason).await?,
                                 Interrupt::Shutdown | Interrupt::Gap { .. } => return Ok(()),
-                                Interrupt::LeaseLost => return Err(LEASE_LOST.into()),
+                                Interrupt::LeaseLost | Interrupt::NewTerm => {
+                                    drop(messages);
+                                    self.resume_under_lease().await?;
+                                }
                             }
                             continue 'consume;
                         }
@@ -353,7 +394,11 @@ impl Projector {
                     match self.process(batch).await {
                         Ok(()) => backoff = Duration::from_millis(100),
                         Err(Interrupt::Shutdown) => return Ok(()),
-                        Err(Interrupt::LeaseLost) => return Err(LEASE_LOST.into()),
+                        Err(Interrupt::LeaseLost | Interrupt::NewTerm) => {
+                            drop(messages);
+                            self.resume_under_lease().await?;
+                            continue 'consume;
+                        }
                         Err(Interrupt::Replay(reason)) => {
                             self.replay(&reason).await?;
                             continue 'consume;

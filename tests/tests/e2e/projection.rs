@@ -1007,3 +1007,70 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
     given.projection.wait_healthy().await;
     given.query_ok("upr.query.status", "").await;
 }
+
+/// An active instance frozen past its lease (a stopped container, a paused
+/// VM) wakes to find a standby active: it writes nothing more and stops,
+/// and the read models still equal the pure fold.
+#[tokio::test]
+async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
+    let mut given = Given::projection().await;
+    let standby = ServiceProcess::start(services::PROJECTION, &given.nats.url(), &[]);
+    standby.wait_healthy().await;
+    let events = scenario();
+    let (first, rest) = events.split_at(events.len() / 2);
+    for e in first {
+        given.publish(e).await;
+    }
+    given.caught_up().await;
+    let pid = given.projection.pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let mut last = 0;
+    for e in rest {
+        last = given.publish(e).await;
+    }
+    // Until the server notices the frozen process, it still gets its share
+    // of queries (which go unanswered): ask with a short timeout.
+    eventually(
+        Duration::from_secs(30),
+        "the standby applies the rest",
+        || async {
+            let ask = given.client.request(
+                "upr.query.status",
+                json!({"min_seq": last}).to_string().into(),
+            );
+            let reply = tokio::time::timeout(Duration::from_millis(500), ask)
+                .await
+                .ok()?
+                .ok()?;
+            let v: Value = serde_json::from_slice(&reply.payload).ok()?;
+            (v["ok"] == true).then_some(())
+        },
+    )
+    .await;
+    let before = given.snapshot().await;
+    signal("-CONT");
+    let status = given.projection.wait_exit(Duration::from_secs(15));
+    assert!(!status.success(), "{}", given.projection.logs());
+    assert!(
+        given
+            .projection
+            .logs()
+            .contains("another instance holds the projection lease"),
+        "{}",
+        given.projection.logs()
+    );
+    assert_same(
+        &given.snapshot().await,
+        &before,
+        "after the frozen one woke",
+    );
+    assert_same(&before, &given.pure_fold().await, "against the pure fold");
+    drop(standby);
+}
