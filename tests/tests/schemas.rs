@@ -828,6 +828,10 @@ const INTERNAL: &[(&str, &str)] = &[
         "$JS.API.",
         "the JetStream API, which ingest calls as a client",
     ),
+    (
+        "upr.internal.ingest.",
+        "commands one ingest replica hands to the replica owning the review: inside the service account, never seen by users",
+    ),
 ];
 
 /// Whether `subject` (tokens; `*`, `>` and `{…}` placeholders allowed) is
