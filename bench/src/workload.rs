@@ -7,10 +7,14 @@
 //! built with the domain's own `parse_intake` + `into_envelope`, so the raw
 //! baselines publish exactly the bytes ingest stores.
 //!
-//! Deterministic for a seed (a small SplitMix64), except the event ids,
-//! which must be unique per run.
+//! Deterministic for a seed (`rand`'s seeded `StdRng`), except the event
+//! ids, which must be unique per run: a seed gives the same review plans for
+//! a given version of this code and its `Cargo.lock` (rand may change its
+//! streams between versions), which is what comparing two sides of one run
+//! needs.
 
 use bytes::Bytes;
+use rand::{RngExt, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
 use upr_shared::{
     contract::subjects,
@@ -18,39 +22,9 @@ use upr_shared::{
 };
 use uuid::Uuid;
 
-/// SplitMix64: tiny, fast, good enough to vary a workload.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-
-    /// One element of `items`.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.next_u64() as usize % items.len()]
-    }
+/// One element of `items`, which is never empty here (the word lists below).
+fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
+    items.choose(rng).expect("a non-empty list")
 }
 
 /// Number of distinct review keys (every UN member state at every session).
@@ -201,16 +175,16 @@ const REASONS: &[&str] = &[
 const SOURCES: &[&str] = &["UPR Info", "OHCHR extranet", "mission note", "NGO monitor"];
 
 /// Builds review plans.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Generator {
-    rng: Rng,
+    rng: StdRng,
 }
 
 impl Generator {
     /// A generator whose plan shapes depend only on `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
-            rng: Rng::new(seed),
+            rng: StdRng::seed_from_u64(seed),
         }
     }
 
@@ -228,22 +202,22 @@ impl Generator {
         let rng = &mut self.rng;
         let day0 = scheduled_for.unwrap_or_else(|| {
             let d = Self::session_date(key.session);
-            d.checked_add(time::Duration::days(rng.range(0, 11) as i64))
+            d.checked_add(time::Duration::days(rng.random_range(0..=11) as i64))
                 .unwrap_or(d)
         });
         let mut date = day0;
-        let common = |rng: &mut Rng, id: Uuid| {
+        let common = |rng: &mut StdRng, id: Uuid| {
             let mut m = serde_json::Map::new();
             m.insert("country".into(), json!(key.country.as_str()));
             m.insert("session".into(), json!(key.session.get()));
             m.insert("event_id".into(), json!(id.to_string()));
-            if rng.chance(0.7) {
-                m.insert("source".into(), json!(rng.pick(SOURCES)));
+            if rng.random_bool(0.7) {
+                m.insert("source".into(), json!(pick(rng, SOURCES)));
             }
             m
         };
         let mut events = Vec::with_capacity(12);
-        let mut push = |ty: EventType, fields: Value, rng: &mut Rng| {
+        let mut push = |ty: EventType, fields: Value, rng: &mut StdRng| {
             let id = Uuid::new_v4();
             let mut m = common(rng, id);
             if let Value::Object(f) = fields {
@@ -261,33 +235,37 @@ impl Generator {
             json!({"scheduled_for": date.to_string(), "location": "Geneva"}),
             rng,
         );
-        let side_events = rng.range(3, 10);
-        let reschedules = if rng.chance(0.1) {
+        let side_events = rng.random_range(3..=10);
+        let reschedules = if rng.random_bool(0.1) {
             2
         } else {
-            u64::from(rng.chance(0.35))
+            u64::from(rng.random_bool(0.35))
         };
         let mut r_left = reschedules;
         for i in 0..side_events {
             // Reschedules happen early, between the first side events.
-            if r_left > 0 && i >= reschedules - r_left && rng.chance(0.5) {
+            if r_left > 0 && i >= reschedules - r_left && rng.random_bool(0.5) {
                 r_left -= 1;
                 date = date
-                    .checked_add(time::Duration::days(rng.range(1, 20) as i64))
+                    .checked_add(time::Duration::days(rng.random_range(1..=20) as i64))
                     .unwrap_or(date);
                 push(
                     EventType::ReviewRescheduled,
-                    json!({"scheduled_for": date.to_string(), "reason": rng.pick(REASONS)}),
+                    json!({"scheduled_for": date.to_string(), "reason": pick(rng, REASONS)}),
                     rng,
                 );
             }
-            let title: Vec<&str> = (0..rng.range(4, 9)).map(|_| *rng.pick(WORDS)).collect();
-            let speakers: Vec<Value> = (0..rng.range(1, 3))
-                .map(|_| json!({"name": rng.pick(NAMES), "role": rng.pick(ROLES)}))
+            let title: Vec<&str> = (0..rng.random_range(4..=9))
+                .map(|_| *pick(rng, WORDS))
                 .collect();
-            let topics: Vec<&str> = (0..rng.range(1, 3)).map(|_| *rng.pick(TOPICS)).collect();
+            let speakers: Vec<Value> = (0..rng.random_range(1..=3))
+                .map(|_| json!({"name": pick(rng, NAMES), "role": pick(rng, ROLES)}))
+                .collect();
+            let topics: Vec<&str> = (0..rng.random_range(1..=3))
+                .map(|_| *pick(rng, TOPICS))
+                .collect();
             let held_on = date
-                .checked_sub(time::Duration::days(rng.range(0, 30) as i64))
+                .checked_sub(time::Duration::days(rng.random_range(0..=30) as i64))
                 .unwrap_or(date);
             push(
                 EventType::SideEventHeld,
@@ -295,7 +273,7 @@ impl Generator {
                     "title": format!("{} ({})", title.join(" "), key.country.name()),
                     "held_on": held_on.to_string(),
                     "speakers": speakers,
-                    "participating_states": rng.range(0, 60),
+                    "participating_states": rng.random_range(0..=60),
                     "topics": topics,
                 }),
                 rng,
@@ -303,21 +281,21 @@ impl Generator {
         }
         for _ in 0..r_left {
             date = date
-                .checked_add(time::Duration::days(rng.range(1, 20) as i64))
+                .checked_add(time::Duration::days(rng.random_range(1..=20) as i64))
                 .unwrap_or(date);
             push(
                 EventType::ReviewRescheduled,
-                json!({"scheduled_for": date.to_string(), "reason": rng.pick(REASONS)}),
+                json!({"scheduled_for": date.to_string(), "reason": pick(rng, REASONS)}),
                 rng,
             );
         }
-        if rng.chance(0.05) {
+        if rng.random_bool(0.05) {
             push(
                 EventType::ReviewCancelled,
-                json!({"reason": rng.pick(REASONS)}),
+                json!({"reason": pick(rng, REASONS)}),
                 rng,
             );
-            if rng.chance(0.5) {
+            if rng.random_bool(0.5) {
                 date = date.checked_add(time::Duration::days(121)).unwrap_or(date);
                 push(
                     EventType::ReviewScheduled,
@@ -325,24 +303,24 @@ impl Generator {
                     rng,
                 );
             }
-        } else if rng.chance(0.6) {
+        } else if rng.random_bool(0.6) {
             push(
                 EventType::ReviewHeld,
-                json!({"held_on": date.to_string(), "recommendations_received": rng.range(80, 320)}),
+                json!({"held_on": date.to_string(), "recommendations_received": rng.random_range(80..=320)}),
                 rng,
             );
-            if rng.chance(0.7) {
-                let total = rng.range(80, 320);
-                let supported = rng.range(0, total);
+            if rng.random_bool(0.7) {
+                let total = rng.random_range(80..=320);
+                let supported = rng.random_range(0..=total);
                 let noted = total - supported;
                 let published = date
-                    .checked_add(time::Duration::days(rng.range(60, 120) as i64))
+                    .checked_add(time::Duration::days(rng.random_range(60..=120) as i64))
                     .unwrap_or(date);
                 push(
                     EventType::ReportPublished,
                     json!({
                         "published_on": published.to_string(),
-                        "document_symbol": format!("A/HRC/{}/{}", 50 + key.session.get() / 3, rng.range(1, 17)),
+                        "document_symbol": format!("A/HRC/{}/{}", 50 + key.session.get() / 3, rng.random_range(1..=17)),
                         "recommendations": {"total": total, "supported": supported, "noted": noted},
                     }),
                     rng,
@@ -419,7 +397,7 @@ impl Iterator for Interleaved {
             let plan = self.generator.review(self.keys.next_key(), None);
             self.active.push((plan, 0));
         }
-        let i = self.generator.rng.next_u64() as usize % self.active.len();
+        let i = self.generator.rng.random_range(0..self.active.len());
         let (plan, next) = &mut self.active[i];
         let event = plan.events[*next].clone();
         if *next == 0 {
@@ -477,6 +455,31 @@ mod tests {
             }
         }
         assert_eq!(types.len(), 6, "all event types occur");
+    }
+
+    /// The raw and ingest passes of a comparison rely on this.
+    #[test]
+    fn a_seed_gives_the_same_plans_but_fresh_event_ids() {
+        let shape = |seed| {
+            let plans = Generator::new(seed).plans(&mut Keys::default(), 500);
+            let ids: Vec<Uuid> = plans.iter().flat_map(|p| &p.events).map(|e| e.id).collect();
+            let bodies: Vec<(ReviewKey, EventType, Value)> = plans
+                .iter()
+                .flat_map(|p| &p.events)
+                .map(|e| {
+                    let mut v: Value = serde_json::from_slice(&e.intake).unwrap();
+                    v.as_object_mut().unwrap().remove("event_id");
+                    (e.key, e.ty, v)
+                })
+                .collect();
+            (bodies, ids)
+        };
+        let (a, a_ids) = shape(42);
+        let (b, b_ids) = shape(42);
+        let (c, _) = shape(43);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a_ids.iter().zip(&b_ids).all(|(x, y)| x != y));
     }
 
     #[test]

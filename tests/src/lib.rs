@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{sys::signal::Signal, unistd::Pid};
 use tempfile::TempDir;
 use upr_shared::contract::services;
 
@@ -427,14 +428,14 @@ impl NatsServer {
     /// includes), as `nats-server --signal reload` does.
     pub fn reload(&self) {
         if let Some(child) = &self.child {
-            signal(child, "HUP");
+            signal(child, Signal::SIGHUP);
         }
     }
 
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(&child, "TERM");
+            signal(&child, Signal::SIGTERM);
             let _ = child.wait();
         }
     }
@@ -715,12 +716,13 @@ impl Drop for NatsServer {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
-    // Only ever the PID of a child this harness started.
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status();
+/// Sends `sig` to a child this harness started, and to nothing else: the
+/// `Child` is not waited for yet, so its PID cannot have been reused.
+fn signal(child: &Child, sig: Signal) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // It may have exited already (ESRCH); the caller waits for it anyway.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+    }
 }
 
 /// One of the project's binaries, run as a child process.
@@ -837,7 +839,7 @@ impl ServiceProcess {
     /// SIGTERM, then waits up to `timeout` for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("service is running");
-        signal(&child, "TERM");
+        signal(&child, Signal::SIGTERM);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {

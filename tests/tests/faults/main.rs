@@ -1,0 +1,65 @@
+//! The fault test: a mixed workload through ingest while every process of
+//! the system, nats-server included, is killed with SIGKILL at random
+//! moments and restarted on the same port and store; then the three
+//! promises users rely on are checked against what JetStream holds.
+//!
+//! - Every acknowledged event (an `ok` reply) is in `UPR_EVENTS` exactly
+//!   once, at the sequence the reply gave, and nothing else is there.
+//! - The read models (every key of the three buckets) are byte for byte the
+//!   pure fold of the whole stream (`ReadModels::fold`).
+//! - Every reminder that fell due is in `UPR_NOTIFICATIONS` exactly once,
+//!   and no other: the expected set is computed from the stream with
+//!   `domain::reminders::plan` and the notifier's rules. Where timing makes
+//!   a reminder ambiguous (a process was down around its due time, or the
+//!   notifier learnt of a change only after the due time), only the strong
+//!   invariants are checked for it: never twice, never one that must not
+//!   exist, never at or after its review date.
+//! - Every reschedule and cancel has exactly one change notice.
+//!
+//! The client follows the contract: requests with its own `event_id`, retried
+//! with the same id on timeout, "no responders" and `unavailable`.
+//!
+//! Knobs: `UPR_FAULT_SEED` (printed at the start; the kill schedule and the
+//! workload's choices derive from it, so a seed repeats them for a given
+//! version of this code and its `Cargo.lock`; the interleaving with the
+//! processes is not repeatable), `UPR_FAULT_EVENTS` (stored events to reach,
+//! default 10 000). `scripts/fault-long` runs the long variant.
+//!
+//! The modules, each readable on its own:
+//! - [`client`]: requests with retries, and what the client was told;
+//! - [`workload`]: what each review's next command is, and the client's
+//!   model of the lifecycle that says whether it must be accepted;
+//! - [`chaos`]: killing and restarting the processes;
+//! - [`observe`]: reading back what JetStream holds, and the notifier's
+//!   progress while the run goes on;
+//! - [`oracle`]: what the stream says must be there, and the comparisons;
+//! - [`sigkill`] and [`replicas`]: the tests.
+
+mod chaos;
+mod client;
+mod observe;
+mod oracle;
+mod replicas;
+mod sigkill;
+mod workload;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use upr_shared::domain::Timestamp;
+
+/// Reminder leads of the run: short, so reminders fall due while it runs.
+const LEADS: &str = "4s,2s";
+/// Ingest and notifier replicas (queue group / shared consumers).
+const INGEST_REPLICAS: usize = 2;
+const NOTIFIER_REPLICAS: usize = 2;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms).expect("timestamp in range")
+}
