@@ -828,6 +828,21 @@ impl ServiceProcess {
         }
     }
 
+    /// SIGSTOP: the process keeps its connections but does nothing, as a
+    /// stopped container or a paused VM would.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child, Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Self::freeze`].
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            signal(child, Signal::SIGCONT);
+        }
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1022,15 +1022,7 @@ async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
         given.publish(e).await;
     }
     given.caught_up().await;
-    let pid = given.projection.pid().expect("running").to_string();
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    given.projection.freeze();
     let mut last = 0;
     for e in rest {
         last = given.publish(e).await;
@@ -1055,7 +1047,7 @@ async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
     )
     .await;
     let before = given.snapshot().await;
-    signal("-CONT");
+    given.projection.thaw();
     let status = given.projection.wait_exit(Duration::from_secs(15));
     assert!(!status.success(), "{}", given.projection.logs());
     assert!(
