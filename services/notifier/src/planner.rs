@@ -52,7 +52,7 @@ use crate::{
 
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
-enum ApplyError {
+pub(crate) enum ApplyError {
     /// The message is not a valid event: logged, counted, terminated.
     #[error("malformed event: {0}")]
     Malformed(String),
@@ -280,8 +280,10 @@ async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyErro
 
 /// The first event of the review after `applied` and before `seq` that
 /// bears on reminders, read from the log. Usually there is none, and the
-/// first answer is the event in hand itself.
-async fn earlier_unapplied(
+/// first answer is the event in hand itself. The sender asks too (with
+/// `seq` = `u64::MAX`) before sending a reminder, so one is never sent for
+/// a review whose later change the planner has not applied yet.
+pub(crate) async fn earlier_unapplied(
     shared: &Shared,
     country: Country,
     session: Session,

@@ -71,7 +71,14 @@ enum Outcome {
     Stale,
     /// The review date has come: a reminder is pointless now.
     TooLate,
+    /// The log holds a change of the review the planner has not applied
+    /// yet (it is catching up after downtime): asked again shortly.
+    PlannerBehind,
 }
+
+/// How long a reminder waits for the planner to catch up before it is
+/// checked again.
+const PLANNER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn handle(shared: &Shared, msg: Message) {
     let seq = match msg.info() {
@@ -96,6 +103,11 @@ async fn handle(shared: &Shared, msg: Message) {
         // then check the review as it stands at that moment.
         tokio::time::sleep(reminder.wait(now())).await;
         match deliver(shared, &reminder).await {
+            Ok(Outcome::PlannerBehind) => {
+                debug!(id = %reminder.id, "the planner has not applied a later change of the review; waiting");
+                Stats::add(&shared.stats.held, 1);
+                let _ = msg.ack_with(AckKind::Nak(Some(PLANNER_WAIT))).await;
+            }
             Ok(outcome) => {
                 match outcome {
                     Outcome::Sent { late } => {
@@ -105,7 +117,7 @@ async fn handle(shared: &Shared, msg: Message) {
                         }
                     }
                     Outcome::Stale | Outcome::TooLate => Stats::add(&shared.stats.skipped, 1),
-                    Outcome::AlreadySent => {}
+                    Outcome::AlreadySent | Outcome::PlannerBehind => {}
                 }
                 info!(id = %reminder.id, ?outcome, "reminder handled");
                 finish(shared, &msg, seq, AckKind::Ack).await;
@@ -136,8 +148,21 @@ async fn finish(shared: &Shared, msg: &Message, seq: u64, ack: AckKind) {
 
 async fn deliver(shared: &Shared, reminder: &Reminder) -> Result<Outcome, async_nats::Error> {
     let (review, _) = state::load_review(&shared.kv, reminder.country, reminder.session).await?;
+    let applied = review.as_ref().map_or(0, |r| r.last_seq);
     if !review.is_some_and(|r| r.still_wants(reminder)) {
         return Ok(Outcome::Stale);
+    }
+    let unapplied = crate::planner::earlier_unapplied(
+        shared,
+        reminder.country,
+        reminder.session,
+        applied,
+        u64::MAX,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if unapplied.is_some() {
+        return Ok(Outcome::PlannerBehind);
     }
     let mark_key = state::sent_key(reminder);
     if shared.kv.entry(mark_key.as_str()).await?.is_some() {

@@ -25,6 +25,10 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// Events or timer messages that could not be read and were skipped.
     pub malformed: AtomicU64,
+    /// Times a due reminder was held back because the log held a change of
+    /// its review the planner had not applied yet (catching up after
+    /// downtime).
+    pub held: AtomicU64,
 }
 
 impl Stats {
@@ -41,6 +45,7 @@ impl Stats {
             "late": self.late.load(Relaxed),
             "skipped": self.skipped.load(Relaxed),
             "malformed": self.malformed.load(Relaxed),
+            "held_for_planner": self.held.load(Relaxed),
         })
     }
 

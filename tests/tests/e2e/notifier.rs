@@ -814,3 +814,75 @@ async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
     })
     .await;
 }
+
+/// After downtime the planner has the log to catch up on while timers set
+/// before it have fired: a reminder is not sent for a review whose
+/// cancellation is in the log but not yet applied. (Thousands of other
+/// events ahead of the cancellation keep the planner busy for a while.)
+#[tokio::test]
+async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet() {
+    let mut bed = Bed::start(LEADS).await;
+    let date = in_ms(6_000);
+    bed.schedule("KZ", 48, date).await;
+    bed.wait_pending(2).await;
+    bed.notifier.kill9();
+
+    let far = in_ms(86_400_000);
+    let mut acks = Vec::new();
+    for i in 0..3_000u64 {
+        let envelope = Envelope {
+            id: Uuid::new_v4(),
+            data: scheduled(far),
+            schema: SCHEMA,
+            country: country(["FR", "BR", "JP", "NG", "MX"][(i % 5) as usize]),
+            session: s(1 + i / 5),
+            occurred_at: now(),
+            recorded_at: now(),
+            source: None,
+        };
+        let subject =
+            contract::subjects::event(envelope.country, envelope.session, envelope.event_type());
+        acks.push(
+            bed.js
+                .publish(subject, envelope.to_json().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    bed.publish(
+        "KZ",
+        48,
+        EventData::ReviewCancelled(ReviewCancelled { reason: None }),
+    )
+    .await;
+    // Both timers fire while the notifier is down (the 2s one at +4 s).
+    tokio::time::sleep(ms_until(
+        date.checked_sub(time::Duration::milliseconds(1_500))
+            .unwrap(),
+    ))
+    .await;
+    bed.notifier.restart();
+    eventually(
+        Duration::from_secs(30),
+        "the cancellation applied",
+        || async {
+            bed.stored()
+                .await
+                .iter()
+                .any(|(subject, _, _)| subject == "upr.notify.cancelled.KZ")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent: Vec<_> = bed
+        .stored_reminder_ids()
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with("KZ.48."))
+        .collect();
+    assert!(sent.is_empty(), "reminders of a cancelled review: {sent:?}");
+}
