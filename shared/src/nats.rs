@@ -57,6 +57,39 @@ pub enum SetupError {
     },
 }
 
+/// How long a start-up step keeps trying while JetStream is unreachable or
+/// slow to answer (a server or cluster still starting, a stream being created
+/// by another replica at the same moment) before the service gives up and
+/// its supervisor restarts it.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs a start-up step until it succeeds, retrying with backoff for up to
+/// [`SETUP_PATIENCE`]; an incompatible configuration fails at once, as
+/// retrying cannot fix it.
+///
+/// # Errors
+/// The step's error once it is incompatible or patience has run out.
+pub async fn patiently<T, F, Fut>(mut step: F) -> Result<T, SetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SetupError>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e @ SetupError::Incompatible { .. }) => return Err(e),
+            Err(e) if started.elapsed() < SETUP_PATIENCE => {
+                warn!(error = %e, retry_in = ?delay, "JetStream not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Connects, retrying with back-off until the server answers, because in a
 /// compose deployment the services may start before NATS is ready. Once
 /// connected, the client reconnects by itself forever; connection events are
@@ -255,19 +288,23 @@ pub async fn await_stream(
     js: &jetstream::Context,
     want: stream::Config,
 ) -> Result<stream::Stream, SetupError> {
-    let mut logged = false;
-    loop {
-        match ensure(js, want.clone(), Owner::No).await {
-            Err(SetupError::Missing { name }) => {
-                if !logged {
-                    info!(stream = %name, "waiting for the stream's owner to create it");
-                    logged = true;
+    // A stream that does not exist yet is waited for as long as it takes;
+    // JetStream not answering, as long as [`patiently`] would.
+    let logged = std::sync::atomic::AtomicBool::new(false);
+    patiently(|| async {
+        loop {
+            match ensure(js, want.clone(), Owner::No).await {
+                Err(SetupError::Missing { name }) => {
+                    if !logged.swap(true, Ordering::Relaxed) {
+                        info!(stream = %name, "waiting for the stream's owner to create it");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                other => return other,
             }
-            other => return other,
         }
-    }
+    })
+    .await
 }
 
 /// Creates the stream when missing, accepts it when compatible, refuses it

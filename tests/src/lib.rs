@@ -691,6 +691,11 @@ impl NatsCluster {
         &self.nodes[i]
     }
 
+    /// Node `i`, to kill or restart it.
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
     /// SIGKILL node `i`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();

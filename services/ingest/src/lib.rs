@@ -34,7 +34,6 @@ use tracing::{info, warn};
 use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, ingest, services, subjects},
-    nats::SetupError,
     service::{self, BoxError},
 };
 
@@ -49,9 +48,6 @@ use crate::{
 pub const DEFAULT_WORKERS: usize = 256;
 /// Default number of reviews whose state is kept in memory.
 pub const DEFAULT_CACHE: usize = 100_000;
-/// How long JetStream may stay unreachable at start before ingest gives up
-/// (a supervisor restarts it).
-const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Settings of this service, read from the environment.
 #[derive(Debug, Clone)]
@@ -301,28 +297,16 @@ impl App {
     }
 }
 
-/// Creates or verifies each stream; an incompatible one stops the service at
-/// once, an unreachable JetStream is retried for a while (the server may
-/// still be starting).
+/// Creates or verifies each stream ([`upr_shared::nats::patiently`]: an
+/// incompatible one stops the service at once, an unreachable JetStream is
+/// retried for a while).
 async fn ensure_streams(
     js: &jetstream::Context,
     configs: &[jetstream::stream::Config],
 ) -> Result<(), BoxError> {
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(100);
     for want in configs {
-        loop {
-            match upr_shared::nats::ensure_own_stream(js, want.clone()).await {
-                Ok(_) => break,
-                Err(e @ SetupError::Incompatible { .. }) => return Err(e.into()),
-                Err(e) if started.elapsed() < SETUP_PATIENCE => {
-                    warn!(error = %e, retry_in = ?delay, "JetStream not ready");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        upr_shared::nats::patiently(|| upr_shared::nats::ensure_own_stream(js, want.clone()))
+            .await?;
     }
     Ok(())
 }

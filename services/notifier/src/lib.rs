@@ -32,7 +32,7 @@ use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, notifier as names, services},
     domain::{Lead, Timestamp},
-    nats::{await_stream, ensure_own_stream},
+    nats::{await_stream, ensure_own_stream, patiently},
     service::{self, BoxError},
 };
 
@@ -144,10 +144,14 @@ impl App {
             contract::events_stream(replicas, contract::DEFAULT_DEDUP_WINDOW),
         )
         .await?;
-        let notifications = ensure_own_stream(
-            &js,
-            contract::notifications_stream(replicas, names::NOTIFICATIONS_DEDUP_WINDOW),
-        )
+        // Several replicas starting together on a busy cluster may each wait
+        // seconds for a stream another one is creating: keep trying.
+        let notifications = patiently(|| {
+            ensure_own_stream(
+                &js,
+                contract::notifications_stream(replicas, names::NOTIFICATIONS_DEDUP_WINDOW),
+            )
+        })
         .await?;
         for name in &config.reader_consumers {
             notifications
@@ -155,8 +159,9 @@ impl App {
                 .await?;
             info!(consumer = %name, "reader consumer on UPR_NOTIFICATIONS ready");
         }
-        let timers = ensure_own_stream(&js, names::timers_stream(replicas)).await?;
-        let kv = upr_shared::nats::ensure_bucket(&js, names::state_bucket(replicas)).await?;
+        let timers = patiently(|| ensure_own_stream(&js, names::timers_stream(replicas))).await?;
+        let kv = patiently(|| upr_shared::nats::ensure_bucket(&js, names::state_bucket(replicas)))
+            .await?;
         info!(
             leads = %config.leads.iter().map(Lead::label).collect::<Vec<_>>().join(","),
             "reminder leads"

@@ -132,6 +132,10 @@ struct Standby {
 struct Active {
     projector: Projector,
     lease: Arc<Lease>,
+    /// Renews the lease from the moment it was taken, on its own task so a
+    /// long fold or a slow start never delays a renewal; ends when another
+    /// instance holds it.
+    keeper: tokio::task::JoinHandle<String>,
 }
 
 impl Standby {
@@ -144,6 +148,50 @@ impl Standby {
         stopping: watch::Receiver<bool>,
     ) -> Result<(Active, Queries), BoxError> {
         let lease = Arc::new(lease);
+        let keeper = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.keep().await }
+        });
+        // Right after a node of a cluster died, JetStream may take seconds to
+        // answer (leaders being elected): keep trying for a while, except
+        // for a configuration that retrying cannot fix.
+        let started = tokio::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            match self.open(&lease, stopping.clone()).await {
+                Ok((projector, queries)) => {
+                    let active = Active {
+                        projector,
+                        lease,
+                        keeper,
+                    };
+                    return Ok((active, queries));
+                }
+                Err(e)
+                    if started.elapsed() < upr_shared::nats::SETUP_PATIENCE
+                        && !matches!(
+                            e.downcast_ref::<upr_shared::nats::SetupError>(),
+                            Some(upr_shared::nats::SetupError::Incompatible { .. })
+                        ) =>
+                {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot open the read models yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    keeper.abort();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        lease: &Arc<Lease>,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<(Projector, Queries), BoxError> {
+        let lease = lease.clone();
         let (store, _) = Store::open(
             self.js.clone(),
             self.events.clone(),
@@ -161,7 +209,7 @@ impl Standby {
         projector.take_over().await?;
         let queries = Queries::new(store, self.shared.clone(), self.config.leads.clone());
         info!(holder = %self.holder, "active: consuming the event log and answering queries");
-        Ok((Active { projector, lease }, queries))
+        Ok((projector, queries))
     }
 }
 
@@ -189,10 +237,12 @@ impl App {
     /// When NATS refuses the setup (e.g. an incompatible bucket).
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let (client, js, events) = connect(&config).await?;
-        let leases = upr_shared::nats::ensure_bucket(
-            &js,
-            contract::projection_lease_bucket(config.common.replicas),
-        )
+        let leases = upr_shared::nats::patiently(|| {
+            upr_shared::nats::ensure_bucket(
+                &js,
+                contract::projection_lease_bucket(config.common.replicas),
+            )
+        })
         .await?;
         let shared = Arc::new(Shared::default());
         let (stop, stopping) = watch::channel(false);
@@ -304,12 +354,8 @@ impl App {
             Some(Active {
                 mut projector,
                 lease,
+                mut keeper,
             }) => {
-                // Its own task: a long fold must not delay a renewal.
-                let mut keeper = tokio::spawn({
-                    let lease = lease.clone();
-                    async move { lease.keep().await }
-                });
                 let lost = |r: Result<String, tokio::task::JoinError>| -> BoxError {
                     r.unwrap_or_else(|e| format!("lease keeper failed: {e}"))
                         .into()

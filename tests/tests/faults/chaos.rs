@@ -15,25 +15,57 @@ use std::{
 
 use rand::{RngExt, rngs::StdRng};
 use upr_shared::contract::{self, services};
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::{NatsCluster, NatsServer, ServiceProcess};
 
-use crate::{INGEST_REPLICAS, LEADS, NOTIFIER_REPLICAS, now_ms};
+use crate::{LEADS, Layout, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Target {
     Ingest(usize),
-    Projection,
+    Projection(usize),
     Notifier(usize),
-    Nats,
+    /// A nats-server node (the only one, or one of the cluster).
+    Nats(usize),
 }
 
 impl Target {
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Target::Ingest(_) => "ingest",
-            Target::Projection => "projection",
+            Target::Projection(_) => "projection",
             Target::Notifier(_) => "notifier",
-            Target::Nats => "nats-server",
+            Target::Nats(_) => "nats-server",
+        }
+    }
+}
+
+/// One nats-server, or a cluster of them.
+pub(crate) enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// What `NATS_URL` takes: every node, comma-separated.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Nats::Single(n) => n.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// Every node's address, for a client that fails over between them.
+    pub(crate) fn addrs(&self) -> Vec<async_nats::ServerAddr> {
+        self.url()
+            .split(',')
+            .map(|u| u.parse().expect("server url"))
+            .collect()
+    }
+
+    fn node(&mut self, i: usize) -> &mut NatsServer {
+        match self {
+            Nats::Single(n) => n,
+            Nats::Cluster(c) => c.node_mut(i),
         }
     }
 }
@@ -47,24 +79,41 @@ pub(crate) struct Outage {
 }
 
 pub(crate) struct System {
-    pub(crate) nats: NatsServer,
+    pub(crate) layout: Layout,
+    pub(crate) nats: Nats,
     pub(crate) ingest: Vec<ServiceProcess>,
-    pub(crate) projection: ServiceProcess,
+    pub(crate) projection: Vec<ServiceProcess>,
     pub(crate) notifier: Vec<ServiceProcess>,
 }
 
 impl System {
-    /// nats-server, the ingest replicas, one projection and the notifier
-    /// replicas (with the run's short reminder leads), all answering.
-    pub(crate) async fn start() -> Self {
-        let nats = NatsServer::start();
+    /// nats-server (one, or a cluster with every stream and bucket in
+    /// `layout.nodes` replicas), then the services in `layout`'s numbers
+    /// (the notifiers with the run's short reminder leads), all answering.
+    pub(crate) async fn start(layout: Layout) -> Self {
+        let nats = if layout.nodes == 1 {
+            Nats::Single(NatsServer::start())
+        } else {
+            Nats::Cluster(NatsCluster::start(layout.nodes).await)
+        };
         let url = nats.url();
-        let start = |name: &str, env: &[(&str, &str)]| ServiceProcess::start(name, &url, env);
-        let ingest: Vec<_> = (0..INGEST_REPLICAS)
+        let replicas = layout.nodes.to_string();
+        let start = |name: &str, extra: &[(&str, &str)]| {
+            let mut env = vec![(contract::env::UPR_REPLICAS, replicas.as_str())];
+            env.extend_from_slice(extra);
+            ServiceProcess::start(name, &url, &env)
+        };
+        let ingest: Vec<_> = (0..layout.ingest)
             .map(|_| start(services::INGEST, &[]))
             .collect();
-        let projection = start(services::PROJECTION, &[]);
-        let notifier: Vec<_> = (0..NOTIFIER_REPLICAS)
+        // One at a time: the first takes the lease, the others stand by.
+        let mut projection = Vec::new();
+        for _ in 0..layout.projections {
+            let p = start(services::PROJECTION, &[]);
+            p.wait_healthy().await;
+            projection.push(p);
+        }
+        let notifier: Vec<_> = (0..layout.notifiers)
             .map(|_| {
                 start(
                     services::NOTIFIER,
@@ -73,6 +122,7 @@ impl System {
             })
             .collect();
         let system = System {
+            layout,
             nats,
             ingest,
             projection,
@@ -87,7 +137,7 @@ impl System {
     pub(crate) fn services(&self) -> impl Iterator<Item = &ServiceProcess> {
         self.ingest
             .iter()
-            .chain([&self.projection])
+            .chain(self.projection.iter())
             .chain(self.notifier.iter())
     }
 
@@ -117,7 +167,12 @@ impl System {
             .iter()
             .enumerate()
             .map(|(i, p)| (format!("ingest-{i}"), p))
-            .chain([("projection".to_owned(), &self.projection)])
+            .chain(
+                self.projection
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("projection-{i}"), p)),
+            )
             .chain(
                 self.notifier
                     .iter()
@@ -127,10 +182,19 @@ impl System {
         for (name, p) in named {
             let _ = std::fs::write(dir.join(format!("{name}.log")), strip_ansi(&p.logs()));
         }
-        let _ = std::fs::copy(
-            self.nats.store_dir().join("nats-server.log"),
-            dir.join("nats-server.log"),
-        );
+        for i in 0..self.layout.nodes {
+            if let Nats::Cluster(c) = &self.nats {
+                let _ = std::fs::copy(
+                    c.node(i).store_dir().join("nats-server.log"),
+                    dir.join(format!("nats-server-{i}.log")),
+                );
+            } else if let Nats::Single(n) = &self.nats {
+                let _ = std::fs::copy(
+                    n.store_dir().join("nats-server.log"),
+                    dir.join("nats-server.log"),
+                );
+            }
+        }
         let outage_lines: Vec<String> = outages
             .iter()
             .map(|o| format!("{:?}\t{}\t{}", o.target, o.down_ms, o.up_ms))
@@ -183,26 +247,40 @@ fn chaos(mut system: System, mut rng: StdRng, stop: Arc<AtomicBool>) -> (System,
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let target = match rng.random_range(0..100) {
-            0..30 => Target::Ingest(rng.random_range(0..INGEST_REPLICAS)),
-            30..50 => Target::Projection,
-            50..75 => Target::Notifier(rng.random_range(0..NOTIFIER_REPLICAS)),
-            _ => Target::Nats,
+        let layout = system.layout;
+        // On a cluster, every kind of failure happens at least once, first:
+        // a node, the active projection (the first one started), a
+        // notifier and an ingest replica; then seeded choices.
+        let must = [
+            Target::Nats(rng.random_range(0..layout.nodes)),
+            Target::Projection(0),
+            Target::Notifier(0),
+            Target::Ingest(0),
+        ];
+        let target = if layout.nodes > 1 && outages.len() < must.len() {
+            must[outages.len()]
+        } else {
+            match rng.random_range(0..100) {
+                0..30 => Target::Ingest(rng.random_range(0..layout.ingest)),
+                30..50 => Target::Projection(rng.random_range(0..layout.projections)),
+                50..75 => Target::Notifier(rng.random_range(0..layout.notifiers)),
+                _ => Target::Nats(rng.random_range(0..layout.nodes)),
+            }
         };
         let downtime = rng.random_range(0..=1500);
         let down_ms = now_ms();
         match target {
-            Target::Nats => {
-                system.nats.kill();
+            Target::Nats(i) => {
+                system.nats.node(i).kill();
                 std::thread::sleep(Duration::from_millis(downtime));
-                system.nats.restart();
+                system.nats.node(i).restart();
             }
             _ => {
                 let p = match target {
                     Target::Ingest(i) => &mut system.ingest[i],
-                    Target::Projection => &mut system.projection,
+                    Target::Projection(i) => &mut system.projection[i],
                     Target::Notifier(i) => &mut system.notifier[i],
-                    Target::Nats => unreachable!(),
+                    Target::Nats(_) => unreachable!(),
                 };
                 p.kill9();
                 std::thread::sleep(Duration::from_millis(downtime));
@@ -210,9 +288,9 @@ fn chaos(mut system: System, mut rng: StdRng, stop: Arc<AtomicBool>) -> (System,
             }
         }
         match target {
-            Target::Nats => system.wait_all_healthy(Duration::from_secs(60)),
+            Target::Nats(_) => system.wait_all_healthy(Duration::from_secs(60)),
             Target::Ingest(i) => wait_healthy(&system.ingest[i], Duration::from_secs(60)),
-            Target::Projection => wait_healthy(&system.projection, Duration::from_secs(60)),
+            Target::Projection(i) => wait_healthy(&system.projection[i], Duration::from_secs(60)),
             Target::Notifier(i) => wait_healthy(&system.notifier[i], Duration::from_secs(60)),
         }
         outages.push(Outage {

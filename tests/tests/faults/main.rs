@@ -49,9 +49,34 @@ use upr_shared::domain::Timestamp;
 
 /// Reminder leads of the run: short, so reminders fall due while it runs.
 const LEADS: &str = "4s,2s";
-/// Ingest and notifier replicas (queue group / shared consumers).
-const INGEST_REPLICAS: usize = 2;
-const NOTIFIER_REPLICAS: usize = 2;
+/// How many of each process a run has.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    /// nats-server nodes; more than one is a cluster, with every stream and
+    /// bucket replicated on all of them.
+    pub(crate) nodes: usize,
+    pub(crate) ingest: usize,
+    /// The first holds the lease; the others stand by.
+    pub(crate) projections: usize,
+    pub(crate) notifiers: usize,
+}
+
+impl Layout {
+    /// One server; two ingest and two notifier replicas, one projection.
+    pub(crate) const SINGLE: Layout = Layout {
+        nodes: 1,
+        ingest: 2,
+        projections: 1,
+        notifiers: 2,
+    };
+    /// Three nodes, R3 streams and buckets, two replicas of every service.
+    pub(crate) const CLUSTER: Layout = Layout {
+        nodes: 3,
+        ingest: 2,
+        projections: 2,
+        notifiers: 2,
+    };
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -88,7 +88,7 @@ impl Timeline<'_> {
             // After a nats-server restart the notifier's consumers need a few
             // seconds to be re-established; a notifier restart less.
             let settle = match o.target {
-                Target::Nats => 5000,
+                Target::Nats(_) => 5000,
                 Target::Notifier(_) => 2000,
                 _ => return false,
             };

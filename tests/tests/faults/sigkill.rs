@@ -18,6 +18,7 @@ use upr_shared::{
 };
 
 use crate::{
+    Layout,
     chaos::{ChaosGuard, System},
     client::{Driver, get},
     now_ms,
@@ -57,27 +58,39 @@ fn shuffled_keys(sessions: std::ops::RangeInclusive<u64>, rng: &mut StdRng) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_read_models_and_reminders_survive_sigkill_of_every_process() {
+    let target = env_u64("UPR_FAULT_EVENTS").unwrap_or(10_000);
+    fault_run(Layout::SINGLE, target).await;
+}
+
+/// The same on a 3-node cluster (every stream and bucket R3) with two
+/// replicas of every service: nodes are killed one at a time, as are the
+/// active projection and its standby, the notifier replicas and ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_nothing_acknowledged_is_lost_when_nodes_and_replicas_die() {
+    let target = env_u64("UPR_FAULT_CLUSTER_EVENTS").unwrap_or(3_000);
+    fault_run(Layout::CLUSTER, target).await;
+}
+
+async fn fault_run(layout: Layout, target: u64) {
     let seed = env_u64("UPR_FAULT_SEED").unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let target = env_u64("UPR_FAULT_EVENTS").unwrap_or(10_000);
     let mut report = Report::default();
     report.line(format!(
-        "fault test: UPR_FAULT_SEED={seed} UPR_FAULT_EVENTS={target} (rerun with these to repeat the schedule)"
+        "fault test ({layout:?}): UPR_FAULT_SEED={seed}, {target} events (rerun with the seed to repeat the schedule)"
     ));
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let run_start = now_ms();
 
-    // The system: nats-server, 2 ingest, 1 projection, 2 notifiers.
-    let system = System::start().await;
+    let system = System::start(layout).await;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 50).min(500)))
-        .connect(system.nats.url())
+        .connect(system.nats.addrs().as_slice())
         .await
         .expect("connect");
     let driver = Driver::new(client.clone());
