@@ -100,7 +100,13 @@ const PLACEHOLDER_ID: &str = "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a99";
 /// Every `nats req|pub upr.ingest.<type> '<json>'` in docs/intake.md's code
 /// blocks (continuation lines joined), with `<...>` placeholders filled in.
 fn readme_intake() -> Vec<(String, Value)> {
-    let readme = std::fs::read_to_string(repo().join("docs/intake.md")).unwrap();
+    let page = std::fs::read_to_string(repo().join("docs/intake.md")).unwrap();
+    // Only the examples of each type: later sections show refusals on purpose.
+    let readme = page
+        .split("\n## One example per event type\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/intake.md has a section 'One example per event type'");
     let mut lines = Vec::new();
     let mut in_block = false;
     let mut pending = String::new();
@@ -829,6 +835,10 @@ const INTERNAL: &[(&str, &str)] = &[
     (
         "$JS.API.",
         "the JetStream API, which ingest calls as a client",
+    ),
+    (
+        "upr.internal.ingest.",
+        "ingest replicas handing a command to the replica owning its review, inside the service account",
     ),
 ];
 
