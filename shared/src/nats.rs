@@ -29,7 +29,7 @@ pub enum SetupError {
     /// It exists, but with settings the service cannot work with.
     #[error(
         "{kind} {name} exists with an incompatible configuration: {differences}. \
-         Fix or remove it (see the README, Operations), then start again"
+         Fix or remove it (see docs/operations.md, Troubleshooting), then start again"
     )]
     Incompatible {
         /// "stream" or "bucket".

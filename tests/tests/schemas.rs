@@ -4,7 +4,7 @@
 //! accepts and what it produces. No server is needed here; the end-to-end
 //! module `e2e/schemas.rs` checks the running services' own messages.
 //!
-//! - Every intake example of the README validates, and intake accepts it.
+//! - Every intake example of docs/intake.md validates, and intake accepts it.
 //! - Every corpus message refused for a field reason is refused by its schema.
 //! - Intake and its schema agree on thousands of field values; where JSON
 //!   Schema cannot state a rule, the gap is named in [`known_gap`].
@@ -91,16 +91,22 @@ fn intake_schema(ty: &str) -> String {
     format!("intake/{ty}.json")
 }
 
-// ---- intake: README, corpus, and field by field ------------------------------
+// ---- intake: docs/intake.md, corpus, and field by field ----------------------
 
-/// Placeholders the README writes where a real value goes, and the value
+/// Placeholders docs/intake.md writes where a real value goes, and the value
 /// the tests put there.
 const PLACEHOLDER_ID: &str = "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a99";
 
-/// Every `nats req|pub upr.ingest.<type> '<json>'` in the README's code
+/// Every `nats req|pub upr.ingest.<type> '<json>'` in docs/intake.md's code
 /// blocks (continuation lines joined), with `<...>` placeholders filled in.
 fn readme_intake() -> Vec<(String, Value)> {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let page = std::fs::read_to_string(repo().join("docs/intake.md")).unwrap();
+    // Only the examples of each type: later sections show refusals on purpose.
+    let readme = page
+        .split("\n## One example per event type\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/intake.md has a section 'One example per event type'");
     let mut lines = Vec::new();
     let mut in_block = false;
     let mut pending = String::new();
@@ -143,9 +149,11 @@ fn readme_intake() -> Vec<(String, Value)> {
         let literal = rest
             .strip_prefix('\'')
             .and_then(|r| r.strip_suffix('\''))
-            .unwrap_or_else(|| panic!("README intake line without a quoted payload: {line}"));
+            .unwrap_or_else(|| {
+                panic!("docs/intake.md intake line without a quoted payload: {line}")
+            });
         let mut payload: Value = serde_json::from_str(literal)
-            .unwrap_or_else(|e| panic!("README payload is not JSON ({e}): {line}"));
+            .unwrap_or_else(|e| panic!("docs/intake.md payload is not JSON ({e}): {line}"));
         for value in payload.as_object_mut().unwrap().values_mut() {
             if value
                 .as_str()
@@ -167,12 +175,12 @@ fn every_readme_intake_example_is_accepted_by_intake_and_by_its_schema() {
     assert_eq!(
         types.len(),
         EventType::ALL.len(),
-        "the README shows every type: {types:?}"
+        "docs/intake.md shows every type: {types:?}"
     );
     for (ty, payload) in &examples {
         let bytes = serde_json::to_vec(payload).unwrap();
         if let Err(e) = parse_intake(ty, &bytes) {
-            panic!("intake refuses the README's {ty} example {payload}: {e}");
+            panic!("intake refuses the {ty} example of docs/intake.md {payload}: {e}");
         }
         schemas.assert_valid(&intake_schema(ty), payload);
     }
@@ -545,7 +553,7 @@ fn ts(s: &str) -> Timestamp {
     Timestamp::parse_rfc3339(s).unwrap()
 }
 
-/// The README's intake examples stored as events, in order, the retraction
+/// The intake examples of docs/intake.md stored as events, in order, the retraction
 /// naming the cancellation it follows, as ingest would store them.
 fn readme_events() -> Vec<Envelope> {
     let mut events: Vec<Envelope> = Vec::new();
@@ -555,7 +563,7 @@ fn readme_events() -> Vec<Envelope> {
                 .iter()
                 .rev()
                 .find(|e| e.event_type() == EventType::ReviewCancelled)
-                .expect("the README cancels before it retracts");
+                .expect("docs/intake.md cancels before it retracts");
             payload["retracts"] = cancelled.id.to_string().into();
         }
         let command = parse_intake(&ty, &serde_json::to_vec(&payload).unwrap()).unwrap();
@@ -830,7 +838,7 @@ const INTERNAL: &[(&str, &str)] = &[
     ),
     (
         "upr.internal.ingest.",
-        "commands one ingest replica hands to the replica owning the review: inside the service account, never seen by users",
+        "ingest replicas handing a command to the replica owning its review, inside the service account",
     ),
 ];
 
