@@ -565,8 +565,12 @@ impl Projector {
         self.fenced()?;
         self.applied = self.folded;
         self.shared.set_applied(self.applied);
+        // Acknowledged and confirmed: the ack floor is where the next
+        // holder of the lease (or this one, restarted) starts, and a plain
+        // ack still in flight when the process exits (the end of a rebuild)
+        // would have it start from an older floor.
         if let Some(last) = self.unacked.take()
-            && let Err(e) = last.ack().await
+            && let Err(e) = last.double_ack().await
         {
             // Harmless: the messages are redelivered and skipped by last_seq.
             warn!(error = %e, "ack failed; the messages will be redelivered and skipped");
