@@ -193,6 +193,39 @@ pub async fn run(part: Part, sizes: Sizes) {
             ingest.p99,
         );
     }
+    // The same at a rate ten times higher: the ingest reply is what a
+    // publisher feeding a whole session at once waits for.
+    for r in 0..sizes.latency_high_rate.map_or(0, |_| sizes.reps) {
+        let rate = sizes.latency_high_rate.unwrap_or(sizes.latency_rate);
+        let events = sizes.latency_events.max(rate as usize * 3);
+        let samples = match rep(&client, &mut keys, 400 + r as u64, events, rate).await {
+            Ok(s) => s,
+            Err(e) => return part.error(e),
+        };
+        let total = Percentiles::of(&samples.iter().map(|s| s.total_ms).collect::<Vec<_>>());
+        let ingest = Percentiles::of(&samples.iter().map(|s| s.ingest_ms).collect::<Vec<_>>());
+        say(format!(
+            "latency at {rate}/s rep {}: ingest reply p50 {:.2} ms, p99 {:.2} ms; end-to-end p99 {:.2} ms",
+            r + 1,
+            ingest.p50,
+            ingest.p99,
+            total.p99
+        ));
+        part.record(
+            "latency.high.ingest_p99",
+            &format!("Ingest reply p99 at {rate} events/s"),
+            "ms",
+            None,
+            ingest.p99,
+        );
+        part.record(
+            "latency.high.p99",
+            &format!("End-to-end p99 at {rate} events/s"),
+            "ms",
+            None,
+            total.p99,
+        );
+    }
     if let Some(mem) = mem {
         let mb = mem.stop(projection.pid()).await;
         part.record(

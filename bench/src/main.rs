@@ -14,6 +14,7 @@
 //! Goals are reported, never enforced: a missed goal does not fail the run.
 
 mod drive;
+mod failover;
 mod ingest;
 mod latency;
 mod part;
@@ -57,6 +58,8 @@ pub struct Sizes {
     pub rebuild_timeout: Duration,
     /// Events per second in part 3.
     pub latency_rate: u32,
+    /// A second, higher rate for the ingest reply's percentiles (`None`: skipped).
+    pub latency_high_rate: Option<u32>,
     /// Events per latency run.
     pub latency_events: usize,
     /// Reminders per run in part 4.
@@ -76,11 +79,12 @@ impl Sizes {
             ingest_events: 50_000,
             in_flight: 256,
             connections: 4,
-            replicas: vec![1, 2, 4],
+            replicas: vec![1, 2, 3],
             projection_events: 1_000_000,
             stream_lengths: vec![100_000, 300_000, 1_000_000],
             rebuild_timeout: Duration::from_secs(900),
             latency_rate: 1000,
+            latency_high_rate: Some(10_000),
             latency_events: 30_000,
             reminders: 10_000,
             reminder_spread: Duration::from_secs(60),
@@ -100,6 +104,7 @@ impl Sizes {
             stream_lengths: vec![2_000],
             rebuild_timeout: Duration::from_secs(60),
             latency_rate: 1000,
+            latency_high_rate: None,
             latency_events: 2_000,
             reminders: 200,
             reminder_spread: Duration::from_secs(3),
@@ -118,6 +123,7 @@ impl Sizes {
             "projection_events": self.projection_events,
             "stream_lengths": self.stream_lengths,
             "latency_rate_per_s": self.latency_rate,
+            "latency_high_rate_per_s": self.latency_high_rate,
             "latency_events_per_run": self.latency_events,
             "reminders_per_run": self.reminders,
             "reminder_spread_s": self.reminder_spread.as_secs_f64(),
@@ -155,11 +161,12 @@ pub fn now() -> Timestamp {
 }
 
 /// The parts: name (for `--parts` and the JSON) and title (for the table).
-pub const PARTS: [(&str, &str); 4] = [
+pub const PARTS: [(&str, &str); 5] = [
     ("ingest", "1 Ingest"),
     ("projection", "2 Projection"),
     ("latency", "3 Latency"),
     ("reminders", "4 Reminders"),
+    ("failover", "5 Failover"),
 ];
 
 /// Measures the UPR Tracker services against raw JetStream on this machine,
@@ -297,6 +304,7 @@ async fn run(options: Options) -> ExitCode {
                     "ingest" => ingest::run(p, s).await,
                     "projection" => projection::run(p, s).await,
                     "latency" => latency::run(p, s).await,
+                    "failover" => failover::run(p, s).await,
                     _ => reminders::run(p, s).await,
                 }
             });

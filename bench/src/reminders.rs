@@ -236,7 +236,7 @@ pub async fn run(part: Part, sizes: Sizes) {
                     "reminders.plan_rate",
                     "Notifier planning rate",
                     "reviews/s",
-                    None,
+                    Some(Goal::AtLeast(5000.0)),
                     rate,
                 );
                 plan_rate = Some(rate);
