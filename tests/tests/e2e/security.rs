@@ -31,7 +31,7 @@ const STREAMS: [&str; 8] = [
 /// Subjects a client outside the service account must never reach, directly
 /// or as the reply subject of a request: writes into each stream above and
 /// JetStream administration of the service account.
-const PROTECTED: [&str; 17] = [
+const PROTECTED: [&str; 19] = [
     "upr.events.ZZ.1.forged",
     "upr.events.KZ.48.review_cancelled",
     "upr.rejected",
@@ -49,6 +49,10 @@ const PROTECTED: [&str; 17] = [
     "$JS.API.STREAM.DELETE.KV_upr_reviews",
     "$JS.API.CONSUMER.DELETE.UPR_EVENTS.upr-projection",
     "$JS.API.CONSUMER.DELETE.UPR_NOTIFICATIONS.reader",
+    // A command handed between ingest replicas, and the projection's lease
+    // (whoever could write it could keep every projection on standby).
+    "upr.internal.ingest.forged.review_cancelled",
+    "$KV.upr_projection_lease.active",
 ];
 
 /// The recorded review every test starts from.
@@ -242,7 +246,9 @@ async fn forged_reply_subjects_and_direct_writes_leave_every_stream_unchanged() 
     let refused = stack.violations();
     assert!(
         refused.contains("\"upr.events.ZZ.1.forged\"")
-            && refused.contains("\"$KV.upr_reviews.KZ.48\""),
+            && refused.contains("\"$KV.upr_reviews.KZ.48\"")
+            && refused.contains("\"upr.internal.ingest.forged.review_cancelled\"")
+            && refused.contains("\"$KV.upr_projection_lease.active\""),
         "direct writes are refused and logged:\n{refused}"
     );
     // The services were never refused anything: their answers went to the
