@@ -54,7 +54,7 @@ async fn raw_then_ingest(
 
 /// Runs one raw or ingest pass of `events` events and checks every one was stored.
 #[allow(clippy::too_many_arguments)]
-async fn pass(
+pub(crate) async fn pass(
     part: &Part,
     url: &str,
     js: &async_nats::jetstream::Context,

@@ -13,6 +13,7 @@
 //! all reminders received, ...), 1 when a part failed, 2 on bad arguments.
 //! Goals are reported, never enforced: a missed goal does not fail the run.
 
+mod cluster;
 mod drive;
 mod failover;
 mod ingest;
@@ -50,6 +51,8 @@ pub struct Sizes {
     pub connections: usize,
     /// Ingest replicas for the scaling curve (empty: skipped).
     pub replicas: Vec<usize>,
+    /// Ingest replicas measured on the 3-node cluster (empty: skipped).
+    pub cluster_replicas: Vec<usize>,
     /// Stream length of part 2.
     pub projection_events: u64,
     /// Stream lengths measured (the last is `projection_events`).
@@ -80,6 +83,7 @@ impl Sizes {
             in_flight: 256,
             connections: 4,
             replicas: vec![1, 2, 3],
+            cluster_replicas: vec![1, 2],
             projection_events: 1_000_000,
             stream_lengths: vec![100_000, 300_000, 1_000_000],
             rebuild_timeout: Duration::from_secs(900),
@@ -100,6 +104,7 @@ impl Sizes {
             in_flight: 128,
             connections: 2,
             replicas: vec![],
+            cluster_replicas: vec![1],
             projection_events: 2_000,
             stream_lengths: vec![2_000],
             rebuild_timeout: Duration::from_secs(60),
@@ -120,6 +125,7 @@ impl Sizes {
             "reviews_in_flight": self.in_flight,
             "connections": self.connections,
             "ingest_replicas": self.replicas,
+            "cluster_ingest_replicas": self.cluster_replicas,
             "projection_events": self.projection_events,
             "stream_lengths": self.stream_lengths,
             "latency_rate_per_s": self.latency_rate,
@@ -161,12 +167,13 @@ pub fn now() -> Timestamp {
 }
 
 /// The parts: name (for `--parts` and the JSON) and title (for the table).
-pub const PARTS: [(&str, &str); 5] = [
+pub const PARTS: [(&str, &str); 6] = [
     ("ingest", "1 Ingest"),
     ("projection", "2 Projection"),
     ("latency", "3 Latency"),
     ("reminders", "4 Reminders"),
     ("failover", "5 Failover"),
+    ("cluster", "6 Cluster"),
 ];
 
 /// Measures the UPR Tracker services against raw JetStream on this machine,
@@ -305,6 +312,7 @@ async fn run(options: Options) -> ExitCode {
                     "projection" => projection::run(p, s).await,
                     "latency" => latency::run(p, s).await,
                     "failover" => failover::run(p, s).await,
+                    "cluster" => cluster::run(p, s).await,
                     _ => reminders::run(p, s).await,
                 }
             });
