@@ -12,7 +12,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::domain::{Country, EventType, NoticeKind, ReviewKey, Session};
+use crate::domain::{Country, Envelope, EnvelopeError, EventType, NoticeKind, ReviewKey, Session};
 
 /// Largest intake payload ingest accepts (contract section 2, `too_large`).
 pub const MAX_INTAKE_BYTES: usize = 64 * 1024;
@@ -68,6 +68,39 @@ pub mod subjects {
             .next()
             .is_none()
             .then_some((country, session, event_type))
+    }
+
+    /// A message of the event log as an event: a valid envelope stored on
+    /// the one subject its own country, session and type name. Every
+    /// consumer of the log (ingest reading a review's history, the
+    /// projection, the notifier's planner and sender) decides with this
+    /// function what counts as an event, so they skip exactly the same
+    /// messages written around ingest.
+    ///
+    /// # Errors
+    /// What is wrong, for the log.
+    pub fn decode_stored(subject: &str, payload: &[u8]) -> Result<Envelope, EnvelopeError> {
+        // Fast path: ingest stores canonical bytes (`Envelope::to_json`). When
+        // the bytes serialize back identically they have no duplicated keys
+        // and nothing the strict reader would refuse, so its extra pass (a
+        // whole JSON tree first) is skipped; anything else takes the strict
+        // path.
+        let event = match serde_json::from_slice::<Envelope>(payload) {
+            Ok(event) if event.to_json() == payload => event,
+            _ => Envelope::from_json(payload)?,
+        };
+        let expected = event_subject(&event);
+        if subject != expected {
+            return Err(EnvelopeError(format!(
+                "the envelope belongs on {expected}, not {subject}"
+            )));
+        }
+        Ok(event)
+    }
+
+    /// The subject `event` is stored on.
+    pub fn event_subject(event: &Envelope) -> String {
+        self::event(event.country, event.session, event.event_type())
     }
 
     /// `upr.notify.<kind>.<COUNTRY>`: `reminder`, `rescheduled`,
@@ -549,6 +582,46 @@ pub mod notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KZ: &str = r#"{"id":"0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b","type":"review_scheduled","schema":1,"country":"KZ","session":48,"occurred_at":"2024-11-06T10:00:00Z","recorded_at":"2024-11-06T10:00:00.123Z","source":null,"data":{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva"}}"#;
+    const KZ_SUBJECT: &str = "upr.events.KZ.48.review_scheduled";
+
+    #[test]
+    fn canonical_and_hand_written_envelopes_decode_alike() {
+        let canonical = subjects::decode_stored(KZ_SUBJECT, KZ.as_bytes()).unwrap();
+        assert_eq!(canonical, Envelope::from_json(KZ.as_bytes()).unwrap());
+        // Another key order and spacing: the strict path, same envelope.
+        let v: serde_json::Value = serde_json::from_str(KZ).unwrap();
+        let pretty = serde_json::to_vec_pretty(&v).unwrap();
+        assert_eq!(
+            subjects::decode_stored(KZ_SUBJECT, &pretty).unwrap(),
+            canonical
+        );
+    }
+
+    #[test]
+    fn a_stored_message_is_an_event_only_on_its_own_subject_and_strictly_valid() {
+        let duplicated = KZ.replace(
+            r#""location":"Geneva""#,
+            r#""location":"Geneva","location":"Bern""#,
+        );
+        let cases: [(&str, &[u8]); 6] = [
+            (KZ_SUBJECT, b"{not json"),
+            (KZ_SUBJECT, b""),
+            (KZ_SUBJECT, duplicated.as_bytes()),
+            ("upr.events.CH.48.review_scheduled", KZ.as_bytes()),
+            ("upr.events.KZ.48.review_held", KZ.as_bytes()),
+            // Every consumer reads subjects as ingest writes them.
+            ("upr.events.kz.48.review_scheduled", KZ.as_bytes()),
+        ];
+        for (subject, payload) in cases {
+            assert!(
+                subjects::decode_stored(subject, payload).is_err(),
+                "{subject} {}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
 
     #[test]
     fn event_subjects_round_trip_and_reject_anything_else() {

@@ -309,17 +309,14 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).map(|v| v.as_str())
 }
 
-/// The envelope when `payload` is a valid event of this review stored on
-/// its own type's subject; `None` for anything written around ingest, which
-/// consumers skip and the lifecycle therefore ignores.
+/// The envelope when `payload` is an event of this review
+/// ([`subjects::decode_stored`], the rule every consumer applies); `None`
+/// for anything written around ingest, which consumers skip and the
+/// lifecycle therefore ignores.
 fn valid_event(key: ReviewKey, subject: &str, payload: &[u8]) -> Option<Envelope> {
-    let (country, session, ty) = subjects::parse_event(subject)?;
-    let envelope = Envelope::from_json(payload).ok()?;
-    let same = country == key.country
-        && session == key.session
-        && envelope.review_key() == key
-        && envelope.event_type() == ty;
-    same.then_some(envelope)
+    subjects::decode_stored(subject, payload)
+        .ok()
+        .filter(|event| event.review_key() == key)
 }
 
 /// How long a JetStream publish may wait for its acknowledgement.

@@ -234,20 +234,11 @@ fn bears_on_reminders(ty: EventType) -> bool {
     )
 }
 
-/// The envelope of a message of the log, if it is a valid event stored on
-/// its own subject.
+/// The envelope of a message of the log, if it is an event
+/// ([`contract::subjects::decode_stored`], the one rule for every consumer).
 fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, ApplyError> {
-    let event = Envelope::from_json(payload).map_err(|e| ApplyError::Malformed(e.to_string()))?;
-    let from_subject = contract::subjects::parse_event(subject);
-    if from_subject != Some((event.country, event.session, event.event_type())) {
-        return Err(ApplyError::Malformed(format!(
-            "subject {subject} does not match the envelope ({} {} {})",
-            event.country,
-            event.session,
-            event.event_type()
-        )));
-    }
-    Ok(event)
+    contract::subjects::decode_stored(subject, payload)
+        .map_err(|e| ApplyError::Malformed(e.to_string()))
 }
 
 async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyError> {
