@@ -937,3 +937,37 @@ impl Drop for ServiceProcess {
         }
     }
 }
+
+/// One review's commands in lifecycle order (schedule, hold, report, a side
+/// event) as intake payloads, as a client sends them one after another.
+pub fn lifecycle_steps(
+    country: &str,
+    session: u64,
+) -> Vec<(upr_shared::domain::EventType, serde_json::Value)> {
+    use upr_shared::domain::EventType;
+    let review = serde_json::json!({"country": country, "session": session});
+    [
+        (
+            EventType::ReviewScheduled,
+            serde_json::json!({"scheduled_for": "2030-01-23T08:30:00Z"}),
+        ),
+        (EventType::ReviewHeld, serde_json::json!({})),
+        (
+            EventType::ReportPublished,
+            serde_json::json!({"published_on": "2030-03-01"}),
+        ),
+        (
+            EventType::SideEventHeld,
+            serde_json::json!({"title": "Civic space", "held_on": "2030-01-22"}),
+        ),
+    ]
+    .into_iter()
+    .map(|(ty, more)| {
+        let mut payload = review.clone();
+        for (k, v) in more.as_object().expect("an object") {
+            payload[k] = v.clone();
+        }
+        (ty, payload)
+    })
+    .collect()
+}

@@ -101,6 +101,26 @@ impl Bed {
     }
 }
 
+/// A server holding only the event log, for tests that arrange the log and
+/// the notifier's consumer before any notifier starts.
+async fn log_without_notifier() -> (
+    NatsServer,
+    async_nats::Client,
+    jetstream::Context,
+    jetstream::stream::Stream,
+) {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let stream = ensure_own_stream(
+        &js,
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .unwrap();
+    (nats, client, js, stream)
+}
+
 /// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
 async fn store_event(
     js: &jetstream::Context,
@@ -723,15 +743,7 @@ async fn a_standby_planner_takes_over_when_the_active_one_is_killed() {
 /// order of delivery.
 #[tokio::test]
 async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first() {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let stream = ensure_own_stream(
-        &js,
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    .unwrap();
+    let (nats, client, js, stream) = log_without_notifier().await;
     let old = in_ms(60_000);
     store_event(&js, "KZ", 48, scheduled(old)).await;
     let new = in_ms(90_000);
@@ -788,15 +800,7 @@ async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first()
 /// priority group: the notifier still plans.
 #[tokio::test]
 async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let stream = ensure_own_stream(
-        &js,
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    .unwrap();
+    let (nats, client, js, stream) = log_without_notifier().await;
     let older = jetstream::consumer::pull::Config {
         durable_name: Some(names::EVENTS_CONSUMER.into()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,

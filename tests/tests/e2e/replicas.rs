@@ -13,7 +13,7 @@ use upr_shared::{
     contract::{self, services, subjects},
     domain::{EventType, Timestamp, parse_intake},
 };
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{NatsServer, ServiceProcess, eventually, lifecycle_steps};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -46,35 +46,9 @@ async fn request(client: &Client, ty: EventType, payload: Value) -> Value {
     serde_json::from_slice(&reply.payload).expect("json reply")
 }
 
-/// A review's commands in lifecycle order, as a client sends them one after
-/// another, each waiting for its answer.
+/// A review's commands in lifecycle order ([`lifecycle_steps`]).
 fn steps(session: u32) -> Vec<(EventType, Value)> {
-    let review = json!({"country": "KZ", "session": session});
-    let extra = [
-        (
-            EventType::ReviewScheduled,
-            json!({"scheduled_for": "2030-01-23T08:30:00Z"}),
-        ),
-        (EventType::ReviewHeld, json!({})),
-        (
-            EventType::ReportPublished,
-            json!({"published_on": "2030-03-01"}),
-        ),
-        (
-            EventType::SideEventHeld,
-            json!({"title": "Civic space", "held_on": "2030-01-22"}),
-        ),
-    ];
-    extra
-        .into_iter()
-        .map(|(ty, more)| {
-            let mut p = review.clone();
-            for (k, v) in more.as_object().expect("object") {
-                p[k] = v.clone();
-            }
-            (ty, p)
-        })
-        .collect()
+    lifecycle_steps("KZ", u64::from(session))
 }
 
 async fn events_in_log(js: &jetstream::Context) -> u64 {

@@ -8,12 +8,9 @@ use std::{
 };
 
 use futures::StreamExt;
-use serde_json::{Value, json};
-use upr_shared::{
-    contract::{services, subjects},
-    domain::EventType,
-};
-use upr_tests::{NatsServer, ServiceProcess};
+use serde_json::Value;
+use upr_shared::contract::{services, subjects};
+use upr_tests::{NatsServer, ServiceProcess, lifecycle_steps};
 
 /// The lifecycle is decided against the log, not against what one replica
 /// happened to see last: with two ingest replicas taking turns at random, a
@@ -55,27 +52,7 @@ async fn two_ingest_replicas_never_refuse_a_valid_command_from_a_stale_view() {
     }
     let mut refused = Vec::new();
     for session in 1..=40u64 {
-        let review = json!({"country": "KZ", "session": session});
-        let steps = [
-            (
-                EventType::ReviewScheduled,
-                json!({"scheduled_for": "2030-01-23T08:30:00Z"}),
-            ),
-            (EventType::ReviewHeld, json!({})),
-            (
-                EventType::ReportPublished,
-                json!({"published_on": "2030-03-01"}),
-            ),
-            (
-                EventType::SideEventHeld,
-                json!({"title": "Civic space", "held_on": "2030-01-22"}),
-            ),
-        ];
-        for (ty, extra) in steps {
-            let mut p = review.clone();
-            for (k, v) in extra.as_object().expect("object") {
-                p[k] = v.clone();
-            }
+        for (ty, p) in lifecycle_steps("KZ", session) {
             let reply = client
                 .request(subjects::ingest(ty), p.to_string().into())
                 .await
