@@ -17,6 +17,7 @@ pub mod config;
 pub mod contract;
 pub mod domain;
 pub mod nats;
+pub mod retry;
 pub mod schema;
 pub mod service;
 pub mod telemetry;

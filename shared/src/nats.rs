@@ -75,15 +75,16 @@ where
     Fut: std::future::Future<Output = Result<T, SetupError>>,
 {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match step().await {
             Ok(v) => return Ok(v),
             Err(e @ SetupError::Incompatible { .. }) => return Err(e),
             Err(e) if started.elapsed() < SETUP_PATIENCE => {
+                let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "JetStream not ready");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(e) => return Err(e),
         }
@@ -184,7 +185,8 @@ async fn connect_as(
     name: &str,
     role: Role,
 ) -> Result<Client, async_nats::Error> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match options(config, name, role)
             .await?
@@ -196,9 +198,9 @@ async fn connect_as(
                 return Ok(client);
             }
             Err(e) => {
+                let delay = backoff.next_delay();
                 warn!(url = %config.url, connection = role.as_str(), error = %e, retry_in = ?delay, "NATS not reachable yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -156,7 +156,10 @@ impl Standby {
         // answer (leaders being elected): keep trying for a while, except
         // for a configuration that retrying cannot fix.
         let started = tokio::time::Instant::now();
-        let mut delay = std::time::Duration::from_millis(200);
+        let mut backoff = upr_shared::retry::Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(2),
+        );
         loop {
             match self.open(&lease, stopping.clone()).await {
                 Ok((projector, queries)) => {
@@ -174,9 +177,9 @@ impl Standby {
                             Some(upr_shared::nats::SetupError::Incompatible { .. })
                         ) =>
                 {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot open the read models yet");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 }
                 Err(e) => {
                     keeper.abort();

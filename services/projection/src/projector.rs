@@ -27,6 +27,8 @@ use upr_shared::{
     service::BoxError,
 };
 
+use upr_shared::retry::Backoff;
+
 use crate::{
     cache::{Applied, Table, View, WorkingSet},
     lease::Lease,
@@ -235,14 +237,14 @@ impl Projector {
         );
         // JetStream may still be recovering (right after a server restart):
         // keep trying rather than give up the service.
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while let Err(e) = self.store.reset().await {
             if self.is_stopping() {
                 return Err(e);
             }
-            warn!(error = %e, retry_in = ?backoff, "cannot reset the read models yet");
-            self.pause(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let delay = backoff.next_delay();
+            warn!(error = %e, retry_in = ?delay, "cannot reset the read models yet");
+            self.pause(delay).await;
         }
         self.set.clear();
         self.shared
@@ -302,7 +304,7 @@ impl Projector {
     /// Only when the read models cannot be reset (JetStream refusing);
     /// transient failures are retried.
     pub async fn run(&mut self, until: Option<u64>) -> Result<(), BoxError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         'consume: loop {
             if self.is_stopping() || until.is_some_and(|t| self.applied >= t) {
                 return Ok(());
@@ -313,9 +315,9 @@ impl Projector {
                     if matches!(self.store.consumer_exists().await, Ok(false)) {
                         self.replay("the consumer is gone").await?;
                     } else {
-                        warn!(error = %e, retry_in = ?backoff, "cannot bind to the consumer");
-                        self.pause(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "cannot bind to the consumer");
+                        self.pause(delay).await;
                     }
                     continue 'consume;
                 }
@@ -330,9 +332,9 @@ impl Projector {
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "cannot pull from the consumer");
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "cannot pull from the consumer");
+                    self.pause(delay).await;
                     continue 'consume;
                 }
             };
@@ -392,7 +394,7 @@ impl Projector {
                 }
                 if !batch.is_empty() {
                     match self.process(batch).await {
-                        Ok(()) => backoff = Duration::from_millis(100),
+                        Ok(()) => backoff.reset(),
                         Err(Interrupt::Shutdown) => return Ok(()),
                         Err(Interrupt::LeaseLost | Interrupt::NewTerm) => {
                             drop(messages);
@@ -411,9 +413,9 @@ impl Projector {
                             );
                             drop(messages);
                             if let Err(e) = self.store.reposition(expected).await {
-                                warn!(error = %e, retry_in = ?backoff, "cannot reposition the consumer");
-                                self.pause(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                let delay = backoff.next_delay();
+                                warn!(error = %e, retry_in = ?delay, "cannot reposition the consumer");
+                                self.pause(delay).await;
                             } else {
                                 self.accept_gap = true;
                             }
@@ -430,9 +432,9 @@ impl Projector {
                     {
                         self.replay("the consumer was deleted").await?;
                     } else {
-                        warn!(error = %e, "pulling from the consumer failed; pulling again");
-                        self.pause(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "pulling from the consumer failed; pulling again");
+                        self.pause(delay).await;
                     }
                     continue 'consume;
                 }
@@ -522,11 +524,14 @@ impl Projector {
             if let Some(l) = lag {
                 self.shared.lag.store(l, Ordering::Relaxed);
             }
-            if caught_up
-                || gap.is_some()
-                || self.folded - self.applied >= CHECKPOINT_EVENTS
-                || self.checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL.max(self.checkpoint_cost * 9)
-            {
+            let progress = Progress {
+                caught_up,
+                gap: gap.is_some(),
+                unwritten_events: self.folded - self.applied,
+                since_checkpoint: self.checkpointed_at.elapsed(),
+                checkpoint_cost: self.checkpoint_cost,
+            };
+            if checkpoint_due(&progress) {
                 self.checkpoint().await?;
             }
             self.set.evict();
@@ -615,17 +620,17 @@ impl Projector {
         key: ReviewKey,
         seq: u64,
     ) -> Result<Vec<(u64, Envelope)>, Interrupt> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.store.review_history(key, seq).await {
                 Ok(history) => return Ok(history),
                 Err(e) => {
-                    warn!(error = %e, review = %key, retry_in = ?backoff, "reading a review's history failed; retrying");
-                    self.pause(backoff).await;
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, review = %key, retry_in = ?delay, "reading a review's history failed; retrying");
+                    self.pause(delay).await;
                     if self.is_stopping() {
                         return Err(Interrupt::Shutdown);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -640,7 +645,7 @@ impl Projector {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let gets = futures::stream::iter(keys.iter().copied())
                 .map(|key| async move { bucket.get(key.to_string()).await.map(|v| (key, v)) })
@@ -651,12 +656,12 @@ impl Projector {
                 Ok(values) => return Ok(values),
                 Err(e) => {
                     self.check_buckets().await?;
-                    warn!(error = %e, retry_in = ?backoff, "reading the read models failed; retrying");
-                    self.pause(backoff).await;
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "reading the read models failed; retrying");
+                    self.pause(delay).await;
                     if self.is_stopping() {
                         return Err(Interrupt::Shutdown);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -729,7 +734,7 @@ impl Projector {
             );
             self.shared.values_refused.fetch_add(1, Ordering::Relaxed);
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             self.fenced()?;
             let puts = values
@@ -739,12 +744,12 @@ impl Projector {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     self.check_buckets().await?;
-                    warn!(error = %e, retry_in = ?backoff, "writing the read models failed; retrying");
-                    self.pause(backoff).await;
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "writing the read models failed; retrying");
+                    self.pause(delay).await;
                     if self.is_stopping() {
                         return Err(Interrupt::Shutdown);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -797,6 +802,35 @@ fn insert_loaded<V: View>(
     Ok(())
 }
 
+/// Where the loop stands after folding a batch, for [`checkpoint_due`].
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The consumer has nothing more pending.
+    caught_up: bool,
+    /// The batch stopped at a gap in the sequence.
+    gap: bool,
+    /// Events folded since the last checkpoint.
+    unwritten_events: u64,
+    /// Time since the last checkpoint.
+    since_checkpoint: Duration,
+    /// How long the last checkpoint took.
+    checkpoint_cost: Duration,
+}
+
+/// Whether to write the session and country values and ack now. Always
+/// once caught up (a live event is visible at once) and before a gap is
+/// repaired (what came before it is acked); while catching up, at the
+/// latest after [`CHECKPOINT_EVENTS`] events (below the consumer's
+/// `max_ack_pending`), and otherwise every [`CHECKPOINT_INTERVAL`], or less
+/// often when checkpoints are slow (large aggregates), so that at most a
+/// tenth of the time goes to them.
+fn checkpoint_due(p: &Progress) -> bool {
+    p.caught_up
+        || p.gap
+        || p.unwritten_events >= CHECKPOINT_EVENTS
+        || p.since_checkpoint >= CHECKPOINT_INTERVAL.max(p.checkpoint_cost * 9)
+}
+
 /// A stored message as an event ([`subjects::decode_stored`], one rule for
 /// every consumer of the log), with the reason as text for the log.
 ///
@@ -804,4 +838,65 @@ fn insert_loaded<V: View>(
 /// Why it is not an event.
 pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
     subjects::decode_stored(subject, payload).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catching up, a moment after a quick checkpoint.
+    fn busy() -> Progress {
+        Progress {
+            caught_up: false,
+            gap: false,
+            unwritten_events: 10_000,
+            since_checkpoint: Duration::from_millis(300),
+            checkpoint_cost: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn a_live_event_or_a_gap_is_checkpointed_at_once() {
+        assert!(!checkpoint_due(&busy()));
+        assert!(checkpoint_due(&Progress {
+            caught_up: true,
+            ..busy()
+        }));
+        assert!(checkpoint_due(&Progress {
+            gap: true,
+            ..busy()
+        }));
+    }
+
+    #[test]
+    fn catching_up_checkpoints_every_interval_or_after_enough_events() {
+        assert!(checkpoint_due(&Progress {
+            since_checkpoint: CHECKPOINT_INTERVAL,
+            ..busy()
+        }));
+        assert!(checkpoint_due(&Progress {
+            unwritten_events: CHECKPOINT_EVENTS,
+            ..busy()
+        }));
+        assert!(!checkpoint_due(&Progress {
+            unwritten_events: CHECKPOINT_EVENTS - 1,
+            ..busy()
+        }));
+    }
+
+    #[test]
+    fn slow_checkpoints_take_at_most_a_tenth_of_the_time() {
+        let slow = Progress {
+            checkpoint_cost: Duration::from_millis(500),
+            ..busy()
+        };
+        assert!(!checkpoint_due(&Progress {
+            since_checkpoint: Duration::from_millis(4_400),
+            ..slow
+        }));
+        assert!(checkpoint_due(&Progress {
+            since_checkpoint: Duration::from_millis(4_500),
+            ..slow
+        }));
+    }
 }
