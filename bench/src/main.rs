@@ -55,7 +55,8 @@ pub struct Sizes {
     pub cluster_replicas: Vec<usize>,
     /// Stream length of part 2.
     pub projection_events: u64,
-    /// Stream lengths measured (the last is `projection_events`).
+    /// Stream lengths measured (the length curve); the figures against the
+    /// raw consumer are taken at `projection_events`.
     pub stream_lengths: Vec<u64>,
     /// Longest a rebuild may take.
     pub rebuild_timeout: Duration,
@@ -85,7 +86,7 @@ impl Sizes {
             replicas: vec![1, 2, 3],
             cluster_replicas: vec![1, 2],
             projection_events: 1_000_000,
-            stream_lengths: vec![100_000, 300_000, 1_000_000],
+            stream_lengths: vec![100_000, 300_000, 1_000_000, 3_000_000],
             rebuild_timeout: Duration::from_secs(900),
             latency_rate: 1000,
             latency_high_rate: Some(10_000),

@@ -328,6 +328,13 @@ pub async fn run(part: Part, sizes: Sizes) {
                     None,
                     raw.as_secs_f64(),
                 );
+                part.record(
+                    &format!("scaling.rss.{length}"),
+                    &format!("Rebuild peak RSS, {length} events"),
+                    "MB",
+                    None,
+                    mb,
+                );
             }
             if is_main {
                 part.record(
