@@ -313,8 +313,48 @@ fn compose_keys_service_generates_the_installations_keys_on_demand() {
 }
 
 #[test]
-fn compose_builds_each_service_from_the_dockerfile_after_nats_is_healthy() {
+fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy() {
     let doc = compose("compose.yaml");
+    // One service builds the image, so compose builds and exports it once;
+    // every service of ours runs that image and never pulls it (there is no
+    // `upr-tracker` in any registry).
+    let builders: Vec<&str> = doc["services"]
+        .as_hash()
+        .expect("services")
+        .iter()
+        .filter(|(_, s)| !s["build"].is_badvalue())
+        .filter_map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(builders, ["ingest"], "only ingest has `build:`");
+    let ingest = &doc["services"]["ingest"];
+    assert_eq!(ingest["build"]["dockerfile"].as_str(), Some("Dockerfile"));
+    assert_eq!(ingest["build"]["context"].as_str(), Some("."));
+    let image = ingest["image"].as_str().expect("the built image is named");
+    let (name, tag) = image.split_once(':').expect("an image tag");
+    assert!(
+        !name.contains('/') && !name.contains('$') && tag != "latest",
+        "a local image name with a fixed tag: {image}"
+    );
+    for service in ["keys", "ingest", "projection", "notifier"] {
+        let s = &doc["services"][service];
+        assert_eq!(s["image"].as_str(), Some(image), "{service} runs {image}");
+        assert_eq!(
+            s["pull_policy"].as_str(),
+            Some("never"),
+            "{service}: compose never tries to pull {image}"
+        );
+    }
+    for file in ["compose.cluster.yaml", "compose.tls.yaml"] {
+        let overrides = compose(file);
+        for (name, s) in overrides["services"].as_hash().expect("services") {
+            assert!(s["build"].is_badvalue(), "{file}: {name:?} builds nothing");
+            assert!(
+                s["image"].as_str().is_none_or(|i| i.starts_with("nats:")),
+                "{file}: {name:?} keeps the services' image"
+            );
+        }
+    }
+
     for (service, binary, user) in [
         ("ingest", services::INGEST, "ingest"),
         ("projection", services::PROJECTION, "projection"),
@@ -322,16 +362,6 @@ fn compose_builds_each_service_from_the_dockerfile_after_nats_is_healthy() {
     ] {
         let s = &doc["services"][service];
         assert!(!s.is_badvalue(), "service {service} exists");
-        assert_eq!(
-            s["build"]["dockerfile"].as_str(),
-            Some("Dockerfile"),
-            "{service} build"
-        );
-        assert_eq!(
-            s["build"]["context"].as_str(),
-            Some("."),
-            "{service} build context"
-        );
         assert_eq!(
             s["depends_on"]["nats"]["condition"].as_str(),
             Some("service_healthy"),
