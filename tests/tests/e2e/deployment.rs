@@ -8,6 +8,7 @@
 //! and `reader` users are refused what they must not do.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -490,6 +491,171 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
             );
         }
     }
+}
+
+// ---- .env.example -------------------------------------------------------------------
+
+/// The `VAR=value` lines of an env file, commented out (`# VAR=value`, a
+/// default shown) or not.
+fn env_file_entries(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim().trim_start_matches('#').trim();
+            let (var, value) = line.split_once('=')?;
+            let is_var = !var.is_empty()
+                && var
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            is_var.then(|| (var.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// The variables a compose file interpolates (`${VAR:-default}`), with
+/// their defaults.
+fn interpolated(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for part in text.split("${").skip(1) {
+        let inner = part.split('}').next().expect("a closing brace");
+        let (var, default) = inner.split_once(":-").unwrap_or((inner, ""));
+        if let Some(other) = out.insert(var.to_string(), default.to_string()) {
+            assert_eq!(other, default, "{var} has two defaults in the compose file");
+        }
+    }
+    out
+}
+
+/// The rows of docs/operations.md's configuration table as (variable,
+/// `Read by` cell, `Default` cell); a row of two variables (`A` / `B`, with
+/// defaults `x` / `y`) gives one row each.
+fn configuration_rows() -> Vec<(String, String, String)> {
+    let text = read("docs/operations.md");
+    let section = text
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/operations.md has a Configuration section");
+    let mut rows = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let vars: Vec<&str> = cells[1].split(" / ").collect();
+        let defaults: Vec<&str> = cells[3].split(" / ").collect();
+        for (i, var) in vars.iter().enumerate() {
+            let default = if vars.len() == defaults.len() {
+                defaults[i]
+            } else {
+                cells[3]
+            };
+            rows.push((
+                var.trim_matches('`').to_string(),
+                cells[2].to_string(),
+                default.to_string(),
+            ));
+        }
+    }
+    rows
+}
+
+/// The value a `Default` cell gives for compose: `(compose: `x`)` when it
+/// has one, else its first `code`.
+fn compose_default(cell: &str) -> Option<&str> {
+    let from = cell.split("(compose: ").nth(1).unwrap_or(cell);
+    from.split('`').nth(1)
+}
+
+#[test]
+fn env_example_lists_what_compose_passes_with_the_documented_defaults() {
+    let example = env_file_entries(&read(".env.example"));
+    let reads = interpolated(&read("compose.yaml"));
+    let doc = compose("compose.yaml");
+    let rows = configuration_rows();
+
+    // Every variable compose.yaml reads is in .env.example, with its default.
+    for (var, default) in &reads {
+        let (_, shown) = example
+            .iter()
+            .find(|(v, _)| v == var)
+            .unwrap_or_else(|| panic!(".env.example lacks {var}, which compose.yaml reads"));
+        assert_eq!(
+            shown, default,
+            "{var}: .env.example and compose.yaml's default"
+        );
+    }
+
+    let mut passed = BTreeSet::new();
+    for (var, value) in &example {
+        if var.starts_with("COMPOSE_") {
+            // Compose's own settings; the files it names exist.
+            if var == "COMPOSE_FILE" {
+                for file in value.split(':') {
+                    assert!(root().join(file).exists(), "COMPOSE_FILE names {file}");
+                }
+            }
+            continue;
+        }
+        assert!(
+            reads.contains_key(var),
+            ".env.example lists {var}, which compose.yaml does not read"
+        );
+        let (_, read_by, default) = rows
+            .iter()
+            .find(|(v, _, _)| v == var)
+            .unwrap_or_else(|| panic!("docs/operations.md has no row for {var}"));
+        assert_eq!(
+            compose_default(default),
+            Some(value.as_str()),
+            "{var}: .env.example shows {value:?}, docs/operations.md says {default:?}"
+        );
+        let Some(setting) = upr_shared::config::SETTINGS
+            .iter()
+            .find(|s| s.var == var.as_str())
+        else {
+            assert!(
+                read_by.contains("compose"),
+                "{var} is read by no binary, and the table does not say compose reads it"
+            );
+            continue;
+        };
+        // Passed on, as `${VAR:-default}`, to exactly the services that read it.
+        for (service, binary) in [
+            ("ingest", services::INGEST),
+            ("projection", services::PROJECTION),
+            ("notifier", services::NOTIFIER),
+        ] {
+            let given = env_var(&doc["services"][service], var);
+            if setting.used_by.contains(&binary) {
+                assert_eq!(
+                    given,
+                    Some(format!("${{{var}:-{value}}}")),
+                    "compose.yaml passes {var} on to {service}, which reads it"
+                );
+            } else {
+                assert_eq!(given, None, "{service} does not read {var}");
+            }
+        }
+        passed.insert(var.as_str());
+    }
+
+    // The variables docs/operations.md says compose.yaml passes on.
+    let text = read("docs/operations.md");
+    let paragraph = text
+        .split("\n\n")
+        .find(|p| p.starts_with("With compose, put settings in `.env`"))
+        .expect("docs/operations.md says what compose passes on");
+    let said: BTreeSet<&str> = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| {
+            w.contains('_')
+                && w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert_eq!(
+        said, passed,
+        "docs/operations.md (Configuration) names the variables .env.example lists and compose.yaml passes on"
+    );
 }
 
 #[test]
