@@ -8,6 +8,7 @@
 //! and `reader` users are refused what they must not do.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -313,8 +314,48 @@ fn compose_keys_service_generates_the_installations_keys_on_demand() {
 }
 
 #[test]
-fn compose_builds_each_service_from_the_dockerfile_after_nats_is_healthy() {
+fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy() {
     let doc = compose("compose.yaml");
+    // One service builds the image, so compose builds and exports it once;
+    // every service of ours runs that image and never pulls it (there is no
+    // `upr-tracker` in any registry).
+    let builders: Vec<&str> = doc["services"]
+        .as_hash()
+        .expect("services")
+        .iter()
+        .filter(|(_, s)| !s["build"].is_badvalue())
+        .filter_map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(builders, ["ingest"], "only ingest has `build:`");
+    let ingest = &doc["services"]["ingest"];
+    assert_eq!(ingest["build"]["dockerfile"].as_str(), Some("Dockerfile"));
+    assert_eq!(ingest["build"]["context"].as_str(), Some("."));
+    let image = ingest["image"].as_str().expect("the built image is named");
+    let (name, tag) = image.split_once(':').expect("an image tag");
+    assert!(
+        !name.contains('/') && !name.contains('$') && tag != "latest",
+        "a local image name with a fixed tag: {image}"
+    );
+    for service in ["keys", "ingest", "projection", "notifier"] {
+        let s = &doc["services"][service];
+        assert_eq!(s["image"].as_str(), Some(image), "{service} runs {image}");
+        assert_eq!(
+            s["pull_policy"].as_str(),
+            Some("never"),
+            "{service}: compose never tries to pull {image}"
+        );
+    }
+    for file in ["compose.cluster.yaml", "compose.tls.yaml"] {
+        let overrides = compose(file);
+        for (name, s) in overrides["services"].as_hash().expect("services") {
+            assert!(s["build"].is_badvalue(), "{file}: {name:?} builds nothing");
+            assert!(
+                s["image"].as_str().is_none_or(|i| i.starts_with("nats:")),
+                "{file}: {name:?} keeps the services' image"
+            );
+        }
+    }
+
     for (service, binary, user) in [
         ("ingest", services::INGEST, "ingest"),
         ("projection", services::PROJECTION, "projection"),
@@ -322,16 +363,6 @@ fn compose_builds_each_service_from_the_dockerfile_after_nats_is_healthy() {
     ] {
         let s = &doc["services"][service];
         assert!(!s.is_badvalue(), "service {service} exists");
-        assert_eq!(
-            s["build"]["dockerfile"].as_str(),
-            Some("Dockerfile"),
-            "{service} build"
-        );
-        assert_eq!(
-            s["build"]["context"].as_str(),
-            Some("."),
-            "{service} build context"
-        );
         assert_eq!(
             s["depends_on"]["nats"]["condition"].as_str(),
             Some("service_healthy"),
@@ -462,6 +493,171 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
     }
 }
 
+// ---- .env.example -------------------------------------------------------------------
+
+/// The `VAR=value` lines of an env file, commented out (`# VAR=value`, a
+/// default shown) or not.
+fn env_file_entries(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim().trim_start_matches('#').trim();
+            let (var, value) = line.split_once('=')?;
+            let is_var = !var.is_empty()
+                && var
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            is_var.then(|| (var.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// The variables a compose file interpolates (`${VAR:-default}`), with
+/// their defaults.
+fn interpolated(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for part in text.split("${").skip(1) {
+        let inner = part.split('}').next().expect("a closing brace");
+        let (var, default) = inner.split_once(":-").unwrap_or((inner, ""));
+        if let Some(other) = out.insert(var.to_string(), default.to_string()) {
+            assert_eq!(other, default, "{var} has two defaults in the compose file");
+        }
+    }
+    out
+}
+
+/// The rows of docs/operations.md's configuration table as (variable,
+/// `Read by` cell, `Default` cell); a row of two variables (`A` / `B`, with
+/// defaults `x` / `y`) gives one row each.
+fn configuration_rows() -> Vec<(String, String, String)> {
+    let text = read("docs/operations.md");
+    let section = text
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/operations.md has a Configuration section");
+    let mut rows = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let vars: Vec<&str> = cells[1].split(" / ").collect();
+        let defaults: Vec<&str> = cells[3].split(" / ").collect();
+        for (i, var) in vars.iter().enumerate() {
+            let default = if vars.len() == defaults.len() {
+                defaults[i]
+            } else {
+                cells[3]
+            };
+            rows.push((
+                var.trim_matches('`').to_string(),
+                cells[2].to_string(),
+                default.to_string(),
+            ));
+        }
+    }
+    rows
+}
+
+/// The value a `Default` cell gives for compose: `(compose: `x`)` when it
+/// has one, else its first `code`.
+fn compose_default(cell: &str) -> Option<&str> {
+    let from = cell.split("(compose: ").nth(1).unwrap_or(cell);
+    from.split('`').nth(1)
+}
+
+#[test]
+fn env_example_lists_what_compose_passes_with_the_documented_defaults() {
+    let example = env_file_entries(&read(".env.example"));
+    let reads = interpolated(&read("compose.yaml"));
+    let doc = compose("compose.yaml");
+    let rows = configuration_rows();
+
+    // Every variable compose.yaml reads is in .env.example, with its default.
+    for (var, default) in &reads {
+        let (_, shown) = example
+            .iter()
+            .find(|(v, _)| v == var)
+            .unwrap_or_else(|| panic!(".env.example lacks {var}, which compose.yaml reads"));
+        assert_eq!(
+            shown, default,
+            "{var}: .env.example and compose.yaml's default"
+        );
+    }
+
+    let mut passed = BTreeSet::new();
+    for (var, value) in &example {
+        if var.starts_with("COMPOSE_") {
+            // Compose's own settings; the files it names exist.
+            if var == "COMPOSE_FILE" {
+                for file in value.split(':') {
+                    assert!(root().join(file).exists(), "COMPOSE_FILE names {file}");
+                }
+            }
+            continue;
+        }
+        assert!(
+            reads.contains_key(var),
+            ".env.example lists {var}, which compose.yaml does not read"
+        );
+        let (_, read_by, default) = rows
+            .iter()
+            .find(|(v, _, _)| v == var)
+            .unwrap_or_else(|| panic!("docs/operations.md has no row for {var}"));
+        assert_eq!(
+            compose_default(default),
+            Some(value.as_str()),
+            "{var}: .env.example shows {value:?}, docs/operations.md says {default:?}"
+        );
+        let Some(setting) = upr_shared::config::SETTINGS
+            .iter()
+            .find(|s| s.var == var.as_str())
+        else {
+            assert!(
+                read_by.contains("compose"),
+                "{var} is read by no binary, and the table does not say compose reads it"
+            );
+            continue;
+        };
+        // Passed on, as `${VAR:-default}`, to exactly the services that read it.
+        for (service, binary) in [
+            ("ingest", services::INGEST),
+            ("projection", services::PROJECTION),
+            ("notifier", services::NOTIFIER),
+        ] {
+            let given = env_var(&doc["services"][service], var);
+            if setting.used_by.contains(&binary) {
+                assert_eq!(
+                    given,
+                    Some(format!("${{{var}:-{value}}}")),
+                    "compose.yaml passes {var} on to {service}, which reads it"
+                );
+            } else {
+                assert_eq!(given, None, "{service} does not read {var}");
+            }
+        }
+        passed.insert(var.as_str());
+    }
+
+    // The variables docs/operations.md says compose.yaml passes on.
+    let text = read("docs/operations.md");
+    let paragraph = text
+        .split("\n\n")
+        .find(|p| p.starts_with("With compose, put settings in `.env`"))
+        .expect("docs/operations.md says what compose passes on");
+    let said: BTreeSet<&str> = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| {
+            w.contains('_')
+                && w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert_eq!(
+        said, passed,
+        "docs/operations.md (Configuration) names the variables .env.example lists and compose.yaml passes on"
+    );
+}
+
 #[test]
 fn nats_conf_reads_exactly_the_keys_upr_keys_writes() {
     let conf = read("deploy/nats/nats.conf");
@@ -560,10 +756,60 @@ fn dockerfile_caches_dependencies_builds_locked_and_runs_as_non_root() {
         .collect();
     assert!(stages.len() >= 2, "multi-stage build");
     let runtime = &instructions[*stages.last().unwrap()..];
+
+    // Base images pinned to exact versions: Rust x.y.z, Debian 12.n (the
+    // runtime has the glibc of the bookworm builder). ARGs before the first
+    // FROM are resolved to their defaults.
+    let args: Vec<(&str, &str)> = instructions[..stages[0]]
+        .iter()
+        .filter_map(|l| l.strip_prefix("ARG "))
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    let images: Vec<String> = stages
+        .iter()
+        .map(|&i| {
+            let mut image = instructions[i]
+                .split_whitespace()
+                .nth(1)
+                .expect("FROM <image>")
+                .to_string();
+            for (name, value) in &args {
+                image = image.replace(&format!("${{{name}}}"), value);
+            }
+            image
+        })
+        .collect();
+    let version_of = |image: &str, repo: &str| -> Vec<u32> {
+        let tag = image
+            .strip_prefix(&format!("{repo}:"))
+            .unwrap_or_else(|| panic!("{image} is not {repo}"));
+        tag.split('-')
+            .next()
+            .unwrap()
+            .split('.')
+            .map(|p| {
+                p.parse()
+                    .unwrap_or_else(|_| panic!("{image}: no version tag"))
+            })
+            .collect()
+    };
+    let rust = version_of(&images[0], "rust");
+    assert_eq!(
+        rust.len(),
+        3,
+        "builder pinned to a Rust release: {}",
+        images[0]
+    );
+    assert!(images[0].ends_with("-slim-bookworm"), "{}", images[0]);
+    let debian = version_of(images.last().unwrap(), "debian");
     assert!(
-        runtime[0].contains("debian:bookworm-slim"),
-        "slim runtime image: {}",
-        runtime[0]
+        debian.len() == 2 && debian[0] == 12 && images.last().unwrap().ends_with("-slim"),
+        "runtime pinned to a Debian 12 point release, slim: {}",
+        images.last().unwrap()
+    );
+    assert!(
+        !dockerfile.lines().any(|l| l.starts_with("# syntax=")),
+        "no frontend image to pull (the built-in Dockerfile frontend suffices)"
     );
 
     let builds: Vec<&&str> = instructions
@@ -577,8 +823,25 @@ fn dockerfile_caches_dependencies_builds_locked_and_runs_as_non_root() {
     for b in &builds {
         assert!(b.contains("--locked"), "cargo build --locked: {b}");
         assert!(
-            b.contains("--release") && b.contains("--bins"),
-            "release binaries: {b}"
+            b.contains("--profile image") && b.contains("--bins"),
+            "the image profile's binaries: {b}"
+        );
+    }
+    assert!(
+        joined.contains("target/image/"),
+        "the image profile's binaries are the ones copied"
+    );
+    // The image profile: release code, stripped (about 9 MB a binary, not 60).
+    let cargo = read("Cargo.toml");
+    let profile = cargo
+        .split("\n[profile.image]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .expect("Cargo.toml has [profile.image]");
+    for line in ["inherits = \"release\"", "strip = true"] {
+        assert!(
+            profile.lines().any(|l| l.trim() == line),
+            "[profile.image] has {line}"
         );
     }
 

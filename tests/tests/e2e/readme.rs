@@ -745,11 +745,11 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-/// Every relative link of README.md and docs/*.md points at a file that
-/// exists and, with `#...`, at a heading of it.
+/// Every relative link of README.md, docs/*.md and CONTRIBUTING.md points
+/// at a file that exists and, with `#...`, at a heading of it.
 #[test]
 fn readme_links_point_at_files_and_headings_that_exist() {
-    for page in pages() {
+    for page in pages().into_iter().chain([root().join("CONTRIBUTING.md")]) {
         let text = std::fs::read_to_string(&page).unwrap();
         let dir = page.parent().unwrap();
         let mut in_fence = false;
