@@ -386,6 +386,26 @@ pub mod query {
 
     /// Group of the query endpoints in the micro service.
     pub const GROUP: &str = subjects::QUERY_PREFIX;
+
+    /// The query endpoints of the micro service: name (as `nats micro info`
+    /// shows it) and subject under [`GROUP`]. The first token of each
+    /// subject is what the projection's parser matches on.
+    pub const ENDPOINTS: [(&str, &str); 7] = [
+        ("review", "review.*.*"),
+        ("session", "session.*"),
+        ("country", "country.*"),
+        ("upcoming", "upcoming"),
+        ("status", "status"),
+        ("calendar", "calendar"),
+        ("country_calendar", "calendar.*"),
+    ];
+
+    /// What follows `upr.query.` in a query subject; `None` for any other subject.
+    pub fn tail(subject: &str) -> Option<&str> {
+        subject
+            .strip_prefix(GROUP)
+            .and_then(|rest| rest.strip_prefix('.'))
+    }
     /// `upr.query.status`.
     pub const STATUS: &str = "upr.query.status";
     /// `upr.query.upcoming`.

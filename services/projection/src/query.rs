@@ -82,7 +82,7 @@ impl Query {
     /// `invalid_field` (`country` / `session`), or `invalid_field` with no
     /// field for a subject that is not a query at all.
     pub fn parse(subject: &str) -> Result<Self, RejectError> {
-        let rest = subject.strip_prefix("upr.query.").unwrap_or("");
+        let rest = query::tail(subject).unwrap_or("");
         let parts: Vec<&str> = rest.split('.').collect();
         let country = |t: &str| Country::parse(t).map_err(|e| RejectError::invalid("country", e));
         let session = |t: &str| Session::parse(t).map_err(|e| RejectError::invalid("session", e));
@@ -386,19 +386,10 @@ impl Queries {
     /// When subscribing fails.
     pub async fn serve(self, service: &Service) -> Result<Vec<JoinHandle<()>>, async_nats::Error> {
         let group = service.group(query::GROUP);
-        let endpoints = [
-            ("review", "review.*.*"),
-            ("session", "session.*"),
-            ("country", "country.*"),
-            ("upcoming", "upcoming"),
-            ("status", "status"),
-            ("calendar", "calendar"),
-            ("country_calendar", "calendar.*"),
-        ];
         // Tasks at once: every reader and every waiter, no more.
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT + MAX_WAITING));
         let mut tasks = Vec::new();
-        for (name, subject) in endpoints {
+        for (name, subject) in query::ENDPOINTS {
             let endpoint = group.endpoint_builder().name(name).add(subject).await?;
             tasks.push(tokio::spawn(
                 self.clone().serve_endpoint(endpoint, limit.clone()),
@@ -457,6 +448,29 @@ fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_of_the_contract_parses_to_its_query() {
+        for (name, pattern) in query::ENDPOINTS {
+            let sample = match name {
+                "review" => pattern.replacen('*', "KZ", 1).replacen('*', "48", 1),
+                "session" => pattern.replace('*', "48"),
+                _ => pattern.replace('*', "KZ"),
+            };
+            let subject = format!("{}.{sample}", query::GROUP);
+            let parsed = Query::parse(&subject).unwrap_or_else(|e| panic!("{subject}: {e:?}"));
+            let kind = match parsed {
+                Query::Review(_) => "review",
+                Query::Session(_) => "session",
+                Query::Country(_) => "country",
+                Query::Upcoming => "upcoming",
+                Query::Status => "status",
+                Query::Calendar(None) => "calendar",
+                Query::Calendar(Some(_)) => "country_calendar",
+            };
+            assert_eq!(kind, name, "{subject}");
+        }
+    }
 
     #[test]
     fn subjects_name_the_malformed_field() {
