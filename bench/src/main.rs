@@ -30,7 +30,6 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, builder::PossibleValuesParser};
 use serde_json::json;
-use time::OffsetDateTime;
 use upr_shared::{config, domain::Timestamp};
 
 use crate::{
@@ -165,9 +164,7 @@ async fn interrupt() {
 
 /// The current time as ingest records it (UTC, milliseconds).
 pub fn now() -> Timestamp {
-    Timestamp::from_offset_datetime(OffsetDateTime::now_utc())
-        .map(Timestamp::truncate_to_millis)
-        .expect("the clock is within years 0000..=9999")
+    upr_shared::clock::now_millis()
 }
 
 /// The parts: name (for `--parts` and the JSON) and title (for the table).

@@ -17,7 +17,6 @@ use std::{collections::HashSet, time::Duration};
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use serde_json::Value;
-use time::OffsetDateTime;
 use tokio::time::Instant;
 use upr_shared::{
     contract,
@@ -38,7 +37,7 @@ const LEAD: &str = "1h";
 
 /// Wall clock now.
 fn wall() -> Timestamp {
-    Timestamp::from_offset_datetime(OffsetDateTime::now_utc()).expect("the clock is in range")
+    upr_shared::clock::now()
 }
 
 /// The `review_scheduled` event for `key` at `scheduled_for`.

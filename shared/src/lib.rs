@@ -13,6 +13,7 @@
 //! - [`schema`]: JSON Schemas of every payload (`docs/schemas/`), from the
 //!   wire types and the intake rules.
 
+pub mod clock;
 pub mod config;
 pub mod contract;
 pub mod domain;

@@ -22,7 +22,6 @@ use std::{
 use async_nats::{Client, Message, RequestErrorKind, service::Request};
 use bytes::Bytes;
 use serde_json::json;
-use time::OffsetDateTime;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::Instant,
@@ -127,9 +126,7 @@ pub const MAX_ATTEMPTS: usize = 20;
 
 /// The current time as ingest records it: UTC, milliseconds.
 pub fn now() -> Timestamp {
-    Timestamp::from_offset_datetime(OffsetDateTime::now_utc())
-        .map(Timestamp::truncate_to_millis)
-        .unwrap_or_else(|_| Timestamp::from_unix_millis(0).expect("the epoch is a valid timestamp"))
+    upr_shared::clock::now_millis()
 }
 
 /// Replies, rejection records and counters: what every outcome goes through.

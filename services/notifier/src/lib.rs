@@ -235,10 +235,7 @@ impl App {
 
 /// The current time; the domain never reads the clock itself.
 fn now() -> Timestamp {
-    let t = time::OffsetDateTime::now_utc();
-    // The clock is inside years 0000..=9999 on any machine this runs on.
-    Timestamp::from_offset_datetime(t)
-        .unwrap_or_else(|_| Timestamp::from_unix_millis(0).expect("epoch"))
+    upr_shared::clock::now()
 }
 
 /// Waits a second before a retry; `true` when asked to stop meanwhile.
