@@ -311,7 +311,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         var: UPR_PROJECTION_CACHE_MB,
-        default: "32",
+        default: "20",
         meaning: "Memory for read-model values kept between batches, in MiB",
         used_by: &[services::PROJECTION],
     },

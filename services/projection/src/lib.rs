@@ -46,7 +46,7 @@ pub struct Config {
     /// folded before one round of writes and one ack. Larger batches
     /// coalesce more writes when catching up.
     pub max_batch: usize,
-    /// `UPR_PROJECTION_CACHE_MB` (default 32): memory for cached values
+    /// `UPR_PROJECTION_CACHE_MB` (default 20): memory for cached values
     /// between batches, counted as their JSON size plus overhead.
     pub cache_bytes: usize,
     /// `UPR_REMINDER_LEADS`, as the notifier reads it: the calendar's alarms.
@@ -88,7 +88,7 @@ impl Config {
                 10_000,
                 PROJECTION_MAX_BATCH,
             )?,
-            cache_bytes: number(contract::env::UPR_PROJECTION_CACHE_MB, 32, 64 * 1024)?
+            cache_bytes: number(contract::env::UPR_PROJECTION_CACHE_MB, 20, 64 * 1024)?
                 * 1024
                 * 1024,
             leads: config::reminder_leads(env)?,
@@ -417,6 +417,7 @@ pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Resu
         config.max_batch,
         stopping,
     );
+    projector.without_index();
     projector.load().await?;
     let run = projector.run(Some(target));
     tokio::pin!(run, shutdown);

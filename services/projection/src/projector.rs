@@ -108,6 +108,9 @@ pub struct Projector {
     lease: Option<Arc<Lease>>,
     /// The lease term the working set was loaded under.
     term: u64,
+    /// Whether written reviews are filed in the upcoming index (the queries'
+    /// view); `rebuild` answers no query and exits, so it keeps none.
+    index: bool,
 }
 
 impl Projector {
@@ -134,7 +137,14 @@ impl Projector {
             stopping,
             lease: None,
             term: 0,
+            index: true,
         }
+    }
+
+    /// Keeps no upcoming index: for `rebuild`, which answers no query, so
+    /// its memory holds only the working set.
+    pub fn without_index(&mut self) {
+        self.index = false;
     }
 
     /// Writes only while `lease` is valid.
@@ -703,6 +713,9 @@ impl Projector {
     async fn write_reviews(&mut self) -> Result<(), Interrupt> {
         let bucket = self.store.buckets.reviews.clone();
         let written = self.write_dirty(|s| &mut s.reviews, &bucket).await?;
+        if !self.index {
+            return Ok(());
+        }
         if let Ok(mut index) = self.shared.upcoming.write() {
             for key in &written {
                 if let Some(view) = self.set.reviews.get(key) {
