@@ -344,7 +344,45 @@ impl NatsServer {
         server
     }
 
+    /// Starts the process and waits until it is ready. On a first start, a
+    /// port another process took between [`free_port`] choosing it and the
+    /// server binding it (tests run in parallel) is chosen again, the client
+    /// port and a `-m` monitoring port alike; a restart keeps its ports.
     fn spawn(&mut self) {
+        let first_start = self.ready_lines() == 0;
+        for attempt in 1..=3 {
+            let log_before = std::fs::read_to_string(&self.log).unwrap_or_default().len();
+            self.spawn_once(log_before);
+            let taken = std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .get(log_before..)
+                .is_some_and(|new| new.contains("address already in use"));
+            if !taken {
+                return;
+            }
+            assert!(
+                first_start && attempt < 3,
+                "nats-server on port {}: a port is in use",
+                self.port
+            );
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.port = free_port();
+            if let Some(i) = self.extra_args.iter().position(|a| a == "-m") {
+                self.extra_args[i + 1] = free_port().to_string();
+            }
+        }
+    }
+
+    /// The `-m` monitoring port, when the server was started with one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        let i = self.extra_args.iter().position(|a| a == "-m")?;
+        self.extra_args.get(i + 1)?.parse().ok()
+    }
+
+    fn spawn_once(&mut self, log_before: usize) {
         let mut cmd = Command::new(nats_server_bin());
         if let Some(conf) = &self.config {
             cmd.arg("-c").arg(conf);
@@ -368,7 +406,7 @@ impl NatsServer {
         // wait for one more "ready" than before spawning, not just for one.
         let readies_before = self.ready_lines();
         self.child = Some(cmd.spawn().expect("spawn nats-server"));
-        self.wait_ready(readies_before);
+        self.wait_ready(readies_before, log_before);
     }
 
     fn ready_lines(&self) -> usize {
@@ -378,13 +416,22 @@ impl NatsServer {
             .count()
     }
 
-    fn wait_ready(&self, readies_before: usize) {
+    /// Waits for one more "ready" than `readies_before`, or for this run's
+    /// part of the log (from byte `log_before`) to say a port is taken.
+    fn wait_ready(&self, readies_before: usize, log_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if self.ready_lines() > readies_before {
                 return;
             }
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // Told apart by the caller, which may choose other ports.
+            if log
+                .get(log_before..)
+                .is_some_and(|new| new.contains("address already in use"))
+            {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not become ready on port {}:\n{log}",

@@ -193,3 +193,17 @@ fn upr_keys_answers_help_and_version_and_refuses_a_bad_argument() {
         "a refused command wrote something"
     );
 }
+
+/// Tests run in parallel and choose free ports before the server binds them:
+/// a port another process took meanwhile is chosen again rather than failing
+/// the test that happened to start then.
+#[tokio::test]
+async fn a_port_taken_before_the_server_binds_it_is_chosen_again() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let nats = NatsServer::start_with(None, vec!["-m".into(), port.to_string()]);
+    let monitor = nats.monitor_port().expect("a monitoring port");
+    assert_ne!(monitor, port, "the taken port was kept");
+    let client = nats.client().await;
+    client.flush().await.expect("the server answers");
+}

@@ -288,10 +288,11 @@ const SERVICES: [(&str, &str); 3] = [
 
 impl World {
     async fn new(page: &str) -> Self {
-        let monitor = free_port();
-        let nats = NatsServer::start_secured_with(vec!["-m".into(), monitor.to_string()], |_| {
-            String::new()
-        });
+        let nats =
+            NatsServer::start_secured_with(vec!["-m".into(), free_port().to_string()], |_| {
+                String::new()
+            });
+        let monitor = nats.monitor_port().expect("started with -m");
         let work = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let bin = tempfile::tempdir().unwrap();
