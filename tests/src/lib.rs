@@ -252,8 +252,23 @@ impl RawClient {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1 (checked by binding it, then released).
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range: a port taken from there (port 0)
+    // can be handed to any outgoing connection of a parallel test before the
+    // server binds it, which happened. Chosen at random and checked free.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > 12_000 {
+        for _ in 0..200 {
+            let port = rand::random_range(10_000..ephemeral_low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
