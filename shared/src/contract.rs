@@ -80,15 +80,10 @@ pub mod subjects {
     /// # Errors
     /// What is wrong, for the log.
     pub fn decode_stored(subject: &str, payload: &[u8]) -> Result<Envelope, EnvelopeError> {
-        // Fast path: ingest stores canonical bytes (`Envelope::to_json`). When
-        // the bytes serialize back identically they have no duplicated keys
-        // and nothing the strict reader would refuse, so its extra pass (a
-        // whole JSON tree first) is skipped; anything else takes the strict
-        // path.
-        let event = match serde_json::from_slice::<Envelope>(payload) {
-            Ok(event) if event.to_json() == payload => event,
-            _ => Envelope::from_json(payload)?,
-        };
+        // One strict typed pass (`Envelope`'s own decoder refuses
+        // duplicated and unknown keys as it reads).
+        let event = serde_json::from_slice::<Envelope>(payload)
+            .map_err(|e| EnvelopeError(e.to_string()))?;
         let expected = event_subject(&event);
         if subject != expected {
             return Err(EnvelopeError(format!(
@@ -617,6 +612,18 @@ mod tests {
             subjects::decode_stored(KZ_SUBJECT, &pretty).unwrap(),
             canonical
         );
+        // `data` before `type`: read as a strict tree first, same envelope.
+        let data_first = format!(
+            r#"{{"data":{{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva"}},{}"#,
+            KZ[1..].replace(
+                r#","data":{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva"}"#,
+                ""
+            )
+        );
+        assert_eq!(
+            subjects::decode_stored(KZ_SUBJECT, data_first.as_bytes()).unwrap(),
+            canonical
+        );
     }
 
     #[test]
@@ -625,18 +632,37 @@ mod tests {
             r#""location":"Geneva""#,
             r#""location":"Geneva","location":"Bern""#,
         );
-        let cases: [(&str, &[u8]); 6] = [
+        let duplicated_top = KZ.replace(r#""session":48,"#, r#""session":48,"session":49,"#);
+        let data_first_duplicated = format!(
+            r#"{{"data":{{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva","location":"Bern"}},{}"#,
+            KZ[1..].replace(
+                r#","data":{"scheduled_for":"2025-01-23T08:30:00Z","location":"Geneva"}"#,
+                ""
+            )
+        );
+        let unknown = KZ.replace(r#""source":null,"#, r#""source":null,"extra":1,"#);
+        let trailing = format!("{KZ} {{}}");
+        let cases: [(&str, &[u8]); 10] = [
             (KZ_SUBJECT, b"{not json"),
             (KZ_SUBJECT, b""),
             (KZ_SUBJECT, duplicated.as_bytes()),
+            (KZ_SUBJECT, duplicated_top.as_bytes()),
+            (KZ_SUBJECT, data_first_duplicated.as_bytes()),
+            (KZ_SUBJECT, unknown.as_bytes()),
+            (KZ_SUBJECT, trailing.as_bytes()),
             ("upr.events.CH.48.review_scheduled", KZ.as_bytes()),
             ("upr.events.KZ.48.review_held", KZ.as_bytes()),
             // Every consumer reads subjects as ingest writes them.
             ("upr.events.kz.48.review_scheduled", KZ.as_bytes()),
         ];
         for (subject, payload) in cases {
+            let decoded = subjects::decode_stored(subject, payload);
+            if payload == data_first_duplicated.as_bytes() {
+                let why = decoded.as_ref().unwrap_err().to_string();
+                assert!(why.contains("duplicated key"), "{why}");
+            }
             assert!(
-                subjects::decode_stored(subject, payload).is_err(),
+                decoded.is_err(),
                 "{subject} {}",
                 String::from_utf8_lossy(payload)
             );

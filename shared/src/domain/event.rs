@@ -458,23 +458,6 @@ struct WireOut<'a> {
     data: &'a EventData,
 }
 
-/// Owned mirror for decoding; `data` is decoded once `type` is known.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireIn {
-    id: Uuid,
-    #[serde(rename = "type")]
-    ty: String,
-    schema: u32,
-    country: Country,
-    session: Session,
-    occurred_at: Timestamp,
-    recorded_at: Timestamp,
-    #[serde(default)]
-    source: Option<String>,
-    data: Value,
-}
-
 impl Envelope {
     /// The event type (from the data variant, so the two cannot disagree).
     pub fn event_type(&self) -> EventType {
@@ -527,30 +510,146 @@ impl Serialize for Envelope {
     }
 }
 
-impl<'de> Deserialize<'de> for Envelope {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+/// The envelope's keys; any other key is refused (as `deny_unknown_fields`).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Id,
+    #[serde(rename = "type")]
+    Type,
+    Schema,
+    Country,
+    Session,
+    OccurredAt,
+    RecordedAt,
+    Source,
+    Data,
+}
+
+/// Decodes `data` straight into the type's struct once `type` is known.
+struct DataOf(EventType);
+
+impl<'de> serde::de::DeserializeSeed<'de> for DataOf {
+    type Value = EventData;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventData, D::Error> {
+        Ok(match self.0 {
+            EventType::ReviewScheduled => EventData::ReviewScheduled(Deserialize::deserialize(d)?),
+            EventType::ReviewRescheduled => {
+                EventData::ReviewRescheduled(Deserialize::deserialize(d)?)
+            }
+            EventType::ReviewCancelled => EventData::ReviewCancelled(Deserialize::deserialize(d)?),
+            EventType::ReviewHeld => EventData::ReviewHeld(Deserialize::deserialize(d)?),
+            EventType::SideEventHeld => EventData::SideEventHeld(Deserialize::deserialize(d)?),
+            EventType::ReportPublished => EventData::ReportPublished(Deserialize::deserialize(d)?),
+            EventType::OutcomeAdopted => EventData::OutcomeAdopted(Deserialize::deserialize(d)?),
+            EventType::EventRetracted => EventData::EventRetracted(Deserialize::deserialize(d)?),
+        })
+    }
+}
+
+/// One strict pass over an envelope: every key at most once (also inside
+/// `data`, whose structs refuse duplicated and unknown keys), no unknown
+/// key, `data` decoded into its type's struct as it is read. Stored
+/// envelopes put `type` before `data` (`Envelope::to_json`); one that does
+/// not has its `data` read as a strict JSON tree first and decoded after.
+struct EnvelopeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
         use serde::de::Error;
-        let w = WireIn::deserialize(d)?;
-        if !SCHEMAS_READ.contains(&w.schema) {
-            return Err(D::Error::custom(format_args!(
-                "unsupported schema {}, expected 1 to {SCHEMA}",
-                w.schema
+        fn once<T, E: Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+            if slot.replace(value).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        fn data_error<E: Error>(ty: EventType, e: impl fmt::Display) -> E {
+            E::custom(format_args!("data of {ty}: {e}"))
+        }
+        let (mut id, mut ty, mut schema, mut country, mut session) = (None, None, None, None, None);
+        let (mut occurred_at, mut recorded_at, mut source) = (None, None, None);
+        let (mut data, mut early_data) = (None, None);
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Id => once(&mut id, "id", map.next_value()?)?,
+                Field::Type => {
+                    let name: std::borrow::Cow<'de, str> = map.next_value()?;
+                    let parsed = EventType::parse(&name).ok_or_else(|| {
+                        A::Error::custom(format_args!("unknown event type {name:?}"))
+                    })?;
+                    once(&mut ty, "type", parsed)?;
+                }
+                Field::Schema => once(&mut schema, "schema", map.next_value()?)?,
+                Field::Country => once(&mut country, "country", map.next_value()?)?,
+                Field::Session => once(&mut session, "session", map.next_value()?)?,
+                Field::OccurredAt => once(&mut occurred_at, "occurred_at", map.next_value()?)?,
+                Field::RecordedAt => once(&mut recorded_at, "recorded_at", map.next_value()?)?,
+                Field::Source => {
+                    once::<Option<String>, _>(&mut source, "source", map.next_value()?)?;
+                }
+                Field::Data => {
+                    if data.is_some() || early_data.is_some() {
+                        return Err(A::Error::duplicate_field("data"));
+                    }
+                    match ty {
+                        Some(t) => {
+                            data = Some(
+                                map.next_value_seed(DataOf(t))
+                                    .map_err(|e| data_error(t, e))?,
+                            );
+                        }
+                        None => early_data = Some(map.next_value_seed(super::json::strict())?),
+                    }
+                }
+            }
+        }
+        let ty = ty.ok_or_else(|| A::Error::missing_field("type"))?;
+        let schema = schema.ok_or_else(|| A::Error::missing_field("schema"))?;
+        if !SCHEMAS_READ.contains(&schema) {
+            return Err(A::Error::custom(format_args!(
+                "unsupported schema {schema}, expected 1 to {SCHEMA}"
             )));
         }
-        let ty = EventType::parse(&w.ty)
-            .ok_or_else(|| D::Error::custom(format_args!("unknown event type {:?}", w.ty)))?;
-        let data = EventData::from_value(ty, w.data)
-            .map_err(|e| D::Error::custom(format_args!("data of {ty}: {e}")))?;
-        Ok(Self {
-            id: w.id,
+        let data = match (data, early_data) {
+            (Some(d), _) => d,
+            (None, Some(value)) => {
+                EventData::from_value(ty, value).map_err(|e| data_error(ty, e))?
+            }
+            (None, None) => return Err(A::Error::missing_field("data")),
+        };
+        Ok(Envelope {
+            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
             data,
-            schema: w.schema,
-            country: w.country,
-            session: w.session,
-            occurred_at: w.occurred_at,
-            recorded_at: w.recorded_at,
-            source: w.source,
+            schema,
+            country: country.ok_or_else(|| A::Error::missing_field("country"))?,
+            session: session.ok_or_else(|| A::Error::missing_field("session"))?,
+            occurred_at: occurred_at.ok_or_else(|| A::Error::missing_field("occurred_at"))?,
+            recorded_at: recorded_at.ok_or_else(|| A::Error::missing_field("recorded_at"))?,
+            source: source.flatten(),
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &[
+            "id",
+            "type",
+            "schema",
+            "country",
+            "session",
+            "occurred_at",
+            "recorded_at",
+            "source",
+            "data",
+        ];
+        d.deserialize_struct("Envelope", FIELDS, EnvelopeVisitor)
     }
 }
 

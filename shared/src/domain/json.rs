@@ -23,6 +23,12 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
     Ok(value)
 }
 
+/// The strict reader as a seed, for a value inside a document being read
+/// (an envelope's `data` met before its `type`).
+pub(crate) fn strict<'de>() -> impl DeserializeSeed<'de, Value = Value> {
+    Strict { depth: 1 }
+}
+
 #[derive(Clone, Copy)]
 struct Strict {
     depth: usize,
