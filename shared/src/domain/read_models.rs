@@ -148,7 +148,25 @@ pub struct ReviewView {
     pub outcome: Option<OutcomeView>,
     /// The last stream sequence applied.
     pub last_seq: u64,
+    /// Bytes `side_events` take in the value, once counted: the byte limit
+    /// is checked for every side event, and counting means serialising.
+    #[serde(skip)]
+    #[schemars(skip)]
+    side_event_bytes: Derived,
 }
+
+/// A figure derived from a value's fields, kept so it is not computed
+/// again; not part of the value (no JSON, and equal whatever it holds).
+#[derive(Debug, Clone, Copy, Default)]
+struct Derived(Option<usize>);
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
 
 /// What folding one event into a review value did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +198,7 @@ impl ReviewView {
             report: None,
             outcome: None,
             last_seq: 0,
+            side_event_bytes: Derived(Some(0)),
         }
     }
 
@@ -207,7 +226,7 @@ impl ReviewView {
     /// history (retracted entries stay there, so they still count), bytes
     /// from the side events in force, summed only when `event` is a side
     /// event (the only case that needs them).
-    fn size_for(&self, event: &Envelope) -> ReviewSize {
+    fn size_for(&mut self, event: &Envelope) -> ReviewSize {
         let mut size = ReviewSize::default();
         for h in &self.history {
             match h.event_type {
@@ -217,7 +236,12 @@ impl ReviewView {
             }
         }
         if let EventData::SideEventHeld(_) = event.data {
-            size.side_event_bytes = self.side_events.iter().map(|s| s.encoded_len()).sum();
+            size.side_event_bytes = *self.side_event_bytes.0.get_or_insert_with(|| {
+                self.side_events
+                    .iter()
+                    .map(SideEventView::encoded_len)
+                    .sum()
+            });
         }
         size
     }
@@ -330,6 +354,9 @@ impl ReviewView {
         match &event.data {
             EventData::SideEventHeld(d) => {
                 let item = SideEventView::of(event.id, d);
+                if let Some(bytes) = &mut self.side_event_bytes.0 {
+                    *bytes += item.encoded_len();
+                }
                 let at = self
                     .side_events
                     .partition_point(|e| (e.held_on, e.event_id) <= (item.held_on, item.event_id));
@@ -359,6 +386,7 @@ impl ReviewView {
         });
         if target.event_type == EventType::SideEventHeld {
             self.side_events.retain(|s| s.event_id != r.retracts);
+            self.side_event_bytes = Derived(None);
         }
     }
 
