@@ -165,6 +165,25 @@ impl<V: View> Table<V> {
         std::mem::take(&mut self.dirty)
     }
 
+    /// How many values changed since they were last written.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// [`Table::take_dirty`] for the values last touched before batch
+    /// `stamp` (the others stay dirty, in order).
+    pub fn take_dirty_touched_before(&mut self, stamp: u64) -> Vec<V::Key> {
+        if stamp == u64::MAX {
+            return self.take_dirty();
+        }
+        let slots = &self.slots;
+        let (cold, hot) = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .partition(|key| slots.get(key).is_none_or(|s| s.stamp < stamp));
+        self.dirty = hot;
+        cold
+    }
+
     /// The value's JSON, as written to KV.
     pub fn serialize(&self, key: &V::Key) -> Option<bytes::Bytes> {
         self.slots
@@ -447,6 +466,29 @@ mod tests {
             let len = table.serialize(&key).unwrap().len();
             table.mark_clean(key, len);
         }
+    }
+
+    #[test]
+    fn values_touched_lately_stay_dirty_when_only_cold_ones_are_taken() {
+        let mut set = WorkingSet::new(1 << 20);
+        let first = set.tick();
+        set.apply(1, &event(1, "KZ.48"));
+        set.apply(2, &event(2, "KZ.49"));
+        let second = set.tick();
+        set.apply(3, &event(3, "KZ.49"));
+        let (kz48, kz49) = (
+            ReviewKey::parse("KZ.48").unwrap(),
+            ReviewKey::parse("KZ.49").unwrap(),
+        );
+        assert_eq!(set.reviews.take_dirty_touched_before(first), []);
+        assert_eq!(set.reviews.take_dirty_touched_before(second), [kz48]);
+        assert_eq!(
+            set.reviews.dirty_len(),
+            1,
+            "KZ.49 was touched by the second batch"
+        );
+        assert_eq!(set.reviews.take_dirty_touched_before(u64::MAX), [kz49]);
+        assert_eq!(set.reviews.dirty_len(), 0);
     }
 
     #[test]

@@ -15,13 +15,16 @@
 //! [`App::build`] connects and sets everything up; [`App::run`] serves until
 //! the shutdown future resolves. [`rebuild`] is `upr-projection rebuild`.
 
+pub mod batcher;
 pub mod cache;
 pub mod lease;
+pub mod policy;
 pub mod projector;
 pub mod query;
 pub mod state;
 pub mod store;
 pub mod upcoming;
+pub mod writer;
 
 use std::{future::Future, sync::Arc};
 

@@ -1,14 +1,14 @@
-//! The consumer loop: pull a batch from `UPR_EVENTS`, fold it into the
-//! working set, write every changed review value once (puts in flight
-//! together), and at each checkpoint also the changed session and country
-//! values, then publish the applied sequence and ack (ack-all on the last
-//! message).
+//! The consumer loop: pull a batch ([`crate::batcher`]), fold it into the
+//! working set ([`crate::cache`]), write what went cold and, at each
+//! checkpoint, everything changed ([`crate::writer`], when: [`crate::policy`]),
+//! then publish the applied sequence and ack (ack-all on the last message).
 //!
 //! Checkpoints happen after every batch once caught up (so a live event is
-//! visible at once), and every [`CHECKPOINT_INTERVAL`] or
-//! [`CHECKPOINT_EVENTS`] while catching up: session and country values
-//! aggregate hundreds of reviews, so writing them once per checkpoint rather
-//! than once per batch is what makes a rebuild fast.
+//! visible at once), and about every second while catching up: session and
+//! country values aggregate hundreds of reviews, and a review's events are
+//! spread over thousands of others, so writing values when they go cold or
+//! at a checkpoint rather than after every batch is what makes a rebuild
+//! fast.
 //!
 //! Exactly-once effect: a value's `last_seq` is written with the value, and
 //! the fold skips any sequence at or below it, so events redelivered after a
@@ -17,48 +17,39 @@
 
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
-use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind, kv};
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use async_nats::jetstream::{
+    self,
+    consumer::pull::{MessagesError, MessagesErrorKind},
+    kv,
+};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
     contract::subjects,
-    domain::{CountryView, Envelope, ReviewKey, ReviewView, SessionView},
+    domain::{CalendarEntry, CountryView, Envelope, ReviewKey, ReviewView, SessionView},
+    retry::Backoff,
     service::BoxError,
 };
 
-use upr_shared::retry::Backoff;
-
 use crate::{
+    batcher::{Batcher, Pulled},
     cache::{Applied, Table, View, WorkingSet},
     lease::Lease,
+    policy::{self, IDLE_CHECKPOINT, Progress, checkpoint_due},
     state::Shared,
     store::Store,
+    writer::{Fence, Writer},
 };
 
-/// How many messages one pull request asks for.
-const PULL_BATCH: usize = 1000;
-/// KV reads in flight at once when a batch misses the cache.
-const LOAD_CONCURRENCY: usize = 256;
 /// Most values written in one round of concurrent puts.
 const WRITE_CHUNK_VALUES: usize = 2048;
 /// Most JSON bytes written in one round of concurrent puts, which bounds the
 /// memory a write round needs however large the values are.
 const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-/// While catching up, write session and country values and ack at least
-/// this often, or, when a checkpoint takes long (large aggregates), so that
-/// at most a tenth of the time is spent checkpointing...
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// ...and at the latest after this many messages (kept below the
-/// consumer's `max_ack_pending`).
-pub const CHECKPOINT_EVENTS: u64 = 200_000;
-/// How long the loop waits for more messages with a checkpoint due before
-/// writing it anyway.
-const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
 
 /// Why a batch could not be completed.
 #[derive(Debug)]
-enum Interrupt {
+pub enum Interrupt {
     /// The service is stopping; nothing of the batch was acked.
     Shutdown,
     /// The buckets or the consumer no longer match (deleted by an operator,
@@ -79,6 +70,9 @@ enum Interrupt {
     /// The lease was taken again after it was gone: another instance may
     /// have written meanwhile, so the working set is read again first.
     NewTerm,
+    /// JetStream did not answer a pull or the consumer lookup: bind again
+    /// after a pause.
+    Unavailable(String),
 }
 
 /// Folds the event log into the read models.
@@ -103,11 +97,8 @@ pub struct Projector {
     /// jump there is a real hole in the stream, not a lost delivery.
     accept_gap: bool,
     stopping: watch::Receiver<bool>,
-    /// The lease this instance writes under (`None`: `rebuild`, which runs
-    /// with the service stopped).
-    lease: Option<Arc<Lease>>,
-    /// The lease term the working set was loaded under.
-    term: u64,
+    /// Reads and writes the buckets, fenced by the lease.
+    writer: Writer,
     /// Whether written reviews are filed in the upcoming index (the queries'
     /// view); `rebuild` answers no query and exits, so it keeps none.
     index: bool,
@@ -124,6 +115,7 @@ impl Projector {
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
+            writer: Writer::new(store.clone(), shared.clone(), stopping.clone()),
             store,
             shared,
             set: WorkingSet::new(cache_bytes),
@@ -135,8 +127,6 @@ impl Projector {
             checkpoint_cost: Duration::ZERO,
             accept_gap: false,
             stopping,
-            lease: None,
-            term: 0,
             index: true,
         }
     }
@@ -149,16 +139,7 @@ impl Projector {
 
     /// Writes only while `lease` is valid.
     pub fn under(&mut self, lease: Arc<Lease>) {
-        self.lease = Some(lease);
-    }
-
-    /// Whether writing is still this instance's to do.
-    fn fenced(&self) -> Result<(), Interrupt> {
-        match &self.lease {
-            Some(lease) if !lease.is_valid() => Err(Interrupt::LeaseLost),
-            Some(lease) if lease.term() != self.term => Err(Interrupt::NewTerm),
-            _ => Ok(()),
-        }
+        self.writer.fence = Fence::under(lease);
     }
 
     /// Reads what the buckets already hold: the keys that exist, the
@@ -167,7 +148,8 @@ impl Projector {
     /// # Errors
     /// JetStream unreachable.
     pub async fn load(&mut self) -> Result<(), BoxError> {
-        self.term = self.lease.as_ref().map_or(0, |l| l.term());
+        self.writer.abandon();
+        self.writer.fence.reload();
         self.set.clear();
         let mut index = crate::upcoming::UpcomingIndex::default();
         let reviews = &mut self.set.reviews;
@@ -238,9 +220,10 @@ impl Projector {
 
     /// Empties the read models and starts over from sequence 1.
     async fn replay(&mut self, reason: &str) -> Result<(), BoxError> {
-        if self.fenced().is_err() {
+        if self.writer.fence.check().is_err() {
             return Err("the projection lease lapsed; not emptying the read models".into());
         }
+        self.writer.abandon();
         warn!(
             reason,
             "emptying the read models and replaying the log from sequence 1"
@@ -288,7 +271,7 @@ impl Projector {
             if self.is_stopping() {
                 return Ok(());
             }
-            if self.lease.as_ref().is_none_or(|l| l.is_valid()) {
+            if self.writer.fence.lease_valid() {
                 match self.take_over().await {
                     Ok(()) => return Ok(()),
                     Err(e) => warn!(error = %e, "cannot reload the read models yet"),
@@ -315,145 +298,113 @@ impl Projector {
     /// transient failures are retried.
     pub async fn run(&mut self, until: Option<u64>) -> Result<(), BoxError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        'consume: loop {
+        let mut stopping = self.stopping.clone();
+        loop {
             if self.is_stopping() || until.is_some_and(|t| self.applied >= t) {
                 return Ok(());
             }
-            let consumer = match self.store.consumer().await {
-                Ok(c) => c,
-                Err(e) => {
-                    if matches!(self.store.consumer_exists().await, Ok(false)) {
-                        self.replay("the consumer is gone").await?;
-                    } else {
-                        let delay = backoff.next_delay();
-                        warn!(error = %e, retry_in = ?delay, "cannot bind to the consumer");
-                        self.pause(delay).await;
-                    }
-                    continue 'consume;
-                }
-            };
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(PULL_BATCH)
-                .expires(Duration::from_secs(30))
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await;
-            let mut messages = match messages {
-                Ok(m) => m,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?delay, "cannot pull from the consumer");
-                    self.pause(delay).await;
-                    continue 'consume;
-                }
-            };
-            loop {
-                let mut stopping = self.stopping.clone();
-                let due = self.folded > self.applied;
-                let first = tokio::select! {
-                    m = messages.next() => m,
-                    () = tokio::time::sleep(IDLE_CHECKPOINT), if due => {
-                        if let Err(i) = self.checkpoint().await {
-                            match i {
-                                Interrupt::Replay(reason) => self.replay(&reason).await?,
-                                Interrupt::Shutdown | Interrupt::Gap { .. } => return Ok(()),
-                                Interrupt::LeaseLost | Interrupt::NewTerm => {
-                                    drop(messages);
-                                    self.resume_under_lease().await?;
-                                }
+            let interrupt = match self.bind().await {
+                Err(i) => i,
+                Ok(mut batcher) => loop {
+                    let idle = (self.folded > self.applied).then_some(IDLE_CHECKPOINT);
+                    match batcher.next(idle, &mut stopping).await {
+                        Pulled::Batch(batch, failure) => {
+                            if let Err(i) = self.process(batch).await {
+                                break i;
                             }
-                            continue 'consume;
-                        }
-                        continue;
-                    }
-                    _ = stopping.wait_for(|s| *s) => {
-                        // Finish the work in hand: write it and ack it.
-                        let _ = self.checkpoint().await;
-                        return Ok(());
-                    }
-                };
-                let mut batch = Vec::new();
-                let mut failure = None;
-                match first {
-                    Some(Ok(m)) => batch.push(m),
-                    Some(Err(e)) => failure = Some(e),
-                    None => continue 'consume,
-                }
-                // Take what is ready, and wait briefly for more while the
-                // consumer says more is pending: bigger batches coalesce
-                // more writes.
-                while failure.is_none() && batch.len() < self.max_batch {
-                    let pending = batch
-                        .last()
-                        .and_then(|m| m.info().ok())
-                        .map_or(0, |i| i.pending);
-                    let next = if pending > 0 {
-                        tokio::time::timeout(Duration::from_millis(100), messages.next())
-                            .await
-                            .ok()
-                            .flatten()
-                    } else {
-                        messages.next().now_or_never().flatten()
-                    };
-                    match next {
-                        Some(Ok(m)) => batch.push(m),
-                        Some(Err(e)) => failure = Some(e),
-                        None => break,
-                    }
-                }
-                if !batch.is_empty() {
-                    match self.process(batch).await {
-                        Ok(()) => backoff.reset(),
-                        Err(Interrupt::Shutdown) => return Ok(()),
-                        Err(Interrupt::LeaseLost | Interrupt::NewTerm) => {
-                            drop(messages);
-                            self.resume_under_lease().await?;
-                            continue 'consume;
-                        }
-                        Err(Interrupt::Replay(reason)) => {
-                            self.replay(&reason).await?;
-                            continue 'consume;
-                        }
-                        Err(Interrupt::Gap { expected, got }) => {
-                            warn!(
-                                expected,
-                                got,
-                                "delivery skipped ahead; redelivering from the last applied sequence"
-                            );
-                            drop(messages);
-                            if let Err(e) = self.store.reposition(expected).await {
-                                let delay = backoff.next_delay();
-                                warn!(error = %e, retry_in = ?delay, "cannot reposition the consumer");
-                                self.pause(delay).await;
-                            } else {
-                                self.accept_gap = true;
+                            backoff.reset();
+                            if until.is_some_and(|t| self.applied >= t) {
+                                return Ok(());
                             }
-                            continue 'consume;
+                            if let Some(e) = failure {
+                                break self.pull_failed(e).await;
+                            }
+                        }
+                        Pulled::Idle => {
+                            if let Err(i) = self.checkpoint().await {
+                                break i;
+                            }
+                        }
+                        Pulled::Failed(e) => break self.pull_failed(e).await,
+                        Pulled::Ended => break Interrupt::Unavailable("the pull ended".into()),
+                        Pulled::Stopping => {
+                            // Finish the work in hand: write it and ack it.
+                            let _ = self.checkpoint().await;
+                            return Ok(());
                         }
                     }
-                    if until.is_some_and(|t| self.applied >= t) {
-                        return Ok(());
-                    }
-                }
-                if let Some(e) = failure {
-                    if e.kind() == MessagesErrorKind::ConsumerDeleted
-                        || matches!(self.store.consumer_exists().await, Ok(false))
-                    {
-                        self.replay("the consumer was deleted").await?;
-                    } else {
-                        let delay = backoff.next_delay();
-                        warn!(error = %e, retry_in = ?delay, "pulling from the consumer failed; pulling again");
-                        self.pause(delay).await;
-                    }
-                    continue 'consume;
-                }
+                },
+            };
+            // The pull subscription is gone by now: nothing more is
+            // delivered to this instance while it recovers.
+            if self.recover(interrupt, &mut backoff).await? {
+                return Ok(());
             }
         }
     }
 
-    /// Folds one batch (up to a gap, if there is one), writes its review
-    /// values, and checkpoints when due.
+    /// A pull subscription to the consumer; a consumer that is gone means
+    /// replay.
+    async fn bind(&mut self) -> Result<Batcher, Interrupt> {
+        let consumer = match self.store.consumer().await {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(match self.store.consumer_exists().await {
+                    Ok(false) => Interrupt::Replay("the consumer is gone".into()),
+                    _ => Interrupt::Unavailable(format!("cannot bind to the consumer: {e}")),
+                });
+            }
+        };
+        Batcher::bind(&consumer, self.max_batch)
+            .await
+            .map_err(|e| Interrupt::Unavailable(format!("cannot pull from the consumer: {e}")))
+    }
+
+    /// What a failed pull means.
+    async fn pull_failed(&self, e: MessagesError) -> Interrupt {
+        if e.kind() == MessagesErrorKind::ConsumerDeleted
+            || matches!(self.store.consumer_exists().await, Ok(false))
+        {
+            Interrupt::Replay("the consumer was deleted".into())
+        } else {
+            Interrupt::Unavailable(format!("pulling from the consumer failed: {e}"))
+        }
+    }
+
+    /// Handles why a batch stopped; `true` when the service should stop.
+    async fn recover(
+        &mut self,
+        interrupt: Interrupt,
+        backoff: &mut Backoff,
+    ) -> Result<bool, BoxError> {
+        match interrupt {
+            Interrupt::Shutdown => return Ok(true),
+            Interrupt::LeaseLost | Interrupt::NewTerm => self.resume_under_lease().await?,
+            Interrupt::Replay(reason) => self.replay(&reason).await?,
+            Interrupt::Gap { expected, got } => {
+                warn!(
+                    expected,
+                    got, "delivery skipped ahead; redelivering from the last applied sequence"
+                );
+                if let Err(e) = self.store.reposition(expected).await {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?delay, "cannot reposition the consumer");
+                    self.pause(delay).await;
+                } else {
+                    self.accept_gap = true;
+                }
+            }
+            Interrupt::Unavailable(why) => {
+                let delay = backoff.next_delay();
+                warn!(error = %why, retry_in = ?delay, "pulling again after a pause");
+                self.pause(delay).await;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Folds one batch (up to a gap, if there is one), writes the review
+    /// values that went cold, and checkpoints when due.
     async fn process(&mut self, batch: Vec<jetstream::Message>) -> Result<(), Interrupt> {
         let stamp = self.set.tick();
         let mut events = Vec::with_capacity(batch.len());
@@ -521,8 +472,6 @@ impl Projector {
                 }
             }
             let folded = started.elapsed();
-            self.write_reviews().await?;
-            let written = started.elapsed();
             self.folded = last_seq;
             if let Some(i) = ack {
                 self.unacked = batch.into_iter().nth(i);
@@ -543,6 +492,10 @@ impl Projector {
             };
             if checkpoint_due(&progress) {
                 self.checkpoint().await?;
+            } else {
+                let cold =
+                    policy::reviews_touched_before(stamp, self.set.reviews.dirty_len());
+                self.write_reviews(cold).await?;
             }
             self.set.evict();
             debug!(
@@ -551,8 +504,7 @@ impl Projector {
                 lag,
                 load_ms = loaded.as_millis(),
                 fold_ms = (folded - loaded).as_millis(),
-                write_ms = (written - folded).as_millis(),
-                total_ms = started.elapsed().as_millis(),
+                write_ms = (started.elapsed() - folded).as_millis(),
                 cache_bytes = self.set.weight(),
                 "batch folded"
             );
@@ -562,22 +514,31 @@ impl Projector {
         .await
     }
 
-    /// Writes the changed session and country values, then publishes the
-    /// applied sequence and acks everything folded so far.
+    /// Writes every changed value, waits until JetStream has all of them,
+    /// then publishes the applied sequence and acks everything folded so
+    /// far.
     async fn checkpoint(&mut self) -> Result<(), Interrupt> {
         let started = std::time::Instant::now();
         let buckets = self.store.buckets.clone();
-        self.write_reviews().await?;
-        self.write_dirty(|s| &mut s.sessions, &buckets.sessions)
+        self.write_reviews(u64::MAX).await?;
+        let sessions = self.set.sessions.take_dirty();
+        self.write_values(|s| &mut s.sessions, &buckets.sessions, sessions, |_| None)
             .await?;
-        self.write_dirty(|s| &mut s.countries, &buckets.countries)
-            .await?;
+        let countries = self.set.countries.take_dirty();
+        self.write_values(
+            |s| &mut s.countries,
+            &buckets.countries,
+            countries,
+            |_| None,
+        )
+        .await?;
+        self.writer.settle().await?;
         self.checkpointed_at = std::time::Instant::now();
         self.checkpoint_cost = started.elapsed();
         if self.folded == self.applied && self.unacked.is_none() {
             return Ok(());
         }
-        self.fenced()?;
+        self.writer.fence.check()?;
         self.applied = self.folded;
         self.shared.set_applied(self.applied);
         // Acknowledged and confirmed: the ack floor is where the next
@@ -599,27 +560,26 @@ impl Projector {
     }
 
     /// Reads from KV the values this batch needs that exist there but are
-    /// not cached.
+    /// not cached (after the write in flight has landed, so a value evicted
+    /// while its write was on the way is read back as written).
     async fn load_missing(
         &mut self,
         events: &[(u64, Envelope)],
         stamp: u64,
     ) -> Result<(), Interrupt> {
+        let reviews = missing_keys(&self.set.reviews, events);
+        let sessions = missing_keys(&self.set.sessions, events);
+        let countries = missing_keys(&self.set.countries, events);
+        if reviews.is_empty() && sessions.is_empty() && countries.is_empty() {
+            return Ok(());
+        }
+        self.writer.settle().await?;
         let buckets = self.store.buckets.clone();
-        let values = self
-            .fetch(&buckets.reviews, missing_keys(&self.set.reviews, events))
-            .await?;
+        let values = self.writer.fetch(&buckets.reviews, reviews).await?;
         insert_loaded(&mut self.set.reviews, values, stamp)?;
-        let values = self
-            .fetch(&buckets.sessions, missing_keys(&self.set.sessions, events))
-            .await?;
+        let values = self.writer.fetch(&buckets.sessions, sessions).await?;
         insert_loaded(&mut self.set.sessions, values, stamp)?;
-        let values = self
-            .fetch(
-                &buckets.countries,
-                missing_keys(&self.set.countries, events),
-            )
-            .await?;
+        let values = self.writer.fetch(&buckets.countries, countries).await?;
         insert_loaded(&mut self.set.countries, values, stamp)
     }
 
@@ -646,134 +606,59 @@ impl Projector {
         }
     }
 
-    /// Gets `keys` from `bucket` concurrently, retrying until JetStream answers.
-    async fn fetch<K: Copy + std::fmt::Display>(
-        &mut self,
-        bucket: &kv::Store,
-        keys: Vec<K>,
-    ) -> Result<Vec<(K, Option<bytes::Bytes>)>, Interrupt> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let gets = futures::stream::iter(keys.iter().copied())
-                .map(|key| async move { bucket.get(key.to_string()).await.map(|v| (key, v)) })
-                .buffer_unordered(LOAD_CONCURRENCY)
-                .try_collect::<Vec<_>>()
-                .await;
-            match gets {
-                Ok(values) => return Ok(values),
-                Err(e) => {
-                    self.check_buckets().await?;
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?delay, "reading the read models failed; retrying");
-                    self.pause(delay).await;
-                    if self.is_stopping() {
-                        return Err(Interrupt::Shutdown);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes the dirty values of one table: rounds of concurrent puts
-    /// (bounded by [`WRITE_CHUNK_VALUES`] / [`WRITE_CHUNK_BYTES`]), each
-    /// retried until JetStream has all of it. Returns the keys written.
-    async fn write_dirty<V: View>(
+    /// Sends the values of `keys` to `bucket` in rounds bounded by
+    /// [`WRITE_CHUNK_VALUES`] / [`WRITE_CHUNK_BYTES`] (each round goes once
+    /// the one before has landed; the last may still be in flight when this
+    /// returns). `file` gives what the upcoming index learns of a value.
+    async fn write_values<V: View>(
         &mut self,
         table: fn(&mut WorkingSet) -> &mut Table<V>,
         bucket: &kv::Store,
-    ) -> Result<Vec<V::Key>, Interrupt> {
-        let keys = table(&mut self.set).take_dirty();
-        let mut written = Vec::with_capacity(keys.len());
-        let mut chunk: Vec<(V::Key, bytes::Bytes)> = Vec::new();
+        keys: Vec<V::Key>,
+        file: impl Fn(&V) -> Option<(ReviewKey, Option<CalendarEntry>)>,
+    ) -> Result<(), Interrupt> {
+        let mut chunk = Vec::new();
+        let mut filed = Vec::new();
         let mut bytes = 0;
         let last = keys.len().saturating_sub(1);
         for (i, key) in keys.into_iter().enumerate() {
-            if let Some(json) = table(&mut self.set).serialize(&key) {
+            let t = table(&mut self.set);
+            if let Some(json) = t.serialize(&key) {
                 bytes += json.len();
-                chunk.push((key, json));
+                t.mark_clean(key, json.len());
+                if let Some(entry) = t.get(&key).and_then(&file) {
+                    filed.push(entry);
+                }
+                chunk.push((key.to_string(), json));
             }
             if i == last || chunk.len() >= WRITE_CHUNK_VALUES || bytes >= WRITE_CHUNK_BYTES {
-                self.put_all(bucket, &chunk).await?;
-                let t = table(&mut self.set);
-                for (key, json) in &chunk {
-                    t.mark_clean(*key, json.len());
-                }
-                written.extend(chunk.drain(..).map(|(key, _)| key));
+                self.writer
+                    .send(
+                        bucket,
+                        std::mem::take(&mut chunk),
+                        std::mem::take(&mut filed),
+                    )
+                    .await?;
                 bytes = 0;
-            }
-        }
-        Ok(written)
-    }
-
-    /// Writes the dirty review values and files them in the upcoming index
-    /// (only now, so the index never runs ahead of the bucket).
-    async fn write_reviews(&mut self) -> Result<(), Interrupt> {
-        let bucket = self.store.buckets.reviews.clone();
-        let written = self.write_dirty(|s| &mut s.reviews, &bucket).await?;
-        if !self.index {
-            return Ok(());
-        }
-        if let Ok(mut index) = self.shared.upcoming.write() {
-            for key in &written {
-                if let Some(view) = self.set.reviews.get(key) {
-                    index.update(view);
-                }
             }
         }
         Ok(())
     }
 
-    /// Puts all values concurrently, retrying until JetStream has them all.
-    /// A value larger than the server accepts can never be written: it is
-    /// logged, counted (`values_refused` in STATS and `upr.query.status`)
-    /// and left out, so the rest of the log keeps flowing.
-    async fn put_all<K: std::fmt::Display>(
-        &mut self,
-        bucket: &kv::Store,
-        values: &[(K, bytes::Bytes)],
-    ) -> Result<(), Interrupt> {
-        let max = self.store.max_value_bytes();
-        let (values, refused): (Vec<_>, Vec<_>) = values.iter().partition(|(_, v)| v.len() <= max);
-        for (key, value) in refused {
-            error!(
-                bucket = %bucket.name,
-                key = %key,
-                bytes = value.len(),
-                limit = max,
-                "a read-model value is larger than the server accepts; left unwritten"
-            );
-            self.shared.values_refused.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            self.fenced()?;
-            let puts = values
-                .iter()
-                .map(|(k, v)| bucket.put(k.to_string(), v.clone()));
-            match futures::future::try_join_all(puts).await {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    self.check_buckets().await?;
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?delay, "writing the read models failed; retrying");
-                    self.pause(delay).await;
-                    if self.is_stopping() {
-                        return Err(Interrupt::Shutdown);
-                    }
-                }
-            }
-        }
-    }
-
-    /// After a failed write or read: a missing bucket means replay.
-    async fn check_buckets(&self) -> Result<(), Interrupt> {
-        match self.store.buckets_exist().await {
-            Ok(false) => Err(Interrupt::Replay("a read-model bucket is gone".into())),
-            _ => Ok(()),
-        }
+    /// Writes the changed review values last touched before batch
+    /// `touched_before` (`u64::MAX`: all), and files them in the upcoming
+    /// index once written.
+    async fn write_reviews(&mut self, touched_before: u64) -> Result<(), Interrupt> {
+        let bucket = self.store.buckets.reviews.clone();
+        let keys = self.set.reviews.take_dirty_touched_before(touched_before);
+        let index = self.index;
+        self.write_values(
+            |s| &mut s.reviews,
+            &bucket,
+            keys,
+            |view: &ReviewView| index.then(|| (view.key(), CalendarEntry::of(view))),
+        )
+        .await
     }
 }
 
@@ -815,35 +700,6 @@ fn insert_loaded<V: View>(
     Ok(())
 }
 
-/// Where the loop stands after folding a batch, for [`checkpoint_due`].
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    /// The consumer has nothing more pending.
-    caught_up: bool,
-    /// The batch stopped at a gap in the sequence.
-    gap: bool,
-    /// Events folded since the last checkpoint.
-    unwritten_events: u64,
-    /// Time since the last checkpoint.
-    since_checkpoint: Duration,
-    /// How long the last checkpoint took.
-    checkpoint_cost: Duration,
-}
-
-/// Whether to write the session and country values and ack now. Always
-/// once caught up (a live event is visible at once) and before a gap is
-/// repaired (what came before it is acked); while catching up, at the
-/// latest after [`CHECKPOINT_EVENTS`] events (below the consumer's
-/// `max_ack_pending`), and otherwise every [`CHECKPOINT_INTERVAL`], or less
-/// often when checkpoints are slow (large aggregates), so that at most a
-/// tenth of the time goes to them.
-fn checkpoint_due(p: &Progress) -> bool {
-    p.caught_up
-        || p.gap
-        || p.unwritten_events >= CHECKPOINT_EVENTS
-        || p.since_checkpoint >= CHECKPOINT_INTERVAL.max(p.checkpoint_cost * 9)
-}
-
 /// A stored message as an event ([`subjects::decode_stored`], one rule for
 /// every consumer of the log), with the reason as text for the log.
 ///
@@ -851,65 +707,4 @@ fn checkpoint_due(p: &Progress) -> bool {
 /// Why it is not an event.
 pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
     subjects::decode_stored(subject, payload).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Catching up, a moment after a quick checkpoint.
-    fn busy() -> Progress {
-        Progress {
-            caught_up: false,
-            gap: false,
-            unwritten_events: 10_000,
-            since_checkpoint: Duration::from_millis(300),
-            checkpoint_cost: Duration::from_millis(20),
-        }
-    }
-
-    #[test]
-    fn a_live_event_or_a_gap_is_checkpointed_at_once() {
-        assert!(!checkpoint_due(&busy()));
-        assert!(checkpoint_due(&Progress {
-            caught_up: true,
-            ..busy()
-        }));
-        assert!(checkpoint_due(&Progress {
-            gap: true,
-            ..busy()
-        }));
-    }
-
-    #[test]
-    fn catching_up_checkpoints_every_interval_or_after_enough_events() {
-        assert!(checkpoint_due(&Progress {
-            since_checkpoint: CHECKPOINT_INTERVAL,
-            ..busy()
-        }));
-        assert!(checkpoint_due(&Progress {
-            unwritten_events: CHECKPOINT_EVENTS,
-            ..busy()
-        }));
-        assert!(!checkpoint_due(&Progress {
-            unwritten_events: CHECKPOINT_EVENTS - 1,
-            ..busy()
-        }));
-    }
-
-    #[test]
-    fn slow_checkpoints_take_at_most_a_tenth_of_the_time() {
-        let slow = Progress {
-            checkpoint_cost: Duration::from_millis(500),
-            ..busy()
-        };
-        assert!(!checkpoint_due(&Progress {
-            since_checkpoint: Duration::from_millis(4_400),
-            ..slow
-        }));
-        assert!(checkpoint_due(&Progress {
-            since_checkpoint: Duration::from_millis(4_500),
-            ..slow
-        }));
-    }
 }

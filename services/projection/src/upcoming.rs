@@ -3,8 +3,8 @@
 //! date, then country, then session.
 //!
 //! Kept in memory because the queries scan by date, which the KV buckets
-//! cannot do; it is rebuilt at start from `upr_reviews` and updated after
-//! each written batch, so it never runs ahead of what the buckets hold.
+//! cannot do; it is rebuilt at start from `upr_reviews` and updated once a
+//! write to `upr_reviews` has landed, so it never runs ahead of the bucket.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -31,11 +31,17 @@ impl UpcomingIndex {
     /// Files the review under its date if it is scheduled, else removes it;
     /// keeps its calendar entry current.
     pub fn update(&mut self, view: &ReviewView) {
-        let key = view.key();
+        self.file(view.key(), CalendarEntry::of(view));
+    }
+
+    /// [`UpcomingIndex::update`] with the review's entry taken earlier
+    /// (when its value was sent to the bucket), `None` for a review without
+    /// a status and a date.
+    pub fn file(&mut self, key: ReviewKey, entry: Option<CalendarEntry>) {
         if let Some(old) = self.calendar.remove(&key).as_ref().and_then(filed) {
             self.by_date.remove(&old);
         }
-        if let Some(entry) = CalendarEntry::of(view) {
+        if let Some(entry) = entry {
             if let Some(at) = filed(&entry) {
                 self.by_date.insert(at);
             }
