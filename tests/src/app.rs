@@ -56,6 +56,11 @@ impl TestAppBuilder {
         self.service(services::NOTIFIER, &[])
     }
 
+    /// Ingest, the projection and the notifier, one of each.
+    pub fn all(self) -> Self {
+        self.ingest().projection().notifier()
+    }
+
     /// One instance of the binary `name` with settings of its own, on top of
     /// those given with [`TestAppBuilder::env`].
     pub fn service(mut self, name: &str, env: &[(&str, &str)]) -> Self {
@@ -262,14 +267,9 @@ impl TestApp {
                 READY,
                 "the projection answering its status query",
                 || async {
-                    let reply = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        self.client.request("upr.query.status", "".into()),
-                    )
-                    .await
-                    .ok()?
-                    .ok()?;
-                    let v: Value = serde_json::from_slice(&reply.payload).ok()?;
+                    let v = self
+                        .try_request("upr.query.status", "", Duration::from_secs(2))
+                        .await?;
                     (v["ok"] == true).then_some(())
                 },
             )
@@ -316,6 +316,25 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("{subject}: {e}"));
         serde_json::from_slice(&reply.payload)
             .unwrap_or_else(|e| panic!("{subject}: reply is not JSON ({e}): {:?}", reply.payload))
+    }
+
+    /// A request that may go unanswered (a service restarting, a connection
+    /// coming back), for [`eventually`]: the JSON reply, or `None` when none
+    /// came within `timeout` or it is not JSON.
+    pub async fn try_request(
+        &self,
+        subject: &str,
+        payload: impl Into<bytes::Bytes>,
+        timeout: Duration,
+    ) -> Option<Value> {
+        let reply = tokio::time::timeout(
+            timeout,
+            self.client.request(subject.to_string(), payload.into()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        serde_json::from_slice(&reply.payload).ok()
     }
 
     /// A command as `nats req upr.ingest.<ty> '<payload>'` sends it; the
