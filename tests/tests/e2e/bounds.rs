@@ -251,12 +251,7 @@ fn unescape(text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
-    let app = TestApp::builder()
-        .ingest()
-        .projection()
-        .notifier()
-        .start()
-        .await;
+    let app = TestApp::builder().all().start().await;
     let client = app.client().clone();
     let mut raw = RawClient::connect(app.nats().port(), None);
     let mut seqs = Vec::new();
@@ -274,20 +269,13 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
             "country": "KZ", "session": 48,
             "title": format!("Round {round}"), "held_on": "2025-01-22"});
         let reply = eventually(Duration::from_secs(10), "ingest to answer", || {
-            let client = client.clone();
-            let payload = payload.to_string();
             // A request in flight while an edge reconnects is lost: the
             // client retries, as clients of a request do.
-            async move {
-                let r = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    client.request("upr.ingest.side_event_held", payload.into()),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                serde_json::from_slice::<serde_json::Value>(&r.payload).ok()
-            }
+            app.try_request(
+                "upr.ingest.side_event_held",
+                payload.to_string(),
+                Duration::from_secs(1),
+            )
         })
         .await;
         seqs.push(reply["seq"].as_u64().expect("accepted"));
@@ -298,20 +286,12 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
     let status = eventually(
         Duration::from_secs(15),
         "the projection to apply them",
-        || {
-            let client = client.clone();
-            async move {
-                let q = serde_json::json!({"min_seq": last}).to_string();
-                let r = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    client.request("upr.query.status", q.into()),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
-                (v["ok"] == true).then_some(v)
-            }
+        || async {
+            let q = serde_json::json!({"min_seq": last}).to_string();
+            let v = app
+                .try_request("upr.query.status", q, Duration::from_secs(1))
+                .await?;
+            (v["ok"] == true).then_some(v)
         },
     )
     .await;

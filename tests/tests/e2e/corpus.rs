@@ -123,12 +123,7 @@ const WAIT: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn ingest_refuses_every_corpus_message_announces_it_and_keeps_running() {
     let cases = corpus();
-    let app = TestApp::builder()
-        .ingest()
-        .projection()
-        .notifier()
-        .start()
-        .await;
+    let app = TestApp::builder().all().start().await;
     let client = app.client().clone();
     let mut rejected = client
         .subscribe(subjects::REJECTED)

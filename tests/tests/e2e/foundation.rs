@@ -8,12 +8,7 @@ use upr_tests::{NatsServer, ServiceProcess, TestApp};
 
 #[tokio::test]
 async fn each_service_answers_ping_and_healthcheck_and_exits_0_on_sigterm() {
-    let mut app = TestApp::builder()
-        .ingest()
-        .projection()
-        .notifier()
-        .start()
-        .await;
+    let mut app = TestApp::builder().all().start().await;
     let client = app.client().clone();
     for name in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
         let reply = client

@@ -1010,15 +1010,11 @@ async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
         Duration::from_secs(30),
         "the standby applies the rest",
         || async {
-            let ask = given.client.request(
-                "upr.query.status",
-                json!({"min_seq": last}).to_string().into(),
-            );
-            let reply = tokio::time::timeout(Duration::from_millis(500), ask)
-                .await
-                .ok()?
-                .ok()?;
-            let v: Value = serde_json::from_slice(&reply.payload).ok()?;
+            let ask = json!({"min_seq": last}).to_string();
+            let v = given
+                .app
+                .try_request("upr.query.status", ask, Duration::from_millis(500))
+                .await?;
             (v["ok"] == true).then_some(())
         },
     )
