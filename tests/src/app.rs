@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! let app = TestApp::builder().ingest().projection().start().await;
-//! let seq = app.accept("review_scheduled", json!({...})).await["seq"].as_u64().unwrap();
+//! let seq = app.accept("review_scheduled", &json!({...})).await["seq"].as_u64().unwrap();
 //! let review = app.query("upr.query.review.KZ.48", seq).await;
 //! ```
 //!
