@@ -438,25 +438,12 @@ pub fn parse_duration(var: &'static str, text: &str) -> Result<Duration, ConfigE
             ),
         )
     };
-    // Split before the last character, not the last byte: `1é` must be
-    // refused, not cut inside a character.
-    let cut = text.char_indices().last().map_or(0, |(i, _)| i);
-    let (digits, unit) = text.split_at(cut);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    if n == 0 {
-        return Err(bad());
-    }
-    n.checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
+    // A leading `+` has always been taken (integer parsing allows it), so a
+    // setting written that way keeps working.
+    let span = text.strip_prefix('+').unwrap_or(text);
+    crate::domain::parse_span(span)
+        .map(|s| Duration::from_secs(s.secs))
+        .map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -529,6 +516,11 @@ mod tests {
             parse_duration("X", "1w").unwrap(),
             Duration::from_secs(604_800)
         );
+        // Blanks around it and a leading `+` are taken, as they always were.
+        assert_eq!(
+            parse_duration("X", " +10m ").unwrap(),
+            Duration::from_secs(600)
+        );
         for bad in [
             "",
             "10",
@@ -537,6 +529,8 @@ mod tests {
             "-1s",
             "1.5h",
             "10y",
+            "++1s",
+            "+",
             "1é",
             "é",
             "1\u{fffd}",

@@ -8,8 +8,15 @@
 //!   with a given environment, its output captured to a file that is printed
 //!   when the test fails.
 //! - [`eventually`]: poll with a deadline instead of sleeping.
+//! - [`TestApp`]: a server and the services a test asks for, ready to
+//!   answer, with a client and the requests tests repeat; what most
+//!   end-to-end tests start with.
 //!
 //! Everything is killed and removed on `Drop`, also when a test panics.
+
+mod app;
+
+pub use app::{TestApp, TestAppBuilder};
 
 use std::{
     fs::File,
@@ -864,6 +871,11 @@ impl ServiceProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name));
         self.child = Some(child);
+    }
+
+    /// The binary's name, e.g. `upr-ingest`.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The process id, while running.

@@ -4,6 +4,7 @@
 //!
 //! - [`country`]: ISO 3166-1 alpha-2 codes, the only way a country enters.
 //! - [`time`]: UTC timestamps, parsed strictly and written as RFC 3339 `Z`.
+//! - [`span`]: lengths of time like `7d`, for reminder leads and settings.
 //! - [`event`]: the eight event types, their data, the stored envelope.
 //! - [`error`]: error codes and the `{code, message, field}` rejection.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod member_states;
 pub mod read_models;
 pub mod reminders;
+pub mod span;
 pub mod time;
 
 pub use calendar::{CalendarEntry, REVIEW_MINUTES, calendar};
@@ -53,4 +55,5 @@ pub use reminders::{
     NoticeHead, NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, TIMER_EARLY,
     classify, parse_leads, plan,
 };
+pub use span::{SPAN_UNITS, Span, SpanError, parse_span};
 pub use time::{TimeError, Timestamp};

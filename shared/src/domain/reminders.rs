@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::country::Country;
 use super::event::{Envelope, EventData, EventType, Session};
 use super::lifecycle::{LifecycleEntry, ReviewState, ReviewStatus};
+use super::span::{SpanError, parse_span};
 use super::time::Timestamp;
 
 /// How long before the review a reminder is due, e.g. `7d`.
@@ -65,32 +66,22 @@ impl Lead {
             item: item.to_owned(),
             reason,
         };
-        let unit = item.chars().last().ok_or_else(|| invalid("is empty"))?;
-        let digits = &item[..item.len() - unit.len_utf8()];
-        let unit_secs = match unit {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(invalid("must end with a unit: s, m, h, d or w")),
-        };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid(
-                "must be a positive integer followed by a unit, like 7d",
-            ));
-        }
-        let n: u64 = digits.parse().map_err(|_| invalid("is too long"))?;
-        let secs = n
-            .checked_mul(unit_secs)
-            .filter(|s| *s <= MAX_LEAD_SECS)
-            .ok_or_else(|| invalid("is longer than 3650d"))?;
-        if secs == 0 {
-            return Err(invalid("must be positive"));
+        let span = parse_span(item).map_err(|e| {
+            invalid(match e {
+                SpanError::Empty => "is empty",
+                SpanError::UnknownUnit => "must end with a unit: s, m, h, d or w",
+                SpanError::NotANumber => "must be a positive integer followed by a unit, like 7d",
+                SpanError::NumberTooLong => "is too long",
+                SpanError::TooManySeconds => "is longer than 3650d",
+                SpanError::Zero => "must be positive",
+            })
+        })?;
+        if span.secs > MAX_LEAD_SECS {
+            return Err(invalid("is longer than 3650d"));
         }
         Ok(Self {
-            secs,
-            label: format!("{n}{unit}"),
+            secs: span.secs,
+            label: format!("{}{}", span.count, span.unit),
         })
     }
 
@@ -620,6 +611,36 @@ mod tests {
             );
         }
         assert!(parse_leads("3650d").is_ok());
+    }
+
+    #[test]
+    fn each_bad_lead_says_what_is_wrong_with_it() {
+        for (bad, reason) in [
+            ("", "is empty"),
+            ("7y", "must end with a unit: s, m, h, d or w"),
+            ("7", "must end with a unit: s, m, h, d or w"),
+            (
+                "+7d",
+                "must be a positive integer followed by a unit, like 7d",
+            ),
+            (
+                "d",
+                "must be a positive integer followed by a unit, like 7d",
+            ),
+            ("99999999999999999999d", "is too long"),
+            ("3651d", "is longer than 3650d"),
+            ("18446744073709551615w", "is longer than 3650d"),
+            ("0d", "must be positive"),
+        ] {
+            assert_eq!(
+                Lead::parse(bad),
+                Err(LeadError::Invalid {
+                    item: bad.to_owned(),
+                    reason
+                }),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::time::Duration;
 use async_nats::jetstream::stream::DiscardPolicy;
 use upr_projection::query::MAX_WAITING;
 use upr_shared::contract::{self, services};
-use upr_tests::{NatsServer, RawClient, ServiceProcess, eventually};
+use upr_tests::{NatsServer, RawClient, ServiceProcess, TestApp, eventually};
 
 /// Every variable a service reads, with values that must stop start-up with
 /// a message naming the variable (exit 1), never a panic or a silent default.
 #[tokio::test]
 async fn every_bad_setting_stops_start_up_naming_its_variable() {
+    // Not a TestApp: every service here must fail to start.
     let nats = NatsServer::start();
     let common = [
         ("NATS_URL", "nats://127.0.0.1:4222,nats://[::1"),
@@ -85,15 +86,14 @@ async fn every_bad_setting_stops_start_up_naming_its_variable() {
 
 #[tokio::test]
 async fn refusals_echo_a_bounded_text_and_the_rejected_log_has_a_size_bound() {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::builder().start().await;
+    let client = app.client().clone();
+    let js = app.js().clone();
     // A rejected log as an older version created it: no size bound.
     let mut old = contract::rejected_stream(1);
     old.max_bytes = -1;
     js.create_stream(old).await.expect("old UPR_REJECTED");
-    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    ingest.wait_healthy().await;
+    let _ingest = app.spawn(services::INGEST, &[]).await;
 
     let mut stream = js.get_stream(contract::REJECTED_STREAM).await.unwrap();
     let config = stream.info().await.unwrap().config.clone();
@@ -160,17 +160,8 @@ async fn refusals_echo_a_bounded_text_and_the_rejected_log_has_a_size_bound() {
 
 #[tokio::test]
 async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-    upr_shared::nats::ensure_own_stream(
-        &js,
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    .unwrap();
-    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-    projection.wait_healthy().await;
+    let app = TestApp::builder().event_log().projection().start().await;
+    let client = app.client().clone();
 
     // More requests for a sequence that will not come within their wait
     // than may wait at once.
@@ -260,15 +251,9 @@ fn unescape(text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
-    let nats = NatsServer::start();
-    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-    let notifier = ServiceProcess::start(services::NOTIFIER, &nats.url(), &[]);
-    for s in [&ingest, &projection, &notifier] {
-        s.wait_healthy().await;
-    }
-    let client = nats.client().await;
-    let mut raw = RawClient::connect(nats.port(), None);
+    let app = TestApp::builder().all().start().await;
+    let client = app.client().clone();
+    let mut raw = RawClient::connect(app.nats().port(), None);
     let mut seqs = Vec::new();
     for round in 0..20 {
         for (subject, reply) in hostile_subjects() {
@@ -284,20 +269,13 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
             "country": "KZ", "session": 48,
             "title": format!("Round {round}"), "held_on": "2025-01-22"});
         let reply = eventually(Duration::from_secs(10), "ingest to answer", || {
-            let client = client.clone();
-            let payload = payload.to_string();
             // A request in flight while an edge reconnects is lost: the
             // client retries, as clients of a request do.
-            async move {
-                let r = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    client.request("upr.ingest.side_event_held", payload.into()),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                serde_json::from_slice::<serde_json::Value>(&r.payload).ok()
-            }
+            app.try_request(
+                "upr.ingest.side_event_held",
+                payload.to_string(),
+                Duration::from_secs(1),
+            )
         })
         .await;
         seqs.push(reply["seq"].as_u64().expect("accepted"));
@@ -308,20 +286,12 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
     let status = eventually(
         Duration::from_secs(15),
         "the projection to apply them",
-        || {
-            let client = client.clone();
-            async move {
-                let q = serde_json::json!({"min_seq": last}).to_string();
-                let r = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    client.request("upr.query.status", q.into()),
-                )
-                .await
-                .ok()?
-                .ok()?;
-                let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
-                (v["ok"] == true).then_some(v)
-            }
+        || async {
+            let q = serde_json::json!({"min_seq": last}).to_string();
+            let v = app
+                .try_request("upr.query.status", q, Duration::from_secs(1))
+                .await?;
+            (v["ok"] == true).then_some(v)
         },
     )
     .await;
@@ -341,7 +311,7 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
     );
     // The connections that do the work (appends, folding, planning) never
     // dropped; only a service's edge connection may have reconnected.
-    for s in [&ingest, &projection, &notifier] {
+    for s in [app.ingest(), app.projection(), app.notifier()] {
         let logs = s.logs();
         assert!(
             !logs
@@ -375,6 +345,7 @@ fn the_publisher_may_send_exactly_the_intake_types() {
 
 #[tokio::test]
 async fn a_publisher_cannot_reach_ingest_with_a_subject_that_is_not_utf8() {
+    // Not a TestApp: the shipped configuration and its users.
     let nats = NatsServer::start_secured();
     let seed = nats.seed_file("ingest").display().to_string();
     let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[("NATS_NKEY", &seed)]);
@@ -406,15 +377,13 @@ async fn a_publisher_cannot_reach_ingest_with_a_subject_that_is_not_utf8() {
 async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing() {
     // A server with a small payload limit stands in for a session value
     // that outgrew the default 1 MiB.
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("small.conf");
-    std::fs::write(&conf, "max_payload: 16384\n").unwrap();
-    let nats = NatsServer::start_with(Some(conf), Vec::new());
-    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-    ingest.wait_healthy().await;
-    projection.wait_healthy().await;
-    let client = nats.client().await;
+    let app = TestApp::builder()
+        .nats_conf("max_payload: 16384\n")
+        .ingest()
+        .projection()
+        .start()
+        .await;
+    let client = app.client().clone();
     let record = |subject: &'static str, payload: serde_json::Value| {
         let client = client.clone();
         async move {
@@ -463,7 +432,7 @@ async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing()
         .unwrap();
     assert!(String::from_utf8_lossy(&fr.payload).contains("\"ok\":true"));
     assert!(
-        projection
+        app.projection()
             .logs()
             .contains("larger than the server accepts; left unwritten"),
         "logged"
@@ -472,10 +441,8 @@ async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing()
 
 #[tokio::test]
 async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
-    let nats = NatsServer::start();
-    let mut ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    ingest.wait_healthy().await;
-    let client = nats.client().await;
+    let mut app = TestApp::builder().ingest().start().await;
+    let client = app.client().clone();
     let side_event = |i: usize| {
         serde_json::json!({"country": "KZ", "session": 48, "title": format!("Side event {i}"),
                            "held_on": "2025-01-22"})
@@ -496,8 +463,8 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
         assert_eq!(reply["ok"], true, "side event {i}: {reply}");
     }
     // The limit is read from the log, not from memory.
-    ingest.restart();
-    ingest.wait_healthy().await;
+    app.ingest_mut().restart();
+    app.ingest().wait_healthy().await;
     let reply = eventually(Duration::from_secs(10), "ingest back", || {
         let send = &send;
         let payload = side_event(200);
@@ -533,12 +500,8 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
 
 #[tokio::test]
 async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays_under_256_kib() {
-    let nats = NatsServer::start();
-    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-    ingest.wait_healthy().await;
-    projection.wait_healthy().await;
-    let client = nats.client().await;
+    let app = TestApp::builder().ingest().projection().start().await;
+    let client = app.client().clone();
     // About 48 KB each: 100 speakers with 200-character names and roles,
     // 50 topics of 100 characters.
     let large = |i: usize| {
@@ -617,6 +580,7 @@ async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays
 
 #[tokio::test]
 async fn people_cannot_send_large_payloads_or_open_connections_without_bound() {
+    // Not a TestApp: the shipped configuration and its users.
     let nats = NatsServer::start_secured();
     let seed = nats.seed_file("ingest").display().to_string();
     let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[("NATS_NKEY", &seed)]);
@@ -765,6 +729,7 @@ fn flood(nats: &NatsServer, secs: u64) -> Vec<std::thread::JoinHandle<u64>> {
 /// client records and reads; `UPR_HOSTILE_SECS=60` is the long variant.
 #[tokio::test]
 async fn a_hostile_client_cannot_lose_accepted_events_stop_a_service_or_exhaust_its_memory() {
+    // Not a TestApp: the shipped configuration and its users.
     let secs: u64 = std::env::var("UPR_HOSTILE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -21,10 +21,10 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::Value;
 use upr_shared::{
-    contract::{self, REJECTED_PAYLOAD_BYTES, services, subjects},
+    contract::{self, REJECTED_PAYLOAD_BYTES, subjects},
     domain::parse_intake,
 };
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{TestApp, eventually};
 
 /// One manifest row.
 #[derive(Debug, Clone)]
@@ -123,16 +123,8 @@ const WAIT: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn ingest_refuses_every_corpus_message_announces_it_and_keeps_running() {
     let cases = corpus();
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let processes: Vec<ServiceProcess> =
-        [services::INGEST, services::PROJECTION, services::NOTIFIER]
-            .into_iter()
-            .map(|name| ServiceProcess::start(name, &nats.url(), &[]))
-            .collect();
-    for p in &processes {
-        p.wait_healthy().await;
-    }
+    let app = TestApp::builder().all().start().await;
+    let client = app.client().clone();
     let mut rejected = client
         .subscribe(subjects::REJECTED)
         .await
@@ -248,7 +240,7 @@ async fn ingest_refuses_every_corpus_message_announces_it_and_keeps_running() {
         "no refused message is stored as an event"
     );
 
-    for p in &processes {
+    for p in app.processes() {
         assert!(
             p.healthcheck().success(),
             "a service stopped answering after the corpus; log:\n{}",
@@ -340,16 +332,8 @@ fn the_query_parser_refuses_every_corpus_query_with_its_code_and_field() {
 
 #[tokio::test]
 async fn the_projection_answers_every_corpus_query_with_its_code_and_keeps_serving() {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    upr_shared::nats::ensure_own_stream(
-        &jetstream::new(client.clone()),
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    .unwrap();
-    let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-    projection.wait_healthy().await;
+    let app = TestApp::builder().event_log().projection().start().await;
+    let client = app.client().clone();
     for case in query_corpus() {
         let reply = client
             .request(case.subject.clone(), case.payload.clone().into())
@@ -370,5 +354,6 @@ async fn the_projection_answers_every_corpus_query_with_its_code_and_keeps_servi
             case.file
         );
     }
+    let projection = app.projection();
     assert!(projection.healthcheck().success(), "{}", projection.logs());
 }

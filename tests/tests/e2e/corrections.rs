@@ -3,46 +3,27 @@
 
 use serde_json::{Value, json};
 use upr_shared::contract::services;
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::{NatsServer, TestApp};
 
 /// A server with ingest and the projection, and a client that sends as
 /// people do (`nats req`).
 struct Stack {
-    _nats: NatsServer,
-    _ingest: ServiceProcess,
-    _projection: ServiceProcess,
-    client: async_nats::Client,
+    app: TestApp,
 }
 
 impl Stack {
     async fn start() -> Self {
-        let nats = NatsServer::start();
-        let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-        let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-        ingest.wait_healthy().await;
-        projection.wait_healthy().await;
-        let client = nats.client().await;
-        Self {
-            _nats: nats,
-            _ingest: ingest,
-            _projection: projection,
-            client,
-        }
+        let app = TestApp::builder().ingest().projection().start().await;
+        Self { app }
     }
 
     async fn request(&self, subject: &str, payload: Value) -> Value {
-        let reply = self
-            .client
-            .request(subject.to_owned(), payload.to_string().into())
-            .await
-            .unwrap_or_else(|e| panic!("{subject}: {e}"));
-        serde_json::from_slice(&reply.payload).expect("a JSON reply")
+        self.app.request(subject, payload.to_string()).await
     }
 
     /// Records an event; returns `(event_id, seq)`.
     async fn record(&self, ty: &str, payload: Value) -> (String, u64) {
-        let reply = self.request(&format!("upr.ingest.{ty}"), payload).await;
-        assert_eq!(reply["ok"], true, "{ty}: {reply}");
+        let reply = self.app.accept(ty, &payload).await;
         (
             reply["event_id"].as_str().unwrap().to_owned(),
             reply["seq"].as_u64().unwrap(),
@@ -50,7 +31,7 @@ impl Stack {
     }
 
     async fn refused(&self, ty: &str, payload: Value) -> Value {
-        let reply = self.request(&format!("upr.ingest.{ty}"), payload).await;
+        let reply = self.app.command(ty, &payload).await;
         assert_eq!(reply["ok"], false, "{ty} was accepted: {reply}");
         reply["error"].clone()
     }
@@ -65,9 +46,7 @@ impl Stack {
 
     /// A query answered once the projection has applied `seq`.
     async fn read(&self, subject: &str, seq: u64) -> Value {
-        let v = self.request(subject, json!({"min_seq": seq})).await;
-        assert_eq!(v["ok"], true, "{subject}: {v}");
-        v
+        self.app.query(subject, seq).await
     }
 }
 
@@ -344,7 +323,7 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
         .record("review_cancelled", json!({"country": "BO", "session": 48}))
         .await;
     let calendar = |subject: &'static str, seq: u64| {
-        let client = stack.client.clone();
+        let client = stack.app.client().clone();
         async move {
             let reply = client
                 .request(subject, json!({"min_seq": seq}).to_string().into())
@@ -421,7 +400,7 @@ fn example_file() -> String {
 #[tokio::test]
 async fn importing_the_example_calendar_twice_stores_it_once() {
     let stack = Stack::start().await;
-    let url = stack._nats.url();
+    let url = stack.app.url();
     let file = example_file();
     let (ok, out) = import(&url, &[&file], &[]).await;
     assert!(ok, "{out}");
@@ -498,6 +477,7 @@ async fn a_dry_run_validates_without_a_server() {
 
 #[tokio::test]
 async fn a_publisher_imports_with_its_own_key_and_a_reader_cannot() {
+    // Not a TestApp: the shipped configuration and its users.
     let nats = NatsServer::start_secured();
     let url = nats.url();
     let _services = upr_tests::start_services(&nats, &url, &[]).await;

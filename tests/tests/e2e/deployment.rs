@@ -5,7 +5,8 @@
 //! working system is asserted field by field. The permissions in
 //! `deploy/nats/nats.conf` are checked for real: a nats-server runs with that
 //! very file, the services connect with their own users, and the `publisher`
-//! and `reader` users are refused what they must not do.
+//! and `reader` users are refused what they must not do. Those servers run
+//! the shipped configuration, so they are started here, not by a `TestApp`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -4,20 +4,12 @@
 use std::time::Duration;
 
 use upr_shared::contract::{self, services};
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::{NatsServer, ServiceProcess, TestApp};
 
 #[tokio::test]
 async fn each_service_answers_ping_and_healthcheck_and_exits_0_on_sigterm() {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let mut processes: Vec<ServiceProcess> =
-        [services::INGEST, services::PROJECTION, services::NOTIFIER]
-            .into_iter()
-            .map(|name| ServiceProcess::start(name, &nats.url(), &[]))
-            .collect();
-    for p in &processes {
-        p.wait_healthy().await;
-    }
+    let mut app = TestApp::builder().all().start().await;
+    let client = app.client().clone();
     for name in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
         let reply = client
             .request(format!("$SRV.PING.{name}"), "".into())
@@ -27,7 +19,8 @@ async fn each_service_answers_ping_and_healthcheck_and_exits_0_on_sigterm() {
         assert_eq!(pong["name"], name);
         assert_eq!(pong["type"], "io.nats.micro.v1.ping_response");
     }
-    for p in &mut processes {
+    for name in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
+        let p = app.service_mut(name);
         let status = p.terminate(Duration::from_secs(10));
         assert!(
             status.success(),
@@ -39,15 +32,14 @@ async fn each_service_answers_ping_and_healthcheck_and_exits_0_on_sigterm() {
 
 #[tokio::test]
 async fn healthcheck_fails_when_the_service_is_down() {
-    let nats = NatsServer::start();
-    let mut ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    ingest.wait_healthy().await;
-    ingest.kill9();
-    assert!(!ingest.healthcheck().success());
+    let mut app = TestApp::builder().ingest().start().await;
+    app.ingest_mut().kill9();
+    assert!(!app.ingest().healthcheck().success());
 }
 
 #[tokio::test]
 async fn a_service_started_before_nats_connects_once_nats_is_up() {
+    // Not a TestApp: the service starts while the server is down.
     let mut nats = NatsServer::start();
     nats.stop();
     let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
@@ -58,16 +50,16 @@ async fn a_service_started_before_nats_connects_once_nats_is_up() {
 
 #[tokio::test]
 async fn only_ingest_sets_the_event_logs_dedup_window() {
-    let nats = NatsServer::start();
-    let js = async_nats::jetstream::new(nats.client().await);
-    let ingest =
-        ServiceProcess::start(services::INGEST, &nats.url(), &[("UPR_DEDUP_WINDOW", "2h")]);
-    ingest.wait_healthy().await;
+    // Ingest first, the others once it is up, as in a deployment.
+    let app = TestApp::builder()
+        .service(services::INGEST, &[("UPR_DEDUP_WINDOW", "2h")])
+        .start()
+        .await;
     for name in [services::PROJECTION, services::NOTIFIER] {
-        let p = ServiceProcess::start(name, &nats.url(), &[]);
-        p.wait_healthy().await;
+        let _p = app.spawn(name, &[]).await;
     }
-    let info = js
+    let info = app
+        .js()
         .get_stream(contract::EVENTS_STREAM)
         .await
         .unwrap()

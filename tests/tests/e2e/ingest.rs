@@ -11,14 +11,13 @@ use async_nats::{
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde_json::{Value, json};
 use upr_shared::contract::{self, services, subjects};
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A server with one ingest replica and a client.
 struct Given {
-    nats: NatsServer,
-    ingest: Vec<ServiceProcess>,
+    app: TestApp,
     client: Client,
     js: jetstream::Context,
 }
@@ -29,55 +28,19 @@ impl Given {
     }
 
     async fn ingest_with(replicas: usize, env: &[(&str, &str)]) -> Self {
-        let nats = NatsServer::start();
-        let client = nats.client().await;
-        let js = jetstream::new(client.clone());
-        let mut given = Self {
-            nats,
-            ingest: Vec::new(),
-            client,
-            js,
-        };
-        for _ in 0..replicas {
-            given.start_ingest(env).await;
+        let mut builder = TestApp::builder();
+        for (var, value) in env {
+            builder = builder.env(var, value);
         }
-        given
-    }
-
-    async fn start_ingest(&mut self, env: &[(&str, &str)]) {
-        let process = ServiceProcess::start(services::INGEST, &self.nats.url(), env);
-        process.wait_healthy().await;
-        self.ingest.push(process);
-        self.wait_endpoints(self.ingest.len()).await;
-    }
-
-    /// Waits until `n` replicas list the intake endpoint (so it is subscribed).
-    async fn wait_endpoints(&self, n: usize) {
-        let client = &self.client;
-        eventually(WAIT, "ingest intake endpoints", || async move {
-            let inbox = client.new_inbox();
-            let mut replies = client.subscribe(inbox.clone()).await.ok()?;
-            client
-                .publish_with_reply(format!("$SRV.INFO.{}", services::INGEST), inbox, "".into())
-                .await
-                .ok()?;
-            client.flush().await.ok()?;
-            let mut found = 0;
-            while let Ok(Some(m)) =
-                tokio::time::timeout(Duration::from_millis(300), replies.next()).await
-            {
-                let info: Value = serde_json::from_slice(&m.payload).ok()?;
-                let endpoints = info["endpoints"].as_array()?;
-                if endpoints
-                    .iter()
-                    .any(|e| e["name"] == contract::ingest::ENDPOINT)
-                {
-                    found += 1;
-                }
-            }
-            (found >= n).then_some(())
-        })
-        .await;
+        for _ in 0..replicas {
+            builder = builder.ingest();
+        }
+        let app = builder.start().await;
+        Self {
+            client: app.client().clone(),
+            js: app.js().clone(),
+            app,
+        }
     }
 
     /// `nats req upr.ingest.<ty> '<payload>'`.
@@ -97,11 +60,11 @@ impl Given {
     }
 
     async fn events_count(&self) -> u64 {
-        stream_count(&self.js, contract::EVENTS_STREAM).await
+        self.app.stream_messages(contract::EVENTS_STREAM).await
     }
 
     async fn rejected_count(&self) -> u64 {
-        stream_count(&self.js, contract::REJECTED_STREAM).await
+        self.app.stream_messages(contract::REJECTED_STREAM).await
     }
 
     /// Subject, headers and JSON of one stored event.
@@ -529,9 +492,9 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
 
     // After the server window and with a fresh ingest (empty cache).
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    g.ingest[0].restart();
-    g.ingest[0].wait_healthy().await;
-    g.wait_endpoints(1).await;
+    g.app.ingest_mut().restart();
+    g.app.ingest().wait_healthy().await;
+    g.app.wait_intake_endpoints(1).await;
     for (ty, payload, original) in [
         ("review_scheduled", &sched, &first),
         ("review_held", &held, &held_first),
@@ -801,17 +764,17 @@ async fn ingest_survives_nats_restarting_under_it_and_leaves_nothing_half_done()
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    g.nats.stop();
+    g.app.nats_mut().stop();
     for request in in_flight {
         request.abort();
     }
     assert!(
-        g.ingest[0].try_exit().is_none(),
+        g.app.ingest_mut().try_exit().is_none(),
         "ingest keeps running without NATS"
     );
-    g.nats.restart();
+    g.app.nats_mut().restart();
 
-    let client = g.nats.client().await;
+    let client = g.app.nats().client().await;
     eventually(Duration::from_secs(20), "ingest answering again", || {
         let client = client.clone();
         async move {
@@ -856,6 +819,7 @@ async fn ingest_survives_nats_restarting_under_it_and_leaves_nothing_half_done()
 
 #[tokio::test]
 async fn ingest_refuses_an_incompatible_stream_and_names_the_difference() {
+    // Not a TestApp: ingest must refuse to start.
     let nats = NatsServer::start();
     let js = jetstream::new(nats.client().await);
     js.create_stream(stream::Config {
@@ -963,7 +927,7 @@ async fn sigterm_keeps_every_accepted_event_and_exits_0() {
         (g.events_count().await > 0).then_some(())
     })
     .await;
-    let status = g.ingest[0].terminate(Duration::from_secs(10));
+    let status = g.app.ingest_mut().terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     let replies = replies.await.unwrap();
     let accepted: Vec<u64> = replies

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{HeaderMap, header, jetstream};
+use async_nats::{header, jetstream};
 use futures::StreamExt;
 use serde_json::Value;
 use upr_shared::{
@@ -18,9 +18,8 @@ use upr_shared::{
         Country, Envelope, EventData, EventRetracted, ReviewCancelled, ReviewHeld,
         ReviewRescheduled, ReviewScheduled, SCHEMA, Session, Timestamp,
     },
-    nats::ensure_own_stream,
 };
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
 use uuid::Uuid;
 
 const LEADS: &str = "4s,2s";
@@ -50,24 +49,18 @@ fn s(n: u64) -> Session {
 /// A nats-server with the event log, a core subscription on `upr.notify.>`
 /// (as `nats sub` would have), and a notifier.
 struct Bed {
-    nats: NatsServer,
+    notifier: ServiceProcess,
     client: async_nats::Client,
     js: jetstream::Context,
     heard: Arc<Mutex<Vec<(String, Value)>>>,
-    notifier: ServiceProcess,
+    app: TestApp,
 }
 
 impl Bed {
     async fn start(leads: &str) -> Self {
-        let nats = NatsServer::start();
-        let client = nats.client().await;
-        let js = jetstream::new(client.clone());
-        ensure_own_stream(
-            &js,
-            contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-        )
-        .await
-        .unwrap();
+        let app = TestApp::builder().event_log().start().await;
+        let client = app.client().clone();
+        let js = app.js().clone();
         let heard = Arc::new(Mutex::new(Vec::new()));
         let mut sub = client
             .subscribe(contract::subjects::NOTIFY_ALL)
@@ -81,53 +74,46 @@ impl Bed {
             }
         });
         client.flush().await.unwrap();
-        let notifier = start_notifier(&nats, leads).await;
+        let notifier = start_notifier(&app, leads).await;
         Self {
-            nats,
+            notifier,
             client,
             js,
             heard,
-            notifier,
+            app,
         }
     }
 
     /// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
     async fn publish(&self, code: &str, session: u64, data: EventData) -> Envelope {
-        store_event(&self.js, code, session, data).await
+        store_event(&self.app, code, session, data).await
     }
 
     async fn schedule(&self, code: &str, session: u64, when: Timestamp) -> Envelope {
-        store_event(&self.js, code, session, scheduled(when)).await
+        store_event(&self.app, code, session, scheduled(when)).await
     }
 }
 
 /// A server holding only the event log, for tests that arrange the log and
 /// the notifier's consumer before any notifier starts.
 async fn log_without_notifier() -> (
-    NatsServer,
+    TestApp,
     async_nats::Client,
     jetstream::Context,
     jetstream::stream::Stream,
 ) {
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let stream = ensure_own_stream(
-        &js,
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    .unwrap();
-    (nats, client, js, stream)
+    let app = TestApp::builder().event_log().start().await;
+    let client = app.client().clone();
+    let js = app.js().clone();
+    let stream = js
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .expect("event log");
+    (app, client, js, stream)
 }
 
 /// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
-async fn store_event(
-    js: &jetstream::Context,
-    code: &str,
-    session: u64,
-    data: EventData,
-) -> Envelope {
+async fn store_event(app: &TestApp, code: &str, session: u64, data: EventData) -> Envelope {
     let at = now();
     let envelope = Envelope {
         id: Uuid::new_v4(),
@@ -139,15 +125,7 @@ async fn store_event(
         recorded_at: at,
         source: None,
     };
-    let subject =
-        contract::subjects::event(envelope.country, envelope.session, envelope.event_type());
-    let mut headers = HeaderMap::new();
-    headers.insert(header::NATS_MESSAGE_ID, envelope.id.to_string().as_str());
-    js.publish_with_headers(subject, headers, envelope.to_json().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    app.store_event(&envelope).await;
     envelope
 }
 
@@ -200,14 +178,12 @@ impl Bed {
     }
 }
 
-async fn start_notifier(nats: &NatsServer, leads: &str) -> ServiceProcess {
-    let p = ServiceProcess::start(
+async fn start_notifier(app: &TestApp, leads: &str) -> ServiceProcess {
+    app.spawn(
         services::NOTIFIER,
-        &nats.url(),
         &[(contract::env::UPR_REMINDER_LEADS, leads)],
-    );
-    p.wait_healthy().await;
-    p
+    )
+    .await
 }
 
 async fn stored(js: &jetstream::Context) -> Vec<(String, String, Value)> {
@@ -637,7 +613,7 @@ async fn exactly_once_while_the_notifier_is_killed_every_second() {
 #[tokio::test]
 async fn two_replicas_send_each_reminder_once() {
     let bed = Bed::start(LEADS).await;
-    let _second = start_notifier(&bed.nats, LEADS).await;
+    let _second = start_notifier(&bed.app, LEADS).await;
     let mut expected = Vec::new();
     for (i, code) in ["KZ", "FR", "BR", "JP", "NG"].into_iter().enumerate() {
         let date = in_ms(6_000 + 200 * i as i64);
@@ -669,15 +645,15 @@ async fn a_reminder_due_while_nats_is_down_is_sent_once_after_it_restarts() {
     let date = in_ms(7_000);
     bed.schedule("KZ", 48, date).await;
     bed.wait_pending(2).await;
-    bed.nats.kill();
+    bed.app.nats_mut().kill();
     // The 4s reminder falls due at +3 s with the server down.
     tokio::time::sleep(ms_until(
         date.checked_sub(time::Duration::milliseconds(3_500))
             .unwrap(),
     ))
     .await;
-    bed.nats.restart();
-    let js = jetstream::new(bed.nats.client().await);
+    bed.app.nats_mut().restart();
+    let js = jetstream::new(bed.app.nats().client().await);
     let ids = eventually(Duration::from_secs(15), "both reminders", || async {
         let ids: Vec<String> = stored(&js).await.into_iter().map(|(_, id, _)| id).collect();
         (ids.len() >= 2).then_some(ids)
@@ -696,6 +672,7 @@ async fn a_reminder_due_while_nats_is_down_is_sent_once_after_it_restarts() {
 
 #[tokio::test]
 async fn a_bad_reminder_lead_list_stops_start_up_naming_the_variable() {
+    // Not a TestApp: the notifier must refuse to start.
     let nats = NatsServer::start();
     let mut p = ServiceProcess::start(
         services::NOTIFIER,
@@ -719,7 +696,7 @@ async fn a_standby_planner_takes_over_when_the_active_one_is_killed() {
     bed.schedule("KZ", 48, in_ms(60_000)).await;
     // Planned: the first replica holds the pin.
     bed.wait_pending(2).await;
-    let _standby = start_notifier(&bed.nats, LEADS).await;
+    let _standby = start_notifier(&bed.app, LEADS).await;
     bed.notifier.kill9();
     let killed = std::time::Instant::now();
     let date = in_ms(60_000);
@@ -743,15 +720,15 @@ async fn a_standby_planner_takes_over_when_the_active_one_is_killed() {
 /// order of delivery.
 #[tokio::test]
 async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first() {
-    let (nats, client, js, stream) = log_without_notifier().await;
+    let (app, client, js, stream) = log_without_notifier().await;
     let old = in_ms(60_000);
-    store_event(&js, "KZ", 48, scheduled(old)).await;
+    store_event(&app, "KZ", 48, scheduled(old)).await;
     let new = in_ms(90_000);
     let rescheduled = EventData::ReviewRescheduled(ReviewRescheduled {
         scheduled_for: new,
         reason: None,
     });
-    store_event(&js, "KZ", 48, rescheduled).await;
+    store_event(&app, "KZ", 48, rescheduled).await;
     // Another puller takes the scheduling and acknowledges it unapplied.
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(names::events_consumer())
@@ -779,7 +756,7 @@ async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first()
         .await
         .unwrap();
 
-    let _notifier = start_notifier(&nats, LEADS).await;
+    let _notifier = start_notifier(&app, LEADS).await;
     let reply = eventually(Duration::from_secs(15), "two reminders planned", || async {
         let r = client.request(names::STATUS, "".into()).await.ok()?;
         let v: Value = serde_json::from_slice(&r.payload).ok()?;
@@ -800,7 +777,7 @@ async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first()
 /// priority group: the notifier still plans.
 #[tokio::test]
 async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
-    let (nats, client, js, stream) = log_without_notifier().await;
+    let (app, client, _, stream) = log_without_notifier().await;
     let older = jetstream::consumer::pull::Config {
         durable_name: Some(names::EVENTS_CONSUMER.into()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -809,8 +786,8 @@ async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
         ..Default::default()
     };
     stream.create_consumer(older).await.unwrap();
-    store_event(&js, "KZ", 48, scheduled(in_ms(60_000))).await;
-    let _notifier = start_notifier(&nats, LEADS).await;
+    store_event(&app, "KZ", 48, scheduled(in_ms(60_000))).await;
+    let _notifier = start_notifier(&app, LEADS).await;
     eventually(Duration::from_secs(15), "two reminders planned", || async {
         let r = client.request(names::STATUS, "".into()).await.ok()?;
         let v: Value = serde_json::from_slice(&r.payload).ok()?;

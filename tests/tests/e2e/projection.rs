@@ -21,7 +21,7 @@ use upr_shared::{
     },
     domain::{Envelope, ReadModels, Timestamp, parse_intake},
 };
-use upr_tests::{NatsServer, ServiceProcess, eventually};
+use upr_tests::{ServiceProcess, TestApp, eventually};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -30,65 +30,36 @@ const BUCKETS: [&str; 3] = [REVIEWS_BUCKET, SESSIONS_BUCKET, COUNTRIES_BUCKET];
 /// bucket -> key -> value, as stored.
 type Snapshot = BTreeMap<String, BTreeMap<String, String>>;
 
-/// A server with the projection running first (it creates the stream).
+/// A server with the event log and the projection, and no ingest: tests
+/// store events themselves.
 struct Given {
-    nats: NatsServer,
-    projection: ServiceProcess,
+    app: TestApp,
     client: Client,
     js: jetstream::Context,
 }
 
 impl Given {
     async fn projection() -> Self {
-        let nats = NatsServer::start();
-        let client = nats.client().await;
-        let js = jetstream::new(client.clone());
         // The event log is ingest's; the projection waits for it.
-        upr_shared::nats::ensure_own_stream(
-            &js,
-            contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-        )
-        .await
-        .expect("event log");
-        let projection = ServiceProcess::start(services::PROJECTION, &nats.url(), &[]);
-        projection.wait_healthy().await;
-        let given = Self {
-            nats,
-            projection,
-            client,
-            js,
-        };
-        // Endpoints are added right after registration; wait until they answer.
-        given.query_ok("upr.query.status", "").await;
-        given
+        let app = TestApp::builder().event_log().projection().start().await;
+        Self {
+            client: app.client().clone(),
+            js: app.js().clone(),
+            app,
+        }
     }
 
     /// Stores an envelope as ingest does; returns its stream sequence.
     async fn publish(&self, event: &Envelope) -> u64 {
-        let subject = subjects::event(event.country, event.session, event.event_type());
-        self.publish_raw(&subject, event.to_json(), &event.id.to_string())
-            .await
+        self.app.store_event(event).await
     }
 
     async fn publish_raw(&self, subject: &str, payload: Vec<u8>, msg_id: &str) -> u64 {
-        let publish = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(msg_id);
-        let ack = self
-            .js
-            .send_publish(subject.to_string(), publish)
-            .await
-            .expect("publish");
-        ack.await.expect("stored").sequence
+        self.app.store_raw(subject, payload, msg_id).await
     }
 
     async fn request(&self, subject: &str, payload: &str) -> Value {
-        let reply = self
-            .client
-            .request(subject.to_string(), payload.to_string().into())
-            .await
-            .unwrap_or_else(|e| panic!("{subject}: {e}"));
-        serde_json::from_slice(&reply.payload).expect("reply is JSON")
+        self.app.request(subject, payload.to_string()).await
     }
 
     async fn query_ok(&self, subject: &str, payload: &str) -> Value {
@@ -116,12 +87,7 @@ impl Given {
 
     /// Waits until everything in the stream is applied.
     async fn caught_up(&self) -> u64 {
-        eventually(WAIT, "projection caught up", || async {
-            let v = self.request("upr.query.status", "").await;
-            (v["ok"] == true && v["applied_seq"] == v["stream_last_seq"])
-                .then(|| v["applied_seq"].as_u64().unwrap())
-        })
-        .await
+        self.app.caught_up().await
     }
 
     async fn kv_get(&self, bucket: &str, key: &str) -> Option<String> {
@@ -784,7 +750,8 @@ async fn malformed_messages_in_the_log_are_counted_and_skipped_without_a_stall()
     );
     assert!(
         given
-            .projection
+            .app
+            .projection()
             .logs()
             .contains("skipping a message that is not a valid event")
     );
@@ -838,10 +805,10 @@ async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold()
         (v["applied_seq"].as_u64() > Some(0)).then_some(())
     })
     .await;
-    given.projection.kill9();
+    given.app.projection_mut().kill9();
     publish_all(rest).await;
-    given.projection.restart();
-    given.projection.wait_healthy().await;
+    given.app.projection_mut().restart();
+    given.app.projection().wait_healthy().await;
     assert_eq!(given.caught_up().await, 1000);
     let live = given.snapshot().await;
     assert_same(
@@ -850,10 +817,13 @@ async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold()
         "live models vs the pure fold",
     );
 
-    let status = given.projection.terminate(Duration::from_secs(10));
+    let status = given
+        .app
+        .projection_mut()
+        .terminate(Duration::from_secs(10));
     assert!(status.success());
     let mut rebuild =
-        ServiceProcess::start_args(services::PROJECTION, &given.nats.url(), &[], &["rebuild"]);
+        ServiceProcess::start_args(services::PROJECTION, &given.app.url(), &[], &["rebuild"]);
     let status = rebuild.wait_exit(WAIT);
     assert!(status.success(), "rebuild failed: {}", rebuild.logs());
     assert!(
@@ -898,18 +868,24 @@ async fn a_deleted_consumer_or_bucket_makes_it_replay_into_complete_models() {
     let expected = given.pure_fold().await;
 
     // While stopped: an operator deletes a bucket; the restart replays.
-    given.projection.terminate(Duration::from_secs(10));
+    given
+        .app
+        .projection_mut()
+        .terminate(Duration::from_secs(10));
     given.js.delete_key_value(SESSIONS_BUCKET).await.unwrap();
-    given.projection.restart();
-    given.projection.wait_healthy().await;
+    given.app.projection_mut().restart();
+    given.app.projection().wait_healthy().await;
     given.caught_up().await;
     assert_same(&given.snapshot().await, &expected, "after replay");
 
     // While stopped: only the consumer is deleted; the restart replays too.
-    given.projection.terminate(Duration::from_secs(10));
+    given
+        .app
+        .projection_mut()
+        .terminate(Duration::from_secs(10));
     stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
-    given.projection.restart();
-    given.projection.wait_healthy().await;
+    given.app.projection_mut().restart();
+    given.app.projection().wait_healthy().await;
     given.caught_up().await;
     assert_same(&given.snapshot().await, &expected, "after replay");
 }
@@ -924,15 +900,18 @@ async fn redelivering_the_whole_log_into_kept_buckets_changes_nothing() {
     let before = given.snapshot().await;
     // Move the consumer back to sequence 1 while the buckets are kept: on
     // restart every event is delivered again and skipped by last_seq.
-    given.projection.terminate(Duration::from_secs(10));
+    given
+        .app
+        .projection_mut()
+        .terminate(Duration::from_secs(10));
     let stream = given.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
     stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
     stream
         .create_consumer(contract::projection_consumer())
         .await
         .unwrap();
-    given.projection.restart();
-    given.projection.wait_healthy().await;
+    given.app.projection_mut().restart();
+    given.app.projection().wait_healthy().await;
     assert_eq!(given.caught_up().await, 11);
     let stats = given.stats().await;
     assert_eq!(
@@ -949,8 +928,7 @@ async fn redelivering_the_whole_log_into_kept_buckets_changes_nothing() {
 #[tokio::test]
 async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_stay_exact() {
     let mut given = Given::projection().await;
-    let mut standby = ServiceProcess::start(services::PROJECTION, &given.nats.url(), &[]);
-    standby.wait_healthy().await;
+    let mut standby = given.app.spawn(services::PROJECTION, &[]).await;
     assert!(
         standby.logs().contains("standing by"),
         "the second instance did not stand by:\n{}",
@@ -964,7 +942,7 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
     given.caught_up().await;
 
     // A graceful stop hands the lease over at once; kill -9 after the TTL.
-    given.projection.kill9();
+    given.app.projection_mut().kill9();
     let killed = std::time::Instant::now();
     let mut last = 0;
     for e in rest {
@@ -1003,8 +981,8 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
         "{}",
         standby.logs()
     );
-    given.projection.restart();
-    given.projection.wait_healthy().await;
+    given.app.projection_mut().restart();
+    given.app.projection().wait_healthy().await;
     given.query_ok("upr.query.status", "").await;
 }
 
@@ -1014,15 +992,14 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
 #[tokio::test]
 async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
     let mut given = Given::projection().await;
-    let standby = ServiceProcess::start(services::PROJECTION, &given.nats.url(), &[]);
-    standby.wait_healthy().await;
+    let standby = given.app.spawn(services::PROJECTION, &[]).await;
     let events = scenario();
     let (first, rest) = events.split_at(events.len() / 2);
     for e in first {
         given.publish(e).await;
     }
     given.caught_up().await;
-    given.projection.freeze();
+    given.app.projection().freeze();
     let mut last = 0;
     for e in rest {
         last = given.publish(e).await;
@@ -1033,30 +1010,30 @@ async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
         Duration::from_secs(30),
         "the standby applies the rest",
         || async {
-            let ask = given.client.request(
-                "upr.query.status",
-                json!({"min_seq": last}).to_string().into(),
-            );
-            let reply = tokio::time::timeout(Duration::from_millis(500), ask)
-                .await
-                .ok()?
-                .ok()?;
-            let v: Value = serde_json::from_slice(&reply.payload).ok()?;
+            let ask = json!({"min_seq": last}).to_string();
+            let v = given
+                .app
+                .try_request("upr.query.status", ask, Duration::from_millis(500))
+                .await?;
             (v["ok"] == true).then_some(())
         },
     )
     .await;
     let before = given.snapshot().await;
-    given.projection.thaw();
-    let status = given.projection.wait_exit(Duration::from_secs(15));
-    assert!(!status.success(), "{}", given.projection.logs());
+    given.app.projection().thaw();
+    let status = given
+        .app
+        .projection_mut()
+        .wait_exit(Duration::from_secs(15));
+    assert!(!status.success(), "{}", given.app.projection().logs());
     assert!(
         given
-            .projection
+            .app
+            .projection()
             .logs()
             .contains("another instance holds the projection lease"),
         "{}",
-        given.projection.logs()
+        given.app.projection().logs()
     );
     assert_same(
         &given.snapshot().await,

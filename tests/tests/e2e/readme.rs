@@ -29,6 +29,9 @@
 //!
 //! The configuration table in docs/operations.md is checked against
 //! `config::SETTINGS`, the table `--help` prints.
+//!
+//! The server runs the shipped configuration with the installation's keys,
+//! so it is started here rather than by a `TestApp`.
 
 use std::{
     collections::BTreeSet,

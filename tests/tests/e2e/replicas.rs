@@ -13,7 +13,7 @@ use upr_shared::{
     contract::{self, services, subjects},
     domain::{EventType, Timestamp, parse_intake},
 };
-use upr_tests::{NatsServer, ServiceProcess, eventually, lifecycle_steps};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, lifecycle_steps};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -65,6 +65,7 @@ async fn events_in_log(js: &jetstream::Context) -> u64 {
 #[tokio::test]
 async fn replicas_share_reviews_by_owner_so_no_append_races_and_a_killed_one_hands_its_reviews_over()
  {
+    // Not a TestApp: the shipped configuration, where hand-overs cross accounts.
     let nats = NatsServer::start_secured();
     let seed = nats.seed_file("ingest").display().to_string();
     let env = [("NATS_NKEY", seed.as_str())];
@@ -157,11 +158,9 @@ async fn replicas_share_reviews_by_owner_so_no_append_races_and_a_killed_one_han
 /// a command it would refuse on that state is decided again on the log.
 #[tokio::test]
 async fn a_refusal_decided_on_a_stale_cache_is_decided_again_on_the_log() {
-    let nats = NatsServer::start();
-    let ingest = ServiceProcess::start(services::INGEST, &nats.url(), &[]);
-    ingest.wait_healthy().await;
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
+    let app = TestApp::builder().ingest().start().await;
+    let client = app.client().clone();
+    let js = app.js().clone();
     let [scheduled, held, report, _] = <[_; 4]>::try_from(steps(7)).expect("four steps");
     let reply = request(&client, scheduled.0, scheduled.1.clone()).await;
     assert_eq!(reply["ok"], true, "{reply}");

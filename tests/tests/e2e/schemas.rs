@@ -51,6 +51,8 @@ fn rfc3339_in(secs: i64) -> String {
 #[tokio::test]
 async fn every_message_the_services_send_validates_against_its_schema() {
     let schemas = validators();
+    // Not a TestApp: the subscriptions come before any service starts, so
+    // nothing a service sends is missed.
     let nats = NatsServer::start();
     let client = nats.client().await;
     let mut notices = client.subscribe("upr.notify.>").await.unwrap();

@@ -2,6 +2,8 @@
 //! do that it should not, tried for real against a nats-server running that
 //! file and the three services running as their own users. Every line of
 //! docs/security.md's threat table points at one of these tests.
+//! The servers here run the shipped configuration, so these tests start
+//! `NatsServer` and the services themselves rather than a `TestApp`.
 
 use std::{collections::BTreeMap, time::Duration};
 
