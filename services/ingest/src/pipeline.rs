@@ -454,7 +454,9 @@ impl Worker {
                 Decision::Refuse(error) => {
                     let last_seq = state.last_seq();
                     match self.log.is_current(key, last_seq, deadline).await {
-                        Ok(true) => return Err(error),
+                        // The domain's refusal becomes the reply's code
+                        // and sentence here, at the edge.
+                        Ok(true) => return Err(error.into()),
                         Ok(false) => {
                             debug!(attempt, "the leader holds newer events; catching up");
                             stale = true;
