@@ -63,16 +63,31 @@ pub enum SetupError {
 /// its supervisor restarts it.
 pub const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The error of a start-up step, as [`patiently`] sees it: whether another
+/// try can succeed.
+pub trait SetupFailure: std::fmt::Display {
+    /// `true` when retrying cannot help (a configuration that must be fixed
+    /// first): the service stops at once.
+    fn is_permanent(&self) -> bool;
+}
+
+impl SetupFailure for SetupError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, Self::Incompatible { .. })
+    }
+}
+
 /// Runs a start-up step until it succeeds, retrying with backoff for up to
-/// [`SETUP_PATIENCE`]; an incompatible configuration fails at once, as
-/// retrying cannot fix it.
+/// [`SETUP_PATIENCE`]; a permanent error (an incompatible configuration)
+/// fails at once, as retrying cannot fix it.
 ///
 /// # Errors
-/// The step's error once it is incompatible or patience has run out.
-pub async fn patiently<T, F, Fut>(mut step: F) -> Result<T, SetupError>
+/// The step's error once it is permanent or patience has run out.
+pub async fn patiently<T, E, F, Fut>(mut step: F) -> Result<T, E>
 where
+    E: SetupFailure,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, SetupError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let started = Instant::now();
     let mut backoff =
@@ -80,7 +95,7 @@ where
     loop {
         match step().await {
             Ok(v) => return Ok(v),
-            Err(e @ SetupError::Incompatible { .. }) => return Err(e),
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) if started.elapsed() < SETUP_PATIENCE => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "JetStream not ready");
