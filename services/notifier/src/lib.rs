@@ -355,7 +355,8 @@ async fn serve_status(
             request = endpoint.next() => {
                 let Some(request) = request else { return };
                 let _ = read_pending(&shared).await;
-                let body = serde_json::to_vec(&shared.stats.status()).unwrap_or_default();
+                let body = serde_json::to_vec(&shared.stats.status())
+                    .expect("a JSON value with string keys serializes");
                 if let Err(e) = request.respond(Ok(body.into())).await {
                     warn!(error = %e, "cannot answer a status request");
                 }

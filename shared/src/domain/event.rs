@@ -491,9 +491,9 @@ impl Envelope {
 
     /// The stored JSON bytes, keys in contract order.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing these types into a Vec cannot fail: keys are strings
-        // and there are no floats or maps with non-string keys.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Keys are strings and there are no floats or maps with non-string
+        // keys.
+        serde_json::to_vec(self).expect("an envelope serializes into a Vec")
     }
 
     /// Decodes anything found in the stream; never panics.
