@@ -91,9 +91,10 @@ pub mod subjects {
         };
         let expected = event_subject(&event);
         if subject != expected {
-            return Err(EnvelopeError(format!(
-                "the envelope belongs on {expected}, not {subject}"
-            )));
+            return Err(EnvelopeError::WrongSubject {
+                expected,
+                subject: subject.to_owned(),
+            });
         }
         Ok(event)
     }
