@@ -272,7 +272,7 @@ impl Store {
         let mut messages = consumer.messages().await?;
         while let Some(message) = messages.next().await {
             let message = message?;
-            remaining = message.info().map_err(|e| e.to_string())?.pending;
+            remaining = message.info()?.pending;
             let deleted = message
                 .headers
                 .as_ref()
