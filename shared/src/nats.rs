@@ -57,6 +57,16 @@ pub enum SetupError {
     },
 }
 
+/// The seed file `NATS_NKEY` names cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS_NKEY: cannot read {}: {source}", .path.display())]
+pub struct NkeyFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why it cannot be read.
+    pub source: std::io::Error,
+}
+
 /// How long a start-up step keeps trying while JetStream is unreachable or
 /// slow to answer (a server or cluster still starting, a stream being created
 /// by another replica at the same moment) before the service gives up and
@@ -268,8 +278,10 @@ async fn options(
         opts = opts.credentials_file(path).await?;
     }
     if let Some(path) = &config.nkey {
-        let seed = std::fs::read_to_string(path)
-            .map_err(|e| format!("NATS_NKEY: cannot read {}: {e}", path.display()))?;
+        let seed = std::fs::read_to_string(path).map_err(|source| NkeyFileError {
+            path: path.clone(),
+            source,
+        })?;
         opts = opts.nkey(seed.trim().to_string());
     }
     if let Some((user, password)) = &config.user_password {
