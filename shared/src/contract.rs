@@ -86,9 +86,10 @@ pub mod subjects {
             .map_err(|e| EnvelopeError(e.to_string()))?;
         let expected = event_subject(&event);
         if subject != expected {
-            return Err(EnvelopeError(format!(
-                "the envelope belongs on {expected}, not {subject}"
-            )));
+            return Err(EnvelopeError::WrongSubject {
+                expected,
+                subject: subject.to_owned(),
+            });
         }
         Ok(event)
     }

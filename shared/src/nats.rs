@@ -57,22 +57,47 @@ pub enum SetupError {
     },
 }
 
+/// The seed file `NATS_NKEY` names cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS_NKEY: cannot read {}: {source}", .path.display())]
+pub struct NkeyFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why it cannot be read.
+    pub source: std::io::Error,
+}
+
 /// How long a start-up step keeps trying while JetStream is unreachable or
 /// slow to answer (a server or cluster still starting, a stream being created
 /// by another replica at the same moment) before the service gives up and
 /// its supervisor restarts it.
 pub const SETUP_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The error of a start-up step, as [`patiently`] sees it: whether another
+/// try can succeed.
+pub trait SetupFailure: std::fmt::Display {
+    /// `true` when retrying cannot help (a configuration that must be fixed
+    /// first): the service stops at once.
+    fn is_permanent(&self) -> bool;
+}
+
+impl SetupFailure for SetupError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, Self::Incompatible { .. })
+    }
+}
+
 /// Runs a start-up step until it succeeds, retrying with backoff for up to
-/// [`SETUP_PATIENCE`]; an incompatible configuration fails at once, as
-/// retrying cannot fix it.
+/// [`SETUP_PATIENCE`]; a permanent error (an incompatible configuration)
+/// fails at once, as retrying cannot fix it.
 ///
 /// # Errors
-/// The step's error once it is incompatible or patience has run out.
-pub async fn patiently<T, F, Fut>(mut step: F) -> Result<T, SetupError>
+/// The step's error once it is permanent or patience has run out.
+pub async fn patiently<T, E, F, Fut>(mut step: F) -> Result<T, E>
 where
+    E: SetupFailure,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, SetupError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let started = Instant::now();
     let mut backoff =
@@ -80,7 +105,7 @@ where
     loop {
         match step().await {
             Ok(v) => return Ok(v),
-            Err(e @ SetupError::Incompatible { .. }) => return Err(e),
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) if started.elapsed() < SETUP_PATIENCE => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "JetStream not ready");
@@ -253,8 +278,10 @@ async fn options(
         opts = opts.credentials_file(path).await?;
     }
     if let Some(path) = &config.nkey {
-        let seed = std::fs::read_to_string(path)
-            .map_err(|e| format!("NATS_NKEY: cannot read {}: {e}", path.display()))?;
+        let seed = std::fs::read_to_string(path).map_err(|source| NkeyFileError {
+            path: path.clone(),
+            source,
+        })?;
         opts = opts.nkey(seed.trim().to_string());
     }
     if let Some((user, password)) = &config.user_password {

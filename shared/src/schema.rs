@@ -52,7 +52,8 @@ impl Document {
     /// The file's text: pretty-printed, ending in a newline (stable, so a
     /// diff of the checked-in files shows only real changes).
     pub fn text(&self) -> String {
-        let mut text = serde_json::to_string_pretty(&self.schema).unwrap_or_default();
+        let mut text = serde_json::to_string_pretty(&self.schema)
+            .expect("a JSON value with string keys serializes");
         text.push('\n');
         text
     }

@@ -337,6 +337,16 @@ impl fmt::Display for Summary {
     }
 }
 
+/// The file to import cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", .path.display())]
+pub struct ReadError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why it cannot be read.
+    pub source: std::io::Error,
+}
+
 /// Imports the file at `path`: reads every row, then validates (`dry_run`)
 /// or sends each in order, with a progress bar on a terminal.
 ///
@@ -344,8 +354,10 @@ impl fmt::Display for Summary {
 /// When the file cannot be read, or (not `dry_run`) the NATS settings are
 /// unusable.
 pub async fn import(path: &Path, dry_run: bool) -> Result<Summary, BoxError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+        path: path.to_owned(),
+        source,
+    })?;
     let rows = read(&text);
     let client = if dry_run {
         None

@@ -152,20 +152,15 @@ impl App {
             "Validates intake and appends events to the UPR event log",
             move |_, _| stats.snapshot(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let endpoint = service
             .endpoint_builder()
             .name(ingest::ENDPOINT)
             .queue_group(subjects::INGEST_QUEUE)
             .add(subjects::INGEST_ALL)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let id = service.info().await.id;
-        let handed_over = edge
-            .subscribe(ingest::route_all(&id))
-            .await
-            .map_err(|e| e.to_string())?;
+        let handed_over = edge.subscribe(ingest::route_all(&id)).await?;
         let peers = Arc::new(Peers::new(&id));
         info!(
             instance = %id,
@@ -290,7 +285,7 @@ impl App {
             let _ = worker.await;
         }
         let _ = writer.await;
-        service.stop().await.map_err(|e| e.to_string())?;
+        service.stop().await?;
         edge.drain().await?;
         client.drain().await?;
         Ok(())

@@ -106,10 +106,8 @@ impl Intake {
             return;
         };
         let sent = match self {
-            Self::Endpoint(request) => request.respond(Ok(body)).await.map_err(|e| e.to_string()),
-            Self::HandedOver { client, .. } => {
-                client.publish(to, body).await.map_err(|e| e.to_string())
-            }
+            Self::Endpoint(request) => request.respond(Ok(body)).await,
+            Self::HandedOver { client, .. } => client.publish(to, body).await,
         };
         if let Err(e) = sent {
             warn!(subject = %self.message().subject, error = %e, "reply not sent");
@@ -454,7 +452,9 @@ impl Worker {
                 Decision::Refuse(error) => {
                     let last_seq = state.last_seq();
                     match self.log.is_current(key, last_seq, deadline).await {
-                        Ok(true) => return Err(error),
+                        // The domain's refusal becomes the reply's code
+                        // and sentence here, at the edge.
+                        Ok(true) => return Err(error.into()),
                         Ok(false) => {
                             debug!(attempt, "the leader holds newer events; catching up");
                             stale = true;
@@ -493,7 +493,7 @@ impl Worker {
                     debug!(attempt, expected, "review changed meanwhile; catching up");
                     stale = true;
                 }
-                Err(e @ StoreError::Unavailable(_)) => {
+                Err(e) => {
                     // Whether it was stored is unknown: forget the state so
                     // the next command reads the log.
                     self.cache.forget(&key);

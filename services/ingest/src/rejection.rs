@@ -52,8 +52,10 @@ impl RejectionRecord {
 
     /// The stored JSON bytes.
     pub fn to_json(&self) -> Bytes {
-        // Strings and a timestamp only: serializing cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+        Bytes::from(
+            serde_json::to_vec(self)
+                .expect("a rejection record holds strings and a timestamp only: it serializes"),
+        )
     }
 }
 

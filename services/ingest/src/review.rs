@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use upr_shared::domain::{
-    Envelope, EventData, EventType, RejectError, ReviewKey, ReviewSize, ReviewState, ReviewStatus,
-    side_event_bytes,
+    Envelope, EventData, EventType, LifecycleError, LimitError, RejectError, ReviewKey, ReviewSize,
+    ReviewState, ReviewStatus, side_event_bytes,
 };
 use uuid::Uuid;
 
@@ -49,8 +49,30 @@ pub enum Decision {
         /// `Nats-Expected-Last-Subject-Sequence` (0: the review has no events).
         expected_last_seq: u64,
     },
-    /// The lifecycle forbids it.
-    Refuse(RejectError),
+    /// A per-review limit or the lifecycle forbids it.
+    Refuse(Refusal),
+}
+
+/// Why a command is refused: the domain's typed error, which becomes the
+/// reply's `limit_exceeded` or `conflict` only when ingest answers
+/// (`RejectError::from`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The review holds as much of this kind of event as it may.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The lifecycle does not allow the event now.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}
+
+impl From<Refusal> for RejectError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Limit(e) => e.into(),
+            Refusal::Lifecycle(e) => e.into(),
+        }
+    }
 }
 
 impl ReviewLog {
@@ -106,7 +128,12 @@ impl ReviewLog {
             }
             _ => self.state.decide(event.event_type(), key),
         };
-        match self.size.check(event).and(rule) {
+        let allowed = self
+            .size
+            .check(event)
+            .map_err(Refusal::from)
+            .and(rule.map_err(Refusal::from));
+        match allowed {
             Ok(()) => Decision::Append {
                 expected_last_seq: self.last_seq,
             },
@@ -240,7 +267,9 @@ mod tests {
         }
         let log = given(&history);
         match log.decide(&event(999, SideEventHeld)) {
-            Decision::Refuse(e) => assert_eq!(e.code, ErrorCode::LimitExceeded, "{e}"),
+            Decision::Refuse(e @ Refusal::Limit(LimitError::SideEvents { .. })) => {
+                assert_eq!(RejectError::from(e).code, ErrorCode::LimitExceeded);
+            }
             other => panic!("{other:?}"),
         }
         // A retry of a stored side event is still a duplicate.
@@ -295,11 +324,15 @@ mod tests {
         let Decision::Refuse(e) = log.decide(&event(5, ReviewScheduled)) else {
             panic!("expected a refusal")
         };
-        assert_eq!(e.code, ErrorCode::Conflict);
+        assert!(
+            matches!(e, Refusal::Lifecycle(LifecycleError::NotAllowed { .. })),
+            "{e:?}"
+        );
+        assert_eq!(RejectError::from(e).code, ErrorCode::Conflict);
         let Decision::Refuse(e) = given(&[]).decide(&event(5, ReportPublished)) else {
             panic!("expected a refusal")
         };
-        assert_eq!(e.code, ErrorCode::Conflict);
+        assert_eq!(RejectError::from(e).code, ErrorCode::Conflict);
     }
 
     #[test]
@@ -342,16 +375,22 @@ mod tests {
             (2, 2, SideEventHeld),
             (3, 3, ReviewHeld),
         ]);
-        let refused = |log: &ReviewLog, e: &Envelope, says: &str| match log.decide(e) {
-            Decision::Refuse(r) => {
-                assert_eq!(r.code, ErrorCode::Conflict);
-                assert!(r.message.contains(says), "{}", r.message);
+        let refused = |log: &ReviewLog, e: &Envelope, rule: fn(&LifecycleError) -> bool| match log
+            .decide(e)
+        {
+            Decision::Refuse(Refusal::Lifecycle(r)) => {
+                assert!(rule(&r), "{r:?}");
+                assert_eq!(RejectError::from(r).code, ErrorCode::Conflict);
             }
             other => panic!("{other:?}"),
         };
         // Only the latest lifecycle event in force, or a side event.
-        refused(&log, &retract(10, 1), "is not the latest lifecycle event");
-        refused(&log, &retract(10, 77), "holds no event");
+        refused(&log, &retract(10, 1), |r| {
+            matches!(r, LifecycleError::NotLatest { .. })
+        });
+        refused(&log, &retract(10, 77), |r| {
+            matches!(r, LifecycleError::UnknownTarget { .. })
+        });
         assert!(matches!(
             log.decide(&retract(10, 2)),
             Decision::Append { .. }
@@ -364,8 +403,12 @@ mod tests {
         // the scheduling is the latest lifecycle event.
         log.appended(&retract(10, 3), 10);
         assert_eq!(log.status(), Some(ReviewStatus::Scheduled));
-        refused(&log, &retract(11, 3), "already retracted");
-        refused(&log, &retract(11, 10), "cannot be retracted");
+        refused(&log, &retract(11, 3), |r| {
+            matches!(r, LifecycleError::AlreadyRetracted { .. })
+        });
+        refused(&log, &retract(11, 10), |r| {
+            matches!(r, LifecycleError::RetractsRetraction { .. })
+        });
         assert!(matches!(
             log.decide(&event(11, ReviewHeld)),
             Decision::Append { .. }
@@ -400,7 +443,11 @@ mod tests {
         let Decision::Refuse(e) = log.decide(&big(n)) else {
             panic!("expected the byte limit")
         };
-        assert_eq!(e.code, ErrorCode::LimitExceeded);
+        assert!(
+            matches!(e, Refusal::Limit(LimitError::SideEventBytes { .. })),
+            "{e:?}"
+        );
+        assert_eq!(RejectError::from(e).code, ErrorCode::LimitExceeded);
         log.appended(&retract(100, 1), 100);
         assert!(matches!(log.decide(&big(n)), Decision::Append { .. }));
     }

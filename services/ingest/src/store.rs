@@ -14,6 +14,7 @@ use tokio::time::{Instant, timeout_at};
 use upr_shared::{
     contract::{self, subjects},
     domain::{Envelope, ReviewKey},
+    service::BoxError,
 };
 use uuid::Uuid;
 
@@ -22,16 +23,29 @@ use crate::review::ReviewLog;
 /// How many history messages one direct-get batch asks for.
 const HISTORY_BATCH: usize = 256;
 
-/// Why an operation on the log did not complete.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an operation on the log did not complete. Every variant but
+/// `Conflict` means the log could not be used now: for an append, "not
+/// confirmed", and the event id makes a retry safe.
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another writer appended to the review since it was read.
     #[error("the review changed since it was read")]
     Conflict,
-    /// JetStream did not answer, or not in time. For an append this means
-    /// "not confirmed": the event id makes a retry safe.
+    /// JetStream did not answer, or not in time, or answered with a status
+    /// that says it cannot serve the request.
     #[error("{0}")]
     Unavailable(String),
+    /// The client failed while `doing` something.
+    #[error("{doing}: {source}")]
+    Client {
+        /// What ingest was doing, e.g. `reading review KZ.48`.
+        doing: String,
+        /// The client's error.
+        source: BoxError,
+    },
+    /// JetStream refused the append for another reason than a conflict.
+    #[error(transparent)]
+    Publish(jetstream::context::PublishError),
 }
 
 /// Reads and appends to `UPR_EVENTS`.
@@ -127,9 +141,15 @@ impl EventLog {
         )
         .await
         .map_err(|_| unavailable("no answer in time"))?
-        .map_err(|e| unavailable(&e.to_string()))?;
-        let answer: serde_json::Value = serde_json::from_slice(&answer.payload)
-            .map_err(|e| unavailable(&format!("unreadable answer: {e}")))?;
+        .map_err(|e| StoreError::Client {
+            doing: format!("confirming review {key}"),
+            source: e.into(),
+        })?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer.payload).map_err(|e| StoreError::Client {
+                doing: format!("confirming review {key}: unreadable answer"),
+                source: e.into(),
+            })?;
         if answer.get("message").is_some() {
             return Ok(false);
         }
@@ -180,13 +200,17 @@ impl EventLog {
         self.connected()?;
         let unavailable =
             |what: &str| StoreError::Unavailable(format!("reading review {key}: {what}"));
+        let failed = |source: BoxError| StoreError::Client {
+            doing: format!("reading review {key}"),
+            source,
+        };
         let replies = match &mut inbox.subscription {
             Some(subscription) => subscription,
             empty => empty.insert(
                 self.client
                     .subscribe(format!("{}.*", inbox.prefix))
                     .await
-                    .map_err(|e| unavailable(&e.to_string()))?,
+                    .map_err(|e| failed(e.into()))?,
             ),
         };
         inbox.batch += 1;
@@ -200,7 +224,7 @@ impl EventLog {
                 Bytes::from(request.to_string()),
             )
             .await
-            .map_err(|e| unavailable(&e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         let mut count = 0;
         let mut last = from.saturating_sub(1);
         loop {
@@ -301,7 +325,7 @@ fn publish_error(e: jetstream::context::PublishError) -> StoreError {
         PublishErrorKind::TimedOut => {
             StoreError::Unavailable("the event stream did not acknowledge in time".into())
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Publish(e),
     }
 }
 

@@ -22,7 +22,7 @@
 //! language cannot splice a variable into a string.
 
 use std::{
-    fs,
+    fs, io,
     io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -112,6 +112,43 @@ enum Command {
     },
 }
 
+/// Why a command failed; printed as `upr-keys: <Display>`.
+#[derive(Debug, thiserror::Error)]
+enum KeysError {
+    /// The secrets directory cannot be created.
+    #[error("cannot create {}: {source}", .path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    /// A file cannot be read, written or given its mode.
+    #[error("{}: {source}", .path.display())]
+    File { path: PathBuf, source: io::Error },
+    /// A `<user>.nk` file holds no user seed.
+    #[error("{}: not a user nkey seed: {source}", .path.display())]
+    NotASeed {
+        path: PathBuf,
+        source: nkeys::error::Error,
+    },
+    /// A fresh key pair cannot be encoded.
+    #[error("cannot encode a new seed: {0}")]
+    NewSeed(#[source] nkeys::error::Error),
+    /// `rotate` was given a name that is no user and not `route`.
+    #[error("unknown name {name:?}: expected one of {}, {ROUTE}", USERS.join(", "))]
+    UnknownName { name: String },
+    /// `routes` was given something that is not `HOST:PORT`.
+    #[error("{host:?} is not HOST:PORT")]
+    NotHostPort { host: String },
+    /// `rotate` or `routes` on a directory `init` did not make.
+    #[error("{} has no {CONF}; run `upr-keys init {}` first", .dir.display(), .dir.display())]
+    NotInitialised { dir: PathBuf },
+}
+
+/// `map_err` for an I/O error on `path`.
+fn file_error(path: &Path) -> impl FnOnce(io::Error) -> KeysError + '_ {
+    move |source| KeysError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -136,7 +173,7 @@ fn main() -> ExitCode {
 
 /// Creates the directory and every key that is missing; existing keys are
 /// kept, so running it again (every `scripts/run`) changes nothing.
-fn init(dir: &Path) -> Result<String, String> {
+fn init(dir: &Path) -> Result<String, KeysError> {
     create_dir(dir)?;
     let mut report = String::new();
     for user in USERS {
@@ -170,7 +207,7 @@ fn init(dir: &Path) -> Result<String, String> {
 }
 
 /// Replaces the named keys and rewrites the public file.
-fn rotate(dir: &Path, names: &[&str]) -> Result<String, String> {
+fn rotate(dir: &Path, names: &[&str]) -> Result<String, KeysError> {
     initialised(dir)?;
     let mut report = String::new();
     for name in names {
@@ -183,10 +220,9 @@ fn rotate(dir: &Path, names: &[&str]) -> Result<String, String> {
             write_secret(&path, &new_seed()?)?;
             path
         } else {
-            return Err(format!(
-                "unknown name {name:?}: expected one of {}, {ROUTE}",
-                USERS.join(", ")
-            ));
+            return Err(KeysError::UnknownName {
+                name: (*name).to_owned(),
+            });
         };
         report += &format!("replaced {}\n", path.display());
     }
@@ -199,7 +235,7 @@ fn rotate(dir: &Path, names: &[&str]) -> Result<String, String> {
 }
 
 /// Sets the cluster nodes' route addresses and rewrites the route file.
-fn routes(dir: &Path, hosts: &[&str]) -> Result<String, String> {
+fn routes(dir: &Path, hosts: &[&str]) -> Result<String, KeysError> {
     for host in hosts {
         let valid = host.rsplit_once(':').is_some_and(|(name, port)| {
             !name.is_empty()
@@ -209,7 +245,9 @@ fn routes(dir: &Path, hosts: &[&str]) -> Result<String, String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
         });
         if !valid {
-            return Err(format!("{host:?} is not HOST:PORT"));
+            return Err(KeysError::NotHostPort {
+                host: (*host).to_owned(),
+            });
         }
     }
     initialised(dir)?;
@@ -219,15 +257,13 @@ fn routes(dir: &Path, hosts: &[&str]) -> Result<String, String> {
 }
 
 /// `rotate` and `routes` change an installation `init` made.
-fn initialised(dir: &Path) -> Result<(), String> {
+fn initialised(dir: &Path) -> Result<(), KeysError> {
     if dir.join(CONF).exists() {
         return Ok(());
     }
-    Err(format!(
-        "{} has no {CONF}; run `upr-keys init {}` first",
-        dir.display(),
-        dir.display()
-    ))
+    Err(KeysError::NotInitialised {
+        dir: dir.to_owned(),
+    })
 }
 
 fn seed_path(dir: &Path, user: &str) -> PathBuf {
@@ -237,37 +273,37 @@ fn seed_path(dir: &Path, user: &str) -> PathBuf {
 /// The directory is private to its owner; the files in it are readable by
 /// others so that a container running as another user can read the one file
 /// mounted into it (a bind-mounted file is reached without the directory).
-fn create_dir(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+fn create_dir(dir: &Path) -> Result<(), KeysError> {
+    fs::create_dir_all(dir).map_err(|source| KeysError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     set_mode(dir, 0o700)
 }
 
-fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+fn write_secret(path: &Path, text: &str) -> Result<(), KeysError> {
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut file = fs::File::create(&tmp).map_err(file_error(&tmp))?;
     set_mode(&tmp, 0o644)?;
     writeln!(file, "{text}")
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(file_error(&tmp))?;
+    fs::rename(&tmp, path).map_err(file_error(path))
 }
 
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+fn set_mode(path: &Path, mode: u32) -> Result<(), KeysError> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(file_error(path))
 }
 
 #[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> Result<(), String> {
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), KeysError> {
     Ok(())
 }
 
-fn new_seed() -> Result<String, String> {
-    KeyPair::new_user()
-        .seed()
-        .map_err(|e| format!("cannot encode a new seed: {e}"))
+fn new_seed() -> Result<String, KeysError> {
+    KeyPair::new_user().seed().map_err(KeysError::NewSeed)
 }
 
 /// 244 random bits (two v4 UUIDs, from the OS's generator), as hex: only
@@ -280,14 +316,16 @@ fn new_password() -> String {
     )
 }
 
-fn read_seed(path: &Path) -> Result<KeyPair, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    KeyPair::from_seed(text.trim())
-        .map_err(|e| format!("{}: not a user nkey seed: {e}", path.display()))
+fn read_seed(path: &Path) -> Result<KeyPair, KeysError> {
+    let text = fs::read_to_string(path).map_err(file_error(path))?;
+    KeyPair::from_seed(text.trim()).map_err(|source| KeysError::NotASeed {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes the public keys and the route password as NATS config variables.
-fn write_conf(dir: &Path) -> Result<(), String> {
+fn write_conf(dir: &Path) -> Result<(), KeysError> {
     let mut conf = String::from(
         "# Generated by upr-keys from the files beside it; do not edit.\n\
          # Public keys of the NATS users (the seeds stay with the clients).\n",
@@ -298,7 +336,7 @@ fn write_conf(dir: &Path) -> Result<(), String> {
     }
     let read = |name: String| {
         let path = dir.join(name);
-        fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        fs::read_to_string(&path).map_err(file_error(&path))
     };
     let password = read(format!("{ROUTE}.password"))?;
     let password = password.trim();
@@ -378,7 +416,12 @@ mod tests {
             assert_eq!(now != *old, *user == "reader", "{user}");
         }
         assert_ne!(fs::read_to_string(dir.join(CONF)).unwrap(), old_conf);
-        assert!(rotate(&dir, &["nobody"]).unwrap_err().contains("nobody"));
+        assert!(
+            rotate(&dir, &["nobody"])
+                .unwrap_err()
+                .to_string()
+                .contains("nobody")
+        );
     }
 
     #[test]
@@ -393,7 +436,12 @@ mod tests {
             "{route}"
         );
         assert!(!route.contains("nats-2"), "{route}");
-        assert!(routes(&dir, &["no-port"]).unwrap_err().contains("no-port"));
+        assert!(
+            routes(&dir, &["no-port"])
+                .unwrap_err()
+                .to_string()
+                .contains("no-port")
+        );
         // Rotating the password keeps the addresses.
         rotate(&dir, &["route"]).unwrap();
         let rotated = fs::read_to_string(dir.join(ROUTE_CONF)).unwrap();

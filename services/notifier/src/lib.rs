@@ -181,8 +181,7 @@ impl App {
             "Sends reminders before UPR review dates",
             move |_, _| for_handler.to_json(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let shared = Arc::new(Shared {
             js,
             kv,
@@ -211,8 +210,7 @@ impl App {
             .endpoint_builder()
             .name("status")
             .add(names::STATUS)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let tasks = vec![
             tokio::spawn(planner::run(self.shared.clone(), stop_rx.clone())),
             tokio::spawn(sender::run(self.shared.clone(), stop_rx.clone())),
@@ -226,7 +224,7 @@ impl App {
                 warn!(error = %e, "a notifier task ended abnormally");
             }
         }
-        self.service.stop().await.map_err(|e| e.to_string())?;
+        self.service.stop().await?;
         self.edge.drain().await?;
         self.client.drain().await?;
         Ok(())
@@ -355,7 +353,8 @@ async fn serve_status(
             request = endpoint.next() => {
                 let Some(request) = request else { return };
                 let _ = read_pending(&shared).await;
-                let body = serde_json::to_vec(&shared.stats.status()).unwrap_or_default();
+                let body = serde_json::to_vec(&shared.stats.status())
+                    .expect("a JSON value with string keys serializes");
                 if let Err(e) = request.respond(Ok(body.into())).await {
                     warn!(error = %e, "cannot answer a status request");
                 }

@@ -39,9 +39,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use upr_shared::{
     contract::{self, notifier as names},
     domain::{
-        ChangeNotice, Country, DEFAULT_LOCATION, Envelope, EventType, ReviewKey, ReviewState,
-        ReviewStatus, Session, plan,
+        ChangeNotice, Country, DEFAULT_LOCATION, Envelope, EnvelopeError, EventType, ReviewKey,
+        ReviewState, ReviewStatus, Session, plan,
     },
+    service::BoxError,
 };
 
 use crate::{
@@ -55,14 +56,14 @@ use crate::{
 pub(crate) enum ApplyError {
     /// The message is not a valid event: logged, counted, terminated.
     #[error("malformed event: {0}")]
-    Malformed(String),
+    Malformed(#[from] EnvelopeError),
     /// NATS failed or another replica got there first: retried.
-    #[error("{0}")]
-    Retry(String),
+    #[error(transparent)]
+    Retry(BoxError),
 }
 
-fn retry(e: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Retry(e.to_string())
+fn retry(e: impl Into<BoxError>) -> ApplyError {
+    ApplyError::Retry(e.into())
 }
 
 /// Consumes `UPR_EVENTS` until `stop` flips, finishing the events in hand.
@@ -200,7 +201,7 @@ async fn handle(shared: &Shared, msg: Message, mut turn: Turn, stop: watch::Rece
                     return;
                 }
                 Err(ApplyError::Malformed(why)) => {
-                    warn!(why, "malformed event skipped");
+                    warn!(why = %why, "malformed event skipped");
                     Stats::add(&shared.stats.malformed, 1);
                     if let Err(e) = msg.ack_with(AckKind::Term).await {
                         warn!(error = %e, "term failed");
@@ -209,13 +210,13 @@ async fn handle(shared: &Shared, msg: Message, mut turn: Turn, stop: watch::Rece
                     return;
                 }
                 Err(ApplyError::Retry(why)) if *stop.borrow() => {
-                    warn!(why, "event not applied; left for redelivery");
+                    warn!(why = %why, "event not applied; left for redelivery");
                     turn.finish(false);
                     return;
                 }
                 Err(ApplyError::Retry(why)) => {
                     // In place: sent back, the review's next event would overtake it.
-                    warn!(why, "event not applied; retrying in 1 s");
+                    warn!(why = %why, "event not applied; retrying in 1 s");
                     let _ = msg.ack_with(AckKind::Progress).await;
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -237,8 +238,7 @@ fn bears_on_reminders(ty: EventType) -> bool {
 /// The envelope of a message of the log, if it is an event
 /// ([`contract::subjects::decode_stored`], the one rule for every consumer).
 fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, ApplyError> {
-    contract::subjects::decode_stored(subject, payload)
-        .map_err(|e| ApplyError::Malformed(e.to_string()))
+    Ok(contract::subjects::decode_stored(subject, payload)?)
 }
 
 async fn apply(shared: &Shared, msg: &Message, seq: u64) -> Result<(), ApplyError> {

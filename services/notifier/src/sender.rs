@@ -159,8 +159,7 @@ async fn deliver(shared: &Shared, reminder: &Reminder) -> Result<Outcome, async_
         applied,
         u64::MAX,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     if unapplied.is_some() {
         return Ok(Outcome::PlannerBehind);
     }

@@ -244,8 +244,8 @@ impl<V: View> Table<V> {
 }
 
 fn to_json<V: Serialize>(view: &V) -> Vec<u8> {
-    // Read-model values hold only strings, integers and structs: cannot fail.
-    serde_json::to_vec(view).unwrap_or_default()
+    serde_json::to_vec(view)
+        .expect("a read-model value holds only strings, integers and structs: it serializes")
 }
 
 /// What folding one event did.

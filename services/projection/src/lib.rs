@@ -38,7 +38,13 @@ use upr_shared::{
     service::{self, BoxError},
 };
 
-use crate::{lease::Lease, projector::Projector, query::Queries, state::Shared, store::Store};
+use crate::{
+    lease::Lease,
+    projector::Projector,
+    query::Queries,
+    state::Shared,
+    store::{OpenError, Store},
+};
 
 /// Settings of this service, read from the environment.
 #[derive(Debug, Clone)]
@@ -158,36 +164,18 @@ impl Standby {
         // Right after a node of a cluster died, JetStream may take seconds to
         // answer (leaders being elected): keep trying for a while, except
         // for a configuration that retrying cannot fix.
-        let started = tokio::time::Instant::now();
-        let mut backoff = upr_shared::retry::Backoff::new(
-            std::time::Duration::from_millis(200),
-            std::time::Duration::from_secs(2),
-        );
-        loop {
-            match self.open(&lease, stopping.clone()).await {
-                Ok((projector, queries)) => {
-                    let active = Active {
-                        projector,
-                        lease,
-                        keeper,
-                    };
-                    return Ok((active, queries));
-                }
-                Err(e)
-                    if started.elapsed() < upr_shared::nats::SETUP_PATIENCE
-                        && !matches!(
-                            e.downcast_ref::<upr_shared::nats::SetupError>(),
-                            Some(upr_shared::nats::SetupError::Incompatible { .. })
-                        ) =>
-                {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot open the read models yet");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => {
-                    keeper.abort();
-                    return Err(e);
-                }
+        match upr_shared::nats::patiently(|| self.open(&lease, stopping.clone())).await {
+            Ok((projector, queries)) => {
+                let active = Active {
+                    projector,
+                    lease,
+                    keeper,
+                };
+                Ok((active, queries))
+            }
+            Err(e) => {
+                keeper.abort();
+                Err(e.into())
             }
         }
     }
@@ -196,7 +184,7 @@ impl Standby {
         &self,
         lease: &Arc<Lease>,
         stopping: watch::Receiver<bool>,
-    ) -> Result<(Projector, Queries), BoxError> {
+    ) -> Result<(Projector, Queries), OpenError> {
         let lease = lease.clone();
         let (store, _) = Store::open(
             self.js.clone(),
@@ -212,7 +200,7 @@ impl Standby {
             stopping,
         );
         projector.under(lease.clone());
-        projector.take_over().await?;
+        projector.take_over().await.map_err(OpenError::Transient)?;
         let queries = Queries::new(store, self.shared.clone(), self.config.leads.clone());
         info!(holder = %self.holder, "active: consuming the event log and answering queries");
         Ok((projector, queries))

@@ -21,9 +21,45 @@ use crate::projector::decode;
 use upr_shared::{
     contract::{self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET},
     domain::{Envelope, ReviewKey},
-    nats::ensure_bucket,
+    nats::{SetupError, SetupFailure, ensure_bucket},
     service::BoxError,
 };
+
+/// Why the read models could not be opened, by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A bucket exists with a configuration the projection cannot work
+    /// with: retrying cannot fix it, so the service stops at once.
+    #[error(transparent)]
+    Incompatible(SetupError),
+    /// JetStream unreachable, slow or refusing for now (a cluster electing
+    /// leaders, a server still recovering): worth another try.
+    #[error(transparent)]
+    Transient(BoxError),
+}
+
+impl From<SetupError> for OpenError {
+    fn from(e: SetupError) -> Self {
+        if e.is_permanent() {
+            Self::Incompatible(e)
+        } else {
+            Self::Transient(e.into())
+        }
+    }
+}
+
+/// Any other answer of JetStream (or none) may be different next time.
+impl From<BoxError> for OpenError {
+    fn from(e: BoxError) -> Self {
+        Self::Transient(e)
+    }
+}
+
+impl SetupFailure for OpenError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, Self::Incompatible(_))
+    }
+}
 
 /// The three read-model buckets.
 #[derive(Clone)]
@@ -98,12 +134,14 @@ impl Store {
     /// models were emptied and the consumer starts at sequence 1).
     ///
     /// # Errors
-    /// A bucket with an incompatible configuration, or JetStream unreachable.
+    /// [`OpenError::Incompatible`] for a bucket with an incompatible
+    /// configuration, [`OpenError::Transient`] when JetStream is unreachable
+    /// or refuses.
     pub async fn open(
         js: jetstream::Context,
         events: Stream,
         replicas: usize,
-    ) -> Result<(Self, bool), BoxError> {
+    ) -> Result<(Self, bool), OpenError> {
         let mut missing = Vec::new();
         for name in ALL_BUCKETS {
             if !stream_exists(&js, &format!("KV_{name}")).await? {
@@ -144,7 +182,7 @@ impl Store {
     /// # Errors
     /// JetStream unreachable or refusing.
     pub async fn reset(&self) -> Result<(), BoxError> {
-        reset(&self.js, &self.events, self.replicas).await
+        Ok(reset(&self.js, &self.events, self.replicas).await?)
     }
 
     /// Recreates the consumer so that it delivers from `start` on, with
@@ -234,7 +272,7 @@ impl Store {
         let mut messages = consumer.messages().await?;
         while let Some(message) = messages.next().await {
             let message = message?;
-            remaining = message.info().map_err(|e| e.to_string())?.pending;
+            remaining = message.info()?.pending;
             let deleted = message
                 .headers
                 .as_ref()
@@ -262,13 +300,15 @@ async fn delete_consumer(events: &Stream) -> Result<(), BoxError> {
     }
 }
 
-async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Result<(), BoxError> {
+/// [`Store::reset`], typed for [`Store::open`], which resets when anything
+/// was missing.
+async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Result<(), OpenError> {
     delete_consumer(events).await?;
     for name in ALL_BUCKETS {
         match js.delete_stream(format!("KV_{name}")).await {
             Ok(_) => {}
             Err(e) if is_stream_not_found(e.kind()) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(BoxError::from(e).into()),
         }
     }
     for name in ALL_BUCKETS {
@@ -276,16 +316,17 @@ async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Res
     }
     let mut consumer: PullConsumer = events
         .create_consumer(contract::projection_consumer())
-        .await?;
+        .await
+        .map_err(BoxError::from)?;
     // A server that is still recovering can answer "not found" to the delete
     // and then bring the old consumer back; creating it again then returns
     // the old one, which would resume mid-log into empty buckets.
-    let info = consumer.info().await?;
+    let info = consumer.info().await.map_err(BoxError::from)?;
     if info.delivered.stream_sequence > 0 || info.ack_floor.stream_sequence > 0 {
-        return Err(format!(
+        return Err(BoxError::from(format!(
             "consumer {PROJECTION_CONSUMER} came back at sequence {} instead of starting over",
             info.delivered.stream_sequence
-        )
+        ))
         .into());
     }
     info!("read models emptied; consumer recreated at sequence 1");
@@ -312,5 +353,34 @@ async fn consumer_exists(events: &Stream) -> Result<bool, BoxError> {
             warn!(error = %e, "cannot read the consumer's info");
             Err(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_incompatible_bucket_stops_the_opening_at_once() {
+        let incompatible = OpenError::from(SetupError::Incompatible {
+            kind: "bucket",
+            name: REVIEWS_BUCKET.into(),
+            differences: "replicas: found 1, expected 3".into(),
+        });
+        assert!(incompatible.is_permanent());
+        assert!(
+            incompatible
+                .to_string()
+                .starts_with("bucket upr_reviews exists with an incompatible configuration"),
+            "{incompatible}"
+        );
+        let unreachable = OpenError::from(SetupError::JetStream {
+            kind: "bucket",
+            name: REVIEWS_BUCKET.into(),
+            source: "timed out".into(),
+        });
+        assert!(!unreachable.is_permanent());
+        assert_eq!(unreachable.to_string(), "bucket upr_reviews: timed out");
+        assert!(!OpenError::from(BoxError::from("no responders")).is_permanent());
     }
 }

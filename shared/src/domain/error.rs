@@ -1,10 +1,18 @@
 //! The error every reply and every rejection carries: a stable code for
 //! programs, a sentence for people, and the field that was wrong.
+//!
+//! The domain's rules return typed errors ([`LifecycleError`],
+//! [`LimitError`]) that carry what the rule looked at; they become a
+//! `RejectError` only where a service answers (`From`), so the code and the
+//! sentence are decided here and in their `Display`, once.
 
 use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::lifecycle::LifecycleError;
+use super::limits::LimitError;
 
 /// The stable, machine-readable error codes of the contract.
 ///
@@ -182,6 +190,21 @@ impl RejectError {
     /// `timeout`, with what was waited for.
     pub fn timeout(detail: impl Into<String>) -> Self {
         Self::new(ErrorCode::Timeout, detail)
+    }
+}
+
+/// A broken lifecycle rule, at the edge: `conflict`, its sentence, no field.
+impl From<LifecycleError> for RejectError {
+    fn from(e: LifecycleError) -> Self {
+        Self::conflict(e.to_string())
+    }
+}
+
+/// A passed per-review limit, at the edge: `limit_exceeded`, its sentence,
+/// no field.
+impl From<LimitError> for RejectError {
+    fn from(e: LimitError) -> Self {
+        Self::limit_exceeded(e.to_string())
     }
 }
 

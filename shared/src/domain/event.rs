@@ -439,9 +439,20 @@ pub struct Envelope {
 
 /// A message in the event stream that is not a valid envelope; consumers log,
 /// count and skip it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed event envelope: {0}")]
-pub struct EnvelopeError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not strict JSON, or not the envelope's shape and values.
+    #[error("malformed event envelope: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A valid envelope stored on another subject than its own.
+    #[error("malformed event envelope: the envelope belongs on {expected}, not {subject}")]
+    WrongSubject {
+        /// The subject the envelope says it belongs on.
+        expected: String,
+        /// The subject it was found on.
+        subject: String,
+    },
+}
 
 /// Borrowed mirror of the wire shape: field order here is key order there.
 #[derive(Serialize)]
@@ -474,9 +485,9 @@ impl Envelope {
 
     /// The stored JSON bytes, keys in contract order.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing these types into a Vec cannot fail: keys are strings
-        // and there are no floats or maps with non-string keys.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Keys are strings and there are no floats or maps with non-string
+        // keys.
+        serde_json::to_vec(self).expect("an envelope serializes into a Vec")
     }
 
     /// Decodes anything found in the stream; never panics.
@@ -488,8 +499,8 @@ impl Envelope {
     /// # Errors
     /// [`EnvelopeError`] describing the first problem.
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let value = parse_strict(bytes).map_err(EnvelopeError)?;
-        serde_json::from_value(value).map_err(|e| EnvelopeError(e.to_string()))
+        let value = parse_strict(bytes)?;
+        Ok(serde_json::from_value(value)?)
     }
 }
 

@@ -12,14 +12,17 @@ use serde_json::{Map, Value};
 /// need 3, so 32 leaves room while bounding work on hostile input.
 pub const MAX_DEPTH: usize = 32;
 
-/// Parses one JSON document strictly; the error is a short human detail.
-/// Intake and query payloads both go through it, so they follow one rule.
-pub fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
+/// Parses one JSON document strictly; the error's `Display` is a short
+/// human detail. Intake and query payloads both go through it, so they
+/// follow one rule.
+///
+/// # Errors
+/// Not one well-formed JSON document, a duplicated key or nesting deeper
+/// than [`MAX_DEPTH`].
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict { depth: 0 }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
+    let value = Strict { depth: 0 }.deserialize(&mut de)?;
+    de.end()?;
     Ok(value)
 }
 
@@ -113,6 +116,7 @@ mod tests {
         assert!(
             parse_strict(br#"{"a":1,"a":2}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("duplicated key")
         );
         assert!(parse_strict(br#"{"a":[{"b":1,"b":1}]}"#).is_err());
@@ -125,6 +129,7 @@ mod tests {
         assert!(
             parse_strict(deep.as_bytes())
                 .unwrap_err()
+                .to_string()
                 .contains("nesting")
         );
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);

@@ -13,10 +13,11 @@
 //! (or any side event): the state is then what it would be had that event
 //! never been recorded.
 
+use std::fmt;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::error::RejectError;
 use super::event::{Envelope, EventData, EventType, ReviewKey};
 use super::time::Timestamp;
 use uuid::Uuid;
@@ -52,48 +53,172 @@ impl ReviewStatus {
     }
 }
 
-/// Whether `event` may happen to a review whose status is `current`
-/// (`None`: no lifecycle event yet).
-///
-/// # Errors
-/// A `conflict` [`RejectError`] explaining the state and what was needed.
-pub fn decide(
-    current: Option<ReviewStatus>,
-    event: EventType,
-    review: ReviewKey,
-) -> Result<(), RejectError> {
-    use ReviewStatus::*;
-    let (allowed, needs) = match event {
-        EventType::ReviewScheduled => (
-            matches!(current, None | Some(Cancelled)),
-            "no review or a cancelled one",
-        ),
-        EventType::ReviewRescheduled | EventType::ReviewCancelled | EventType::ReviewHeld => {
-            (current == Some(Scheduled), "a scheduled review")
+/// What a lifecycle event needs of the review's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Needs {
+    /// No lifecycle event yet, or a cancelled review (`review_scheduled`).
+    NoneOrCancelled,
+    /// A scheduled review (`review_rescheduled`, `review_cancelled`,
+    /// `review_held`).
+    Scheduled,
+    /// A held review (`report_published`).
+    Held,
+    /// A held or reported review (`outcome_adopted`).
+    HeldOrReported,
+}
+
+impl Needs {
+    /// What `event` needs; `None` for side events and retractions, whose
+    /// rules look at the events, not the status (see
+    /// [`ReviewState::decide_retraction`]).
+    pub fn of(event: EventType) -> Option<Self> {
+        match event {
+            EventType::ReviewScheduled => Some(Self::NoneOrCancelled),
+            EventType::ReviewRescheduled | EventType::ReviewCancelled | EventType::ReviewHeld => {
+                Some(Self::Scheduled)
+            }
+            EventType::ReportPublished => Some(Self::Held),
+            EventType::OutcomeAdopted => Some(Self::HeldOrReported),
+            EventType::SideEventHeld | EventType::EventRetracted => None,
         }
-        EventType::ReportPublished => (current == Some(Held), "a held review"),
-        EventType::OutcomeAdopted => (
-            matches!(current, Some(Held | Reported)),
-            "a held or reported review",
-        ),
-        // Their rules look at the events, not the status: see
-        // `ReviewState::decide_retraction`.
-        EventType::SideEventHeld | EventType::EventRetracted => (true, ""),
-    };
-    if allowed {
-        return Ok(());
     }
-    let state = current.map_or("does not exist", |s| match s {
+
+    /// Whether a review whose status is `current` has what is needed.
+    pub fn admits(self, current: Option<ReviewStatus>) -> bool {
+        use ReviewStatus::*;
+        match self {
+            Self::NoneOrCancelled => matches!(current, None | Some(Cancelled)),
+            Self::Scheduled => current == Some(Scheduled),
+            Self::Held => current == Some(Held),
+            Self::HeldOrReported => matches!(current, Some(Held | Reported)),
+        }
+    }
+}
+
+impl fmt::Display for Needs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoneOrCancelled => "no review or a cancelled one",
+            Self::Scheduled => "a scheduled review",
+            Self::Held => "a held review",
+            Self::HeldOrReported => "a held or reported review",
+        })
+    }
+}
+
+/// A lifecycle rule an event would break, with what the rule looked at.
+/// `Display` is the sentence a refused client reads; at the edge it becomes
+/// a `conflict` [`RejectError`](super::error::RejectError) (`From`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    /// The review's status does not allow `event`.
+    #[error(
+        "review {} {} {}; {event} needs {needs}",
+        .review.country,
+        .review.session,
+        standing(.current)
+    )]
+    NotAllowed {
+        /// The review.
+        review: ReviewKey,
+        /// Its status (`None`: no lifecycle event yet).
+        current: Option<ReviewStatus>,
+        /// The refused event's type.
+        event: EventType,
+        /// What `event` needs of the status.
+        needs: Needs,
+    },
+    /// A retraction names an id that is no event of this review.
+    #[error(
+        "review {} {} holds no event {retracts}; only an event of this review can be retracted",
+        .review.country,
+        .review.session
+    )]
+    UnknownTarget {
+        /// The review.
+        review: ReviewKey,
+        /// The id the retraction names.
+        retracts: Uuid,
+    },
+    /// A retraction names an event already retracted.
+    #[error(
+        "event {retracts} of review {} {} is already retracted",
+        .review.country,
+        .review.session
+    )]
+    AlreadyRetracted {
+        /// The review.
+        review: ReviewKey,
+        /// The id the retraction names.
+        retracts: Uuid,
+    },
+    /// A retraction names another retraction.
+    #[error("event {retracts} is itself a retraction; a retraction cannot be retracted")]
+    RetractsRetraction {
+        /// The review.
+        review: ReviewKey,
+        /// The id the retraction names.
+        retracts: Uuid,
+    },
+    /// A retraction names a lifecycle event that is not the latest one in
+    /// force (only that one may be taken back).
+    #[error(
+        "event {retracts} ({event}) is not the latest lifecycle event of review {} {} \
+         in force{}; only that one may be retracted",
+        .review.country,
+        .review.session,
+        latest_in_force(.latest)
+    )]
+    NotLatest {
+        /// The review.
+        review: ReviewKey,
+        /// The id the retraction names.
+        retracts: Uuid,
+        /// The type of the event it names.
+        event: EventType,
+        /// The latest lifecycle event in force (type and id), if any.
+        latest: Option<(EventType, Uuid)>,
+    },
+}
+
+/// `is scheduled` ... or `does not exist`, as [`LifecycleError::NotAllowed`] says it.
+fn standing(current: &Option<ReviewStatus>) -> &'static str {
+    use ReviewStatus::*;
+    current.map_or("does not exist", |s| match s {
         Scheduled => "is scheduled",
         Cancelled => "is cancelled",
         Held => "is held",
         Reported => "is reported",
         Adopted => "is adopted",
-    });
-    Err(RejectError::conflict(format!(
-        "review {} {} {state}; {event} needs {needs}",
-        review.country, review.session
-    )))
+    })
+}
+
+/// ` (that is <type> <id>)`, or nothing when no lifecycle event is in force.
+fn latest_in_force(latest: &Option<(EventType, Uuid)>) -> String {
+    latest.map_or(String::new(), |(event, id)| {
+        format!(" (that is {event} {id})")
+    })
+}
+
+/// Whether `event` may happen to a review whose status is `current`
+/// (`None`: no lifecycle event yet).
+///
+/// # Errors
+/// [`LifecycleError::NotAllowed`], with the state and what was needed.
+pub fn decide(
+    current: Option<ReviewStatus>,
+    event: EventType,
+    review: ReviewKey,
+) -> Result<(), LifecycleError> {
+    match Needs::of(event) {
+        Some(needs) if !needs.admits(current) => Err(LifecycleError::NotAllowed {
+            review,
+            current,
+            event,
+            needs,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The status after `event`, without checking any rule: stored events are
@@ -206,7 +331,7 @@ impl ReviewState {
     ///
     /// # Errors
     /// As [`decide`].
-    pub fn decide(&self, event: EventType, review: ReviewKey) -> Result<(), RejectError> {
+    pub fn decide(&self, event: EventType, review: ReviewKey) -> Result<(), LifecycleError> {
         decide(self.status(), event, review)
     }
 
@@ -215,38 +340,30 @@ impl ReviewState {
     /// else its type and whether it is already retracted.
     ///
     /// # Errors
-    /// `conflict`, saying which rule: not an event of this review, already
-    /// retracted, a retraction itself, or a lifecycle event that is not the
-    /// latest one in force.
+    /// The [`LifecycleError`] of the rule: not an event of this review,
+    /// already retracted, a retraction itself, or a lifecycle event that is
+    /// not the latest one in force.
     pub fn decide_retraction(
         &self,
         retracts: Uuid,
         target: Option<(EventType, bool)>,
         review: ReviewKey,
-    ) -> Result<(), RejectError> {
-        let (country, session) = (review.country, review.session);
-        let conflict = |why: String| Err(RejectError::conflict(why));
+    ) -> Result<(), LifecycleError> {
         match target {
-            None => conflict(format!(
-                "review {country} {session} holds no event {retracts}; only an event of this review can be retracted"
-            )),
-            Some((_, true)) => conflict(format!(
-                "event {retracts} of review {country} {session} is already retracted"
-            )),
-            Some((EventType::EventRetracted, _)) => conflict(format!(
-                "event {retracts} is itself a retraction; a retraction cannot be retracted"
-            )),
+            None => Err(LifecycleError::UnknownTarget { review, retracts }),
+            Some((_, true)) => Err(LifecycleError::AlreadyRetracted { review, retracts }),
+            Some((EventType::EventRetracted, _)) => {
+                Err(LifecycleError::RetractsRetraction { review, retracts })
+            }
             Some((EventType::SideEventHeld, _)) => Ok(()),
-            Some((ty, _)) => match self.latest() {
+            Some((event, _)) => match self.latest() {
                 Some(latest) if latest.id == retracts => Ok(()),
-                latest => conflict(format!(
-                    "event {retracts} ({ty}) is not the latest lifecycle event of review {country} {session} \
-                     in force{}; only that one may be retracted",
-                    latest.map_or(String::new(), |l| format!(
-                        " (that is {} {})",
-                        l.event, l.id
-                    ))
-                )),
+                latest => Err(LifecycleError::NotLatest {
+                    review,
+                    retracts,
+                    event,
+                    latest: latest.map(|l| (l.event, l.id)),
+                }),
             },
         }
     }
@@ -256,7 +373,7 @@ impl ReviewState {
 mod tests {
     use super::*;
 
-    use crate::domain::error::ErrorCode;
+    use crate::domain::error::{ErrorCode, RejectError};
     use EventType::*;
 
     fn key() -> ReviewKey {
@@ -271,21 +388,19 @@ mod tests {
     }
 
     impl Given {
-        fn when(self, event: EventType) -> Result<(), RejectError> {
+        fn when(self, event: EventType) -> Result<(), LifecycleError> {
             decide(self.0, event, key())
         }
     }
 
     #[track_caller]
-    fn then_ok(r: Result<(), RejectError>) {
+    fn then_ok(r: Result<(), LifecycleError>) {
         r.unwrap_or_else(|e| panic!("expected allowed, got {e:?}"));
     }
 
     #[track_caller]
-    fn then_conflict(r: Result<(), RejectError>) -> RejectError {
-        let e = r.expect_err("expected a conflict");
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::Conflict, None));
-        e
+    fn then_conflict(r: Result<(), LifecycleError>) -> LifecycleError {
+        r.expect_err("expected a conflict")
     }
 
     /// The six states as event histories: absent, scheduled, cancelled,
@@ -321,38 +436,114 @@ mod tests {
                     "{event} after {past:?}: {result:?}"
                 );
                 if !allowed {
-                    then_conflict(result);
+                    let e = then_conflict(result);
+                    let current = given(past).0;
+                    assert!(
+                        matches!(e, LifecycleError::NotAllowed { event: ev, current: c, review, .. }
+                            if ev == event && c == current && review == key()),
+                        "{e:?}"
+                    );
                 }
             }
         }
     }
 
     #[test]
+    fn conflicts_name_the_state_and_what_was_needed() {
+        let needs = |past: &[EventType], event| match then_conflict(given(past).when(event)) {
+            LifecycleError::NotAllowed { needs, .. } => needs,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            needs(&[ReviewScheduled, ReviewHeld], ReviewRescheduled),
+            Needs::Scheduled
+        );
+        assert_eq!(needs(&[], ReportPublished), Needs::Held);
+        assert_eq!(
+            needs(&[ReviewScheduled], ReviewScheduled),
+            Needs::NoneOrCancelled
+        );
+        assert_eq!(
+            needs(&[ReviewScheduled], OutcomeAdopted),
+            Needs::HeldOrReported
+        );
+        assert_eq!(needs(STATES[5], ReportPublished), Needs::Held);
+    }
+
+    /// The wire text of every rule, as clients and the documentation read
+    /// it: a `conflict` with no field.
+    #[test]
     fn conflicts_say_what_the_review_is_and_what_was_needed() {
-        let e = then_conflict(given(&[ReviewScheduled, ReviewHeld]).when(ReviewRescheduled));
-        assert_eq!(
-            e.message,
-            "review KZ 48 is held; review_rescheduled needs a scheduled review"
+        #[track_caller]
+        fn says(e: LifecycleError, text: &str) {
+            assert_eq!(e.to_string(), text);
+            let wire = RejectError::from(e);
+            assert_eq!(
+                (wire.code, wire.message.as_str(), wire.field.as_deref()),
+                (ErrorCode::Conflict, text, None)
+            );
+        }
+        says(
+            then_conflict(given(&[ReviewScheduled, ReviewHeld]).when(ReviewRescheduled)),
+            "review KZ 48 is held; review_rescheduled needs a scheduled review",
         );
-        let e = then_conflict(given(&[]).when(ReportPublished));
-        assert_eq!(
-            e.message,
-            "review KZ 48 does not exist; report_published needs a held review"
+        says(
+            then_conflict(given(&[]).when(ReportPublished)),
+            "review KZ 48 does not exist; report_published needs a held review",
         );
-        let e = then_conflict(given(&[ReviewScheduled]).when(ReviewScheduled));
-        assert_eq!(
-            e.message,
-            "review KZ 48 is scheduled; review_scheduled needs no review or a cancelled one"
+        says(
+            then_conflict(given(&[ReviewScheduled]).when(ReviewScheduled)),
+            "review KZ 48 is scheduled; review_scheduled needs no review or a cancelled one",
         );
-        let e = then_conflict(given(&[ReviewScheduled]).when(OutcomeAdopted));
-        assert_eq!(
-            e.message,
-            "review KZ 48 is scheduled; outcome_adopted needs a held or reported review"
+        says(
+            then_conflict(given(&[ReviewScheduled]).when(OutcomeAdopted)),
+            "review KZ 48 is scheduled; outcome_adopted needs a held or reported review",
         );
-        let e = then_conflict(given(STATES[5]).when(ReportPublished));
-        assert_eq!(
-            e.message,
-            "review KZ 48 is adopted; report_published needs a held review"
+        says(
+            then_conflict(given(STATES[2]).when(ReviewHeld)),
+            "review KZ 48 is cancelled; review_held needs a scheduled review",
+        );
+        says(
+            then_conflict(given(STATES[4]).when(ReportPublished)),
+            "review KZ 48 is reported; report_published needs a held review",
+        );
+        says(
+            then_conflict(given(STATES[5]).when(ReportPublished)),
+            "review KZ 48 is adopted; report_published needs a held review",
+        );
+        let s = state_of(&[
+            scheduled(1, "2025-01-23T08:30:00Z", "Geneva"),
+            rescheduled(3, "2025-01-24T08:30:00Z"),
+        ]);
+        let id = Uuid::from_u128;
+        says(
+            then_conflict(s.decide_retraction(id(1), Some((ReviewScheduled, false)), key())),
+            "event 00000000-0000-0000-0000-000000000001 (review_scheduled) is not the latest \
+             lifecycle event of review KZ 48 in force (that is review_rescheduled \
+             00000000-0000-0000-0000-000000000003); only that one may be retracted",
+        );
+        says(
+            then_conflict(ReviewState::default().decide_retraction(
+                id(1),
+                Some((ReviewScheduled, false)),
+                key(),
+            )),
+            "event 00000000-0000-0000-0000-000000000001 (review_scheduled) is not the latest \
+             lifecycle event of review KZ 48 in force; only that one may be retracted",
+        );
+        says(
+            then_conflict(s.decide_retraction(id(9), None, key())),
+            "review KZ 48 holds no event 00000000-0000-0000-0000-000000000009; \
+             only an event of this review can be retracted",
+        );
+        says(
+            then_conflict(s.decide_retraction(id(2), Some((SideEventHeld, true)), key())),
+            "event 00000000-0000-0000-0000-000000000002 of review KZ 48 is already retracted",
+        );
+        says(
+            then_conflict(s.decide_retraction(id(5), Some((EventRetracted, false)), key())),
+            "event 00000000-0000-0000-0000-000000000005 is itself a retraction; \
+             a retraction cannot be retracted",
         );
     }
 
@@ -487,28 +678,28 @@ mod tests {
         let id = Uuid::from_u128;
         then_ok(s.decide_retraction(id(3), Some((ReviewRescheduled, false)), key()));
         then_ok(s.decide_retraction(id(2), Some((SideEventHeld, false)), key()));
-        let cases = [
-            (
-                id(1),
-                Some((ReviewScheduled, false)),
-                "is not the latest lifecycle event of review KZ 48 in force (that is review_rescheduled",
-            ),
-            (id(9), None, "review KZ 48 holds no event"),
-            (id(2), Some((SideEventHeld, true)), "is already retracted"),
-            (
-                id(3),
-                Some((ReviewRescheduled, true)),
-                "is already retracted",
-            ),
-            (
-                id(5),
-                Some((EventRetracted, false)),
-                "a retraction cannot be retracted",
-            ),
-        ];
-        for (target, known, says) in cases {
-            let e = then_conflict(s.decide_retraction(target, known, key()));
-            assert!(e.message.contains(says), "{}", e.message);
+        let e = then_conflict(s.decide_retraction(id(1), Some((ReviewScheduled, false)), key()));
+        assert!(
+            matches!(e, LifecycleError::NotLatest { retracts, event: ReviewScheduled, latest: Some((ReviewRescheduled, l)), .. }
+                if retracts == id(1) && l == id(3)),
+            "{e:?}"
+        );
+        let e = then_conflict(s.decide_retraction(id(9), None, key()));
+        assert!(
+            matches!(e, LifecycleError::UnknownTarget { retracts, .. } if retracts == id(9)),
+            "{e:?}"
+        );
+        for (target, known) in [(2, (SideEventHeld, true)), (3, (ReviewRescheduled, true))] {
+            let e = then_conflict(s.decide_retraction(id(target), Some(known), key()));
+            assert!(
+                matches!(e, LifecycleError::AlreadyRetracted { .. }),
+                "{e:?}"
+            );
         }
+        let e = then_conflict(s.decide_retraction(id(5), Some((EventRetracted, false)), key()));
+        assert!(
+            matches!(e, LifecycleError::RetractsRetraction { .. }),
+            "{e:?}"
+        );
     }
 }

@@ -14,7 +14,6 @@ use std::io;
 
 use serde::Serialize;
 
-use super::error::RejectError;
 use super::event::{Envelope, EventData, ReviewKey, SideEventHeld};
 use super::read_models::SideEventView;
 
@@ -72,50 +71,118 @@ impl ReviewSize {
     /// Whether the review may take `event` as well.
     ///
     /// # Errors
-    /// `limit_exceeded`, naming the limit that `event` would pass.
-    pub fn check(&self, event: &Envelope) -> Result<(), RejectError> {
+    /// The [`LimitError`] of the limit that `event` would pass.
+    pub fn check(&self, event: &Envelope) -> Result<(), LimitError> {
         let review = event.review_key();
-        let d = match &event.data {
-            EventData::SideEventHeld(d) => d,
-            EventData::EventRetracted(_) => {
-                return within(self.retractions, MAX_RETRACTIONS, "retractions", review);
-            }
-            _ => {
-                return within(
-                    self.lifecycle,
-                    MAX_LIFECYCLE_EVENTS,
-                    "lifecycle events",
+        match &event.data {
+            EventData::SideEventHeld(_) if self.side_events >= MAX_SIDE_EVENTS => {
+                Err(LimitError::SideEvents {
                     review,
-                );
+                    held: self.side_events,
+                    max: MAX_SIDE_EVENTS,
+                })
             }
-        };
-        within(self.side_events, MAX_SIDE_EVENTS, "side events", review)?;
-        let bytes = side_event_bytes(event.id, d);
-        if self.side_event_bytes + bytes <= MAX_SIDE_EVENT_BYTES {
-            return Ok(());
+            EventData::SideEventHeld(d) => {
+                let adding = side_event_bytes(event.id, d);
+                if self.side_event_bytes + adding <= MAX_SIDE_EVENT_BYTES {
+                    return Ok(());
+                }
+                Err(LimitError::SideEventBytes {
+                    review,
+                    held: self.side_event_bytes,
+                    adding,
+                    max: MAX_SIDE_EVENT_BYTES,
+                })
+            }
+            EventData::EventRetracted(_) if self.retractions >= MAX_RETRACTIONS => {
+                Err(LimitError::Retractions {
+                    review,
+                    held: self.retractions,
+                    max: MAX_RETRACTIONS,
+                })
+            }
+            EventData::EventRetracted(_) => Ok(()),
+            _ if self.lifecycle >= MAX_LIFECYCLE_EVENTS => Err(LimitError::LifecycleEvents {
+                review,
+                held: self.lifecycle,
+                max: MAX_LIFECYCLE_EVENTS,
+            }),
+            _ => Ok(()),
         }
-        Err(RejectError::limit_exceeded(format!(
-            "review {} {}: its side events take {} bytes and this one would add {bytes}; \
-             the limit is {MAX_SIDE_EVENT_BYTES} bytes of side events per review \
-             (shorten the speakers or topics)",
-            review.country, review.session, self.side_event_bytes
-        )))
     }
+}
+
+/// A per-review limit an event would pass, with how much the review holds
+/// (`held`) and the limit (`max`). `Display` is the sentence a refused
+/// client reads; at the edge it becomes a `limit_exceeded`
+/// [`RejectError`](super::error::RejectError) (`From`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// [`MAX_SIDE_EVENTS`].
+    #[error(
+        "review {} {} already holds {held} side events; the limit is {max} side events per review",
+        .review.country,
+        .review.session
+    )]
+    SideEvents {
+        /// The review.
+        review: ReviewKey,
+        /// Side events it holds.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// [`MAX_SIDE_EVENT_BYTES`].
+    #[error(
+        "review {} {}: its side events take {held} bytes and this one would add {adding}; \
+         the limit is {max} bytes of side events per review \
+         (shorten the speakers or topics)",
+        .review.country,
+        .review.session
+    )]
+    SideEventBytes {
+        /// The review.
+        review: ReviewKey,
+        /// Bytes its side events take in the review value.
+        held: usize,
+        /// Bytes the refused side event would add.
+        adding: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// [`MAX_LIFECYCLE_EVENTS`].
+    #[error(
+        "review {} {} already holds {held} lifecycle events; the limit is {max} lifecycle events per review",
+        .review.country,
+        .review.session
+    )]
+    LifecycleEvents {
+        /// The review.
+        review: ReviewKey,
+        /// Lifecycle events it holds.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// [`MAX_RETRACTIONS`].
+    #[error(
+        "review {} {} already holds {held} retractions; the limit is {max} retractions per review",
+        .review.country,
+        .review.session
+    )]
+    Retractions {
+        /// The review.
+        review: ReviewKey,
+        /// Retractions it holds.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Bytes a side event takes in its review value.
 pub fn side_event_bytes(id: uuid::Uuid, d: &SideEventHeld) -> usize {
     SideEventView::of(id, d).encoded_len()
-}
-
-fn within(held: usize, max: usize, what: &str, review: ReviewKey) -> Result<(), RejectError> {
-    if held < max {
-        return Ok(());
-    }
-    Err(RejectError::limit_exceeded(format!(
-        "review {} {} already holds {held} {what}; the limit is {max} {what} per review",
-        review.country, review.session
-    )))
 }
 
 /// The length of `value` as compact JSON, without building the text.
@@ -140,7 +207,7 @@ pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
 mod tests {
     use super::*;
     use crate::domain::EventType;
-    use crate::domain::error::ErrorCode;
+    use crate::domain::error::{ErrorCode, RejectError};
     use crate::domain::read_models::tests::envelope;
     use serde_json::json;
 
@@ -162,13 +229,8 @@ mod tests {
     }
 
     #[track_caller]
-    fn then_limit(r: Result<(), RejectError>, names: &str) {
-        let e = r.expect_err("expected limit_exceeded");
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            (ErrorCode::LimitExceeded, None)
-        );
-        assert!(e.message.contains(names), "{}", e.message);
+    fn then_limit(r: Result<(), LimitError>) -> LimitError {
+        r.expect_err("expected a limit")
     }
 
     #[test]
@@ -178,15 +240,34 @@ mod tests {
             size.check(&side(n, 0)).unwrap();
             size.add(&side(n, 0));
         }
-        then_limit(size.check(&side(999, 0)), "the limit is 200 side events");
+        let e = then_limit(size.check(&side(999, 0)));
+        assert!(
+            matches!(
+                e,
+                LimitError::SideEvents {
+                    held: 200,
+                    max: 200,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         // Side events do not use up the lifecycle limit, nor the other way round.
         size.check(&cancelled(1000)).unwrap();
         for n in 0..MAX_LIFECYCLE_EVENTS as u64 {
             size.add(&cancelled(n));
         }
-        then_limit(
-            size.check(&cancelled(1000)),
-            "the limit is 100 lifecycle events",
+        let e = then_limit(size.check(&cancelled(1000)));
+        assert!(
+            matches!(
+                e,
+                LimitError::LifecycleEvents {
+                    held: 100,
+                    max: 100,
+                    ..
+                }
+            ),
+            "{e:?}"
         );
     }
 
@@ -201,12 +282,94 @@ mod tests {
         }
         assert_eq!(taken, 3, "three fit in {MAX_SIDE_EVENT_BYTES} bytes");
         assert!(size.side_event_bytes <= MAX_SIDE_EVENT_BYTES);
-        then_limit(
-            size.check(&side(99, 100)),
-            "the limit is 131072 bytes of side events per review",
+        let e = then_limit(size.check(&side(99, 100)));
+        assert!(
+            matches!(e, LimitError::SideEventBytes { held, adding, max: 131_072, .. }
+                if held == size.side_event_bytes && held + adding > MAX_SIDE_EVENT_BYTES),
+            "{e:?}"
         );
         // A small one still fits in what is left.
         size.check(&side(100, 0)).unwrap();
+    }
+
+    /// The wire text of every limit, as clients and the documentation read
+    /// it: a `limit_exceeded` with no field.
+    #[test]
+    fn limits_say_what_the_review_holds_and_the_limit() {
+        #[track_caller]
+        fn says(e: LimitError, text: &str) {
+            assert_eq!(e.to_string(), text);
+            let wire = RejectError::from(e);
+            assert_eq!(
+                (wire.code, wire.message.as_str(), wire.field.as_deref()),
+                (ErrorCode::LimitExceeded, text, None)
+            );
+        }
+        let review = ReviewKey::parse("KZ.48").unwrap();
+        says(
+            LimitError::SideEvents {
+                review,
+                held: 200,
+                max: 200,
+            },
+            "review KZ 48 already holds 200 side events; the limit is 200 side events per review",
+        );
+        says(
+            LimitError::SideEventBytes {
+                review,
+                held: 127_000,
+                adding: 4_200,
+                max: 131_072,
+            },
+            "review KZ 48: its side events take 127000 bytes and this one would add 4200; \
+             the limit is 131072 bytes of side events per review (shorten the speakers or topics)",
+        );
+        says(
+            LimitError::LifecycleEvents {
+                review,
+                held: 100,
+                max: 100,
+            },
+            "review KZ 48 already holds 100 lifecycle events; \
+             the limit is 100 lifecycle events per review",
+        );
+        says(
+            LimitError::Retractions {
+                review,
+                held: 100,
+                max: 100,
+            },
+            "review KZ 48 already holds 100 retractions; the limit is 100 retractions per review",
+        );
+    }
+
+    #[test]
+    fn a_review_takes_at_most_100_retractions() {
+        let mut size = ReviewSize::default();
+        let retraction = |n| {
+            envelope(
+                n,
+                "KZ.48",
+                json!({"retracts": uuid::Uuid::from_u128(1), "reason": "mistake"}),
+                EventType::EventRetracted,
+            )
+        };
+        for n in 0..MAX_RETRACTIONS as u64 {
+            size.check(&retraction(n)).unwrap();
+            size.add(&retraction(n));
+        }
+        let e = then_limit(size.check(&retraction(999)));
+        assert!(
+            matches!(
+                e,
+                LimitError::Retractions {
+                    held: 100,
+                    max: 100,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`time`]: UTC timestamps, parsed strictly and written as RFC 3339 `Z`.
 //! - [`span`]: lengths of time like `7d`, for reminder leads and settings.
 //! - [`event`]: the eight event types, their data, the stored envelope.
-//! - [`error`]: error codes and the `{code, message, field}` rejection.
+//! - [`error`]: error codes and the `{code, message, field}` rejection, which
+//!   the typed errors of the rules ([`LifecycleError`], [`LimitError`]) become.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
 //! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
 //! - [`limits`]: how much one review may hold, for intake and the fold alike.
@@ -39,10 +40,12 @@ pub use event::{
     Speaker,
 };
 pub use intake::{Command, MAX_PAYLOAD, parse_intake};
-pub use lifecycle::{LifecycleEntry, ReviewState, ReviewStatus, decide, evolve};
+pub use lifecycle::{
+    LifecycleEntry, LifecycleError, Needs, ReviewState, ReviewStatus, decide, evolve,
+};
 pub use limits::{
-    MAX_LIFECYCLE_EVENTS, MAX_RETRACTIONS, MAX_SIDE_EVENT_BYTES, MAX_SIDE_EVENTS, MAX_VALUE_BYTES,
-    ReviewSize, side_event_bytes,
+    LimitError, MAX_LIFECYCLE_EVENTS, MAX_RETRACTIONS, MAX_SIDE_EVENT_BYTES, MAX_SIDE_EVENTS,
+    MAX_VALUE_BYTES, ReviewSize, side_event_bytes,
 };
 pub use member_states::{MEMBER_STATES, member_state_name};
 pub use read_models::{
