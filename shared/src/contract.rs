@@ -82,8 +82,7 @@ pub mod subjects {
     pub fn decode_stored(subject: &str, payload: &[u8]) -> Result<Envelope, EnvelopeError> {
         // One strict typed pass (`Envelope`'s own decoder refuses
         // duplicated and unknown keys as it reads).
-        let event = serde_json::from_slice::<Envelope>(payload)
-            .map_err(|e| EnvelopeError(e.to_string()))?;
+        let event = serde_json::from_slice::<Envelope>(payload).map_err(EnvelopeError::Json)?;
         let expected = event_subject(&event);
         if subject != expected {
             return Err(EnvelopeError::WrongSubject {

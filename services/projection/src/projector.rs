@@ -72,7 +72,12 @@ pub enum Interrupt {
     NewTerm,
     /// JetStream did not answer a pull or the consumer lookup: bind again
     /// after a pause.
-    Unavailable(String),
+    Unavailable {
+        /// What could not be done.
+        doing: &'static str,
+        /// Why (none when the pull just ended).
+        source: Option<BoxError>,
+    },
 }
 
 /// Folds the event log into the read models.
@@ -326,7 +331,12 @@ impl Projector {
                             }
                         }
                         Pulled::Failed(e) => break self.pull_failed(e).await,
-                        Pulled::Ended => break Interrupt::Unavailable("the pull ended".into()),
+                        Pulled::Ended => {
+                            break Interrupt::Unavailable {
+                                doing: "pulling (the pull ended)",
+                                source: None,
+                            };
+                        }
                         Pulled::Stopping => {
                             // Finish the work in hand: write it and ack it.
                             let _ = self.checkpoint().await;
@@ -351,13 +361,19 @@ impl Projector {
             Err(e) => {
                 return Err(match self.store.consumer_exists().await {
                     Ok(false) => Interrupt::Replay("the consumer is gone".into()),
-                    _ => Interrupt::Unavailable(format!("cannot bind to the consumer: {e}")),
+                    _ => Interrupt::Unavailable {
+                        doing: "binding to the consumer",
+                        source: Some(e),
+                    },
                 });
             }
         };
         Batcher::bind(&consumer, self.max_batch)
             .await
-            .map_err(|e| Interrupt::Unavailable(format!("cannot pull from the consumer: {e}")))
+            .map_err(|e| Interrupt::Unavailable {
+                doing: "pulling from the consumer",
+                source: Some(e),
+            })
     }
 
     /// What a failed pull means.
@@ -367,7 +383,10 @@ impl Projector {
         {
             Interrupt::Replay("the consumer was deleted".into())
         } else {
-            Interrupt::Unavailable(format!("pulling from the consumer failed: {e}"))
+            Interrupt::Unavailable {
+                doing: "pulling from the consumer",
+                source: Some(e.into()),
+            }
         }
     }
 
@@ -394,9 +413,10 @@ impl Projector {
                     self.accept_gap = true;
                 }
             }
-            Interrupt::Unavailable(why) => {
+            Interrupt::Unavailable { doing, source } => {
                 let delay = backoff.next_delay();
-                warn!(error = %why, retry_in = ?delay, "pulling again after a pause");
+                let error = source.map(|e| e.to_string());
+                warn!(doing, error, retry_in = ?delay, "JetStream did not answer; pulling again after a pause");
                 self.pause(delay).await;
             }
         }
@@ -435,7 +455,7 @@ impl Projector {
             ack = Some(i);
             lag = Some(info.pending);
             last_seq = seq;
-            match decode(message.subject.as_str(), &message.payload) {
+            match subjects::decode_stored(message.subject.as_str(), &message.payload) {
                 Ok(event) => events.push((seq, event)),
                 Err(reason) => {
                     malformed += 1;
@@ -698,13 +718,4 @@ fn insert_loaded<V: View>(
         }
     }
     Ok(())
-}
-
-/// A stored message as an event ([`subjects::decode_stored`], one rule for
-/// every consumer of the log), with the reason as text for the log.
-///
-/// # Errors
-/// Why it is not an event.
-pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
-    subjects::decode_stored(subject, payload).map_err(|e| e.to_string())
 }

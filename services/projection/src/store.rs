@@ -17,7 +17,6 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use crate::projector::decode;
 use upr_shared::{
     contract::{self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET},
     domain::{Envelope, ReviewKey},
@@ -116,7 +115,9 @@ impl Store {
             {
                 Ok(m) if m.sequence < before => {
                     // Malformed messages are skipped by the fold, so here too.
-                    if let Ok(event) = decode(m.subject.as_str(), &m.payload) {
+                    if let Ok(event) =
+                        contract::subjects::decode_stored(m.subject.as_str(), &m.payload)
+                    {
                         out.push((m.sequence, event));
                     }
                     next = m.sequence + 1;
