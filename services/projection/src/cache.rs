@@ -75,7 +75,8 @@ const SLOT_OVERHEAD: usize = 128;
 
 struct Slot<V> {
     view: V,
-    /// JSON size when last read or written (0 while new and unwritten).
+    /// JSON size plus overhead when last read or written; while new and
+    /// unwritten, the table's average (it is held all the same).
     weight: usize,
     /// The batch that last touched it, for least-recently-used eviction.
     stamp: u64,
@@ -90,6 +91,9 @@ pub struct Table<V: View> {
     /// Keys changed since the last write, in first-touched order.
     dirty: Vec<V::Key>,
     weight: usize,
+    /// JSON bytes and number of values written so far: the weight a new
+    /// value is counted with until it is written.
+    written: (usize, usize),
 }
 
 impl<V: View> Default for Table<V> {
@@ -99,6 +103,7 @@ impl<V: View> Default for Table<V> {
             known: HashSet::new(),
             dirty: Vec::new(),
             weight: 0,
+            written: (0, 0),
         }
     }
 }
@@ -139,11 +144,15 @@ impl<V: View> Table<V> {
         stamp: u64,
         change: impl FnOnce(&mut V) -> (bool, T),
     ) -> T {
-        let slot = self.slots.entry(key).or_insert_with(|| Slot {
-            view: V::empty(key),
-            weight: 0,
-            stamp,
-            dirty: false,
+        let guess = self.new_value_weight();
+        let slot = self.slots.entry(key).or_insert_with(|| {
+            self.weight += guess;
+            Slot {
+                view: V::empty(key),
+                weight: guess,
+                stamp,
+                dirty: false,
+            }
         });
         slot.stamp = stamp;
         let (changed, out) = change(&mut slot.view);
@@ -152,6 +161,13 @@ impl<V: View> Table<V> {
             self.dirty.push(key);
         }
         out
+    }
+
+    /// What a value never written is counted as: the average written so
+    /// far (1 KiB before the first write), plus the overhead.
+    fn new_value_weight(&self) -> usize {
+        let (bytes, values) = self.written;
+        bytes.checked_div(values).unwrap_or(1024) + SLOT_OVERHEAD
     }
 
     /// Whether any value changed since it was last written.
@@ -197,6 +213,8 @@ impl<V: View> Table<V> {
             let weight = json_len + SLOT_OVERHEAD;
             self.weight = self.weight - slot.weight + weight;
             slot.weight = weight;
+            self.written.0 += json_len;
+            self.written.1 += 1;
             slot.dirty = false;
         }
         self.known.insert(key);

@@ -20,7 +20,6 @@ use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 use async_nats::jetstream::{
     self,
     consumer::pull::{MessagesError, MessagesErrorKind},
-    kv,
 };
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -38,7 +37,7 @@ use crate::{
     policy::{self, IDLE_CHECKPOINT, Progress, checkpoint_due},
     state::Shared,
     store::Store,
-    writer::{Fence, Writer},
+    writer::{Bucket, Fence, Round, Writer},
 };
 
 /// Most values written in one round of concurrent puts.
@@ -515,7 +514,9 @@ impl Projector {
             } else {
                 let cold =
                     policy::reviews_touched_before(stamp, self.set.reviews.dirty_len());
-                self.write_reviews(cold).await?;
+                let mut round = Round::default();
+                self.write_reviews(&mut round, cold).await?;
+                self.send(round).await?;
             }
             self.set.evict();
             debug!(
@@ -539,19 +540,27 @@ impl Projector {
     /// far.
     async fn checkpoint(&mut self) -> Result<(), Interrupt> {
         let started = std::time::Instant::now();
-        let buckets = self.store.buckets.clone();
-        self.write_reviews(u64::MAX).await?;
+        let mut round = Round::default();
+        self.write_reviews(&mut round, u64::MAX).await?;
         let sessions = self.set.sessions.take_dirty();
-        self.write_values(|s| &mut s.sessions, &buckets.sessions, sessions, |_| None)
-            .await?;
+        self.write_values(
+            &mut round,
+            |s| &mut s.sessions,
+            Bucket::Sessions,
+            sessions,
+            |_| None,
+        )
+        .await?;
         let countries = self.set.countries.take_dirty();
         self.write_values(
+            &mut round,
             |s| &mut s.countries,
-            &buckets.countries,
+            Bucket::Countries,
             countries,
             |_| None,
         )
         .await?;
+        self.send(round).await?;
         self.writer.settle().await?;
         self.checkpointed_at = std::time::Instant::now();
         self.checkpoint_cost = started.elapsed();
@@ -626,59 +635,60 @@ impl Projector {
         }
     }
 
-    /// Sends the values of `keys` to `bucket` in rounds bounded by
-    /// [`WRITE_CHUNK_VALUES`] / [`WRITE_CHUNK_BYTES`] (each round goes once
-    /// the one before has landed; the last may still be in flight when this
-    /// returns). `file` gives what the upcoming index learns of a value.
+    /// Serialises the values of `keys` into `round`, sending it whenever it
+    /// reaches [`WRITE_CHUNK_VALUES`] / [`WRITE_CHUNK_BYTES`] (each round
+    /// goes once the one before has landed). `file` gives what the upcoming
+    /// index learns of a value.
     async fn write_values<V: View>(
         &mut self,
+        round: &mut Round,
         table: fn(&mut WorkingSet) -> &mut Table<V>,
-        bucket: &kv::Store,
+        bucket: Bucket,
         keys: Vec<V::Key>,
         file: impl Fn(&V) -> Option<(ReviewKey, Option<CalendarEntry>)>,
     ) -> Result<(), Interrupt> {
-        let mut chunk = Vec::new();
-        let mut filed = Vec::new();
-        let mut bytes = 0;
-        let last = keys.len().saturating_sub(1);
-        for (i, key) in keys.into_iter().enumerate() {
+        for key in keys {
             let t = table(&mut self.set);
             if let Some(json) = t.serialize(&key) {
-                bytes += json.len();
                 t.mark_clean(key, json.len());
-                if let Some(entry) = t.get(&key).and_then(&file) {
-                    filed.push(entry);
+                if let Some((key, entry)) = t.get(&key).and_then(&file) {
+                    round.file(key, entry);
                 }
-                chunk.push((key.to_string(), json));
+                round.push(bucket, key.to_string(), json);
             }
-            if i == last || chunk.len() >= WRITE_CHUNK_VALUES || bytes >= WRITE_CHUNK_BYTES {
-                self.writer
-                    .send(
-                        bucket,
-                        std::mem::take(&mut chunk),
-                        std::mem::take(&mut filed),
-                    )
-                    .await?;
-                bytes = 0;
+            if round.reaches(WRITE_CHUNK_VALUES, WRITE_CHUNK_BYTES) {
+                self.writer.send(std::mem::take(round)).await?;
             }
         }
         Ok(())
     }
 
-    /// Writes the changed review values last touched before batch
-    /// `touched_before` (`u64::MAX`: all), and files them in the upcoming
-    /// index once written.
-    async fn write_reviews(&mut self, touched_before: u64) -> Result<(), Interrupt> {
-        let bucket = self.store.buckets.reviews.clone();
+    /// Serialises the changed review values last touched before batch
+    /// `touched_before` (`u64::MAX`: all) into `round`; they go into the
+    /// upcoming index once written.
+    async fn write_reviews(
+        &mut self,
+        round: &mut Round,
+        touched_before: u64,
+    ) -> Result<(), Interrupt> {
         let keys = self.set.reviews.take_dirty_touched_before(touched_before);
         let index = self.index;
         self.write_values(
+            round,
             |s| &mut s.reviews,
-            &bucket,
+            Bucket::Reviews,
             keys,
             |view: &ReviewView| index.then(|| (view.key(), CalendarEntry::of(view))),
         )
         .await
+    }
+
+    /// Sends what `round` holds.
+    async fn send(&mut self, round: Round) -> Result<(), Interrupt> {
+        if round.is_empty() {
+            return Ok(());
+        }
+        self.writer.send(round).await
     }
 }
 

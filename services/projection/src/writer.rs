@@ -22,7 +22,12 @@ use upr_shared::{
     retry::Backoff,
 };
 
-use crate::{lease::Lease, projector::Interrupt, state::Shared, store::Store};
+use crate::{
+    lease::Lease,
+    projector::Interrupt,
+    state::Shared,
+    store::{Buckets, Store},
+};
 
 /// KV reads in flight at once when a batch misses the cache.
 const LOAD_CONCURRENCY: usize = 256;
@@ -69,9 +74,63 @@ impl Fence {
     }
 }
 
+/// Which read-model bucket a value goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// `upr_reviews`.
+    Reviews,
+    /// `upr_sessions`.
+    Sessions,
+    /// `upr_countries`.
+    Countries,
+}
+
+impl Buckets {
+    fn of(&self, bucket: Bucket) -> &kv::Store {
+        match bucket {
+            Bucket::Reviews => &self.reviews,
+            Bucket::Sessions => &self.sessions,
+            Bucket::Countries => &self.countries,
+        }
+    }
+}
+
+/// Values serialised for one write round (any bucket: a checkpoint sends
+/// reviews, sessions and countries together, one round trip), and what the
+/// upcoming index learns once they have landed.
+#[derive(Default)]
+pub struct Round {
+    values: Vec<(Bucket, String, Bytes)>,
+    filed: Vec<(ReviewKey, Option<CalendarEntry>)>,
+    bytes: usize,
+}
+
+impl Round {
+    /// Adds a value.
+    pub fn push(&mut self, bucket: Bucket, key: String, json: Bytes) {
+        self.bytes += json.len();
+        self.values.push((bucket, key, json));
+    }
+
+    /// Files a review in the upcoming index once the round has landed.
+    pub fn file(&mut self, key: ReviewKey, entry: Option<CalendarEntry>) {
+        self.filed.push((key, entry));
+    }
+
+    /// Holds `values` values or `bytes` bytes of JSON (or more).
+    pub fn reaches(&self, values: usize, bytes: usize) -> bool {
+        self.values.len() >= values || self.bytes >= bytes
+    }
+
+    /// Holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.filed.is_empty()
+    }
+}
+
 /// A write round in flight, and what the upcoming index learns once it has
 /// landed (so the index never runs ahead of `upr_reviews`).
-struct Round {
+struct InFlight {
     task: JoinHandle<Result<(), Interrupt>>,
     filed: Vec<(ReviewKey, Option<CalendarEntry>)>,
 }
@@ -84,7 +143,7 @@ pub struct Writer {
     stopping: watch::Receiver<bool>,
     /// Whether writing is still this instance's to do.
     pub fence: Fence,
-    in_flight: Option<Round>,
+    in_flight: Option<InFlight>,
 }
 
 impl Writer {
@@ -100,28 +159,24 @@ impl Writer {
         }
     }
 
-    /// Sends `values` to `bucket` as the next round, after the previous one
-    /// has landed. `filed` goes to the upcoming index when this round lands.
+    /// Sends `round` after the previous one has landed.
     /// A value larger than the server accepts can never be written: it is
     /// logged, counted (`values_refused` in STATS and `upr.query.status`)
     /// and left out, so the rest of the log keeps flowing.
     ///
     /// # Errors
     /// The previous round's [`Interrupt`], or the fence.
-    pub async fn send(
-        &mut self,
-        bucket: &kv::Store,
-        values: Vec<(String, Bytes)>,
-        filed: Vec<(ReviewKey, Option<CalendarEntry>)>,
-    ) -> Result<(), Interrupt> {
+    pub async fn send(&mut self, round: Round) -> Result<(), Interrupt> {
         self.settle().await?;
         self.fence.check()?;
         let max = self.store.max_value_bytes();
-        let (values, refused): (Vec<_>, Vec<_>) =
-            values.into_iter().partition(|(_, v)| v.len() <= max);
-        for (key, value) in refused {
+        let (values, refused): (Vec<_>, Vec<_>) = round
+            .values
+            .into_iter()
+            .partition(|(_, _, v)| v.len() <= max);
+        for (bucket, key, value) in refused {
             error!(
-                bucket = %bucket.name,
+                bucket = %self.store.buckets.of(bucket).name,
                 key = %key,
                 bytes = value.len(),
                 limit = max,
@@ -131,12 +186,14 @@ impl Writer {
         }
         let task = tokio::spawn(put_all(
             self.store.clone(),
-            bucket.clone(),
             values,
             self.fence.clone(),
             self.stopping.clone(),
         ));
-        self.in_flight = Some(Round { task, filed });
+        self.in_flight = Some(InFlight {
+            task,
+            filed: round.filed,
+        });
         Ok(())
     }
 
@@ -218,15 +275,16 @@ impl Drop for Writer {
 /// Puts all values concurrently, retrying until JetStream has them all.
 async fn put_all(
     store: Store,
-    bucket: kv::Store,
-    values: Vec<(String, Bytes)>,
+    values: Vec<(Bucket, String, Bytes)>,
     fence: Fence,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<(), Interrupt> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         fence.check()?;
-        let puts = values.iter().map(|(k, v)| bucket.put(k, v.clone()));
+        let puts = values
+            .iter()
+            .map(|(b, k, v)| store.buckets.of(*b).put(k, v.clone()));
         match futures::future::try_join_all(puts).await {
             Ok(_) => return Ok(()),
             Err(e) => {
