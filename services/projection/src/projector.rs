@@ -103,6 +103,9 @@ pub struct Projector {
     stopping: watch::Receiver<bool>,
     /// Reads and writes the buckets, fenced by the lease.
     writer: Writer,
+    /// Whether acks wait for the server's confirmation (a run that ends:
+    /// `rebuild`, or the last checkpoint of a clean stop).
+    confirm_acks: bool,
     /// Whether written reviews are filed in the upcoming index (the queries'
     /// view); `rebuild` answers no query and exits, so it keeps none.
     index: bool,
@@ -131,6 +134,7 @@ impl Projector {
             checkpoint_cost: Duration::ZERO,
             accept_gap: false,
             stopping,
+            confirm_acks: false,
             index: true,
         }
     }
@@ -301,6 +305,7 @@ impl Projector {
     /// Only when the read models cannot be reset (JetStream refusing);
     /// transient failures are retried.
     pub async fn run(&mut self, until: Option<u64>) -> Result<(), BoxError> {
+        self.confirm_acks = until.is_some();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut stopping = self.stopping.clone();
         loop {
@@ -338,6 +343,7 @@ impl Projector {
                         }
                         Pulled::Stopping => {
                             // Finish the work in hand: write it and ack it.
+                            self.confirm_acks = true;
                             let _ = self.checkpoint().await;
                             return Ok(());
                         }
@@ -570,13 +576,18 @@ impl Projector {
         self.writer.fence.check()?;
         self.applied = self.folded;
         self.shared.set_applied(self.applied);
-        // Acknowledged and confirmed: the ack floor is where the next
-        // holder of the lease (or this one, restarted) starts, and a plain
-        // ack still in flight when the process exits (the end of a rebuild)
-        // would have it start from an older floor.
-        if let Some(last) = self.unacked.take()
-            && let Err(e) = last.double_ack().await
-        {
+        // The ack floor is where the next holder of the lease (or this one,
+        // restarted) starts. A plain ack lost at exit only means events
+        // delivered again and skipped; but a run that ends here (`rebuild`,
+        // a clean stop) confirms it, or the next start would report an
+        // older applied sequence. Live, the next batch need not wait for
+        // the confirmation.
+        let acked = match self.unacked.take() {
+            Some(last) if self.confirm_acks => last.double_ack().await,
+            Some(last) => last.ack().await,
+            None => Ok(()),
+        };
+        if let Err(e) = acked {
             // Harmless: the messages are redelivered and skipped by last_seq.
             warn!(error = %e, "ack failed; the messages will be redelivered and skipped");
         }
