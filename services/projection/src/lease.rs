@@ -182,19 +182,33 @@ impl Lease {
     }
 }
 
-/// Waits until this instance holds the lease (a NATS failure is retried).
-pub async fn take(js: &jetstream::Context, replicas: usize, kv: &kv::Store, holder: &str) -> Lease {
-    let mut said = false;
+/// Asks for the lease until this instance holds it, every [`RETRY_EVERY`].
+///
+/// With `within` (start-up): gives up after that long (`Ok(None)`: another
+/// instance is active, and this one says it stands by), and a NATS failure
+/// stops at once (start-up reports it). Without (a standby waiting): as
+/// long as it takes, NATS failures retried.
+///
+/// # Errors
+/// Only with `within`: NATS did not answer.
+pub async fn take(
+    js: &jetstream::Context,
+    replicas: usize,
+    kv: &kv::Store,
+    holder: &str,
+    within: Option<Duration>,
+) -> Result<Option<Lease>, kv::CreateError> {
+    let deadline = within.map(|d| tokio::time::Instant::now() + d);
     loop {
         match Lease::try_take(js, replicas, kv, holder).await {
-            Ok(Some(lease)) => return lease,
-            Ok(None) => {
-                if !said {
-                    info!("another instance is active; standing by");
-                    said = true;
-                }
-            }
+            Ok(Some(lease)) => return Ok(Some(lease)),
+            Ok(None) => {}
+            Err(e) if deadline.is_some() => return Err(e),
             Err(e) => warn!(error = %e, "cannot ask for the lease; retrying"),
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            info!("another instance is active; standing by");
+            return Ok(None);
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }

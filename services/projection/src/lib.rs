@@ -258,24 +258,14 @@ impl App {
         // started (a restart after a crash) expires within its TTL: wait that
         // long before standing by, so a lone instance that is healthy also
         // answers queries.
-        let patience =
-            tokio::time::Instant::now() + contract::PROJECTION_LEASE_TTL + lease::RETRY_EVERY;
-        let lease = loop {
-            match Lease::try_take(
-                &standby.js,
-                standby.config.common.replicas,
-                &standby.leases,
-                &standby.holder,
-            )
-            .await?
-            {
-                Some(lease) => break Some(lease),
-                None if tokio::time::Instant::now() < patience => {
-                    tokio::time::sleep(lease::RETRY_EVERY).await;
-                }
-                None => break None,
-            }
-        };
+        let lease = lease::take(
+            &standby.js,
+            standby.config.common.replicas,
+            &standby.leases,
+            &standby.holder,
+            Some(contract::PROJECTION_LEASE_TTL + lease::RETRY_EVERY),
+        )
+        .await?;
         let stats = shared.clone();
         let start_service = || {
             service::start_micro(
@@ -293,10 +283,7 @@ impl App {
                 queries.serve(&service).await?;
                 (service, Some(active))
             }
-            None => {
-                info!("another instance is active; standing by");
-                (start_service().await?, None)
-            }
+            None => (start_service().await?, None),
         };
         Ok(Self {
             client,
@@ -336,7 +323,9 @@ impl App {
                     standby.config.common.replicas,
                     &standby.leases,
                     &standby.holder,
+                    None,
                 ) => {
+                    let lease = lease?.expect("without a time limit, take waits for the lease");
                     let (active, queries) = standby.activate(lease, stop.subscribe()).await?;
                     queries.serve(&service).await?;
                     Some(active)
