@@ -32,7 +32,7 @@ pub enum SetupError {
          Fix or remove it (see docs/operations.md, Troubleshooting), then start again"
     )]
     Incompatible {
-        /// "stream" or "bucket".
+        /// "stream", "bucket" or "consumer".
         kind: &'static str,
         /// Its name.
         name: String,
@@ -48,7 +48,7 @@ pub enum SetupError {
     /// JetStream refused or did not answer.
     #[error("{kind} {name}: {source}")]
     JetStream {
-        /// "stream" or "bucket".
+        /// "stream", "bucket" or "consumer".
         kind: &'static str,
         /// Its name.
         name: String,

@@ -32,7 +32,7 @@ use upr_shared::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, notifier as names, services},
     domain::{Lead, Timestamp},
-    nats::{await_stream, ensure_own_stream, patiently},
+    nats::{SetupError, await_stream, ensure_own_stream, patiently},
     service::{self, BoxError},
 };
 
@@ -154,9 +154,20 @@ impl App {
         })
         .await?;
         for name in &config.reader_consumers {
-            notifications
-                .get_or_create_consumer(name, names::reader_consumer(name))
-                .await?;
+            // Just created on a busy cluster, the stream may take seconds to
+            // answer for its consumers too.
+            patiently(|| async {
+                notifications
+                    .get_or_create_consumer(name, names::reader_consumer(name))
+                    .await
+                    .map(drop)
+                    .map_err(|e| SetupError::JetStream {
+                        kind: "consumer",
+                        name: name.clone(),
+                        source: e.into(),
+                    })
+            })
+            .await?;
             info!(consumer = %name, "reader consumer on UPR_NOTIFICATIONS ready");
         }
         let timers = patiently(|| ensure_own_stream(&js, names::timers_stream(replicas))).await?;
