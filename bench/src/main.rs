@@ -88,7 +88,7 @@ impl Sizes {
             // Not 3M: the workload's reviews (every member state at every
             // session, 192,807 keys, about 10 events each) run out near 2M,
             // and more events per review would change the workload's shape.
-            stream_lengths: vec![100_000, 300_000, 1_000_000],
+            stream_lengths: vec![100_000, 300_000, 1_000_000, 3_000_000],
             rebuild_timeout: Duration::from_secs(900),
             latency_rate: 1000,
             latency_high_rate: Some(10_000),

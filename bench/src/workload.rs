@@ -178,14 +178,29 @@ const SOURCES: &[&str] = &["UPR Info", "OHCHR extranet", "mission note", "NGO mo
 #[derive(Debug)]
 pub struct Generator {
     rng: StdRng,
+    /// How many side events a review gets.
+    side_events: std::ops::RangeInclusive<u64>,
 }
+
+/// Side events per review of the usual plans.
+const SIDE_EVENTS: std::ops::RangeInclusive<u64> = 3..=10;
+/// Side events per review of denser plans: the 192,807 review keys give
+/// about 1.8M events with [`SIDE_EVENTS`]; longer streams need more events
+/// per review.
+const DENSE_SIDE_EVENTS: std::ops::RangeInclusive<u64> = 8..=40;
 
 impl Generator {
     /// A generator whose plan shapes depend only on `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             rng: StdRng::seed_from_u64(seed),
+            side_events: SIDE_EVENTS,
         }
+    }
+
+    /// From now on, reviews get 8 to 40 side events instead of 3 to 10.
+    pub fn denser(&mut self) {
+        self.side_events = DENSE_SIDE_EVENTS;
     }
 
     /// The review date of a session: session 48 was January 2025, three a year.
@@ -235,7 +250,7 @@ impl Generator {
             json!({"scheduled_for": date.to_string(), "location": "Geneva"}),
             rng,
         );
-        let side_events = rng.random_range(3..=10);
+        let side_events = rng.random_range(self.side_events.clone());
         let reschedules = if rng.random_bool(0.1) {
             2
         } else {
@@ -378,6 +393,11 @@ impl Interleaved {
             by_type: [0; 6],
             reviews: 0,
         }
+    }
+
+    /// Reviews started from now on are denser ([`Generator::denser`]).
+    pub fn denser(&mut self) {
+        self.generator.denser();
     }
 
     /// Distinct reviews that received at least one event.
