@@ -838,7 +838,7 @@ impl ServiceProcess {
         let mut process = Self {
             name: name.to_string(),
             env: all_env,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(ToString::to_string).collect(),
             child: None,
             dir,
             log,

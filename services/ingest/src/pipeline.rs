@@ -57,7 +57,7 @@ pub type Admitted = (Intake, OwnedSemaphorePermit);
 /// How long a replica waits for the owner of a review to answer a command
 /// it handed over: the owner's [`BUDGET`] and some queueing, still inside
 /// a `nats req`'s 5 s.
-pub const HAND_OVER_WAIT: Duration = Duration::from_millis(4000);
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(4);
 
 /// An intake message and where its answer goes.
 pub enum Intake {

@@ -293,7 +293,7 @@ impl Projector {
     async fn pause(&mut self, delay: Duration) {
         let mut stopping = self.stopping.clone();
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(delay) => {}
             _ = stopping.wait_for(|s| *s) => {}
         }
     }

@@ -150,7 +150,7 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         return Err(RejectError::too_large(payload.len(), MAX_PAYLOAD));
     }
     let ty = EventType::parse(event_type).ok_or_else(|| {
-        let valid: Vec<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        let valid: Vec<_> = EventType::ALL.iter().map(EventType::as_str).collect();
         RejectError::new(
             ErrorCode::UnknownType,
             format!(

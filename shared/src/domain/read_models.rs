@@ -1470,7 +1470,7 @@ pub(crate) mod tests {
                 EventType::OutcomeAdopted => json!({"adopted_on": when, "hrc_session": 58}),
                 // Names an earlier event (of any review: some take nothing back).
                 EventType::EventRetracted => {
-                    json!({"retracts": Uuid::from_u128(u128::from(day) % n.max(1) as u128 + 1), "reason": "r"})
+                    json!({"retracts": Uuid::from_u128(u128::from(day) % u128::from(n.max(1)) + 1), "reason": "r"})
                 }
             };
             envelope(n, &key, data, ty)

@@ -331,7 +331,9 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
                 .unwrap();
             let headers = reply.headers.clone().unwrap_or_default();
             assert_eq!(
-                headers.get("Content-Type").map(|v| v.as_str()),
+                headers
+                    .get("Content-Type")
+                    .map(async_nats::HeaderValue::as_str),
                 Some("text/calendar"),
                 "{subject}"
             );

@@ -171,7 +171,9 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
     let (subject, headers, env) = g.stored(seq).await;
     assert_eq!(subject, "upr.events.KZ.48.review_scheduled");
     assert_eq!(
-        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        headers
+            .get("Nats-Msg-Id")
+            .map(async_nats::HeaderValue::as_str),
         Some(id.as_str())
     );
     let recorded_at = env["recorded_at"].as_str().unwrap().to_owned();
@@ -222,7 +224,9 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
         let (subject, headers, env) = g.stored(r["seq"].as_u64().unwrap()).await;
         assert_eq!(subject, format!("upr.events.KZ.48.{ty}"));
         assert_eq!(
-            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            headers
+                .get("Nats-Msg-Id")
+                .map(async_nats::HeaderValue::as_str),
             r["event_id"].as_str()
         );
         assert_eq!(env["id"], r["event_id"]);
@@ -267,7 +271,9 @@ async fn a_plain_publish_is_stored_without_a_reply() {
     .await;
     let (_, headers, env) = g.stored(1).await;
     assert_eq!(
-        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        headers
+            .get("Nats-Msg-Id")
+            .map(async_nats::HeaderValue::as_str),
         Some(id.as_str())
     );
     assert_eq!(env["country"], "KZ");

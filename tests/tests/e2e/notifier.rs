@@ -197,7 +197,7 @@ async fn stored(js: &jetstream::Context) -> Vec<(String, String, Value)> {
             let id = m
                 .headers
                 .get(header::NATS_MESSAGE_ID)
-                .map(|v| v.to_string())
+                .map(ToString::to_string)
                 .unwrap_or_default();
             out.push((
                 m.subject.to_string(),

@@ -59,7 +59,7 @@ pub(crate) async fn read_stream(client: &Client, name: &str) -> Vec<StoredMsg> {
             .headers
             .as_ref()
             .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.to_string());
+            .map(ToString::to_string);
         out.push(StoredMsg {
             seq,
             subject: m.subject.to_string(),

@@ -45,7 +45,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn shuffled_keys(sessions: std::ops::RangeInclusive<u64>, rng: &mut StdRng) -> Vec<ReviewKey> {
     let mut keys: Vec<ReviewKey> = Vec::new();
     for session in sessions {
-        for (code, _) in MEMBER_STATES.iter() {
+        for (code, _) in &MEMBER_STATES {
             keys.push(ReviewKey {
                 country: Country::parse(code).expect("listed code"),
                 session: Session::new(session).expect("a valid session"),
@@ -121,7 +121,7 @@ async fn fault_run(layout: Layout, target: u64) {
     // Reviews a few seconds ahead, started every 150-400 ms while the bulk runs.
     let mut near = Vec::new();
     let mut next_near = shuffled_keys(900..=999, &mut rng).into_iter();
-    while !bulk.iter().all(|h| h.is_finished()) {
+    while !bulk.iter().all(tokio::task::JoinHandle::is_finished) {
         let key = next_near.next().expect("enough near-term review keys");
         near.push(tokio::spawn(near_review(driver.clone(), key, rng.fork())));
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..=400))).await;
