@@ -18,6 +18,7 @@ mod app;
 
 pub use app::{TestApp, TestAppBuilder};
 
+use std::fmt::Write as _;
 use std::{
     fs::File,
     io::Read,
@@ -116,7 +117,7 @@ pub fn cluster_config(
     for line in text.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with("listen:") {
-            out += &format!("  listen: 127.0.0.1:{listen_port}\n");
+            let _ = writeln!(out, "  listen: 127.0.0.1:{listen_port}");
             continue;
         }
         if let Some((password, hosts)) = forged {
@@ -126,7 +127,7 @@ pub fn cluster_config(
                 continue;
             }
             if trimmed.starts_with("password:") {
-                out += &format!("    password: \"{password}\"\n");
+                let _ = writeln!(out, "    password: \"{password}\"");
                 continue;
             }
             if trimmed.starts_with("routes:") {
@@ -134,7 +135,7 @@ pub fn cluster_config(
                     .iter()
                     .map(|h| format!("\"nats-route://route:{password}@{h}\""))
                     .collect();
-                out += &format!("  routes: [{}]\n", routes.join(", "));
+                let _ = writeln!(out, "  routes: [{}]", routes.join(", "));
                 continue;
             }
         }
