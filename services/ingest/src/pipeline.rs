@@ -198,7 +198,7 @@ impl Dispatcher {
     pub fn start(
         count: usize,
         cache: usize,
-        log: EventLog,
+        log: &EventLog,
         responder: Responder,
         (peers, edge): (Arc<Peers>, Client),
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
@@ -209,7 +209,7 @@ impl Dispatcher {
         for _ in 0..count {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let worker = Worker {
-                inbox: HistoryInbox::new(&log),
+                inbox: HistoryInbox::new(log),
                 log: log.clone(),
                 cache: ReviewCache::new(per_worker),
                 responder: responder.clone(),
