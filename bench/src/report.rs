@@ -648,8 +648,8 @@ fn draw_curve(svg: &mut String, points: &[(f64, f64)], x: f64, y: f64, w: f64, h
     let _ = writeln!(
         svg,
         r##"<text x="0" y="{:.1}" fill="#666" transform="rotate(-90 10 {:.1})">s</text>"##,
-        (top + bottom) / 2.0,
-        (top + bottom) / 2.0
+        f64::midpoint(top, bottom),
+        f64::midpoint(top, bottom)
     );
     if let Some(&(lx, ly)) = points.last() {
         let _ = writeln!(

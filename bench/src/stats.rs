@@ -105,7 +105,7 @@ impl Figure {
         match v.len() {
             0 => f64::NAN,
             n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
         }
     }
 
@@ -193,6 +193,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(
+        clippy::float_cmp,
+        reason = "the nearest rank is one of the samples, so the comparison is exact"
+    )]
     fn nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), 50.0);
@@ -210,7 +214,7 @@ mod tests {
         f.values = vec![12.0, 4.0, 5.0];
         assert_eq!((f.median(), f.min(), f.max()), (5.0, 4.0, 12.0));
         assert_eq!(f.met(), Some(true));
-        assert_eq!(fmt_num(1234567.0), "1,234,567");
+        assert_eq!(fmt_num(1_234_567.0), "1,234,567");
         assert_eq!(fmt_num(0.613), "0.61");
     }
 }

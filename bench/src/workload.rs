@@ -486,7 +486,7 @@ mod tests {
     fn interleaving_keeps_each_review_in_order() {
         let it = Interleaved::new(Generator::new(1), Keys::default(), 3_000, 50);
         let mut status: std::collections::HashMap<ReviewKey, Option<ReviewStatus>> =
-            Default::default();
+            std::collections::HashMap::default();
         let mut n = 0;
         for e in it {
             let s = status.entry(e.key).or_default();

@@ -101,9 +101,8 @@ fn read_json_lines(text: &str) -> Vec<Result<Row, Unreadable>> {
             let Value::Object(mut payload) = value else {
                 return Err(bad("not a JSON object".into()));
             };
-            let ty = match payload.remove("type") {
-                Some(Value::String(t)) => t,
-                _ => return Err(bad("no \"type\" field naming the event type".into())),
+            let Some(Value::String(ty)) = payload.remove("type") else {
+                return Err(bad("no \"type\" field naming the event type".into()));
             };
             Ok(Row { line, ty, payload })
         })

@@ -58,8 +58,7 @@ impl From<StoredWire> for StoredReview {
                 recorded_at: None,
             };
             let steps: &[EventType] = match w.status {
-                None => &[],
-                Some(ReviewStatus::Scheduled) => &[],
+                None | Some(ReviewStatus::Scheduled) => &[],
                 Some(ReviewStatus::Cancelled) => &[EventType::ReviewCancelled],
                 Some(ReviewStatus::Held) => &[EventType::ReviewHeld],
                 Some(ReviewStatus::Reported) => {

@@ -968,7 +968,7 @@ mod tests {
         intake_json("review_scheduled", field("2025-01-23")).then_invalid("scheduled_for");
         intake_json(
             "review_scheduled",
-            with(scheduled(), "scheduled_for", 1737620000.into()),
+            with(scheduled(), "scheduled_for", 1_737_620_000.into()),
         )
         .then_invalid("scheduled_for");
         intake_json(

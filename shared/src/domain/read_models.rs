@@ -396,7 +396,7 @@ impl ReviewView {
             EventData::ReviewScheduled(d) => {
                 self.scheduled_for = Some(d.scheduled_for);
                 self.location = Some(d.location.clone());
-                self.troika = d.troika.clone();
+                self.troika.clone_from(&d.troika);
             }
             EventData::ReviewRescheduled(d) => self.scheduled_for = Some(d.scheduled_for),
             EventData::ReportPublished(d) => {

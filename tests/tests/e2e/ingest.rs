@@ -645,8 +645,8 @@ async fn every_lifecycle_rule_is_enforced() {
 
 #[tokio::test]
 async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_each_race() {
-    let g = Given::ingest_with(2, &[]).await;
     const REVIEWS: u32 = 40;
+    let g = Given::ingest_with(2, &[]).await;
     // Race 1: two different review_scheduled for each new review.
     let mut race = FuturesUnordered::new();
     for s in 1..=REVIEWS {
@@ -715,9 +715,9 @@ async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_eac
 
 #[tokio::test]
 async fn a_burst_across_many_reviews_stores_exactly_the_accepted_events() {
-    let g = Given::ingest().await;
     const REVIEWS: u32 = 300;
     const SIDE_EVENTS: u32 = 9;
+    let g = Given::ingest().await;
     // Schedules first (each review in order), then side events, all pipelined.
     let mut requests = Vec::new();
     for s in 1..=REVIEWS {
