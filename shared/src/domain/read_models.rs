@@ -725,6 +725,7 @@ impl ReadModels {
 
     /// Makes the log known, as a live projection knows the stream: models
     /// resumed from stored values can then fold a retraction.
+    #[must_use]
     pub fn knowing<'a>(mut self, log: impl IntoIterator<Item = (u64, &'a Envelope)>) -> Self {
         for (seq, event) in log {
             self.events

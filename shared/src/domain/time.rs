@@ -85,6 +85,7 @@ impl Timestamp {
 
     /// Drops the sub-millisecond part, so recorded times read like the
     /// contract's example (`...00.123Z`) instead of carrying clock noise.
+    #[must_use]
     pub fn truncate_to_millis(self) -> Self {
         let nanos = self.0.nanosecond() / 1_000_000 * 1_000_000;
         Self(self.0.replace_nanosecond(nanos).unwrap_or(self.0))
