@@ -52,6 +52,9 @@ pub struct Document {
 impl Document {
     /// The file's text: pretty-printed, ending in a newline (stable, so a
     /// diff of the checked-in files shows only real changes).
+    ///
+    /// # Panics
+    /// Never: a JSON value with string keys serializes.
     pub fn text(&self) -> String {
         let mut text = serde_json::to_string_pretty(&self.schema)
             .expect("a JSON value with string keys serializes");

@@ -14,6 +14,11 @@
 //!
 //! Everything is killed and removed on `Drop`, also when a test panics.
 
+// Every helper here fails the calling test by panicking (a server that does
+// not start, a request without an answer): a `# Panics` section on each would
+// repeat that forty times.
+#![allow(clippy::missing_panics_doc)]
+
 mod app;
 
 pub use app::{TestApp, TestAppBuilder};

@@ -143,6 +143,9 @@ impl Peers {
 /// score for this review. Adding or removing one replica moves only the
 /// reviews that replica wins or held, and every replica agrees on the
 /// result whatever the order of `ids`.
+///
+/// # Panics
+/// When `ids` is empty (the membership always holds this replica).
 pub fn owner(key: ReviewKey, ids: &[Arc<str>]) -> &Arc<str> {
     let review = key.to_string();
     ids.iter()

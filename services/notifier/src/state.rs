@@ -92,6 +92,9 @@ impl StoredReview {
     }
 
     /// The JSON value.
+    ///
+    /// # Panics
+    /// Never: the state holds only strings, integers and structs, which serialize.
     pub fn to_bytes(&self) -> Bytes {
         serde_json::to_vec(self)
             .expect("the notifier's state holds only strings, integers and structs")

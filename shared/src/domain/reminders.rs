@@ -345,6 +345,9 @@ impl Reminder {
 
 impl ReminderNotice {
     /// The payload bytes.
+    ///
+    /// # Panics
+    /// Never: a notice holds only strings, integers and structs, which serialize.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("notices hold only strings, integers and structs")
     }
@@ -530,6 +533,9 @@ impl ChangeNotice {
     }
 
     /// The payload bytes.
+    ///
+    /// # Panics
+    /// Never: a notice holds only strings, integers and structs, which serialize.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("notices hold only strings, integers and structs")
     }
