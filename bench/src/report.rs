@@ -499,6 +499,11 @@ impl Panel {
         }
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a tick count: the ceiling of a small positive ratio"
+    )]
     fn draw(&self, svg: &mut String, x: f64, y: f64, w: f64, h: f64) {
         let _ = writeln!(svg, r#"<g transform="translate({x},{y})">"#);
         let _ = writeln!(
@@ -619,6 +624,11 @@ fn nice_step(raw: f64) -> f64 {
 
 /// Rebuild time against stream length, with the straight line through the
 /// origin and the longest point: points on it mean linear cost.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a tick count: the ceiling of a small positive ratio"
+)]
 fn draw_curve(svg: &mut String, points: &[(f64, f64)], x: f64, y: f64, w: f64, h: f64) {
     let _ = writeln!(svg, r#"<g transform="translate({x},{y})">"#);
     let _ = writeln!(

@@ -4,6 +4,11 @@
 use serde_json::{Value, json};
 
 /// Nearest-rank percentile `p` (0..=100) of sorted `values`; 0 when empty.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rank: the ceiling of a fraction of the length, at most the length"
+)]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -161,6 +166,10 @@ pub fn round(v: f64) -> f64 {
 }
 
 /// A number for the table: thousands separated, 0–2 decimals by size.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "figures in a report, far below 2^63"
+)]
 pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return "–".into();

@@ -552,6 +552,7 @@ pub mod notifier {
     /// it stops pulling for [`PLANNER_PIN_TIMEOUT`]. The pinned replica
     /// applies up to [`PLANNER_IN_FLIGHT`] events at once, in order within
     /// each review (services/notifier/src/planner.rs).
+    #[allow(clippy::cast_possible_wrap, reason = "PLANNER_IN_FLIGHT is 256")]
     pub fn events_consumer() -> pull::Config {
         pull::Config {
             durable_name: Some(EVENTS_CONSUMER.into()),

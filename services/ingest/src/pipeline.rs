@@ -338,6 +338,10 @@ impl HandOver {
 }
 
 /// The worker that owns `key`: stable for the life of the process.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the remainder is below workers, a usize"
+)]
 fn shard(key: ReviewKey, workers: usize) -> usize {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);

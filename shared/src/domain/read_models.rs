@@ -794,6 +794,7 @@ impl Upcoming {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test sequences are small")]
 pub(crate) mod tests {
     use super::*;
     use crate::domain::limits::MAX_LIFECYCLE_EVENTS;

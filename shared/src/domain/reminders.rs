@@ -96,8 +96,11 @@ impl Lead {
     }
 
     /// The lead as a duration.
+    #[allow(
+        clippy::cast_possible_wrap,
+        reason = "secs <= MAX_LEAD_SECS, which fits i64"
+    )]
     pub fn duration(&self) -> time::Duration {
-        // secs <= MAX_LEAD_SECS, which fits i64.
         time::Duration::seconds(self.secs as i64)
     }
 }

@@ -78,8 +78,11 @@ impl Timestamp {
 
     /// Milliseconds since the Unix epoch, rounded down like
     /// [`Timestamp::truncate_to_millis`], so the two agree before 1970 too.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "years 0000..=9999 fit easily in i64 milliseconds"
+    )]
     pub fn unix_millis(&self) -> i64 {
-        // Years 0000..=9999 fit easily in i64 milliseconds.
         self.0.unix_timestamp_nanos().div_euclid(1_000_000) as i64
     }
 

@@ -665,7 +665,7 @@ async fn a_client_reads_its_own_write_with_min_seq() {
         let s = given
             .query_ok("upr.query.session.48", &format!(r#"{{"min_seq":{seq}}}"#))
             .await;
-        assert_eq!(s["session"]["side_events"], n as u64);
+        assert_eq!(s["session"]["side_events"], u64::try_from(n).unwrap());
     }
 }
 

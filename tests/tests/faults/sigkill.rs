@@ -72,6 +72,10 @@ async fn on_a_three_node_cluster_nothing_acknowledged_is_lost_when_nodes_and_rep
 }
 
 async fn fault_run(layout: Layout, target: u64) {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the low 64 bits of the clock make the seed"
+    )]
     let seed = env_u64("UPR_FAULT_SEED").unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -101,7 +105,9 @@ async fn fault_run(layout: Layout, target: u64) {
 
     // Long-lived reviews: the bulk of the events.
     let keys = shuffled_keys(1..=60, &mut rng);
-    let reviews = (target as usize / 7).clamp(BULK_CLIENTS, keys.len());
+    let reviews = usize::try_from(target / 7)
+        .unwrap_or(usize::MAX)
+        .clamp(BULK_CLIENTS, keys.len());
     let mut bulk = Vec::new();
     for w in 0..BULK_CLIENTS {
         let mine: Vec<ReviewKey> = keys[..reviews]
