@@ -518,6 +518,10 @@ mod tests {
         When(parse_intake(ty, payload.as_ref()))
     }
 
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass json! temporaries"
+    )]
     fn intake_json(ty: &str, payload: Value) -> When {
         intake(ty, serde_json::to_vec(&payload).unwrap())
     }

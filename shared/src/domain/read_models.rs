@@ -801,6 +801,10 @@ pub(crate) mod tests {
     use serde_json::json;
 
     /// Builds envelopes with predictable ids (`…0001`, `…0002`, …).
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass json! temporaries"
+    )]
     pub(crate) fn envelope(n: u64, key: &str, data: serde_json::Value, ty: EventType) -> Envelope {
         let key = ReviewKey::parse(key).unwrap();
         let json = json!({

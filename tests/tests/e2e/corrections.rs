@@ -50,6 +50,10 @@ impl Stack {
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "callers pass json! temporaries"
+)]
 fn kz(extra: Value) -> Value {
     let mut p = json!({"country": "KZ", "session": 48});
     p.as_object_mut()

@@ -219,6 +219,10 @@ fn assert_same(actual: &Snapshot, expected: &Snapshot, what: &str) {
 
 /// An envelope as ingest would build it from this intake payload; the
 /// event id is `n`, so expected values can name it.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "callers pass json! temporaries"
+)]
 fn event(n: u128, ty: &str, payload: Value) -> Envelope {
     let cmd = parse_intake(ty, payload.to_string().as_bytes())
         .unwrap_or_else(|e| panic!("{ty} {payload}: {e:?}"));
