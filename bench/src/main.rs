@@ -336,7 +336,7 @@ async fn run(options: Options) -> ExitCode {
                     .and_then(|p| {
                         p.downcast_ref::<String>()
                             .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .or_else(|| p.downcast_ref::<&str>().map(ToString::to_string))
                     })
                     .unwrap_or_else(|| "cancelled".into());
                 part.error(format!(

@@ -99,7 +99,7 @@ pub async fn raw_consume(
             name: Some(name.into()),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::All,
-            max_ack_pending: (RAW_ACK_EVERY * 4) as i64,
+            max_ack_pending: i64::try_from(RAW_ACK_EVERY * 4).expect("a small constant"),
             inactive_threshold: Duration::from_secs(60),
             ..Default::default()
         })
@@ -249,7 +249,8 @@ pub async fn run(part: Part, sizes: Sizes) {
         .stream_lengths
         .iter()
         .max()
-        .unwrap_or(&sizes.projection_events) as usize;
+        .unwrap_or(&sizes.projection_events);
+    let full = usize::try_from(full).expect("a stream length fits in memory");
     let window = (full / 8).clamp(10, 2_000);
     let mut source = Interleaved::new(Generator::new(42), Keys::default(), full, window);
     part.detail("events", (full as u64).into());

@@ -210,7 +210,9 @@ pub async fn run(part: Part, sizes: Sizes) {
         let events: Vec<Event> = (0..sizes.background_reviews)
             .map(|i| {
                 let at = far
-                    .checked_add(time::Duration::minutes(i as i64))
+                    .checked_add(time::Duration::minutes(
+                        i64::try_from(i).expect("a count of reviews"),
+                    ))
                     .unwrap_or(far);
                 scheduling(&mut generator, keys.next_key(), at)
             })

@@ -402,7 +402,7 @@ impl Report {
         let mut svg = String::new();
         let _ = writeln!(
             svg,
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"##
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
         );
         let _ = writeln!(
             svg,
@@ -410,7 +410,7 @@ impl Report {
         );
         let _ = writeln!(
             svg,
-            r##"<text x="10" y="22" font-size="15" font-weight="bold">UPR Tracker benchmark ({}, {})</text>"##,
+            r#"<text x="10" y="22" font-size="15" font-weight="bold">UPR Tracker benchmark ({}, {})</text>"#,
             self.mode,
             esc(&self.taken_at)
         );
@@ -499,11 +499,16 @@ impl Panel {
         }
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a tick count: the ceiling of a small positive ratio"
+    )]
     fn draw(&self, svg: &mut String, x: f64, y: f64, w: f64, h: f64) {
-        let _ = writeln!(svg, r##"<g transform="translate({x},{y})">"##);
+        let _ = writeln!(svg, r#"<g transform="translate({x},{y})">"#);
         let _ = writeln!(
             svg,
-            r##"<text x="0" y="12" font-size="12" font-weight="bold">{}</text>"##,
+            r#"<text x="0" y="12" font-size="12" font-weight="bold">{}</text>"#,
             esc(&self.title)
         );
         let (left, top, bottom) = (64.0, 26.0, h - 28.0);
@@ -546,7 +551,7 @@ impl Panel {
             let by = yof(b.value);
             let _ = writeln!(
                 svg,
-                r##"<rect x="{:.1}" y="{by:.1}" width="{bw:.1}" height="{:.1}" fill="{}"/>"##,
+                r#"<rect x="{:.1}" y="{by:.1}" width="{bw:.1}" height="{:.1}" fill="{}"/>"#,
                 cx - bw / 2.0,
                 (bottom - by).max(0.0),
                 b.color
@@ -619,11 +624,16 @@ fn nice_step(raw: f64) -> f64 {
 
 /// Rebuild time against stream length, with the straight line through the
 /// origin and the longest point: points on it mean linear cost.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a tick count: the ceiling of a small positive ratio"
+)]
 fn draw_curve(svg: &mut String, points: &[(f64, f64)], x: f64, y: f64, w: f64, h: f64) {
-    let _ = writeln!(svg, r##"<g transform="translate({x},{y})">"##);
+    let _ = writeln!(svg, r#"<g transform="translate({x},{y})">"#);
     let _ = writeln!(
         svg,
-        r##"<text x="0" y="12" font-size="12" font-weight="bold">Rebuild time against stream length</text>"##
+        r#"<text x="0" y="12" font-size="12" font-weight="bold">Rebuild time against stream length</text>"#
     );
     let (left, top, bottom, right) = (64.0, 26.0, h - 28.0, w - 10.0);
     let xmax = points.iter().map(|p| p.0).fold(0.0, f64::max) * 1.05;
@@ -648,8 +658,8 @@ fn draw_curve(svg: &mut String, points: &[(f64, f64)], x: f64, y: f64, w: f64, h
     let _ = writeln!(
         svg,
         r##"<text x="0" y="{:.1}" fill="#666" transform="rotate(-90 10 {:.1})">s</text>"##,
-        (top + bottom) / 2.0,
-        (top + bottom) / 2.0
+        f64::midpoint(top, bottom),
+        f64::midpoint(top, bottom)
     );
     if let Some(&(lx, ly)) = points.last() {
         let _ = writeln!(
@@ -667,7 +677,7 @@ fn draw_curve(svg: &mut String, points: &[(f64, f64)], x: f64, y: f64, w: f64, h
         .collect();
     let _ = writeln!(
         svg,
-        r##"<polyline points="{}" fill="none" stroke="{SERVICE}" stroke-width="2"/>"##,
+        r#"<polyline points="{}" fill="none" stroke="{SERVICE}" stroke-width="2"/>"#,
         path.join(" ")
     );
     for (a, b) in points {

@@ -4,6 +4,11 @@
 use serde_json::{Value, json};
 
 /// Nearest-rank percentile `p` (0..=100) of sorted `values`; 0 when empty.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rank: the ceiling of a fraction of the length, at most the length"
+)]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -105,7 +110,7 @@ impl Figure {
         match v.len() {
             0 => f64::NAN,
             n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
         }
     }
 
@@ -161,6 +166,10 @@ pub fn round(v: f64) -> f64 {
 }
 
 /// A number for the table: thousands separated, 0–2 decimals by size.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "figures in a report, far below 2^63"
+)]
 pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return "–".into();
@@ -193,6 +202,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(
+        clippy::float_cmp,
+        reason = "the nearest rank is one of the samples, so the comparison is exact"
+    )]
     fn nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), 50.0);
@@ -210,7 +223,7 @@ mod tests {
         f.values = vec![12.0, 4.0, 5.0];
         assert_eq!((f.median(), f.min(), f.max()), (5.0, 4.0, 12.0));
         assert_eq!(f.met(), Some(true));
-        assert_eq!(fmt_num(1234567.0), "1,234,567");
+        assert_eq!(fmt_num(1_234_567.0), "1,234,567");
         assert_eq!(fmt_num(0.613), "0.61");
     }
 }

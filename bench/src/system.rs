@@ -28,7 +28,7 @@ pub fn machine() -> Value {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     json!({
         "cores": cores,
         "memory_mb": mem_kb.map(|k| k / 1024),

@@ -217,7 +217,7 @@ impl Generator {
         let rng = &mut self.rng;
         let day0 = scheduled_for.unwrap_or_else(|| {
             let d = Self::session_date(key.session);
-            d.checked_add(time::Duration::days(rng.random_range(0..=11) as i64))
+            d.checked_add(time::Duration::days(i64::from(rng.random_range(0..=11))))
                 .unwrap_or(d)
         });
         let mut date = day0;
@@ -262,7 +262,7 @@ impl Generator {
             if r_left > 0 && i >= reschedules - r_left && rng.random_bool(0.5) {
                 r_left -= 1;
                 date = date
-                    .checked_add(time::Duration::days(rng.random_range(1..=20) as i64))
+                    .checked_add(time::Duration::days(i64::from(rng.random_range(1..=20))))
                     .unwrap_or(date);
                 push(
                     EventType::ReviewRescheduled,
@@ -280,7 +280,7 @@ impl Generator {
                 .map(|_| *pick(rng, TOPICS))
                 .collect();
             let held_on = date
-                .checked_sub(time::Duration::days(rng.random_range(0..=30) as i64))
+                .checked_sub(time::Duration::days(i64::from(rng.random_range(0..=30))))
                 .unwrap_or(date);
             push(
                 EventType::SideEventHeld,
@@ -296,7 +296,7 @@ impl Generator {
         }
         for _ in 0..r_left {
             date = date
-                .checked_add(time::Duration::days(rng.random_range(1..=20) as i64))
+                .checked_add(time::Duration::days(i64::from(rng.random_range(1..=20))))
                 .unwrap_or(date);
             push(
                 EventType::ReviewRescheduled,
@@ -329,7 +329,7 @@ impl Generator {
                 let supported = rng.random_range(0..=total);
                 let noted = total - supported;
                 let published = date
-                    .checked_add(time::Duration::days(rng.random_range(60..=120) as i64))
+                    .checked_add(time::Duration::days(i64::from(rng.random_range(60..=120))))
                     .unwrap_or(date);
                 push(
                     EventType::ReportPublished,
@@ -506,7 +506,7 @@ mod tests {
     fn interleaving_keeps_each_review_in_order() {
         let it = Interleaved::new(Generator::new(1), Keys::default(), 3_000, 50);
         let mut status: std::collections::HashMap<ReviewKey, Option<ReviewStatus>> =
-            Default::default();
+            std::collections::HashMap::default();
         let mut n = 0;
         for e in it {
             let s = status.entry(e.key).or_default();

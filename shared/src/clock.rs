@@ -6,6 +6,9 @@ use time::OffsetDateTime;
 use crate::domain::Timestamp;
 
 /// The current time, UTC.
+///
+/// # Panics
+/// Only when the system clock reads a time outside years 0000..=9999.
 pub fn now() -> Timestamp {
     // The clock is inside years 0000..=9999 on any machine this runs on.
     Timestamp::from_offset_datetime(OffsetDateTime::now_utc())

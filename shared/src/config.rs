@@ -3,6 +3,7 @@
 //! Everything is read once at start-up into plain structs, so a bad value stops
 //! the service before it touches NATS, with a message naming the variable.
 
+use std::fmt::Write as _;
 use std::{path::PathBuf, time::Duration};
 
 use crate::contract::{
@@ -349,11 +350,15 @@ pub fn settings_of(binary: &str) -> impl Iterator<Item = &'static Setting> + use
 pub fn settings_help(binary: &str) -> String {
     let mut text = String::from("Environment variables:\n");
     for s in settings_of(binary) {
-        text += &format!("  {}", s.var);
+        let _ = write!(text, "  {}", s.var);
         if !s.default.is_empty() {
-            text += &format!("  [default: {}]", s.default.replace("<binary>", binary));
+            let _ = write!(
+                text,
+                "  [default: {}]",
+                s.default.replace("<binary>", binary)
+            );
         }
-        text += &format!("\n          {}\n", s.meaning);
+        let _ = writeln!(text, "\n          {}", s.meaning);
     }
     text
 }

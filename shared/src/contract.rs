@@ -23,7 +23,7 @@ pub const REJECTED_PAYLOAD_BYTES: usize = 4 * 1024;
 
 /// Subject names and builders.
 pub mod subjects {
-    use super::*;
+    use super::{Country, Envelope, EnvelopeError, EventType, NoticeKind, ReviewKey, Session};
 
     /// Prefix of intake subjects: `upr.ingest.<type>`.
     pub const INGEST_PREFIX: &str = "upr.ingest.";
@@ -377,7 +377,7 @@ pub fn projection_consumer() -> async_nats::jetstream::consumer::pull::Config {
 
 /// Query subjects served by the projection (`upr.query.…`).
 pub mod query {
-    use super::*;
+    use super::{Country, ReviewKey, Session, subjects};
 
     /// Group of the query endpoints in the micro service.
     pub const GROUP: &str = subjects::QUERY_PREFIX;
@@ -552,6 +552,7 @@ pub mod notifier {
     /// it stops pulling for [`PLANNER_PIN_TIMEOUT`]. The pinned replica
     /// applies up to [`PLANNER_IN_FLIGHT`] events at once, in order within
     /// each review (services/notifier/src/planner.rs).
+    #[allow(clippy::cast_possible_wrap, reason = "PLANNER_IN_FLIGHT is 256")]
     pub fn events_consumer() -> pull::Config {
         pull::Config {
             durable_name: Some(EVENTS_CONSUMER.into()),

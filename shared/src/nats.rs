@@ -179,7 +179,10 @@ impl Dropped {
     /// passed since the last report.
     fn record(&self) -> Option<u64> {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self
+            .last_report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return None;
         }

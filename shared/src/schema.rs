@@ -17,6 +17,7 @@
 //! a test fails when the checked-in files differ from [`documents`].
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, json_schema};
@@ -51,6 +52,9 @@ pub struct Document {
 impl Document {
     /// The file's text: pretty-printed, ending in a newline (stable, so a
     /// diff of the checked-in files shows only real changes).
+    ///
+    /// # Panics
+    /// Never: a JSON value with string keys serializes.
     pub fn text(&self) -> String {
         let mut text = serde_json::to_string_pretty(&self.schema)
             .expect("a JSON value with string keys serializes");
@@ -205,9 +209,9 @@ fn white_space_class() -> String {
             while char::from_u32(c + 1).is_some_and(char::is_whitespace) {
                 c += 1;
             }
-            class.push_str(&format!("\\u{start:04X}"));
+            let _ = write!(class, "\\u{start:04X}");
             if c > start {
-                class.push_str(&format!("-\\u{c:04X}"));
+                let _ = write!(class, "-\\u{c:04X}");
             }
         }
         c += 1;
@@ -357,11 +361,11 @@ fn intake_date_or_time() -> Value {
 }
 
 /// `schema` or `null`, as intake reads `null` for an optional field as absent.
-fn nullable(schema: Value) -> Value {
+fn nullable(schema: &Value) -> Value {
     json!({"anyOf": [schema, {"type": "null"}]})
 }
 
-fn strict_object(properties: Map<String, Value>, required: &[&str]) -> Value {
+fn strict_object(properties: &Map<String, Value>, required: &[&str]) -> Value {
     json!({
         "type": "object",
         "properties": properties,
@@ -409,10 +413,10 @@ fn intake_field(name: &str, defs: &mut Map<String, Value>) -> Value {
         "speakers" => {
             let mut speaker = Map::new();
             speaker.insert("name".into(), text_def(defs, max_chars::SPEAKER));
-            speaker.insert("role".into(), nullable(text_def(defs, max_chars::SPEAKER)));
+            speaker.insert("role".into(), nullable(&text_def(defs, max_chars::SPEAKER)));
             json!({
                 "type": "array",
-                "items": strict_object(speaker, &["name"]),
+                "items": strict_object(&speaker, &["name"]),
                 "maxItems": MAX_SPEAKERS,
             })
         }
@@ -427,7 +431,7 @@ fn intake_field(name: &str, defs: &mut Map<String, Value>) -> Value {
                 .iter()
                 .map(|n| ((*n).to_owned(), def(defs, "Count", count)))
                 .collect();
-            let mut schema = strict_object(counts, &names);
+            let mut schema = strict_object(&counts, &names);
             schema["description"] = "Recommendation counts; supported + noted <= total.".into();
             schema
         }
@@ -450,7 +454,7 @@ fn intake(ty: EventType) -> Value {
             required.push(name);
             properties.insert(name.to_owned(), value);
         } else {
-            properties.insert(name.to_owned(), nullable(value));
+            properties.insert(name.to_owned(), nullable(&value));
         }
     }
     let mut schema = json!({
@@ -459,7 +463,7 @@ fn intake(ty: EventType) -> Value {
         "description": format!("The payload of an intake message on upr.ingest.{ty}. A required field may not be null; an optional one may be null or left out (the same)."),
     });
     if let (Value::Object(head), Value::Object(body)) =
-        (&mut schema, strict_object(properties, &required))
+        (&mut schema, strict_object(&properties, &required))
     {
         head.extend(body);
         head.insert("$defs".into(), Value::Object(defs));
@@ -472,7 +476,7 @@ fn query_request(upcoming: bool) -> Value {
     let mut properties = Map::new();
     properties.insert(
         "min_seq".into(),
-        nullable(json!({
+        nullable(&json!({
             "type": "integer",
             "minimum": 0,
             "description": "Answer only once the projection has applied this stream sequence (waits up to 5 s, then `timeout`).",
@@ -481,9 +485,9 @@ fn query_request(upcoming: bool) -> Value {
     if upcoming {
         properties.insert(
             "within_days".into(),
-            nullable(json!({"type": "integer", "minimum": 0, "maximum": 36_500})),
+            nullable(&json!({"type": "integer", "minimum": 0, "maximum": 36_500})),
         );
-        properties.insert("country".into(), nullable(any_assigned_code()));
+        properties.insert("country".into(), nullable(&any_assigned_code()));
     }
     let (title, subjects) = if upcoming {
         ("upr.query.upcoming request", "upr.query.upcoming")
@@ -499,7 +503,7 @@ fn query_request(upcoming: bool) -> Value {
         "description": format!("The optional payload of a request on {subjects}. An empty (or all white space) payload means no options."),
     });
     if let (Value::Object(head), Value::Object(body)) =
-        (&mut schema, strict_object(properties, &[]))
+        (&mut schema, strict_object(&properties, &[]))
     {
         head.extend(body);
     }

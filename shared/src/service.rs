@@ -91,9 +91,10 @@ pub async fn shutdown_signal() {
 /// pings that very instance rather than any replica of the same name.
 /// `UPR_HEALTH_FILE` overrides it (tests run several instances on one host).
 fn health_file(name: &str) -> PathBuf {
-    process_env(UPR_HEALTH_FILE)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.health")))
+    process_env(UPR_HEALTH_FILE).map_or_else(
+        || std::env::temp_dir().join(format!("{name}.health")),
+        PathBuf::from,
+    )
 }
 
 /// Registers the binary as a NATS micro service, so `nats micro ls` lists it

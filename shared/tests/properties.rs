@@ -139,7 +139,7 @@ fn log_of(specs: &[Spec]) -> Vec<Envelope> {
             let n = i as u64 + 1;
             s.command().into_envelope(
                 Uuid::from_u128(n.into()),
-                ts(1_730_000_000_000 + n as i64 * 1000),
+                ts(1_730_000_000_000 + i64::try_from(n).unwrap() * 1000),
             )
         })
         .collect()

@@ -42,27 +42,32 @@ pub struct TestAppBuilder {
 
 impl TestAppBuilder {
     /// One `upr-ingest` (call again for another replica).
+    #[must_use]
     pub fn ingest(self) -> Self {
         self.service(services::INGEST, &[])
     }
 
     /// One `upr-projection`.
+    #[must_use]
     pub fn projection(self) -> Self {
         self.service(services::PROJECTION, &[])
     }
 
     /// One `upr-notifier`.
+    #[must_use]
     pub fn notifier(self) -> Self {
         self.service(services::NOTIFIER, &[])
     }
 
     /// Ingest, the projection and the notifier, one of each.
+    #[must_use]
     pub fn all(self) -> Self {
         self.ingest().projection().notifier()
     }
 
     /// One instance of the binary `name` with settings of its own, on top of
     /// those given with [`TestAppBuilder::env`].
+    #[must_use]
     pub fn service(mut self, name: &str, env: &[(&str, &str)]) -> Self {
         self.services.push((name.to_string(), owned(env)));
         self
@@ -70,12 +75,14 @@ impl TestAppBuilder {
 
     /// A setting for every service the app starts, also later ones
     /// ([`TestApp::spawn`]).
+    #[must_use]
     pub fn env(mut self, var: &str, value: &str) -> Self {
         self.env.push((var.to_string(), value.to_string()));
         self
     }
 
     /// Configuration text for the server (`-c`), e.g. `max_payload: 16384`.
+    #[must_use]
     pub fn nats_conf(mut self, text: &str) -> Self {
         self.nats_conf = Some(text.to_string());
         self
@@ -84,6 +91,7 @@ impl TestAppBuilder {
     /// Creates the event log `UPR_EVENTS` as ingest does before any service
     /// starts, for tests that store events themselves instead of running
     /// ingest (the projection and the notifier wait for the log).
+    #[must_use]
     pub fn event_log(mut self) -> Self {
         self.event_log = true;
         self

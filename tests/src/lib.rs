@@ -14,10 +14,16 @@
 //!
 //! Everything is killed and removed on `Drop`, also when a test panics.
 
+// Every helper here fails the calling test by panicking (a server that does
+// not start, a request without an answer): a `# Panics` section on each would
+// repeat that forty times.
+#![allow(clippy::missing_panics_doc)]
+
 mod app;
 
 pub use app::{TestApp, TestAppBuilder};
 
+use std::fmt::Write as _;
 use std::{
     fs::File,
     io::Read,
@@ -116,7 +122,7 @@ pub fn cluster_config(
     for line in text.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with("listen:") {
-            out += &format!("  listen: 127.0.0.1:{listen_port}\n");
+            let _ = writeln!(out, "  listen: 127.0.0.1:{listen_port}");
             continue;
         }
         if let Some((password, hosts)) = forged {
@@ -126,7 +132,7 @@ pub fn cluster_config(
                 continue;
             }
             if trimmed.starts_with("password:") {
-                out += &format!("    password: \"{password}\"\n");
+                let _ = writeln!(out, "    password: \"{password}\"");
                 continue;
             }
             if trimmed.starts_with("routes:") {
@@ -134,7 +140,7 @@ pub fn cluster_config(
                     .iter()
                     .map(|h| format!("\"nats-route://route:{password}@{h}\""))
                     .collect();
-                out += &format!("  routes: [{}]\n", routes.join(", "));
+                let _ = writeln!(out, "  routes: [{}]", routes.join(", "));
                 continue;
             }
         }
@@ -838,7 +844,7 @@ impl ServiceProcess {
         let mut process = Self {
             name: name.to_string(),
             env: all_env,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(ToString::to_string).collect(),
             child: None,
             dir,
             log,

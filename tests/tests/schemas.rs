@@ -571,7 +571,7 @@ fn readme_events() -> Vec<Envelope> {
             Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + i as u128)
         });
         let recorded = ts("2024-11-06T10:00:00.123Z")
-            .checked_add(time::Duration::hours(i as i64))
+            .checked_add(time::Duration::hours(i64::try_from(i).unwrap()))
             .unwrap();
         events.push(command.into_envelope(id, recorded));
     }

@@ -101,9 +101,8 @@ fn read_json_lines(text: &str) -> Vec<Result<Row, Unreadable>> {
             let Value::Object(mut payload) = value else {
                 return Err(bad("not a JSON object".into()));
             };
-            let ty = match payload.remove("type") {
-                Some(Value::String(t)) => t,
-                _ => return Err(bad("no \"type\" field naming the event type".into())),
+            let Some(Value::String(ty)) = payload.remove("type") else {
+                return Err(bad("no \"type\" field naming the event type".into()));
             };
             Ok(Row { line, ty, payload })
         })
@@ -187,6 +186,9 @@ fn with_event_id(mut row: Row) -> Row {
 
 /// UUID v5 of the type and the fields, keys sorted: the same content gives
 /// the same id, whatever the file's column or key order.
+///
+/// # Panics
+/// Never: JSON values serialize.
 pub fn derived_id(row: &Row) -> Uuid {
     let sorted: BTreeMap<&String, &Value> = row.payload.iter().collect();
     let canonical = serde_json::to_string(&sorted).expect("JSON values serialize");
@@ -194,6 +196,9 @@ pub fn derived_id(row: &Row) -> Uuid {
 }
 
 /// Checks a row as ingest would before the lifecycle (`--dry-run`).
+///
+/// # Panics
+/// Never: JSON values serialize.
 pub fn validate(row: &Row) -> Outcome {
     let bytes = serde_json::to_vec(&row.payload).expect("JSON values serialize");
     match parse_intake(&row.ty, &bytes) {
@@ -207,6 +212,9 @@ pub fn validate(row: &Row) -> Outcome {
 
 /// Sends one row and reads ingest's answer; retries (same `event_id`) when
 /// ingest does not answer.
+///
+/// # Panics
+/// Never: JSON values serialize.
 pub async fn send(client: &async_nats::Client, row: &Row) -> Outcome {
     let subject = format!("upr.ingest.{}", row.ty);
     let payload = serde_json::to_vec(&row.payload).expect("JSON values serialize");
@@ -353,6 +361,9 @@ pub struct ReadError {
 /// # Errors
 /// When the file cannot be read, or (not `dry_run`) the NATS settings are
 /// unusable.
+///
+/// # Panics
+/// Never: the progress bar's template is a valid constant.
 pub async fn import(path: &Path, dry_run: bool) -> Result<Summary, BoxError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReadError {
         path: path.to_owned(),

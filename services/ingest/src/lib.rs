@@ -212,7 +212,7 @@ impl App {
         let (dispatcher, workers) = Dispatcher::start(
             config.workers,
             config.cache,
-            log,
+            &log,
             responder,
             (peers, edge.clone()),
         );

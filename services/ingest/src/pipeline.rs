@@ -57,7 +57,7 @@ pub type Admitted = (Intake, OwnedSemaphorePermit);
 /// How long a replica waits for the owner of a review to answer a command
 /// it handed over: the owner's [`BUDGET`] and some queueing, still inside
 /// a `nats req`'s 5 s.
-pub const HAND_OVER_WAIT: Duration = Duration::from_millis(4000);
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(4);
 
 /// An intake message and where its answer goes.
 pub enum Intake {
@@ -198,7 +198,7 @@ impl Dispatcher {
     pub fn start(
         count: usize,
         cache: usize,
-        log: EventLog,
+        log: &EventLog,
         responder: Responder,
         (peers, edge): (Arc<Peers>, Client),
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
@@ -209,7 +209,7 @@ impl Dispatcher {
         for _ in 0..count {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             let worker = Worker {
-                inbox: HistoryInbox::new(&log),
+                inbox: HistoryInbox::new(log),
                 log: log.clone(),
                 cache: ReviewCache::new(per_worker),
                 responder: responder.clone(),
@@ -338,6 +338,10 @@ impl HandOver {
 }
 
 /// The worker that owns `key`: stable for the life of the process.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the remainder is below workers, a usize"
+)]
 fn shard(key: ReviewKey, workers: usize) -> usize {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);

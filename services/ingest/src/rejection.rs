@@ -51,6 +51,9 @@ impl RejectionRecord {
     }
 
     /// The stored JSON bytes.
+    ///
+    /// # Panics
+    /// Never: a rejection record holds only strings and a timestamp, which serialize.
     pub fn to_json(&self) -> Bytes {
         Bytes::from(
             serde_json::to_vec(self)

@@ -207,6 +207,7 @@ impl ReviewCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test sequences are small")]
 mod tests {
     use super::*;
     use EventType::*;

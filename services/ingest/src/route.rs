@@ -78,7 +78,10 @@ impl Peers {
 
     /// The replica that owns `key`, or `None` when it is this one.
     pub fn owner(&self, key: ReviewKey) -> Option<Arc<str>> {
-        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let members = self
+            .members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let owner = owner(key, &members.ids);
         (**owner != *self.me).then(|| owner.clone())
     }
@@ -87,7 +90,7 @@ impl Peers {
     pub fn count(&self) -> usize {
         self.members
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .ids
             .len()
     }
@@ -95,7 +98,10 @@ impl Peers {
     /// Takes in one round of answers: the ids that answered join (or stay),
     /// the others miss a round, and go after [`MISSED_ROUNDS`].
     pub fn round(&self, answered: &[String]) {
-        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let mut members = self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Members { ids, missed } = &mut *members;
         for id in ids.iter() {
             if **id != *self.me && !answered.iter().any(|a| **a == **id) {
@@ -122,7 +128,10 @@ impl Peers {
 
     /// Drops `id` at once: a hand-over found nobody listening for it.
     pub fn gone(&self, id: &str) {
-        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let mut members = self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *self.me != *id {
             members.ids.retain(|known| **known != *id);
             members.missed.remove(id);
@@ -134,6 +143,9 @@ impl Peers {
 /// score for this review. Adding or removing one replica moves only the
 /// reviews that replica wins or held, and every replica agrees on the
 /// result whatever the order of `ids`.
+///
+/// # Panics
+/// When `ids` is empty (the membership always holds this replica).
 pub fn owner(key: ReviewKey, ids: &[Arc<str>]) -> &Arc<str> {
     let review = key.to_string();
     ids.iter()

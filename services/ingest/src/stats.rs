@@ -57,7 +57,10 @@ impl Counters {
 
     /// One refusal.
     pub fn rejected(&self, code: ErrorCode) {
-        let mut map = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *map.entry(code.as_str()).or_default() += 1;
     }
 
@@ -67,7 +70,7 @@ impl Counters {
         let rejected = self
             .rejected
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         serde_json::json!({
             "accepted": self.accepted.load(Ordering::Relaxed),

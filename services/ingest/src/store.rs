@@ -330,7 +330,7 @@ fn publish_error(e: jetstream::context::PublishError) -> StoreError {
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).map(|v| v.as_str())
+    headers.get(name).map(async_nats::HeaderValue::as_str)
 }
 
 /// The envelope when `payload` is an event of this review

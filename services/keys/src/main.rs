@@ -21,6 +21,7 @@
 //! its route URLs carry, so the password has to be in them, and the config
 //! language cannot splice a variable into a string.
 
+use std::fmt::Write as _;
 use std::{
     fs, io,
     io::Write,
@@ -180,26 +181,27 @@ fn init(dir: &Path) -> Result<String, KeysError> {
         let path = seed_path(dir, user);
         if path.exists() {
             read_seed(&path)?;
-            report += &format!("kept    {}\n", path.display());
+            let _ = writeln!(report, "kept    {}", path.display());
         } else {
             write_secret(&path, &new_seed()?)?;
-            report += &format!("created {}\n", path.display());
+            let _ = writeln!(report, "created {}", path.display());
         }
     }
     let route = dir.join(format!("{ROUTE}.password"));
     if route.exists() {
-        report += &format!("kept    {}\n", route.display());
+        let _ = writeln!(report, "kept    {}", route.display());
     } else {
         write_secret(&route, &new_password())?;
-        report += &format!("created {}\n", route.display());
+        let _ = writeln!(report, "created {}", route.display());
     }
     let hosts = dir.join(ROUTE_HOSTS);
     if !hosts.exists() {
         write_secret(&hosts, &DEFAULT_ROUTE_HOSTS.join("\n"))?;
     }
     write_conf(dir)?;
-    report += &format!(
-        "wrote   {} and {}\n",
+    let _ = writeln!(
+        report,
+        "wrote   {} and {}",
         dir.join(CONF).display(),
         dir.join(ROUTE_CONF).display()
     );
@@ -224,11 +226,12 @@ fn rotate(dir: &Path, names: &[&str]) -> Result<String, KeysError> {
                 name: (*name).to_owned(),
             });
         };
-        report += &format!("replaced {}\n", path.display());
+        let _ = writeln!(report, "replaced {}", path.display());
     }
     write_conf(dir)?;
-    report += &format!(
-        "wrote    {}\nnow reload the server configuration and restart the clients of the replaced keys\n",
+    let _ = writeln!(
+        report,
+        "wrote    {}\nnow reload the server configuration and restart the clients of the replaced keys",
         dir.join(CONF).display()
     );
     Ok(report)
@@ -332,7 +335,7 @@ fn write_conf(dir: &Path) -> Result<(), KeysError> {
     );
     for user in USERS {
         let key = read_seed(&seed_path(dir, user))?.public_key();
-        conf += &format!("UPR_{}_NKEY: \"{key}\"\n", user.to_uppercase());
+        let _ = writeln!(conf, "UPR_{}_NKEY: \"{key}\"", user.to_uppercase());
     }
     let read = |name: String| {
         let path = dir.join(name);

@@ -251,7 +251,7 @@ fn now() -> Timestamp {
 async fn pause(stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = stop.changed() => true,
-        _ = tokio::time::sleep(Duration::from_secs(1)) => *stop.borrow(),
+        () = tokio::time::sleep(Duration::from_secs(1)) => *stop.borrow(),
     }
 }
 

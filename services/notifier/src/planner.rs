@@ -123,7 +123,7 @@ struct Turn {
 
 impl ReviewOrder {
     fn enter(&self, this: &Arc<Self>, msg: &Message) -> Turn {
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let seq = msg.info().map_or(0, |i| i.stream_sequence);
         let Some((country, session, _)) = contract::subjects::parse_event(&msg.subject) else {
             return Turn {
                 order: this.clone(),
@@ -134,7 +134,10 @@ impl ReviewOrder {
         };
         let key = ReviewKey { country, session };
         let (done, finished) = oneshot::channel();
-        let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tails = self
+            .tails
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = tails
             .insert(key, (seq, finished.shared()))
             .map(|(_, before)| before);
@@ -163,7 +166,11 @@ impl Turn {
             let _ = done.send(applied);
         }
         if let Some((key, seq)) = self.place {
-            let mut tails = self.order.tails.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tails = self
+                .order
+                .tails
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if tails.get(&key).is_some_and(|(last, _)| *last == seq) {
                 tails.remove(&key);
             }

@@ -58,8 +58,7 @@ impl From<StoredWire> for StoredReview {
                 recorded_at: None,
             };
             let steps: &[EventType] = match w.status {
-                None => &[],
-                Some(ReviewStatus::Scheduled) => &[],
+                None | Some(ReviewStatus::Scheduled) => &[],
                 Some(ReviewStatus::Cancelled) => &[EventType::ReviewCancelled],
                 Some(ReviewStatus::Held) => &[EventType::ReviewHeld],
                 Some(ReviewStatus::Reported) => {
@@ -93,6 +92,9 @@ impl StoredReview {
     }
 
     /// The JSON value.
+    ///
+    /// # Panics
+    /// Never: the state holds only strings, integers and structs, which serialize.
     pub fn to_bytes(&self) -> Bytes {
         serde_json::to_vec(self)
             .expect("the notifier's state holds only strings, integers and structs")

@@ -24,7 +24,7 @@ use upr_shared::{
 };
 
 fn envelope(n: u64, review: u64, step: u64) -> Envelope {
-    let country = MEMBER_STATES[(review % MEMBER_STATES.len() as u64) as usize].0;
+    let country = MEMBER_STATES[usize::try_from(review).unwrap() % MEMBER_STATES.len()].0;
     let session = review / MEMBER_STATES.len() as u64 % 999 + 1;
     let day = review % 28 + 1;
     let (ty, payload) = match step {

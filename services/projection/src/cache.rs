@@ -417,6 +417,7 @@ impl WorkingSet {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test sequences are small")]
 mod tests {
     use super::*;
 

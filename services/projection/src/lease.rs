@@ -102,12 +102,19 @@ impl Lease {
 
     /// Whether the lease is still surely this instance's.
     pub fn is_valid(&self) -> bool {
-        Instant::now() < *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+        Instant::now()
+            < *self
+                .valid_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn renewed(&self, revision: u64, sent: Instant) {
         self.revision.store(revision, Ordering::Release);
-        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
             sent + PROJECTION_LEASE_TTL - MARGIN;
     }
 
@@ -165,7 +172,7 @@ impl Lease {
                 Ok(true) => debug!("lease renewed"),
                 Ok(false) => return "another instance holds the projection lease".into(),
                 Err(e) => {
-                    warn!(error = %e, valid = self.is_valid(), "lease renewal failed; retrying")
+                    warn!(error = %e, valid = self.is_valid(), "lease renewal failed; retrying");
                 }
             }
         }

@@ -379,6 +379,11 @@ impl App {
 ///
 /// # Errors
 /// When JetStream refuses the reset, or `shutdown` resolves first.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a positive rate for the log, rounded down"
+)]
 pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
     let (client, js, events) = connect(&config).await?;
     let (store, was_reset) = Store::open(js, events, config.common.replicas).await?;

@@ -293,7 +293,7 @@ impl Projector {
     async fn pause(&mut self, delay: Duration) {
         let mut stopping = self.stopping.clone();
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(delay) => {}
             _ = stopping.wait_for(|s| *s) => {}
         }
     }
@@ -530,8 +530,8 @@ impl Projector {
                 malformed,
                 lag,
                 load_ms = loaded.as_millis(),
-                fold_ms = (folded - loaded).as_millis(),
-                write_ms = (started.elapsed() - folded).as_millis(),
+                fold_ms = folded.saturating_sub(loaded).as_millis(),
+                write_ms = started.elapsed().saturating_sub(folded).as_millis(),
                 cache_bytes = self.set.weight(),
                 "batch folded"
             );

@@ -80,7 +80,7 @@ impl Shared {
             "beyond_limits_skipped": self.beyond_limits_skipped.load(Ordering::Relaxed),
             "replays": self.replays.load(Ordering::Relaxed),
             "values_refused": self.values_refused.load(Ordering::Relaxed),
-            "scheduled_reviews": self.upcoming.read().map(|u| u.len()).unwrap_or(0),
+            "scheduled_reviews": self.upcoming.read().map_or(0, |u| u.len()),
         })
     }
 }

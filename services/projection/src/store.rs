@@ -308,7 +308,7 @@ async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Res
     for name in ALL_BUCKETS {
         match js.delete_stream(format!("KV_{name}")).await {
             Ok(_) => {}
-            Err(e) if is_stream_not_found(e.kind()) => {}
+            Err(e) if is_stream_not_found(&e.kind()) => {}
             Err(e) => return Err(BoxError::from(e).into()),
         }
     }
@@ -334,14 +334,14 @@ async fn reset(js: &jetstream::Context, events: &Stream, replicas: usize) -> Res
     Ok(())
 }
 
-fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
-    matches!(kind, GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+fn is_stream_not_found(kind: &GetStreamErrorKind) -> bool {
+    matches!(kind, GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 async fn stream_exists(js: &jetstream::Context, name: &str) -> Result<bool, BoxError> {
     match js.get_stream(name).await {
         Ok(_) => Ok(true),
-        Err(e) if is_stream_not_found(e.kind()) => Ok(false),
+        Err(e) if is_stream_not_found(&e.kind()) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

@@ -117,6 +117,10 @@ mod tests {
     use super::*;
     use upr_shared::domain::{Envelope, ReadModels};
 
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass json! temporaries"
+    )]
     fn env(n: u128, key: &str, ty: &str, data: serde_json::Value) -> Envelope {
         let key = ReviewKey::parse(key).unwrap();
         let json = serde_json::json!({

@@ -484,6 +484,9 @@ impl Envelope {
     }
 
     /// The stored JSON bytes, keys in contract order.
+    ///
+    /// # Panics
+    /// Never: an envelope holds only strings, integers and structs, which serialize.
     pub fn to_json(&self) -> Vec<u8> {
         // Keys are strings and there are no floats or maps with non-string
         // keys.

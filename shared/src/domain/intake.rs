@@ -150,7 +150,7 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         return Err(RejectError::too_large(payload.len(), MAX_PAYLOAD));
     }
     let ty = EventType::parse(event_type).ok_or_else(|| {
-        let valid: Vec<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        let valid: Vec<_> = EventType::ALL.iter().map(EventType::as_str).collect();
         RejectError::new(
             ErrorCode::UnknownType,
             format!(
@@ -518,6 +518,10 @@ mod tests {
         When(parse_intake(ty, payload.as_ref()))
     }
 
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass json! temporaries"
+    )]
     fn intake_json(ty: &str, payload: Value) -> When {
         intake(ty, serde_json::to_vec(&payload).unwrap())
     }
@@ -968,7 +972,7 @@ mod tests {
         intake_json("review_scheduled", field("2025-01-23")).then_invalid("scheduled_for");
         intake_json(
             "review_scheduled",
-            with(scheduled(), "scheduled_for", 1737620000.into()),
+            with(scheduled(), "scheduled_for", 1_737_620_000.into()),
         )
         .then_invalid("scheduled_for");
         intake_json(

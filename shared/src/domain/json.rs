@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_integer_or_float_nature() {
-        let v = parse_strict(br#"[48, 48.0, -1]"#).unwrap();
+        let v = parse_strict(br"[48, 48.0, -1]").unwrap();
         assert_eq!(v[0].as_u64(), Some(48));
         assert_eq!(v[1].as_u64(), None);
         assert_eq!(v[2].as_i64(), Some(-1));

@@ -85,7 +85,7 @@ impl Needs {
 
     /// Whether a review whose status is `current` has what is needed.
     pub fn admits(self, current: Option<ReviewStatus>) -> bool {
-        use ReviewStatus::*;
+        use ReviewStatus::{Cancelled, Held, Reported, Scheduled};
         match self {
             Self::NoneOrCancelled => matches!(current, None | Some(Cancelled)),
             Self::Scheduled => current == Some(Scheduled),
@@ -116,7 +116,7 @@ pub enum LifecycleError {
         "review {} {} {}; {event} needs {needs}",
         .review.country,
         .review.session,
-        standing(.current)
+        standing(*.current)
     )]
     NotAllowed {
         /// The review.
@@ -167,7 +167,7 @@ pub enum LifecycleError {
          in force{}; only that one may be retracted",
         .review.country,
         .review.session,
-        latest_in_force(.latest)
+        latest_in_force(*.latest)
     )]
     NotLatest {
         /// The review.
@@ -182,8 +182,8 @@ pub enum LifecycleError {
 }
 
 /// `is scheduled` ... or `does not exist`, as [`LifecycleError::NotAllowed`] says it.
-fn standing(current: &Option<ReviewStatus>) -> &'static str {
-    use ReviewStatus::*;
+fn standing(current: Option<ReviewStatus>) -> &'static str {
+    use ReviewStatus::{Adopted, Cancelled, Held, Reported, Scheduled};
     current.map_or("does not exist", |s| match s {
         Scheduled => "is scheduled",
         Cancelled => "is cancelled",
@@ -194,7 +194,7 @@ fn standing(current: &Option<ReviewStatus>) -> &'static str {
 }
 
 /// ` (that is <type> <id>)`, or nothing when no lifecycle event is in force.
-fn latest_in_force(latest: &Option<(EventType, Uuid)>) -> String {
+fn latest_in_force(latest: Option<(EventType, Uuid)>) -> String {
     latest.map_or(String::new(), |(event, id)| {
         format!(" (that is {event} {id})")
     })

@@ -396,7 +396,7 @@ impl ReviewView {
             EventData::ReviewScheduled(d) => {
                 self.scheduled_for = Some(d.scheduled_for);
                 self.location = Some(d.location.clone());
-                self.troika = d.troika.clone();
+                self.troika.clone_from(&d.troika);
             }
             EventData::ReviewRescheduled(d) => self.scheduled_for = Some(d.scheduled_for),
             EventData::ReportPublished(d) => {
@@ -725,6 +725,7 @@ impl ReadModels {
 
     /// Makes the log known, as a live projection knows the stream: models
     /// resumed from stored values can then fold a retraction.
+    #[must_use]
     pub fn knowing<'a>(mut self, log: impl IntoIterator<Item = (u64, &'a Envelope)>) -> Self {
         for (seq, event) in log {
             self.events
@@ -793,12 +794,17 @@ impl Upcoming {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test sequences are small")]
 pub(crate) mod tests {
     use super::*;
     use crate::domain::limits::MAX_LIFECYCLE_EVENTS;
     use serde_json::json;
 
     /// Builds envelopes with predictable ids (`…0001`, `…0002`, …).
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass json! temporaries"
+    )]
     pub(crate) fn envelope(n: u64, key: &str, data: serde_json::Value, ty: EventType) -> Envelope {
         let key = ReviewKey::parse(key).unwrap();
         let json = json!({
@@ -1470,7 +1476,7 @@ pub(crate) mod tests {
                 EventType::OutcomeAdopted => json!({"adopted_on": when, "hrc_session": 58}),
                 // Names an earlier event (of any review: some take nothing back).
                 EventType::EventRetracted => {
-                    json!({"retracts": Uuid::from_u128(u128::from(day) % n.max(1) as u128 + 1), "reason": "r"})
+                    json!({"retracts": Uuid::from_u128(u128::from(day) % u128::from(n.max(1)) + 1), "reason": "r"})
                 }
             };
             envelope(n, &key, data, ty)

@@ -96,8 +96,11 @@ impl Lead {
     }
 
     /// The lead as a duration.
+    #[allow(
+        clippy::cast_possible_wrap,
+        reason = "secs <= MAX_LEAD_SECS, which fits i64"
+    )]
     pub fn duration(&self) -> time::Duration {
-        // secs <= MAX_LEAD_SECS, which fits i64.
         time::Duration::seconds(self.secs as i64)
     }
 }
@@ -345,6 +348,9 @@ impl Reminder {
 
 impl ReminderNotice {
     /// The payload bytes.
+    ///
+    /// # Panics
+    /// Never: a notice holds only strings, integers and structs, which serialize.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("notices hold only strings, integers and structs")
     }
@@ -530,6 +536,9 @@ impl ChangeNotice {
     }
 
     /// The payload bytes.
+    ///
+    /// # Panics
+    /// Never: a notice holds only strings, integers and structs, which serialize.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("notices hold only strings, integers and structs")
     }

@@ -78,13 +78,17 @@ impl Timestamp {
 
     /// Milliseconds since the Unix epoch, rounded down like
     /// [`Timestamp::truncate_to_millis`], so the two agree before 1970 too.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "years 0000..=9999 fit easily in i64 milliseconds"
+    )]
     pub fn unix_millis(&self) -> i64 {
-        // Years 0000..=9999 fit easily in i64 milliseconds.
         self.0.unix_timestamp_nanos().div_euclid(1_000_000) as i64
     }
 
     /// Drops the sub-millisecond part, so recorded times read like the
     /// contract's example (`...00.123Z`) instead of carrying clock noise.
+    #[must_use]
     pub fn truncate_to_millis(self) -> Self {
         let nanos = self.0.nanosecond() / 1_000_000 * 1_000_000;
         Self(self.0.replace_nanosecond(nanos).unwrap_or(self.0))

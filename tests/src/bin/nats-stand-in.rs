@@ -182,13 +182,13 @@ fn context_of(args: &Args) -> Result<Context, String> {
         None => Context::default(),
     };
     if let Some(s) = args.flags.get("--server").or(args.flags.get("-s")) {
-        ctx.url = s.clone();
+        ctx.url.clone_from(s);
     }
     if let Some(k) = args.flags.get("--nkey") {
-        ctx.nkey = k.clone();
+        ctx.nkey.clone_from(k);
     }
     if let Some(d) = args.flags.get("--js-domain") {
-        ctx.jetstream_domain = d.clone();
+        ctx.jetstream_domain.clone_from(d);
     }
     if ctx.url.is_empty() {
         ctx.url = DOCUMENTED_URL.into();

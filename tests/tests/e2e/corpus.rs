@@ -74,7 +74,7 @@ fn corpus() -> Vec<Case> {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|f| f.ends_with(".bin"))
+        .filter(|f| Path::new(f).extension().is_some_and(|e| e == "bin"))
         .collect();
     on_disk.sort();
     let mut listed: Vec<String> = cases.iter().map(|c| c.file.clone()).collect();
@@ -301,7 +301,7 @@ fn query_corpus() -> Vec<QueryCase> {
     let listed: Vec<&str> = cases.iter().map(|c| c.file.as_str()).collect();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        if name.ends_with(".bin") {
+        if Path::new(&name).extension().is_some_and(|e| e == "bin") {
             assert!(
                 listed.contains(&name.as_str()),
                 "{name} is not in expected.tsv"

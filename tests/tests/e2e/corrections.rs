@@ -50,6 +50,10 @@ impl Stack {
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "callers pass json! temporaries"
+)]
 fn kz(extra: Value) -> Value {
     let mut p = json!({"country": "KZ", "session": 48});
     p.as_object_mut()
@@ -331,7 +335,9 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
                 .unwrap();
             let headers = reply.headers.clone().unwrap_or_default();
             assert_eq!(
-                headers.get("Content-Type").map(|v| v.as_str()),
+                headers
+                    .get("Content-Type")
+                    .map(async_nats::HeaderValue::as_str),
                 Some("text/calendar"),
                 "{subject}"
             );

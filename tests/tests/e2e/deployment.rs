@@ -41,7 +41,7 @@ fn merge_keys(node: Yaml) -> Yaml {
         Yaml::Hash(hash) => {
             let merge_key = Yaml::String("<<".into());
             let mut out = Hash::new();
-            for (k, v) in hash.iter() {
+            for (k, v) in &hash {
                 if *k != merge_key {
                     out.insert(k.clone(), merge_keys(v.clone()));
                 }

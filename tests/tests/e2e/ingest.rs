@@ -171,7 +171,9 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
     let (subject, headers, env) = g.stored(seq).await;
     assert_eq!(subject, "upr.events.KZ.48.review_scheduled");
     assert_eq!(
-        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        headers
+            .get("Nats-Msg-Id")
+            .map(async_nats::HeaderValue::as_str),
         Some(id.as_str())
     );
     let recorded_at = env["recorded_at"].as_str().unwrap().to_owned();
@@ -222,7 +224,9 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
         let (subject, headers, env) = g.stored(r["seq"].as_u64().unwrap()).await;
         assert_eq!(subject, format!("upr.events.KZ.48.{ty}"));
         assert_eq!(
-            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            headers
+                .get("Nats-Msg-Id")
+                .map(async_nats::HeaderValue::as_str),
             r["event_id"].as_str()
         );
         assert_eq!(env["id"], r["event_id"]);
@@ -267,7 +271,9 @@ async fn a_plain_publish_is_stored_without_a_reply() {
     .await;
     let (_, headers, env) = g.stored(1).await;
     assert_eq!(
-        headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        headers
+            .get("Nats-Msg-Id")
+            .map(async_nats::HeaderValue::as_str),
         Some(id.as_str())
     );
     assert_eq!(env["country"], "KZ");
@@ -639,8 +645,8 @@ async fn every_lifecycle_rule_is_enforced() {
 
 #[tokio::test]
 async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_each_race() {
-    let g = Given::ingest_with(2, &[]).await;
     const REVIEWS: u32 = 40;
+    let g = Given::ingest_with(2, &[]).await;
     // Race 1: two different review_scheduled for each new review.
     let mut race = FuturesUnordered::new();
     for s in 1..=REVIEWS {
@@ -709,9 +715,9 @@ async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_eac
 
 #[tokio::test]
 async fn a_burst_across_many_reviews_stores_exactly_the_accepted_events() {
-    let g = Given::ingest().await;
     const REVIEWS: u32 = 300;
     const SIDE_EVENTS: u32 = 9;
+    let g = Given::ingest().await;
     // Schedules first (each review in order), then side events, all pipelined.
     let mut requests = Vec::new();
     for s in 1..=REVIEWS {

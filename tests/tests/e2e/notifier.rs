@@ -35,7 +35,7 @@ fn in_ms(ms: i64) -> Timestamp {
 }
 
 fn ms_until(t: Timestamp) -> Duration {
-    Duration::from_millis(t.since(now()).whole_milliseconds().max(0) as u64)
+    Duration::from_millis(u64::try_from(t.since(now()).whole_milliseconds()).unwrap_or(0))
 }
 
 fn country(code: &str) -> Country {
@@ -197,7 +197,7 @@ async fn stored(js: &jetstream::Context) -> Vec<(String, String, Value)> {
             let id = m
                 .headers
                 .get(header::NATS_MESSAGE_ID)
-                .map(|v| v.to_string())
+                .map(ToString::to_string)
                 .unwrap_or_default();
             out.push((
                 m.subject.to_string(),
@@ -577,7 +577,9 @@ async fn exactly_once_while_the_notifier_is_killed_every_second() {
     let mut expected = Vec::new();
     for i in 0..15u64 {
         let date = base
-            .checked_add(time::Duration::milliseconds(14_000 + 250 * i as i64))
+            .checked_add(time::Duration::milliseconds(
+                14_000 + 250 * i64::try_from(i).unwrap(),
+            ))
             .unwrap();
         bed.schedule("KZ", 1 + i, date).await;
         expected.push(reminder_id("KZ", 1 + i, "12s", date));
@@ -616,7 +618,7 @@ async fn two_replicas_send_each_reminder_once() {
     let _second = start_notifier(&bed.app, LEADS).await;
     let mut expected = Vec::new();
     for (i, code) in ["KZ", "FR", "BR", "JP", "NG"].into_iter().enumerate() {
-        let date = in_ms(6_000 + 200 * i as i64);
+        let date = in_ms(6_000 + 200 * i64::try_from(i).unwrap());
         bed.schedule(code, 48, date).await;
         expected.push(reminder_id(code, 48, "4s", date));
         expected.push(reminder_id(code, 48, "2s", date));

@@ -219,6 +219,10 @@ fn assert_same(actual: &Snapshot, expected: &Snapshot, what: &str) {
 
 /// An envelope as ingest would build it from this intake payload; the
 /// event id is `n`, so expected values can name it.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "callers pass json! temporaries"
+)]
 fn event(n: u128, ty: &str, payload: Value) -> Envelope {
     let cmd = parse_intake(ty, payload.to_string().as_bytes())
         .unwrap_or_else(|e| panic!("{ty} {payload}: {e:?}"));
@@ -665,7 +669,7 @@ async fn a_client_reads_its_own_write_with_min_seq() {
         let s = given
             .query_ok("upr.query.session.48", &format!(r#"{{"min_seq":{seq}}}"#))
             .await;
-        assert_eq!(s["session"]["side_events"], n as u64);
+        assert_eq!(s["session"]["side_events"], u64::try_from(n).unwrap());
     }
 }
 

@@ -706,7 +706,14 @@ fn readme_configuration_table_matches_the_settings_the_binaries_read() {
             .collect();
         let reads: BTreeSet<&str> = s.used_by.iter().copied().collect();
         assert_eq!(used_by, reads, "{}: `Read by` says {:?}", s.var, row[2]);
-        if !s.default.is_empty() {
+        if s.default.is_empty() {
+            assert!(
+                row[3].starts_with("unset"),
+                "{}: no default applies, the table says {:?}",
+                s.var,
+                row[3]
+            );
+        } else {
             let default = s.default.replace("<binary>", "upr-ingest");
             let shown = row[3].replace("<binary>", "upr-ingest");
             assert!(
@@ -715,13 +722,6 @@ fn readme_configuration_table_matches_the_settings_the_binaries_read() {
                 s.var,
                 row[3],
                 s.default
-            );
-        } else {
-            assert!(
-                row[3].starts_with("unset"),
-                "{}: no default applies, the table says {:?}",
-                s.var,
-                row[3]
             );
         }
     }

@@ -234,7 +234,7 @@ fn wait_healthy(p: &ServiceProcess, within: Duration) {
     }
 }
 
-fn chaos(mut system: System, mut rng: StdRng, stop: Arc<AtomicBool>) -> (System, Vec<Outage>) {
+fn chaos(mut system: System, mut rng: StdRng, stop: &AtomicBool) -> (System, Vec<Outage>) {
     let mut outages = Vec::new();
     let nap = |ms: u64, stop: &AtomicBool| {
         let until = Instant::now() + Duration::from_millis(ms);
@@ -243,7 +243,7 @@ fn chaos(mut system: System, mut rng: StdRng, stop: Arc<AtomicBool>) -> (System,
         }
     };
     loop {
-        nap(rng.random_range(1000..=3000), &stop);
+        nap(rng.random_range(1000..=3000), stop);
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -316,7 +316,7 @@ impl ChaosGuard {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = std::thread::spawn({
             let stop = stop.clone();
-            move || chaos(system, rng, stop)
+            move || chaos(system, rng, &stop)
         });
         Self {
             stop,

@@ -82,7 +82,9 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
-        .as_millis() as i64
+        .as_millis()
+        .try_into()
+        .expect("milliseconds since 1970 fit in i64")
 }
 
 fn ts(ms: i64) -> Timestamp {

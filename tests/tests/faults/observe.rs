@@ -37,7 +37,7 @@ pub(crate) async fn read_stream(client: &Client, name: &str) -> Vec<StoredMsg> {
     let mut stream = js.get_stream(name).await.expect("stream exists");
     let info = stream.info().await.expect("stream info");
     let (count, last) = (info.state.messages, info.state.last_sequence);
-    let mut out = Vec::with_capacity(count as usize);
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or_default());
     if count == 0 {
         return out;
     }
@@ -59,7 +59,7 @@ pub(crate) async fn read_stream(client: &Client, name: &str) -> Vec<StoredMsg> {
             .headers
             .as_ref()
             .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.to_string());
+            .map(ToString::to_string);
         out.push(StoredMsg {
             seq,
             subject: m.subject.to_string(),

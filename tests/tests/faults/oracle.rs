@@ -59,7 +59,7 @@ impl Report {
 #[derive(Debug, Clone)]
 pub(crate) struct Expected {
     pub(crate) reminder: upr_shared::domain::Reminder,
-    /// It must be in UPR_NOTIFICATIONS.
+    /// It must be in `UPR_NOTIFICATIONS`.
     pub(crate) must: bool,
     /// It must not be (the change was applied before it came due, or it is
     /// not due yet).

@@ -45,7 +45,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn shuffled_keys(sessions: std::ops::RangeInclusive<u64>, rng: &mut StdRng) -> Vec<ReviewKey> {
     let mut keys: Vec<ReviewKey> = Vec::new();
     for session in sessions {
-        for (code, _) in MEMBER_STATES.iter() {
+        for (code, _) in &MEMBER_STATES {
             keys.push(ReviewKey {
                 country: Country::parse(code).expect("listed code"),
                 session: Session::new(session).expect("a valid session"),
@@ -72,6 +72,10 @@ async fn on_a_three_node_cluster_nothing_acknowledged_is_lost_when_nodes_and_rep
 }
 
 async fn fault_run(layout: Layout, target: u64) {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the low 64 bits of the clock make the seed"
+    )]
     let seed = env_u64("UPR_FAULT_SEED").unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -101,7 +105,9 @@ async fn fault_run(layout: Layout, target: u64) {
 
     // Long-lived reviews: the bulk of the events.
     let keys = shuffled_keys(1..=60, &mut rng);
-    let reviews = (target as usize / 7).clamp(BULK_CLIENTS, keys.len());
+    let reviews = usize::try_from(target / 7)
+        .unwrap_or(usize::MAX)
+        .clamp(BULK_CLIENTS, keys.len());
     let mut bulk = Vec::new();
     for w in 0..BULK_CLIENTS {
         let mine: Vec<ReviewKey> = keys[..reviews]
@@ -121,7 +127,7 @@ async fn fault_run(layout: Layout, target: u64) {
     // Reviews a few seconds ahead, started every 150-400 ms while the bulk runs.
     let mut near = Vec::new();
     let mut next_near = shuffled_keys(900..=999, &mut rng).into_iter();
-    while !bulk.iter().all(|h| h.is_finished()) {
+    while !bulk.iter().all(tokio::task::JoinHandle::is_finished) {
         let key = next_near.next().expect("enough near-term review keys");
         near.push(tokio::spawn(near_review(driver.clone(), key, rng.fork())));
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..=400))).await;

@@ -116,7 +116,7 @@ impl ReviewModel {
             p["source"] = "UPR Info".into();
         }
         if rng.random_ratio(10, 100) {
-            p["occurred_at"] = ts(now_ms() - rng.random_range(0..=86_400_000) as i64)
+            p["occurred_at"] = ts(now_ms() - i64::from(rng.random_range(0..=86_400_000)))
                 .to_string()
                 .into();
         }
@@ -136,9 +136,9 @@ impl ReviewModel {
     fn far_date(&mut self, rng: &mut StdRng) -> String {
         let day = 86_400_000i64;
         let ms = if rng.random_ratio(70, 100) {
-            now_ms() + rng.random_range(60..=1500) as i64 * day
+            now_ms() + i64::from(rng.random_range(60..=1500)) * day
         } else {
-            now_ms() - rng.random_range(1..=1500) as i64 * day
+            now_ms() - i64::from(rng.random_range(1..=1500)) * day
         };
         self.fresh_date(ms / 60_000 * 60_000)
     }
@@ -146,7 +146,7 @@ impl ReviewModel {
     fn command(&self, ty: EventType, rng: &mut StdRng, date: Option<String>) -> Next {
         let mut p = self.base(rng);
         let day = |rng: &mut StdRng| {
-            ts(now_ms() - rng.random_range(0..=400) as i64 * 86_400_000).to_string()[..10]
+            ts(now_ms() - i64::from(rng.random_range(0..=400)) * 86_400_000).to_string()[..10]
                 .to_owned()
         };
         match ty {
@@ -346,7 +346,7 @@ pub(crate) async fn near_review(driver: Driver, key: ReviewKey, mut rng: StdRng)
     use EventType::*;
     let mut m = ReviewModel::new(key);
     let soon = |m: &mut ReviewModel, rng: &mut StdRng| {
-        let ms = now_ms() + rng.random_range(6000..=11_000) as i64;
+        let ms = now_ms() + i64::from(rng.random_range(6000..=11_000));
         Some(m.fresh_date(ms))
     };
     let pause = |rng: &mut StdRng| Duration::from_millis(rng.random_range(100..=7000));
