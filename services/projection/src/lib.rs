@@ -304,6 +304,10 @@ impl App {
     /// # Errors
     /// When the read models cannot be reset, the lease is lost, or draining
     /// fails.
+    ///
+    /// # Panics
+    /// Never: without a time limit, asking for the lease waits until this
+    /// instance holds it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let Self {
             client,
