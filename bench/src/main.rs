@@ -172,8 +172,9 @@ pub fn now() -> Timestamp {
 /// and in one run the disk and page-cache work that followed it slowed
 /// every later part by about a third (the raw baselines too).
 fn run_order() -> impl Iterator<Item = (&'static str, &'static str)> {
-    let (projection, rest): (Vec<_>, Vec<_>) =
-        PARTS.into_iter().partition(|(name, _)| *name == "projection");
+    let (projection, rest): (Vec<_>, Vec<_>) = PARTS
+        .into_iter()
+        .partition(|(name, _)| *name == "projection");
     rest.into_iter().chain(projection)
 }
 
