@@ -37,7 +37,7 @@ use crate::{
     policy::{self, IDLE_CHECKPOINT, Progress, checkpoint_due},
     state::Shared,
     store::Store,
-    writer::{Bucket, Fence, Round, Writer},
+    writer::{self, Bucket, Fence, Round, Writer},
 };
 
 /// Most values written in one round of concurrent puts.
@@ -74,8 +74,8 @@ pub enum Interrupt {
     Unavailable {
         /// What could not be done.
         doing: &'static str,
-        /// Why (none when the pull just ended).
-        source: Option<BoxError>,
+        /// Why.
+        source: BoxError,
     },
 }
 
@@ -289,13 +289,10 @@ impl Projector {
         }
     }
 
-    /// Waits `delay`, or less when the service is stopping.
+    /// Waits `delay`, or less when the service is stopping (the caller
+    /// checks for that itself).
     async fn pause(&mut self, delay: Duration) {
-        let mut stopping = self.stopping.clone();
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stopping.wait_for(|s| *s) => {}
-        }
+        let _ = writer::pause(&mut self.stopping.clone(), delay).await;
     }
 
     /// Consumes until the service stops or, with `until`, until every
@@ -308,7 +305,7 @@ impl Projector {
         self.confirm_acks = until.is_some();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut stopping = self.stopping.clone();
-        loop {
+        'bind: loop {
             if self.is_stopping() || until.is_some_and(|t| self.applied >= t) {
                 return Ok(());
             }
@@ -335,12 +332,8 @@ impl Projector {
                             }
                         }
                         Pulled::Failed(e) => break self.pull_failed(e).await,
-                        Pulled::Ended => {
-                            break Interrupt::Unavailable {
-                                doing: "pulling (the pull ended)",
-                                source: None,
-                            };
-                        }
+                        // Bound again at once: nothing failed.
+                        Pulled::Ended => continue 'bind,
                         Pulled::Stopping => {
                             // Finish the work in hand: write it and ack it.
                             self.confirm_acks = true;
@@ -368,7 +361,7 @@ impl Projector {
                     Ok(false) => Interrupt::Replay("the consumer is gone".into()),
                     _ => Interrupt::Unavailable {
                         doing: "binding to the consumer",
-                        source: Some(e),
+                        source: e,
                     },
                 });
             }
@@ -377,7 +370,7 @@ impl Projector {
             .await
             .map_err(|e| Interrupt::Unavailable {
                 doing: "pulling from the consumer",
-                source: Some(e),
+                source: e,
             })
     }
 
@@ -390,7 +383,7 @@ impl Projector {
         } else {
             Interrupt::Unavailable {
                 doing: "pulling from the consumer",
-                source: Some(e.into()),
+                source: e.into(),
             }
         }
     }
@@ -420,8 +413,7 @@ impl Projector {
             }
             Interrupt::Unavailable { doing, source } => {
                 let delay = backoff.next_delay();
-                let error = source.map(|e| e.to_string());
-                warn!(doing, error, retry_in = ?delay, "JetStream did not answer; pulling again after a pause");
+                warn!(doing, error = %source, retry_in = ?delay, "JetStream did not answer; pulling again after a pause");
                 self.pause(delay).await;
             }
         }
@@ -637,10 +629,7 @@ impl Projector {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, review = %key, retry_in = ?delay, "reading a review's history failed; retrying");
-                    self.pause(delay).await;
-                    if self.is_stopping() {
-                        return Err(Interrupt::Shutdown);
-                    }
+                    writer::pause(&mut self.stopping.clone(), delay).await?;
                 }
             }
         }

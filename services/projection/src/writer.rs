@@ -309,7 +309,7 @@ async fn check_buckets(store: &Store) -> Result<(), Interrupt> {
 ///
 /// # Errors
 /// [`Interrupt::Shutdown`] when the service is stopping.
-async fn pause(stopping: &mut watch::Receiver<bool>, delay: Duration) -> Result<(), Interrupt> {
+pub async fn pause(stopping: &mut watch::Receiver<bool>, delay: Duration) -> Result<(), Interrupt> {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         _ = stopping.wait_for(|s| *s) => {}
