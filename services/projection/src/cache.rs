@@ -488,6 +488,24 @@ mod tests {
     }
 
     #[test]
+    fn a_value_not_yet_written_counts_at_the_average_written_size() {
+        let mut set = WorkingSet::new(1 << 20);
+        set.tick();
+        set.apply(1, &event(1, "KZ.48"));
+        let fresh = set.reviews.weight;
+        assert_eq!(fresh, 1024 + SLOT_OVERHEAD, "1 KiB before any write");
+        let kz48 = ReviewKey::parse("KZ.48").unwrap();
+        set.reviews.take_dirty();
+        set.reviews.mark_clean(kz48, 300);
+        set.apply(2, &event(2, "KZ.49"));
+        assert_eq!(
+            set.reviews.weight,
+            (300 + SLOT_OVERHEAD) * 2,
+            "the written one at its size, the new one at the average"
+        );
+    }
+
+    #[test]
     fn values_touched_lately_stay_dirty_when_only_cold_ones_are_taken() {
         let mut set = WorkingSet::new(1 << 20);
         let first = set.tick();
