@@ -29,14 +29,16 @@ WORKDIR /src
 # 1. Dependencies only: manifests, lock file, placeholder sources. Every
 # workspace member's manifest is needed, or cargo cannot load the workspace.
 COPY Cargo.toml Cargo.lock ./
-COPY shared/Cargo.toml shared/Cargo.toml
+COPY domain/Cargo.toml domain/Cargo.toml
+COPY nats/Cargo.toml nats/Cargo.toml
+COPY schema/Cargo.toml schema/Cargo.toml
 COPY services/ingest/Cargo.toml services/ingest/Cargo.toml
 COPY services/projection/Cargo.toml services/projection/Cargo.toml
 COPY services/notifier/Cargo.toml services/notifier/Cargo.toml
 COPY services/keys/Cargo.toml services/keys/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
-ARG MEMBERS="shared services/ingest services/projection services/notifier services/keys tests bench"
+ARG MEMBERS="domain nats schema services/ingest services/projection services/notifier services/keys tests bench"
 RUN for member in $MEMBERS; do \
         mkdir -p "$member/src" \
         && echo '//! placeholder' > "$member/src/lib.rs" \
@@ -47,7 +49,9 @@ RUN for member in $MEMBERS; do \
 
 # 2. The project itself. `touch` makes the copied sources newer than the
 # placeholders' build, whatever their timestamps in the build context.
-COPY shared shared
+COPY domain domain
+COPY nats nats
+COPY schema schema
 COPY services services
 COPY tests tests
 COPY bench bench

@@ -3,7 +3,7 @@
 //! same cluster, with 1 and 2 ingest replicas. A replicated append waits for
 //! a quorum of nodes, so both sides pay it; the ratio shows what ingest adds.
 
-use upr_shared::contract;
+use upr_nats::contract;
 use upr_tests::{NatsCluster, ServiceProcess};
 
 use crate::{

@@ -15,10 +15,8 @@ use bytes::Bytes;
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde_json::Value;
 use tokio::{sync::Barrier, time::Instant};
-use upr_shared::{
-    contract::{self, subjects},
-    domain::Timestamp,
-};
+use upr_domain::Timestamp;
+use upr_nats::contract::{self, subjects};
 
 use crate::workload::ReviewPlan;
 

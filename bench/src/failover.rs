@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, jetstream};
 use serde_json::{Value, json};
-use upr_shared::{
+use upr_domain::{Timestamp, parse_intake};
+use upr_nats::{
     contract::{self, notifier as names, services},
-    domain::{Timestamp, parse_intake},
-    nats::ensure_own_stream,
+    setup::ensure_own_stream,
 };
 use upr_tests::{NatsServer, ServiceProcess};
 use uuid::Uuid;

@@ -8,7 +8,7 @@
 //! for the ack; the ingest side sends the intake JSON as a request and waits
 //! for the reply. Raw and ingest runs alternate, so machine noise hits both.
 
-use upr_shared::contract;
+use upr_nats::contract;
 use upr_tests::{NatsServer, ServiceProcess};
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Environment of every service process the benchmark starts.
-pub const SERVICE_ENV: &[(&str, &str)] = &[(upr_shared::contract::env::RUST_LOG, "warn")];
+pub const SERVICE_ENV: &[(&str, &str)] = &[(upr_nats::contract::env::RUST_LOG, "warn")];
 
 /// Messages in `UPR_EVENTS`.
 pub async fn stream_messages(js: &async_nats::jetstream::Context) -> Result<u64, String> {

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
-use upr_shared::{contract, domain::ReviewKey};
+use upr_domain::ReviewKey;
+use upr_nats::contract;
 use upr_tests::{NatsServer, ServiceProcess};
 
 use crate::{

@@ -30,7 +30,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, builder::PossibleValuesParser};
 use serde_json::json;
-use upr_shared::{config, domain::Timestamp};
+use upr_domain::Timestamp;
+use upr_nats::config;
 
 use crate::{
     part::{Part, say},
@@ -164,7 +165,7 @@ async fn interrupt() {
 
 /// The current time as ingest records it (UTC, milliseconds).
 pub fn now() -> Timestamp {
-    upr_shared::clock::now_millis()
+    upr_nats::clock::now_millis()
 }
 
 /// The parts in the order they run: the projection last, because its

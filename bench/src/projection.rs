@@ -19,10 +19,8 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 use tokio::time::Instant;
-use upr_shared::{
-    contract,
-    domain::{Envelope, EventType},
-};
+use upr_domain::{Envelope, EventType};
+use upr_nats::contract;
 use upr_tests::{NatsServer, ServiceProcess};
 
 use crate::{
@@ -236,7 +234,7 @@ pub async fn run(part: Part, sizes: Sizes) {
         return;
     };
     let js = jetstream::new(client);
-    if let Err(e) = upr_shared::nats::ensure_own_stream(
+    if let Err(e) = upr_nats::setup::ensure_own_stream(
         &js,
         contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
     )

@@ -18,10 +18,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
-use upr_shared::{
-    contract,
-    domain::{ReviewKey, Timestamp},
-};
+use upr_domain::{ReviewKey, Timestamp};
+use upr_nats::contract;
 use upr_tests::{NatsServer, ServiceProcess};
 
 use crate::{
@@ -37,7 +35,7 @@ const LEAD: &str = "1h";
 
 /// Wall clock now.
 fn wall() -> Timestamp {
-    upr_shared::clock::now()
+    upr_nats::clock::now()
 }
 
 /// The `review_scheduled` event for `key` at `scheduled_for`.
@@ -176,7 +174,7 @@ pub async fn run(part: Part, sizes: Sizes) {
     let js = jetstream::new(client.clone());
     // The benchmark writes the event log as ingest would, so it creates it
     // as its owner does; the notifier waits for it.
-    if let Err(e) = upr_shared::nats::ensure_own_stream(
+    if let Err(e) = upr_nats::setup::ensure_own_stream(
         &js,
         contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
     )

@@ -16,10 +16,8 @@
 use bytes::Bytes;
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
-use upr_shared::{
-    contract::subjects,
-    domain::{Country, EventType, MEMBER_STATES, ReviewKey, Session, Timestamp, parse_intake},
-};
+use upr_domain::{Country, EventType, MEMBER_STATES, ReviewKey, Session, Timestamp, parse_intake};
+use upr_nats::contract::subjects;
 use uuid::Uuid;
 
 /// One element of `items`, which is never empty here (the word lists below).
@@ -441,7 +439,7 @@ impl Iterator for Interleaved {
 mod tests {
     use std::collections::HashSet;
 
-    use upr_shared::domain::{ReviewStatus, decide, evolve};
+    use upr_domain::{ReviewStatus, decide, evolve};
 
     use super::*;
 
@@ -470,7 +468,7 @@ mod tests {
                 decide(status, e.ty, plan.key).unwrap();
                 status = evolve(status, e.ty);
                 let env = e.envelope(now);
-                upr_shared::domain::Envelope::from_json(&env).unwrap();
+                upr_domain::Envelope::from_json(&env).unwrap();
                 types.insert(e.ty);
             }
         }

@@ -20,10 +20,8 @@ use async_nats::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use upr_shared::{
-    contract::{self, services, subjects},
-    domain::Envelope,
-};
+use upr_domain::Envelope;
+use upr_nats::contract::{self, services, subjects};
 
 use crate::{NatsServer, ServiceProcess, eventually};
 
@@ -111,7 +109,7 @@ impl TestAppBuilder {
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
         if self.event_log {
-            upr_shared::nats::ensure_own_stream(
+            upr_nats::setup::ensure_own_stream(
                 &js,
                 contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
             )

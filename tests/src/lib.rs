@@ -35,7 +35,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use tempfile::TempDir;
-use upr_shared::contract::services;
+use upr_nats::contract::services;
 
 /// Where the binaries of the workspace were built: the test executable lives
 /// in `target/<profile>/deps/`, the binaries in `target/<profile>/`. A
@@ -63,7 +63,7 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// Finds `nats-server`: `NATS_SERVER_BIN`, then the project-local install made
 /// by `scripts/test`, then `PATH`.
 pub fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var(upr_shared::contract::env::NATS_SERVER_BIN) {
+    if let Ok(p) = std::env::var(upr_nats::contract::env::NATS_SERVER_BIN) {
         return PathBuf::from(p);
     }
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/bin/nats-server");
@@ -828,7 +828,7 @@ impl ServiceProcess {
         let mut all_env = vec![
             ("NATS_URL".to_string(), nats_url.to_string()),
             (
-                upr_shared::contract::env::UPR_HEALTH_FILE.to_string(),
+                upr_nats::contract::env::UPR_HEALTH_FILE.to_string(),
                 dir.path().join("health").display().to_string(),
             ),
             (
@@ -1023,8 +1023,8 @@ impl Drop for ServiceProcess {
 pub fn lifecycle_steps(
     country: &str,
     session: u64,
-) -> Vec<(upr_shared::domain::EventType, serde_json::Value)> {
-    use upr_shared::domain::EventType;
+) -> Vec<(upr_domain::EventType, serde_json::Value)> {
+    use upr_domain::EventType;
     let review = serde_json::json!({"country": country, "session": session});
     [
         (

@@ -20,14 +20,12 @@ use std::{
 
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};
-use upr_shared::{
-    contract::subjects,
-    domain::{
-        ChangeNotice, Country, Envelope, EventType, ReadModels, RejectError, ReviewState, Session,
-        Timestamp, parse_intake, parse_leads, plan,
-    },
-    schema,
+use upr_domain::{
+    ChangeNotice, Country, Envelope, EventType, ReadModels, RejectError, ReviewState, Session,
+    Timestamp, parse_intake, parse_leads, plan,
 };
+use upr_nats::contract::subjects;
+use upr_schema as schema;
 use uuid::Uuid;
 
 fn repo() -> PathBuf {
@@ -873,7 +871,7 @@ fn every_subject_of_the_contract_is_in_the_asyncapi_document() {
         .filter_map(|c| c["address"].as_str().map(str::to_owned))
         .collect();
     // Every string literal of contract.rs that is a subject or a template.
-    let source = std::fs::read_to_string(repo().join("shared/src/contract.rs")).unwrap();
+    let source = std::fs::read_to_string(repo().join("nats/src/contract.rs")).unwrap();
     let code = source.split("#[cfg(test)]").next().unwrap();
     let mut subjects_found: Vec<String> = Vec::new();
     for prefix in ["\"upr.", "\"$JS."] {
@@ -890,10 +888,10 @@ fn every_subject_of_the_contract_is_in_the_asyncapi_document() {
         subjects_found.push(subjects::event(kz, s48, ty));
     }
     for kind in [
-        upr_shared::domain::NoticeKind::Reminder,
-        upr_shared::domain::NoticeKind::Rescheduled,
-        upr_shared::domain::NoticeKind::Cancelled,
-        upr_shared::domain::NoticeKind::Corrected,
+        upr_domain::NoticeKind::Reminder,
+        upr_domain::NoticeKind::Rescheduled,
+        upr_domain::NoticeKind::Cancelled,
+        upr_domain::NoticeKind::Corrected,
     ] {
         subjects_found.push(subjects::notify(kind, kz));
     }

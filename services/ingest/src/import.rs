@@ -17,9 +17,9 @@ use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
-use upr_shared::{
+use upr_domain::{ErrorCode, parse_intake};
+use upr_nats::{
     config::{CommonConfig, process_env},
-    domain::{ErrorCode, parse_intake},
     service::BoxError,
 };
 use uuid::Uuid;
@@ -374,7 +374,7 @@ pub async fn import(path: &Path, dry_run: bool) -> Result<Summary, BoxError> {
         None
     } else {
         let config = CommonConfig::from_lookup(&process_env)?;
-        Some(upr_shared::nats::connect(&config.nats, IMPORT_CLIENT).await?)
+        Some(upr_nats::setup::connect(&config.nats, IMPORT_CLIENT).await?)
     };
     // Drawn on stderr, and only when it is a terminal.
     let progress = ProgressBar::new(rows.len() as u64).with_style(

@@ -31,7 +31,7 @@ use async_nats::{
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
-use upr_shared::{
+use upr_nats::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, ingest, services, subjects},
     service::{self, BoxError},
@@ -104,7 +104,7 @@ impl Config {
 pub struct App {
     config: Config,
     client: async_nats::Client,
-    /// Intake and the micro service ([`upr_shared::nats::connect_edge`]).
+    /// Intake and the micro service ([`upr_nats::setup::connect_edge`]).
     edge: async_nats::Client,
     js: jetstream::Context,
     service: Service,
@@ -123,8 +123,8 @@ impl App {
     /// When a stream exists with an incompatible configuration (the message
     /// names each difference), or JetStream stays unreachable.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let client = upr_shared::nats::connect(&config.common.nats, services::INGEST).await?;
-        let edge = upr_shared::nats::connect_edge(
+        let client = upr_nats::setup::connect(&config.common.nats, services::INGEST).await?;
+        let edge = upr_nats::setup::connect_edge(
             &config.common.nats,
             services::INGEST,
             contract::PEOPLE_MAX_INTAKE_MESSAGE,
@@ -292,7 +292,7 @@ impl App {
     }
 }
 
-/// Creates or verifies each stream ([`upr_shared::nats::patiently`]: an
+/// Creates or verifies each stream ([`upr_nats::setup::patiently`]: an
 /// incompatible one stops the service at once, an unreachable JetStream is
 /// retried for a while).
 async fn ensure_streams(
@@ -300,8 +300,7 @@ async fn ensure_streams(
     configs: &[jetstream::stream::Config],
 ) -> Result<(), BoxError> {
     for want in configs {
-        upr_shared::nats::patiently(|| upr_shared::nats::ensure_own_stream(js, want.clone()))
-            .await?;
+        upr_nats::setup::patiently(|| upr_nats::setup::ensure_own_stream(js, want.clone())).await?;
     }
     Ok(())
 }
@@ -310,7 +309,7 @@ async fn ensure_streams(
 mod tests {
     use super::*;
 
-    use upr_shared::config::lookup_pairs as lookup;
+    use upr_nats::config::lookup_pairs as lookup;
 
     #[test]
     fn help_lists_every_setting_read_with_the_default_applied() {

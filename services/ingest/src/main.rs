@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use upr_shared::{config, contract::services, service};
+use upr_nats::{config, contract::services, service};
 
 /// The intake service of UPR Tracker: validates intake messages and appends
 /// the accepted ones to the event log. Without a command it runs the service.

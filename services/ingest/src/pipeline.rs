@@ -27,10 +27,8 @@ use tokio::{
     time::Instant,
 };
 use tracing::{Instrument, debug, info_span, warn};
-use upr_shared::{
-    contract::{ingest, subjects},
-    domain::{Command, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake},
-};
+use upr_domain::{Command, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake};
+use upr_nats::contract::{ingest, subjects};
 use uuid::Uuid;
 
 use crate::{
@@ -124,7 +122,7 @@ pub const MAX_ATTEMPTS: usize = 20;
 
 /// The current time as ingest records it: UTC, milliseconds.
 pub fn now() -> Timestamp {
-    upr_shared::clock::now_millis()
+    upr_nats::clock::now_millis()
 }
 
 /// Replies, rejection records and counters: what every outcome goes through.

@@ -11,10 +11,8 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-use upr_shared::{
-    contract::REJECTED_PAYLOAD_BYTES,
-    domain::{RejectError, Timestamp},
-};
+use upr_domain::{RejectError, Timestamp};
+use upr_nats::contract::REJECTED_PAYLOAD_BYTES;
 
 use crate::store::EventLog;
 
@@ -111,7 +109,7 @@ pub async fn write_records(log: EventLog, mut records: mpsc::Receiver<RejectionR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use upr_shared::domain::ErrorCode;
+    use upr_domain::ErrorCode;
 
     #[test]
     fn payload_is_cut_on_a_character_boundary() {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use upr_shared::domain::{
+use upr_domain::{
     Envelope, EventData, EventType, LifecycleError, LimitError, RejectError, ReviewKey, ReviewSize,
     ReviewState, ReviewStatus, side_event_bytes,
 };
@@ -211,7 +211,7 @@ impl ReviewCache {
 mod tests {
     use super::*;
     use EventType::*;
-    use upr_shared::domain::ErrorCode;
+    use upr_domain::ErrorCode;
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
@@ -244,7 +244,7 @@ mod tests {
 
     fn retract(n: u128, target: u128) -> Envelope {
         let mut e = event(n, EventRetracted);
-        e.data = EventData::EventRetracted(upr_shared::domain::EventRetracted {
+        e.data = EventData::EventRetracted(upr_domain::EventRetracted {
             retracts: id(target),
             reason: "mistake".into(),
         });
@@ -424,8 +424,8 @@ mod tests {
     fn a_retracted_side_event_gives_its_bytes_back() {
         let big = |n: u128| {
             let mut e = event(n, SideEventHeld);
-            let speakers: Vec<upr_shared::domain::Speaker> = (0..100)
-                .map(|_| upr_shared::domain::Speaker {
+            let speakers: Vec<upr_domain::Speaker> = (0..100)
+                .map(|_| upr_domain::Speaker {
                     name: "n".repeat(200),
                     role: Some("r".repeat(200)),
                 })

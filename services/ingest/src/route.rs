@@ -31,7 +31,8 @@ use std::{
 use async_nats::Client;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
-use upr_shared::{contract::services, domain::ReviewKey};
+use upr_domain::ReviewKey;
+use upr_nats::contract::services;
 
 use crate::stats::Counters;
 

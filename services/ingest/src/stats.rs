@@ -10,7 +10,7 @@ use std::{
     },
 };
 
-use upr_shared::domain::ErrorCode;
+use upr_domain::ErrorCode;
 
 /// Outcome counts since start.
 #[derive(Debug, Default)]

@@ -11,9 +11,9 @@ use async_nats::{
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
-use upr_shared::{
+use upr_domain::{Envelope, ReviewKey};
+use upr_nats::{
     contract::{self, subjects},
-    domain::{Envelope, ReviewKey},
     service::BoxError,
 };
 use uuid::Uuid;

@@ -28,12 +28,12 @@ use async_nats::jetstream::{self, kv, stream::Stream};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use upr_shared::{
+use upr_domain::{Lead, Timestamp};
+use upr_nats::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, notifier as names, services},
-    domain::{Lead, Timestamp},
-    nats::{SetupError, await_stream, ensure_own_stream, patiently},
     service::{self, BoxError},
+    setup::{SetupError, await_stream, ensure_own_stream, patiently},
 };
 
 use crate::stats::Stats;
@@ -119,7 +119,7 @@ pub struct Shared {
 pub struct App {
     client: async_nats::Client,
     /// The status endpoint and the micro service
-    /// ([`upr_shared::nats::connect_edge`]).
+    /// ([`upr_nats::setup::connect_edge`]).
     edge: async_nats::Client,
     service: async_nats::service::Service,
     shared: Arc<Shared>,
@@ -134,7 +134,7 @@ impl App {
     /// incompatible configuration.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let replicas = config.common.replicas;
-        let client = upr_shared::nats::connect(&config.common.nats, services::NOTIFIER).await?;
+        let client = upr_nats::setup::connect(&config.common.nats, services::NOTIFIER).await?;
         let js = jetstream::new(client.clone());
 
         // The event log belongs to ingest: wait for it, leave its
@@ -171,7 +171,7 @@ impl App {
             info!(consumer = %name, "reader consumer on UPR_NOTIFICATIONS ready");
         }
         let timers = patiently(|| ensure_own_stream(&js, names::timers_stream(replicas))).await?;
-        let kv = patiently(|| upr_shared::nats::ensure_bucket(&js, names::state_bucket(replicas)))
+        let kv = patiently(|| upr_nats::setup::ensure_bucket(&js, names::state_bucket(replicas)))
             .await?;
         info!(
             leads = %config.leads.iter().map(Lead::label).collect::<Vec<_>>().join(","),
@@ -180,7 +180,7 @@ impl App {
 
         let stats = Arc::new(Stats::default());
         let for_handler = stats.clone();
-        let edge = upr_shared::nats::connect_edge(
+        let edge = upr_nats::setup::connect_edge(
             &config.common.nats,
             services::NOTIFIER,
             contract::PEOPLE_MAX_QUERY_MESSAGE,
@@ -244,7 +244,7 @@ impl App {
 
 /// The current time; the domain never reads the clock itself.
 fn now() -> Timestamp {
-    upr_shared::clock::now()
+    upr_nats::clock::now()
 }
 
 /// Waits a second before a retry; `true` when asked to stop meanwhile.

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use upr_shared::{config, contract::services, service};
+use upr_nats::{config, contract::services, service};
 
 /// The notifier of UPR Tracker: plans reminders from the event log and sends
 /// them when due. Without a command it runs the service.

@@ -1,7 +1,7 @@
 //! Follows `UPR_EVENTS` and keeps the timers in step with each review.
 //!
 //! For every `review_scheduled` / `review_rescheduled` it publishes one
-//! JetStream message schedule per reminder ([`upr_shared::domain::plan`]
+//! JetStream message schedule per reminder ([`upr_domain::plan`]
 //! decides which, with the event's `recorded_at` as the moment the date became
 //! known). Each review and lead has its own schedule subject, so publishing
 //! again replaces the schedule; cancel, hold and reschedule purge the review's
@@ -36,12 +36,12 @@ use async_nats::{
 use futures::{FutureExt, future::Shared as SharedFuture};
 use tokio::sync::{oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
-use upr_shared::{
+use upr_domain::{
+    ChangeNotice, Country, DEFAULT_LOCATION, Envelope, EnvelopeError, EventType, ReviewKey,
+    ReviewState, ReviewStatus, Session, plan,
+};
+use upr_nats::{
     contract::{self, notifier as names},
-    domain::{
-        ChangeNotice, Country, DEFAULT_LOCATION, Envelope, EnvelopeError, EventType, ReviewKey,
-        ReviewState, ReviewStatus, Session, plan,
-    },
     service::BoxError,
 };
 

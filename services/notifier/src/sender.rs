@@ -1,6 +1,6 @@
 //! Sends the reminders whose timer fired.
 //!
-//! Timers are set [`upr_shared::domain::TIMER_EARLY`] before the due time,
+//! Timers are set [`upr_domain::TIMER_EARLY`] before the due time,
 //! because the server's scheduler fires only every 250 ms; a fired timer is
 //! held here until its reminder is due.
 //!
@@ -26,10 +26,8 @@ use async_nats::{
 };
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
-use upr_shared::{
-    contract::{self, notifier as names},
-    domain::{Firing, NoticeKind, Reminder, classify},
-};
+use upr_domain::{Firing, NoticeKind, Reminder, classify};
+use upr_nats::contract::{self, notifier as names};
 
 use crate::{
     PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, now,

@@ -11,7 +11,7 @@
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use upr_shared::domain::{
+use upr_domain::{
     Country, EventType, LifecycleEntry, Reminder, ReviewState, ReviewStatus, Session, Timestamp,
 };
 use uuid::Uuid;
@@ -157,7 +157,7 @@ pub async fn load_review(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use upr_shared::domain::{parse_leads, plan};
+    use upr_domain::{parse_leads, plan};
 
     #[test]
     fn a_reminder_is_wanted_only_while_its_review_is_scheduled_for_its_date() {

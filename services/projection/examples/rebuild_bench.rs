@@ -18,10 +18,8 @@ use std::time::Instant;
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use futures::StreamExt;
 use serde_json::json;
-use upr_shared::{
-    contract::{self, subjects},
-    domain::{Envelope, MEMBER_STATES, Timestamp, parse_intake},
-};
+use upr_domain::{Envelope, MEMBER_STATES, Timestamp, parse_intake};
+use upr_nats::contract::{self, subjects};
 
 fn envelope(n: u64, review: u64, step: u64) -> Envelope {
     let country = MEMBER_STATES[usize::try_from(review).unwrap() % MEMBER_STATES.len()].0;
@@ -74,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let spread = args.get(3).is_some_and(|s| s == "spread");
     let client = async_nats::connect(&url).await?;
     let js = jetstream::new(client);
-    let mut stream = upr_shared::nats::ensure_own_stream(
+    let mut stream = upr_nats::setup::ensure_own_stream(
         &js,
         contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
     )

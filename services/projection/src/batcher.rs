@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use upr_shared::service::BoxError;
+use upr_nats::service::BoxError;
 
 /// How many messages one pull request asks for.
 const PULL_BATCH: usize = 1000;

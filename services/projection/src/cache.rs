@@ -14,7 +14,7 @@ use std::fmt::Display;
 use std::hash::Hash;
 
 use serde::{Serialize, de::DeserializeOwned};
-use upr_shared::domain::{
+use upr_domain::{
     Country, CountryView, Envelope, Fold, ReviewKey, ReviewView, Session, SessionView,
 };
 
@@ -436,7 +436,7 @@ mod tests {
     fn an_event_past_its_review_limits_changes_no_value() {
         let mut set = WorkingSet::new(1 << 20);
         set.tick();
-        let limit = upr_shared::domain::MAX_SIDE_EVENTS as u128;
+        let limit = upr_domain::MAX_SIDE_EVENTS as u128;
         for n in 1..=limit {
             assert_eq!(set.apply(n as u64, &event(n, "KZ.48")), Applied::Changed);
         }
@@ -537,7 +537,7 @@ mod tests {
             let key = if n == 1 || n == 200 {
                 format!("KZ.{n}")
             } else {
-                let state = upr_shared::domain::MEMBER_STATES[n as usize % 193].0;
+                let state = upr_domain::MEMBER_STATES[n as usize % 193].0;
                 format!("{state}.{n}")
             };
             set.apply(n, &event(n.into(), &key));

@@ -41,7 +41,7 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use upr_shared::contract::{self, PROJECTION_LEASE_TTL};
+use upr_nats::contract::{self, PROJECTION_LEASE_TTL};
 
 /// The one key of the lease bucket.
 const KEY: &str = "active";
@@ -142,7 +142,7 @@ impl Lease {
             Ok(_) => {}
             Err(e) if e.kind() == kv::EntryErrorKind::Other => {
                 // No bucket at all: the server restarted and lost it.
-                upr_shared::nats::ensure_bucket(
+                upr_nats::setup::ensure_bucket(
                     &self.js,
                     contract::projection_lease_bucket(self.replicas),
                 )

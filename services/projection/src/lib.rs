@@ -31,10 +31,10 @@ use std::{future::Future, sync::Arc};
 use async_nats::jetstream;
 use tokio::sync::watch;
 use tracing::info;
-use upr_shared::{
+use upr_domain::Lead;
+use upr_nats::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, PROJECTION_MAX_BATCH, services},
-    domain::Lead,
     service::{self, BoxError},
 };
 
@@ -117,9 +117,9 @@ async fn connect(
     ),
     BoxError,
 > {
-    let client = upr_shared::nats::connect(&config.common.nats, services::PROJECTION).await?;
+    let client = upr_nats::setup::connect(&config.common.nats, services::PROJECTION).await?;
     let js = jetstream::new(client.clone());
-    let events = upr_shared::nats::await_stream(
+    let events = upr_nats::setup::await_stream(
         &js,
         contract::events_stream(config.common.replicas, contract::DEFAULT_DEDUP_WINDOW),
     )
@@ -164,7 +164,7 @@ impl Standby {
         // Right after a node of a cluster died, JetStream may take seconds to
         // answer (leaders being elected): keep trying for a while, except
         // for a configuration that retrying cannot fix.
-        match upr_shared::nats::patiently(|| self.open(&lease, stopping.clone())).await {
+        match upr_nats::setup::patiently(|| self.open(&lease, stopping.clone())).await {
             Ok((projector, queries)) => {
                 let active = Active {
                     projector,
@@ -210,7 +210,7 @@ impl Standby {
 /// The running service.
 pub struct App {
     client: async_nats::Client,
-    /// Queries and the micro service ([`upr_shared::nats::connect_edge`]).
+    /// Queries and the micro service ([`upr_nats::setup::connect_edge`]).
     edge: async_nats::Client,
     service: async_nats::service::Service,
     standby: Standby,
@@ -231,8 +231,8 @@ impl App {
     /// When NATS refuses the setup (e.g. an incompatible bucket).
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let (client, js, events) = connect(&config).await?;
-        let leases = upr_shared::nats::patiently(|| {
-            upr_shared::nats::ensure_bucket(
+        let leases = upr_nats::setup::patiently(|| {
+            upr_nats::setup::ensure_bucket(
                 &js,
                 contract::projection_lease_bucket(config.common.replicas),
             )
@@ -248,7 +248,7 @@ impl App {
             holder: uuid::Uuid::now_v7().to_string(),
             shared: shared.clone(),
         };
-        let edge = upr_shared::nats::connect_edge(
+        let edge = upr_nats::setup::connect_edge(
             &standby.config.common.nats,
             services::PROJECTION,
             contract::PEOPLE_MAX_QUERY_MESSAGE,

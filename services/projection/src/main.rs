@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use upr_shared::{config, contract::services, service};
+use upr_nats::{config, contract::services, service};
 
 /// The projection of UPR Tracker: folds the event log into the read models and
 /// answers queries. Without a command it runs the service.

@@ -23,12 +23,8 @@ use async_nats::jetstream::{
 };
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
-use upr_shared::{
-    contract::subjects,
-    domain::{CalendarEntry, CountryView, Envelope, ReviewKey, ReviewView, SessionView},
-    retry::Backoff,
-    service::BoxError,
-};
+use upr_domain::{CalendarEntry, CountryView, Envelope, ReviewKey, ReviewView, SessionView};
+use upr_nats::{contract::subjects, retry::Backoff, service::BoxError};
 
 use crate::{
     batcher::{Batcher, Pulled},
@@ -162,7 +158,7 @@ impl Projector {
         let mut index = crate::upcoming::UpcomingIndex::default();
         let reviews = &mut self.set.reviews;
         let mut corrupt = 0u64;
-        let bucket = upr_shared::contract::REVIEWS_BUCKET;
+        let bucket = upr_nats::contract::REVIEWS_BUCKET;
         self.store
             .scan(bucket, false, |key, value| {
                 match serde_json::from_slice::<ReviewView>(value) {
@@ -183,7 +179,7 @@ impl Projector {
         }
         let sessions = &mut self.set.sessions;
         self.store
-            .scan(upr_shared::contract::SESSIONS_BUCKET, true, |key, _| {
+            .scan(upr_nats::contract::SESSIONS_BUCKET, true, |key, _| {
                 if let Some(k) = SessionView::parse_key(key) {
                     sessions.mark_known(k);
                 }
@@ -191,7 +187,7 @@ impl Projector {
             .await?;
         let countries = &mut self.set.countries;
         self.store
-            .scan(upr_shared::contract::COUNTRIES_BUCKET, true, |key, _| {
+            .scan(upr_nats::contract::COUNTRIES_BUCKET, true, |key, _| {
                 if let Some(k) = CountryView::parse_key(key) {
                     countries.mark_known(k);
                 }

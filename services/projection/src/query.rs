@@ -28,13 +28,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::{Instrument, debug, info_span, warn};
-use upr_shared::{
-    contract::query,
-    domain::{
-        Country, ErrorCode, Lead, RejectError, ReviewKey, Session, Timestamp, calendar,
-        json::parse_strict,
-    },
+use upr_domain::{
+    Country, ErrorCode, Lead, RejectError, ReviewKey, Session, Timestamp, calendar,
+    json::parse_strict,
 };
+use upr_nats::contract::query;
 
 use crate::{state::Shared, store::Store};
 

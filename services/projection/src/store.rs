@@ -17,11 +17,11 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use upr_shared::{
+use upr_domain::{Envelope, ReviewKey};
+use upr_nats::{
     contract::{self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET},
-    domain::{Envelope, ReviewKey},
-    nats::{SetupError, SetupFailure, ensure_bucket},
     service::BoxError,
+    setup::{SetupError, SetupFailure, ensure_bucket},
 };
 
 /// Why the read models could not be opened, by what the caller should do.

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use upr_shared::domain::{
+use upr_domain::{
     CalendarEntry, Country, ReviewKey, ReviewStatus, ReviewView, Session, Timestamp, Upcoming,
 };
 
@@ -115,7 +115,7 @@ impl UpcomingIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use upr_shared::domain::{Envelope, ReadModels};
+    use upr_domain::{Envelope, ReadModels};
 
     #[allow(
         clippy::needless_pass_by_value,

@@ -17,10 +17,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{error, warn};
-use upr_shared::{
-    domain::{CalendarEntry, ReviewKey},
-    retry::Backoff,
-};
+use upr_domain::{CalendarEntry, ReviewKey};
+use upr_nats::retry::Backoff;
 
 use crate::{
     lease::Lease,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DiscardPolicy;
+use upr_nats::contract::{self, services};
 use upr_projection::query::MAX_WAITING;
-use upr_shared::contract::{self, services};
 use upr_tests::{NatsServer, RawClient, ServiceProcess, TestApp, eventually};
 
 /// Every variable a service reads, with values that must stop start-up with
@@ -335,7 +335,7 @@ fn the_publisher_may_send_exactly_the_intake_types() {
         .filter(|t| t.starts_with("upr.ingest."))
         .collect();
     allowed.sort_unstable();
-    let mut types: Vec<String> = upr_shared::domain::EventType::ALL
+    let mut types: Vec<String> = upr_domain::EventType::ALL
         .iter()
         .map(|t| contract::subjects::ingest(*t))
         .collect();
@@ -458,7 +458,7 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
             serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
         }
     };
-    for i in 0..upr_shared::domain::MAX_SIDE_EVENTS {
+    for i in 0..upr_domain::MAX_SIDE_EVENTS {
         let reply = send(side_event(i)).await;
         assert_eq!(reply["ok"], true, "side event {i}: {reply}");
     }
@@ -543,10 +543,7 @@ async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays
     assert_eq!(reply["ok"], true, "{reply}");
     let min_seq = serde_json::json!({"min_seq": reply["seq"]}).to_string();
     for (query, max) in [
-        (
-            "upr.query.review.KZ.48",
-            upr_shared::domain::MAX_VALUE_BYTES,
-        ),
+        ("upr.query.review.KZ.48", upr_domain::MAX_VALUE_BYTES),
         ("upr.query.session.48", 1024),
         ("upr.query.country.KZ", 1024),
     ] {

@@ -20,10 +20,8 @@ use std::{
 use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::Value;
-use upr_shared::{
-    contract::{self, REJECTED_PAYLOAD_BYTES, subjects},
-    domain::parse_intake,
-};
+use upr_domain::parse_intake;
+use upr_nats::contract::{self, REJECTED_PAYLOAD_BYTES, subjects};
 use upr_tests::{TestApp, eventually};
 
 /// One manifest row.

@@ -2,7 +2,7 @@
 //! Council's adoption of an outcome, and corrections (`event_retracted`).
 
 use serde_json::{Value, json};
-use upr_shared::contract::services;
+use upr_nats::contract::services;
 use upr_tests::{NatsServer, TestApp};
 
 /// A server with ingest and the projection, and a client that sends as

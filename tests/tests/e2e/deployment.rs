@@ -15,7 +15,7 @@ use std::{
 };
 
 use async_nats::jetstream;
-use upr_shared::contract::{self, services};
+use upr_nats::contract::{self, services};
 use upr_tests::{NatsCluster, NatsServer, ServiceProcess, eventually};
 use yaml_rust2::{Yaml, YamlLoader, yaml::Hash};
 
@@ -607,7 +607,7 @@ fn env_example_lists_what_compose_passes_with_the_documented_defaults() {
             Some(value.as_str()),
             "{var}: .env.example shows {value:?}, docs/operations.md says {default:?}"
         );
-        let Some(setting) = upr_shared::config::SETTINGS
+        let Some(setting) = upr_nats::config::SETTINGS
             .iter()
             .find(|s| s.var == var.as_str())
         else {
@@ -1188,7 +1188,7 @@ async fn an_r3_event_log_survives_the_loss_of_one_node() {
     let mut cluster = NatsCluster::start(3).await;
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    upr_shared::nats::ensure_own_stream(
+    upr_nats::setup::ensure_own_stream(
         &js,
         contract::events_stream(3, contract::DEFAULT_DEDUP_WINDOW),
     )

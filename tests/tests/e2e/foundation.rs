@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use upr_shared::contract::{self, services};
+use upr_nats::contract::{self, services};
 use upr_tests::{NatsServer, ServiceProcess, TestApp};
 
 #[tokio::test]

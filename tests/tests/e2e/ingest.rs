@@ -10,7 +10,7 @@ use async_nats::{
 };
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde_json::{Value, json};
-use upr_shared::contract::{self, services, subjects};
+use upr_nats::contract::{self, services, subjects};
 use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);

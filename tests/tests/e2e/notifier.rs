@@ -12,13 +12,11 @@ use std::{
 use async_nats::{header, jetstream};
 use futures::StreamExt;
 use serde_json::Value;
-use upr_shared::{
-    contract::{self, notifier as names, services},
-    domain::{
-        Country, Envelope, EventData, EventRetracted, ReviewCancelled, ReviewHeld,
-        ReviewRescheduled, ReviewScheduled, SCHEMA, Session, Timestamp,
-    },
+use upr_domain::{
+    Country, Envelope, EventData, EventRetracted, ReviewCancelled, ReviewHeld, ReviewRescheduled,
+    ReviewScheduled, SCHEMA, Session, Timestamp,
 };
+use upr_nats::contract::{self, notifier as names, services};
 use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
 use uuid::Uuid;
 

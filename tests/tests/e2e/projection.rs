@@ -14,12 +14,10 @@ use async_nats::{
 };
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
-use upr_shared::{
-    contract::{
-        self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET, services,
-        subjects,
-    },
-    domain::{Envelope, ReadModels, Timestamp, parse_intake},
+use upr_domain::{Envelope, ReadModels, Timestamp, parse_intake};
+use upr_nats::contract::{
+    self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET, services,
+    subjects,
 };
 use upr_tests::{ServiceProcess, TestApp, eventually};
 use uuid::Uuid;
@@ -485,7 +483,7 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
     given.caught_up().await;
 
     let up = |c: &str, s: u32, d| {
-        let name = upr_shared::domain::Country::parse(c).unwrap().un_name();
+        let name = upr_domain::Country::parse(c).unwrap().un_name();
         json!({"country": c, "country_name": name, "session": s, "scheduled_for": day(d)})
     };
     // Soonest first, then country; past, cancelled excluded.
@@ -677,7 +675,7 @@ async fn a_client_reads_its_own_write_with_min_seq() {
 async fn events_past_a_reviews_limits_written_around_ingest_are_counted_and_skipped() {
     let given = Given::projection().await;
     // 101 lifecycle events on one review, straight into the log.
-    let limit = upr_shared::domain::MAX_LIFECYCLE_EVENTS as u128;
+    let limit = upr_domain::MAX_LIFECYCLE_EVENTS as u128;
     for n in 1..=limit + 1 {
         let e = event(
             n,

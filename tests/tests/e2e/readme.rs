@@ -40,7 +40,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use upr_shared::contract::services;
+use upr_nats::contract::services;
 use upr_tests::{NatsServer, ServiceProcess, bin_path, free_port};
 
 fn root() -> PathBuf {
@@ -695,7 +695,7 @@ fn readme_configuration_table_matches_the_settings_the_binaries_read() {
         .filter(|l| l.starts_with("| `"))
         .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
         .collect();
-    for s in upr_shared::config::SETTINGS {
+    for s in upr_nats::config::SETTINGS {
         let row = rows
             .iter()
             .find(|r| r[1] == format!("`{}`", s.var))
@@ -727,7 +727,7 @@ fn readme_configuration_table_matches_the_settings_the_binaries_read() {
     }
     for row in &rows {
         let var = row[1].trim_matches('`');
-        let known = upr_shared::config::SETTINGS.iter().any(|s| s.var == var);
+        let known = upr_nats::config::SETTINGS.iter().any(|s| s.var == var);
         let deploy = row[2].contains("compose") || row[2].contains("scripts/");
         assert!(
             known || deploy,

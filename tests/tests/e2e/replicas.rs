@@ -9,10 +9,8 @@ use std::time::Duration;
 use async_nats::{Client, jetstream};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use upr_shared::{
-    contract::{self, services, subjects},
-    domain::{EventType, Timestamp, parse_intake},
-};
+use upr_domain::{EventType, Timestamp, parse_intake};
+use upr_nats::contract::{self, services, subjects};
 use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, lifecycle_steps};
 use uuid::Uuid;
 

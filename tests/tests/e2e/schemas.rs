@@ -10,10 +10,8 @@ use futures::StreamExt;
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use upr_shared::{
-    contract::{self, services},
-    schema,
-};
+use upr_nats::contract::{self, services};
+use upr_schema as schema;
 use upr_tests::{NatsServer, ServiceProcess};
 
 fn validators() -> HashMap<String, Validator> {
@@ -158,7 +156,7 @@ async fn every_message_the_services_send_validates_against_its_schema() {
         let answer = request(subject.into(), min_seq.clone()).await;
         assert_valid(&schemas, path, &answer);
     }
-    let status = request(upr_shared::contract::notifier::STATUS.into(), json!({})).await;
+    let status = request(upr_nats::contract::notifier::STATUS.into(), json!({})).await;
     assert_valid(&schemas, "notifier/status.json", &status);
 
     // rescheduled, cancelled and corrected come at once; the reminder when due.

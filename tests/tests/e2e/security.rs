@@ -535,9 +535,9 @@ async fn cluster_routes_admit_only_nodes_with_the_route_password() {
     let cluster = NatsCluster::start_secured(3).await;
     // Routes with the password work: an R3 stream needs all three nodes.
     let admin = cluster.client_as("admin").await;
-    upr_shared::nats::ensure_own_stream(
+    upr_nats::setup::ensure_own_stream(
         &jetstream::new(admin),
-        upr_shared::contract::events_stream(3, upr_shared::contract::DEFAULT_DEDUP_WINDOW),
+        upr_nats::contract::events_stream(3, upr_nats::contract::DEFAULT_DEDUP_WINDOW),
     )
     .await
     .expect("an R3 stream on the authenticated cluster");

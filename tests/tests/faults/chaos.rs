@@ -14,7 +14,7 @@ use std::{
 };
 
 use rand::{RngExt, rngs::StdRng};
-use upr_shared::contract::{self, services};
+use upr_nats::contract::{self, services};
 use upr_tests::{NatsCluster, NatsServer, ServiceProcess};
 
 use crate::{LEADS, Layout, now_ms};

@@ -15,7 +15,8 @@ use std::{
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use serde_json::Value;
-use upr_shared::{contract::subjects, domain::EventType};
+use upr_domain::EventType;
+use upr_nats::contract::subjects;
 use uuid::Uuid;
 
 /// How long one command may go without a definitive answer (ok or a

@@ -45,7 +45,7 @@ mod workload;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use upr_shared::domain::Timestamp;
+use upr_domain::Timestamp;
 
 /// Reminder leads of the run: short, so reminders fall due while it runs.
 const LEADS: &str = "4s,2s";

@@ -15,7 +15,7 @@ use async_nats::{Client, jetstream};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use upr_shared::contract;
+use upr_nats::contract;
 
 use crate::{client::Driver, now_ms};
 

@@ -9,13 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use upr_shared::{
-    contract::{self, subjects},
-    domain::{
-        Envelope, EventData, EventType, ReadModels, ReviewKey, ReviewState, Timestamp, parse_leads,
-        plan,
-    },
+use upr_domain::{
+    Envelope, EventData, EventType, ReadModels, ReviewKey, ReviewState, Timestamp, parse_leads,
+    plan,
 };
+use upr_nats::contract::{self, subjects};
 use uuid::Uuid;
 
 use crate::{
@@ -58,7 +56,7 @@ impl Report {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Expected {
-    pub(crate) reminder: upr_shared::domain::Reminder,
+    pub(crate) reminder: upr_domain::Reminder,
     /// It must be in `UPR_NOTIFICATIONS`.
     pub(crate) must: bool,
     /// It must not be (the change was applied before it came due, or it is
@@ -389,7 +387,7 @@ pub(crate) fn check_notifications(
             },
         );
         if let Some(s) = sent_at {
-            let is_late = s.since(r.due_at) > upr_shared::domain::LATE_AFTER;
+            let is_late = s.since(r.due_at) > upr_domain::LATE_AFTER;
             report.check(v["late"] == is_late, || {
                 format!("reminder {id}: late is {} for sent_at {s}", v["late"])
             });

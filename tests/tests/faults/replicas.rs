@@ -9,7 +9,7 @@ use std::{
 
 use futures::StreamExt;
 use serde_json::Value;
-use upr_shared::contract::{services, subjects};
+use upr_nats::contract::{services, subjects};
 use upr_tests::{NatsServer, ServiceProcess, lifecycle_steps};
 
 /// The lifecycle is decided against the log, not against what one replica

@@ -12,10 +12,8 @@ use std::{
 };
 
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
-use upr_shared::{
-    contract,
-    domain::{Country, Envelope, EventData, MEMBER_STATES, ReviewKey, Session},
-};
+use upr_domain::{Country, Envelope, EventData, MEMBER_STATES, ReviewKey, Session};
+use upr_nats::contract;
 
 use crate::{
     Layout,

@@ -14,7 +14,7 @@ use std::{
 
 use rand::{RngExt, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
-use upr_shared::domain::{EventType, ReviewKey, ReviewState, ReviewStatus, evolve};
+use upr_domain::{EventType, ReviewKey, ReviewState, ReviewStatus, evolve};
 use uuid::Uuid;
 
 use crate::{
@@ -86,7 +86,7 @@ impl ReviewModel {
             lifecycle: self
                 .in_force
                 .iter()
-                .map(|(id, ty)| upr_shared::domain::LifecycleEntry {
+                .map(|(id, ty)| upr_domain::LifecycleEntry {
                     id: *id,
                     event: *ty,
                     scheduled_for: None,
@@ -214,7 +214,7 @@ impl ReviewModel {
             // keeps to commands whose outcome the status alone decides.
             EventType::EventRetracted => unreachable!("the fault workload does not retract"),
         }
-        let allowed = upr_shared::domain::decide(self.status, ty, self.key).is_ok();
+        let allowed = upr_domain::decide(self.status, ty, self.key).is_ok();
         Next {
             ty,
             payload: p,

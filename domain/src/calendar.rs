@@ -143,7 +143,7 @@ fn basic(t: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::reminders::parse_leads;
+    use crate::reminders::parse_leads;
 
     fn ts(s: &str) -> Timestamp {
         Timestamp::parse_rfc3339(s).unwrap()
@@ -262,9 +262,9 @@ mod tests {
 
     #[test]
     fn the_sequence_counts_lifecycle_changes_and_the_uid_stays() {
-        use crate::domain::read_models::tests::envelope;
+        use crate::read_models::tests::envelope;
         use serde_json::json;
-        let mut view = ReviewView::new(crate::domain::ReviewKey::parse("KZ.48").unwrap());
+        let mut view = ReviewView::new(crate::ReviewKey::parse("KZ.48").unwrap());
         let scheduled = envelope(
             1,
             "KZ.48",

@@ -797,7 +797,7 @@ impl Upcoming {
 #[allow(clippy::cast_possible_truncation, reason = "test sequences are small")]
 pub(crate) mod tests {
     use super::*;
-    use crate::domain::limits::MAX_LIFECYCLE_EVENTS;
+    use crate::limits::MAX_LIFECYCLE_EVENTS;
     use serde_json::json;
 
     /// Builds envelopes with predictable ids (`…0001`, `…0002`, …).
@@ -1238,9 +1238,9 @@ pub(crate) mod tests {
     /// The largest values intake lets through stay under the bound.
     mod sizes {
         use super::*;
-        use crate::domain::intake::parse_intake;
-        use crate::domain::limits::{MAX_SIDE_EVENT_BYTES, MAX_VALUE_BYTES};
-        use crate::domain::member_states::MEMBER_STATES;
+        use crate::intake::parse_intake;
+        use crate::limits::{MAX_SIDE_EVENT_BYTES, MAX_VALUE_BYTES};
+        use crate::member_states::MEMBER_STATES;
 
         /// The longest time intake accepts, as text.
         const LATEST: &str = "9999-12-31T23:59:59.999999999Z";

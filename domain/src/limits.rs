@@ -206,9 +206,9 @@ pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::EventType;
-    use crate::domain::error::{ErrorCode, RejectError};
-    use crate::domain::read_models::tests::envelope;
+    use crate::EventType;
+    use crate::error::{ErrorCode, RejectError};
+    use crate::read_models::tests::envelope;
     use serde_json::json;
 
     fn side(n: u64, speakers: usize) -> Envelope {

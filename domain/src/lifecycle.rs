@@ -373,7 +373,7 @@ impl ReviewState {
 mod tests {
     use super::*;
 
-    use crate::domain::error::{ErrorCode, RejectError};
+    use crate::error::{ErrorCode, RejectError};
     use EventType::*;
 
     fn key() -> ReviewKey {

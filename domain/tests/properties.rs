@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use upr_shared::domain::{
+use upr_domain::{
     Command, Country, CountryView, Envelope, ErrorCode, EventType, Firing, ReadModels, ReviewKey,
     ReviewState, ReviewView, Session, SessionView, Timestamp, classify, parse_intake, parse_leads,
     plan,

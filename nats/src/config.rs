@@ -416,10 +416,10 @@ pub fn check_settings<T: std::fmt::Debug>(
 ///
 /// # Errors
 /// A [`ConfigError`] naming the variable for a list like `30d,7x`.
-pub fn reminder_leads(env: Lookup<'_>) -> Result<Vec<crate::domain::Lead>, ConfigError> {
+pub fn reminder_leads(env: Lookup<'_>) -> Result<Vec<upr_domain::Lead>, ConfigError> {
     use crate::contract::notifier as names;
     let spec = env(UPR_REMINDER_LEADS).unwrap_or_else(|| names::DEFAULT_LEADS.to_string());
-    crate::domain::parse_leads(&spec).map_err(|e| {
+    upr_domain::parse_leads(&spec).map_err(|e| {
         err(
             UPR_REMINDER_LEADS,
             &format!("{e} (units s, m, h, d, w; for example 30d,7d,1d)"),
@@ -446,7 +446,7 @@ pub fn parse_duration(var: &'static str, text: &str) -> Result<Duration, ConfigE
     // A leading `+` has always been taken (integer parsing allows it), so a
     // setting written that way keeps working.
     let span = text.strip_prefix('+').unwrap_or(text);
-    crate::domain::parse_span(span)
+    upr_domain::parse_span(span)
         .map(|s| Duration::from_secs(s.secs))
         .map_err(|_| bad())
 }

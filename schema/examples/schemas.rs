@@ -6,11 +6,11 @@ fn main() {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "docs/schemas".to_owned());
-    if let Err(e) = upr_shared::schema::write_all(std::path::Path::new(&dir)) {
+    if let Err(e) = upr_schema::write_all(std::path::Path::new(&dir)) {
         eprintln!("cannot write the schemas to {dir}: {e}");
         std::process::exit(1);
     }
-    for doc in upr_shared::schema::documents() {
+    for doc in upr_schema::documents() {
         println!("{dir}/{}", doc.path);
     }
 }

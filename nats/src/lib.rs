@@ -1,24 +1,21 @@
-//! The library the three UPR Tracker services share.
+//! The NATS adapter: everything the services do the same way against NATS,
+//! above the pure domain (`upr-domain`) and below the services.
 //!
 //! Where things live:
-//! - [`domain`]: the pure core (no I/O, no async): intake validation, events and
-//!   their envelope, the review lifecycle, the read-model folds, reminder planning.
 //! - [`contract`]: every public name of the system — subjects, streams, buckets —
 //!   and their JetStream configurations, defined once.
 //! - [`config`]: settings read from the environment (contract section 6).
 //! - [`telemetry`]: the tracing subscriber (`RUST_LOG`, `UPR_LOG_FORMAT=json`).
-//! - [`nats`]: connecting with retry and creating/verifying streams and buckets.
+//! - [`setup`]: connecting with retry and creating/verifying streams and buckets.
 //! - [`service`]: what every binary does the same way: the NATS micro service,
 //!   the `healthcheck` subcommand and the shutdown signal.
-//! - [`schema`]: JSON Schemas of every payload (`docs/schemas/`), from the
-//!   wire types and the intake rules.
+//! - [`retry`]: delays between retries.
+//! - [`clock`]: the one place the services read the clock.
 
 pub mod clock;
 pub mod config;
 pub mod contract;
-pub mod domain;
-pub mod nats;
 pub mod retry;
-pub mod schema;
 pub mod service;
+pub mod setup;
 pub mod telemetry;

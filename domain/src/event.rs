@@ -308,7 +308,7 @@ pub struct ReportPublished {
     #[serde(default)]
     #[schemars(
         length(min = 1, max = max_chars::DOCUMENT_SYMBOL),
-        pattern(crate::schema::document_symbol_pattern())
+        pattern(crate::json_schema::document_symbol_pattern())
     )]
     pub document_symbol: Option<String>,
     /// The recommendation counts, if known.

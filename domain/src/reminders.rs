@@ -547,8 +547,8 @@ impl ChangeNotice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::EventType;
-    use crate::domain::read_models::tests::envelope;
+    use crate::event::EventType;
+    use crate::read_models::tests::envelope;
     use serde_json::json;
 
     fn ts(s: &str) -> Timestamp {

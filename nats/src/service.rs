@@ -151,7 +151,7 @@ pub async fn healthcheck(name: &str) -> ExitCode {
         }
     };
     let check = async {
-        let client = crate::nats::connect(&config.nats, name).await?;
+        let client = crate::setup::connect(&config.nats, name).await?;
         client.request(subject.clone(), "".into()).await?;
         Ok::<_, async_nats::Error>(())
     };

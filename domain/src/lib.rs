@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod intake;
 pub mod json;
+pub mod json_schema;
 pub mod lifecycle;
 pub mod limits;
 pub mod member_states;

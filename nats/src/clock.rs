@@ -3,7 +3,7 @@
 
 use time::OffsetDateTime;
 
-use crate::domain::Timestamp;
+use upr_domain::Timestamp;
 
 /// The current time, UTC.
 ///

@@ -12,7 +12,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::domain::{Country, Envelope, EnvelopeError, EventType, NoticeKind, ReviewKey, Session};
+use upr_domain::{Country, Envelope, EnvelopeError, EventType, NoticeKind, ReviewKey, Session};
 
 /// Largest intake payload ingest accepts (contract section 2, `too_large`).
 pub const MAX_INTAKE_BYTES: usize = 64 * 1024;
@@ -446,7 +446,7 @@ pub mod notifier {
         stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
     };
 
-    use crate::domain::{Country, Session};
+    use upr_domain::{Country, Session};
 
     /// The lead times when `UPR_REMINDER_LEADS` is unset.
     pub const DEFAULT_LEADS: &str = "30d,7d,1d";

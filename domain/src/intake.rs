@@ -101,10 +101,11 @@ impl Command {
     }
 }
 
-pub(crate) const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "source"];
+/// The fields every intake message may carry, in table order.
+pub const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "source"];
 
 /// The type-specific fields in table order, with whether each is required.
-pub(crate) fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
+pub fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
     match ty {
         EventType::ReviewScheduled => &[
             ("scheduled_for", true),
