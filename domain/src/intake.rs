@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::bounds::{DOCUMENT_SYMBOL_CHARS, MAX_COUNT, MAX_SPEAKERS, MAX_TOPICS, max_chars};
 use super::country::Country;
 use super::error::{ErrorCode, RejectError};
 use super::event::{
@@ -20,39 +21,6 @@ use super::time::Timestamp;
 
 /// The largest intake payload accepted, in bytes (64 KiB).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
-
-/// Upper bound for every count field (participating states, recommendations):
-/// far above any real value, low enough to catch unit mistakes.
-pub const MAX_COUNT: u64 = 10_000;
-
-/// Longest value of each free-text field, in characters once trimmed. Named
-/// once because the JSON Schemas of intake and of stored events
-/// ([`crate::schema`]) state the same limits and must not drift from them.
-pub mod max_chars {
-    /// `source`: who reported it.
-    pub const SOURCE: usize = 200;
-    /// `location` of a review.
-    pub const LOCATION: usize = 200;
-    /// `reason` of a reschedule, a cancellation or a retraction.
-    pub const REASON: usize = 1000;
-    /// `title` of a side event.
-    pub const TITLE: usize = 300;
-    /// A speaker's `name` and `role`.
-    pub const SPEAKER: usize = 200;
-    /// One of a side event's `topics`.
-    pub const TOPIC: usize = 100;
-    /// `document_symbol` of a report; see [`super::DOCUMENT_SYMBOL_CHARS`].
-    pub const DOCUMENT_SYMBOL: usize = 50;
-}
-
-/// Most speakers one side event lists.
-pub const MAX_SPEAKERS: usize = 100;
-
-/// Most topics one side event lists.
-pub const MAX_TOPICS: usize = 50;
-
-/// The characters a document symbol may hold besides ASCII letters and digits.
-pub const DOCUMENT_SYMBOL_CHARS: &str = " /.-()*";
 
 /// A validated intake message: everything needed to decide and to store.
 #[derive(Debug, Clone, PartialEq, Eq)]

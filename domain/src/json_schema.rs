@@ -11,15 +11,14 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{
-    COUNTRIES, Envelope, EventType, MEMBER_STATES, SCHEMA, Session, Timestamp,
-    country::Country,
-    event::{
-        EventRetracted, OutcomeAdopted, ReportPublished, ReviewCancelled, ReviewHeld,
-        ReviewRescheduled, ReviewScheduled, SideEventHeld,
-    },
-    intake::{DOCUMENT_SYMBOL_CHARS, MAX_COUNT, max_chars},
+use crate::bounds::{MAX_COUNT, document_symbol_class, max_chars};
+use crate::country::{COUNTRIES, Country};
+use crate::event::{
+    Envelope, EventRetracted, EventType, OutcomeAdopted, ReportPublished, ReviewCancelled,
+    ReviewHeld, ReviewRescheduled, ReviewScheduled, SCHEMA, Session, SideEventHeld,
 };
+use crate::member_states::MEMBER_STATES;
+use crate::time::Timestamp;
 
 // ---- fragments shared by the derived and the hand-built schemas -------------
 
@@ -54,29 +53,6 @@ pub fn intake_text(max: usize) -> Value {
         "description": format!("1 to {max} characters once surrounding white space is trimmed (it is stored trimmed)."),
         "pattern": format!("^[{ws}]*[^{ws}](?:[\\s\\S]{{0,{}}}[^{ws}])?[{ws}]*$", max - 2),
     })
-}
-
-/// The characters of a document symbol other than its ends, as a class body.
-pub fn document_symbol_class(with_space: bool) -> String {
-    let mut class = String::from("A-Za-z0-9");
-    for c in DOCUMENT_SYMBOL_CHARS.chars() {
-        match c {
-            ' ' if with_space => class.push(' '),
-            ' ' => {}
-            c => {
-                class.push('\\');
-                class.push(c);
-            }
-        }
-    }
-    class
-}
-
-/// The stored form of a document symbol (trimmed, so no space at either end),
-/// for the `#[schemars(pattern(...))]` of the stored field.
-pub fn document_symbol_pattern() -> String {
-    let (end, inner) = (document_symbol_class(false), document_symbol_class(true));
-    format!("^[{end}](?:[{inner}]*[{end}])?$")
 }
 
 /// Intake `document_symbol`: the stored form's characters, with white space

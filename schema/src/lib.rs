@@ -23,7 +23,8 @@ use serde_json::{Map, Value, json};
 
 use upr_domain::{
     CountryView, Envelope, EventType, NoticeKind, ReviewView, SessionView,
-    intake::{COMMON, MAX_SPEAKERS, MAX_TOPICS, max_chars, type_fields},
+    bounds::{MAX_SPEAKERS, MAX_TOPICS, max_chars},
+    intake::{COMMON, type_fields},
     json_schema::{
         any_assigned_code, count, intake_date_or_time, intake_document_symbol, intake_member_state,
         intake_text, intake_time, intake_uuid, session_number,
