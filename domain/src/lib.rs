@@ -11,6 +11,8 @@
 //!   the typed errors of the rules ([`LifecycleError`], [`LimitError`]) become.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
 //! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
+//! - [`review`]: the review aggregate: `decide` holds the write rules
+//!   (duplicate, limits, lifecycle), `apply` folds the review's history.
 //! - [`limits`]: how much one review may hold, for intake and the fold alike.
 //! - [`side_event`]: a side event as its review lists it, and the bytes it takes.
 //! - [`member_states`]: the 193 UN member states the UPR reviews, with UN names.
@@ -31,6 +33,7 @@ pub mod limits;
 pub mod member_states;
 pub mod read_models;
 pub mod reminders;
+pub mod review;
 pub mod side_event;
 pub mod span;
 pub mod time;
@@ -63,6 +66,7 @@ pub use reminders::{
     NoticeHead, NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, TIMER_EARLY,
     classify, parse_leads, plan,
 };
+pub use review::{Decision, Refusal, Review};
 pub use side_event::{SideEventView, side_event_bytes};
 pub use span::{SPAN_UNITS, Span, SpanError, parse_span};
 pub use time::{TimeError, Timestamp};
