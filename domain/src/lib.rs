@@ -9,6 +9,8 @@
 //! - [`event`]: the eight event types, their data, the stored envelope.
 //! - [`error`]: error codes and the `{code, message, field}` rejection, which
 //!   the typed errors of the rules ([`LifecycleError`], [`LimitError`]) become.
+//! - [`field`]: the kinds of intake value, each owning its parsing, limit
+//!   and JSON Schema fragment.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
 //! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
 //! - [`review`]: the review aggregate: `decide` holds the write rules
@@ -25,6 +27,7 @@ pub mod calendar;
 pub mod country;
 pub mod error;
 pub mod event;
+pub mod field;
 pub mod intake;
 pub mod json;
 pub mod json_schema;
