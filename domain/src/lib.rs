@@ -3,24 +3,26 @@
 //! here is tested without a server.
 //!
 //! - [`bounds`]: how large each event field may be (the bottom of the graph).
+//! - [`json`]: a strict JSON reader (no duplicated keys, bounded nesting).
 //! - [`country`]: ISO 3166-1 alpha-2 codes, the only way a country enters.
 //! - [`time`]: UTC timestamps, parsed strictly and written as RFC 3339 `Z`.
 //! - [`span`]: lengths of time like `7d`, for reminder leads and settings.
 //! - [`event`]: the eight event types, their data, the stored envelope.
 //! - [`error`]: error codes and the `{code, message, field}` rejection, which
 //!   the typed errors of the rules ([`LifecycleError`], [`LimitError`]) become.
+//! - [`json_schema`]: JSON Schema fragments of the domain's values.
 //! - [`field`]: the kinds of intake value, each owning its parsing, limit
 //!   and JSON Schema fragment.
 //! - [`intake`]: intake payload bytes to a validated command, or a rejection.
 //! - [`lifecycle`]: a review's status; `decide` holds the rules, `evolve` folds.
-//! - [`review`]: the review aggregate: `decide` holds the write rules
-//!   (duplicate, limits, lifecycle), `apply` folds the review's history.
 //! - [`limits`]: how much one review may hold, for intake and the fold alike.
 //! - [`side_event`]: a side event as its review lists it, and the bytes it takes.
+//! - [`review`]: the review aggregate: `decide` holds the write rules
+//!   (duplicate, limits, lifecycle), `apply` folds the review's history.
 //! - [`member_states`]: the 193 UN member states the UPR reviews, with UN names.
 //! - [`read_models`]: the review, session and country views as idempotent folds.
 //! - [`reminders`]: lead times, reminder planning and notice payloads.
-//! - [`calendar`]: reviews as an RFC 5545 iCalendar document.
+//! - [`calendar`](mod@calendar): reviews as an RFC 5545 iCalendar document.
 
 pub mod bounds;
 pub mod calendar;
