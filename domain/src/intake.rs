@@ -304,6 +304,27 @@ mod tests {
         json!({"country": "KZ", "session": 48, "published_on": "2025-03-01"})
     }
 
+    #[test]
+    fn each_type_names_each_field_once_and_requires_country_and_session() {
+        for ty in EventType::ALL {
+            let names: Vec<&str> = COMMON
+                .iter()
+                .chain(type_fields(ty))
+                .map(|f| f.name())
+                .collect();
+            let mut unique = names.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len(), "{ty}: {names:?}");
+        }
+        let required: Vec<&str> = COMMON
+            .iter()
+            .filter(|f| f.required())
+            .map(|f| f.name())
+            .collect();
+        assert_eq!(required, ["country", "session"]);
+    }
+
     fn with(mut base: Value, key: &str, value: Value) -> Value {
         base[key] = value;
         base

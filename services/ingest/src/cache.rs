@@ -38,13 +38,6 @@ impl ReviewCache {
         self.reviews.entry(key).insert_entry(review).into_mut()
     }
 
-    /// Takes a review's state out while a command is decided on it; the
-    /// caller puts it back ([`Self::insert`]) when it is still a true
-    /// prefix of the log, or drops it to forget it.
-    pub fn take(&mut self, key: &ReviewKey) -> Option<Review> {
-        self.reviews.remove(key)
-    }
-
     /// Forgets a review whose cached state proved stale or uncertain.
     pub fn forget(&mut self, key: &ReviewKey) {
         self.reviews.remove(key);
