@@ -10,6 +10,7 @@
 //! - [`service`]: what every binary does the same way: the NATS micro service,
 //!   the `healthcheck` subcommand and the shutdown signal.
 //! - [`retry`]: delays between retries.
+//! - [`stop`]: telling a service's loops to stop, and pausing unless told to.
 //! - [`clock`]: the one place the services read the clock.
 
 pub mod clock;
@@ -18,4 +19,5 @@ pub mod contract;
 pub mod retry;
 pub mod service;
 pub mod setup;
+pub mod stop;
 pub mod telemetry;

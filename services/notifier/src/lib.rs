@@ -26,7 +26,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, kv, stream::Stream};
 use futures::StreamExt;
-use tokio::sync::watch;
 use tracing::{info, warn};
 use upr_domain::{Lead, Timestamp};
 use upr_nats::{
@@ -34,6 +33,7 @@ use upr_nats::{
     contract::{self, notifier as names, services},
     service::{self, BoxError},
     setup::{SetupError, await_stream, ensure_own_stream, patiently},
+    stop::{self, Stop},
 };
 
 use crate::stats::Stats;
@@ -215,7 +215,7 @@ impl App {
     /// # Errors
     /// When the status endpoint cannot be added or draining fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stopper, stop) = stop::channel();
         let status = self
             .service
             .endpoint_builder()
@@ -223,13 +223,13 @@ impl App {
             .add(names::STATUS)
             .await?;
         let tasks = vec![
-            tokio::spawn(planner::run(self.shared.clone(), stop_rx.clone())),
-            tokio::spawn(sender::run(self.shared.clone(), stop_rx.clone())),
-            tokio::spawn(serve_status(self.shared.clone(), status, stop_rx.clone())),
-            tokio::spawn(refresh_pending(self.shared.clone(), stop_rx)),
+            tokio::spawn(planner::run(self.shared.clone(), stop.clone())),
+            tokio::spawn(sender::run(self.shared.clone(), stop.clone())),
+            tokio::spawn(serve_status(self.shared.clone(), status, stop.clone())),
+            tokio::spawn(refresh_pending(self.shared.clone(), stop)),
         ];
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stopper.stop();
         for task in tasks {
             if let Err(e) = task.await {
                 warn!(error = %e, "a notifier task ended abnormally");
@@ -247,13 +247,8 @@ fn now() -> Timestamp {
     upr_nats::clock::now()
 }
 
-/// Waits a second before a retry; `true` when asked to stop meanwhile.
-async fn pause(stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = stop.changed() => true,
-        () = tokio::time::sleep(Duration::from_secs(1)) => *stop.borrow(),
-    }
-}
+/// How long a loop waits before it tries NATS again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long one pull request waits on the server. Short, with a short
 /// heartbeat: after nats-server restarts, a pull is only known to be dead
@@ -280,7 +275,7 @@ const SEND_CONCURRENCY: usize = 128;
 /// the loop.
 async fn follow<O, OF, H, HF>(
     what: &'static str,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
     concurrency: usize,
     mut open: O,
     mut handle: H,
@@ -300,7 +295,7 @@ async fn follow<O, OF, H, HF>(
             Ok(m) => m,
             Err(e) => {
                 warn!(consumer = what, error = %e, "cannot pull; retrying");
-                if pause(&mut stop).await {
+                if stop.pause(RETRY_EVERY).await {
                     return;
                 }
                 continue;
@@ -309,7 +304,7 @@ async fn follow<O, OF, H, HF>(
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => {
+                () = stop.stopped() => {
                     while in_hand.next().await.is_some() {}
                     return;
                 }
@@ -341,12 +336,12 @@ async fn read_pending(shared: &Shared) -> Result<u64, async_nats::Error> {
 }
 
 /// Keeps `pending` fresh for the STATS handler, which cannot wait on NATS.
-async fn refresh_pending(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn refresh_pending(shared: Arc<Shared>, stop: Stop) {
     loop {
         if let Err(e) = read_pending(&shared).await {
             tracing::debug!(error = %e, "cannot read the timers stream");
         }
-        if pause(&mut stop).await {
+        if stop.pause(RETRY_EVERY).await {
             return;
         }
     }
@@ -356,11 +351,11 @@ async fn refresh_pending(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 async fn serve_status(
     shared: Arc<Shared>,
     mut endpoint: async_nats::service::endpoint::Endpoint,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            () = stop.stopped() => return,
             request = endpoint.next() => {
                 let Some(request) = request else { return };
                 let _ = read_pending(&shared).await;

@@ -34,7 +34,7 @@ use async_nats::{
     jetstream::{AckKind, Message, consumer::PullConsumer},
 };
 use futures::{FutureExt, future::Shared as SharedFuture};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_domain::{
     ChangeNotice, Country, DEFAULT_LOCATION, Envelope, EnvelopeError, EventType, ReviewKey,
@@ -43,6 +43,7 @@ use upr_domain::{
 use upr_nats::{
     contract::{self, notifier as names},
     service::BoxError,
+    stop::Stop,
 };
 
 use crate::{
@@ -67,7 +68,7 @@ fn retry(e: impl Into<BoxError>) -> ApplyError {
 }
 
 /// Consumes `UPR_EVENTS` until `stop` flips, finishing the events in hand.
-pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, stop: Stop) {
     let open = || async {
         let consumer: PullConsumer = shared
             .events
@@ -181,7 +182,7 @@ impl Turn {
 /// How long a failing event waits before it is tried again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-async fn handle(shared: &Shared, msg: Message, mut turn: Turn, stop: watch::Receiver<bool>) {
+async fn handle(shared: &Shared, msg: Message, mut turn: Turn, stop: Stop) {
     let seq = match msg.info() {
         Ok(info) => info.stream_sequence,
         Err(e) => {
@@ -216,7 +217,7 @@ async fn handle(shared: &Shared, msg: Message, mut turn: Turn, stop: watch::Rece
                     turn.finish(true);
                     return;
                 }
-                Err(ApplyError::Retry(why)) if *stop.borrow() => {
+                Err(ApplyError::Retry(why)) if stop.is_stopped() => {
                     warn!(why = %why, "event not applied; left for redelivery");
                     turn.finish(false);
                     return;

@@ -24,10 +24,12 @@ use async_nats::{
     HeaderMap, header,
     jetstream::{AckKind, Message, consumer::PullConsumer, kv::CreateErrorKind},
 };
-use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_domain::{Firing, NoticeKind, Reminder, classify};
-use upr_nats::contract::{self, notifier as names};
+use upr_nats::{
+    contract::{self, notifier as names},
+    stop::Stop,
+};
 
 use crate::{
     PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, now,
@@ -36,7 +38,7 @@ use crate::{
 };
 
 /// Consumes fired timers until `stop` flips, finishing the one in hand.
-pub async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>, stop: Stop) {
     let open = || async {
         let consumer: PullConsumer = shared
             .timers

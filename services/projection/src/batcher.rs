@@ -12,9 +12,7 @@ use async_nats::jetstream::{
     },
 };
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
-
-use upr_nats::service::BoxError;
+use upr_nats::{service::BoxError, stop::Stop};
 
 /// How many messages one pull request asks for.
 const PULL_BATCH: usize = 1000;
@@ -60,15 +58,11 @@ impl Batcher {
 
     /// The next batch; with `idle`, [`Pulled::Idle`] when no message comes
     /// within it (the projector has work to write meanwhile).
-    pub async fn next(
-        &mut self,
-        idle: Option<Duration>,
-        stopping: &mut watch::Receiver<bool>,
-    ) -> Pulled {
+    pub async fn next(&mut self, idle: Option<Duration>, stopping: &Stop) -> Pulled {
         let first = tokio::select! {
             m = self.messages.next() => m,
             () = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => return Pulled::Idle,
-            _ = stopping.wait_for(|s| *s) => return Pulled::Stopping,
+            () = stopping.stopped() => return Pulled::Stopping,
         };
         let mut batch = match first {
             Some(Ok(m)) => vec![m],

@@ -29,13 +29,13 @@ pub mod writer;
 use std::{future::Future, sync::Arc};
 
 use async_nats::jetstream;
-use tokio::sync::watch;
 use tracing::info;
 use upr_domain::Lead;
 use upr_nats::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, PROJECTION_MAX_BATCH, services},
     service::{self, BoxError},
+    stop::{self, Stop, Stopper},
 };
 
 use crate::{
@@ -151,11 +151,7 @@ impl Standby {
     /// Opens the read models (checking, creating or replaying them) and
     /// loads them: only under the lease, so a standby never touches buckets
     /// or consumer. The queries are served once the caller adds them.
-    async fn activate(
-        &self,
-        lease: Lease,
-        stopping: watch::Receiver<bool>,
-    ) -> Result<(Active, Queries), BoxError> {
+    async fn activate(&self, lease: Lease, stopping: Stop) -> Result<(Active, Queries), BoxError> {
         let lease = Arc::new(lease);
         let keeper = tokio::spawn({
             let lease = lease.clone();
@@ -183,7 +179,7 @@ impl Standby {
     async fn open(
         &self,
         lease: &Arc<Lease>,
-        stopping: watch::Receiver<bool>,
+        stopping: Stop,
     ) -> Result<(Projector, Queries), OpenError> {
         let lease = lease.clone();
         let (store, _) = Store::open(
@@ -216,7 +212,7 @@ pub struct App {
     standby: Standby,
     /// `Some` when this instance took the lease at start.
     active: Option<Active>,
-    stop: watch::Sender<bool>,
+    stop: Stopper,
 }
 
 impl App {
@@ -239,7 +235,7 @@ impl App {
         })
         .await?;
         let shared = Arc::new(Shared::default());
-        let (stop, stopping) = watch::channel(false);
+        let (stop, stopping) = stop::channel();
         let standby = Standby {
             config,
             js,
@@ -353,7 +349,7 @@ impl App {
                     r = &mut run => r,
                     r = &mut keeper => Err(lost(r)),
                     () = &mut shutdown => {
-                        stop.send_replace(true);
+                        stop.stop();
                         tokio::select! {
                             r = &mut run => r,
                             r = &mut keeper => Err(lost(r)),
@@ -398,7 +394,7 @@ pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Resu
     info!(target, "rebuilding the read models from sequence 1");
     let started = std::time::Instant::now();
     let shared = Arc::new(Shared::default());
-    let (stop, stopping) = watch::channel(false);
+    let (stop, stopping) = stop::channel();
     let mut projector = Projector::new(
         store,
         shared.clone(),
@@ -413,7 +409,7 @@ pub async fn rebuild(config: Config, shutdown: impl Future<Output = ()>) -> Resu
     tokio::select! {
         r = &mut run => r?,
         () = &mut shutdown => {
-            stop.send_replace(true);
+            stop.stop();
             run.await?;
             client.drain().await?;
             return Err("rebuild interrupted before it finished; run it again".into());

@@ -21,10 +21,9 @@ use async_nats::jetstream::{
     self,
     consumer::pull::{MessagesError, MessagesErrorKind},
 };
-use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use upr_domain::{CalendarEntry, CountryView, Envelope, ReviewKey, ReviewView, SessionView};
-use upr_nats::{contract::subjects, retry::Backoff, service::BoxError};
+use upr_nats::{contract::subjects, retry::Backoff, service::BoxError, stop::Stop};
 
 use crate::{
     batcher::{Batcher, Pulled},
@@ -33,7 +32,7 @@ use crate::{
     policy::{self, IDLE_CHECKPOINT, Progress, checkpoint_due},
     state::Shared,
     store::Store,
-    writer::{self, Bucket, Fence, Round, Writer},
+    writer::{Bucket, Fence, Round, Writer},
 };
 
 /// Most values written in one round of concurrent puts.
@@ -96,7 +95,7 @@ pub struct Projector {
     /// the first delivery is then the first message that exists, so a
     /// jump there is a real hole in the stream, not a lost delivery.
     accept_gap: bool,
-    stopping: watch::Receiver<bool>,
+    stopping: Stop,
     /// Reads and writes the buckets, fenced by the lease.
     writer: Writer,
     /// Whether acks wait for the server's confirmation (a run that ends:
@@ -115,7 +114,7 @@ impl Projector {
         shared: Arc<Shared>,
         cache_bytes: usize,
         max_batch: usize,
-        stopping: watch::Receiver<bool>,
+        stopping: Stop,
     ) -> Self {
         Self {
             writer: Writer::new(store.clone(), shared.clone(), stopping.clone()),
@@ -236,12 +235,12 @@ impl Projector {
         // keep trying rather than give up the service.
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while let Err(e) = self.store.reset().await {
-            if self.is_stopping() {
+            if self.stopping.is_stopped() {
                 return Err(e);
             }
             let delay = backoff.next_delay();
             warn!(error = %e, retry_in = ?delay, "cannot reset the read models yet");
-            self.pause(delay).await;
+            self.stopping.pause(delay).await;
         }
         self.set.clear();
         self.shared
@@ -261,10 +260,6 @@ impl Projector {
         Ok(())
     }
 
-    fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-
     /// After the lease lapsed or was taken again: waits until it is valid,
     /// then reads the working set and the applied sequence again, since
     /// another instance may have written meanwhile and what this one had
@@ -272,7 +267,7 @@ impl Projector {
     async fn resume_under_lease(&mut self) -> Result<(), BoxError> {
         warn!("writes paused: the lease lapsed or was taken again; reloading once it is valid");
         loop {
-            if self.is_stopping() {
+            if self.stopping.is_stopped() {
                 return Ok(());
             }
             if self.writer.fence.lease_valid() {
@@ -281,14 +276,8 @@ impl Projector {
                     Err(e) => warn!(error = %e, "cannot reload the read models yet"),
                 }
             }
-            self.pause(Duration::from_millis(200)).await;
+            self.stopping.pause(Duration::from_millis(200)).await;
         }
-    }
-
-    /// Waits `delay`, or less when the service is stopping (the caller
-    /// checks for that itself).
-    async fn pause(&mut self, delay: Duration) {
-        let _ = writer::pause(&mut self.stopping.clone(), delay).await;
     }
 
     /// Consumes until the service stops or, with `until`, until every
@@ -300,16 +289,15 @@ impl Projector {
     pub async fn run(&mut self, until: Option<u64>) -> Result<(), BoxError> {
         self.confirm_acks = until.is_some();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut stopping = self.stopping.clone();
         'bind: loop {
-            if self.is_stopping() || until.is_some_and(|t| self.applied >= t) {
+            if self.stopping.is_stopped() || until.is_some_and(|t| self.applied >= t) {
                 return Ok(());
             }
             let interrupt = match self.bind().await {
                 Err(i) => i,
                 Ok(mut batcher) => loop {
                     let idle = (self.folded > self.applied).then_some(IDLE_CHECKPOINT);
-                    match batcher.next(idle, &mut stopping).await {
+                    match batcher.next(idle, &self.stopping).await {
                         Pulled::Batch(batch, failure) => {
                             if let Err(i) = self.process(batch).await {
                                 break i;
@@ -402,7 +390,7 @@ impl Projector {
                 if let Err(e) = self.store.reposition(expected).await {
                     let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "cannot reposition the consumer");
-                    self.pause(delay).await;
+                    self.stopping.pause(delay).await;
                 } else {
                     self.accept_gap = true;
                 }
@@ -410,7 +398,7 @@ impl Projector {
             Interrupt::Unavailable { doing, source } => {
                 let delay = backoff.next_delay();
                 warn!(doing, error = %source, retry_in = ?delay, "JetStream did not answer; pulling again after a pause");
-                self.pause(delay).await;
+                self.stopping.pause(delay).await;
             }
         }
         Ok(false)
@@ -625,7 +613,9 @@ impl Projector {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, review = %key, retry_in = ?delay, "reading a review's history failed; retrying");
-                    writer::pause(&mut self.stopping.clone(), delay).await?;
+                    if self.stopping.pause(delay).await {
+                        return Err(Interrupt::Shutdown);
+                    }
                 }
             }
         }

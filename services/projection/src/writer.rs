@@ -15,10 +15,10 @@ use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{error, warn};
 use upr_domain::{CalendarEntry, ReviewKey};
-use upr_nats::retry::Backoff;
+use upr_nats::{retry::Backoff, stop::Stop};
 
 use crate::{
     lease::Lease,
@@ -138,7 +138,7 @@ struct InFlight {
 pub struct Writer {
     store: Store,
     shared: Arc<Shared>,
-    stopping: watch::Receiver<bool>,
+    stopping: Stop,
     /// Whether writing is still this instance's to do.
     pub fence: Fence,
     in_flight: Option<InFlight>,
@@ -147,7 +147,7 @@ pub struct Writer {
 impl Writer {
     /// A writer over `store`'s buckets, writing without a lease until
     /// [`Writer::fence`] is set.
-    pub fn new(store: Store, shared: Arc<Shared>, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(store: Store, shared: Arc<Shared>, stopping: Stop) -> Self {
         Self {
             store,
             shared,
@@ -244,7 +244,6 @@ impl Writer {
             return Ok(Vec::new());
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut stopping = self.stopping.clone();
         loop {
             let gets = futures::stream::iter(keys.iter().copied())
                 .map(|key| async move { bucket.get(key.to_string()).await.map(|v| (key, v)) })
@@ -257,7 +256,9 @@ impl Writer {
                     check_buckets(&self.store).await?;
                     let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "reading the read models failed; retrying");
-                    pause(&mut stopping, delay).await?;
+                    if self.stopping.pause(delay).await {
+                        return Err(Interrupt::Shutdown);
+                    }
                 }
             }
         }
@@ -275,7 +276,7 @@ async fn put_all(
     store: Store,
     values: Vec<(Bucket, String, Bytes)>,
     fence: Fence,
-    mut stopping: watch::Receiver<bool>,
+    stopping: Stop,
 ) -> Result<(), Interrupt> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
@@ -289,7 +290,9 @@ async fn put_all(
                 check_buckets(&store).await?;
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "writing the read models failed; retrying");
-                pause(&mut stopping, delay).await?;
+                if stopping.pause(delay).await {
+                    return Err(Interrupt::Shutdown);
+                }
             }
         }
     }
@@ -301,19 +304,4 @@ async fn check_buckets(store: &Store) -> Result<(), Interrupt> {
         Ok(false) => Err(Interrupt::Replay("a read-model bucket is gone".into())),
         _ => Ok(()),
     }
-}
-
-/// Waits `delay` before a retry.
-///
-/// # Errors
-/// [`Interrupt::Shutdown`] when the service is stopping.
-pub async fn pause(stopping: &mut watch::Receiver<bool>, delay: Duration) -> Result<(), Interrupt> {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = stopping.wait_for(|s| *s) => {}
-    }
-    if *stopping.borrow() {
-        return Err(Interrupt::Shutdown);
-    }
-    Ok(())
 }
