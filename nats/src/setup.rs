@@ -362,18 +362,143 @@ enum Owner {
     No,
 }
 
-async fn ensure(
+/// What [`ensure`] sets up: a stream, or a bucket (a stream underneath).
+/// Each says how to compare an existing one with what is wanted and how to
+/// open or create it; finding, refusing and naming the differences is the
+/// one path both share.
+trait Wanted {
+    /// What the caller gets: the stream or the bucket.
+    type Handle;
+    /// "stream" or "bucket", for messages.
+    const KIND: &'static str;
+    /// Its name, for messages.
+    fn name(&self) -> &str;
+    /// The stream it lives in.
+    fn stream_name(&self) -> String;
+    /// Each difference from `have` that makes it unusable, as
+    /// `field: found X, expected Y`.
+    fn differences(&self, have: &stream::Config, owner: Owner) -> Vec<String>;
+    /// Opens the compatible existing one (the owner first updates what may
+    /// differ).
+    async fn open(
+        &self,
+        js: &jetstream::Context,
+        existing: stream::Stream,
+        have: &stream::Config,
+        owner: Owner,
+    ) -> Result<Self::Handle, async_nats::Error>;
+    /// Creates it.
+    async fn create(self, js: &jetstream::Context) -> Result<Self::Handle, async_nats::Error>;
+}
+
+impl Wanted for stream::Config {
+    type Handle = stream::Stream;
+    const KIND: &'static str = "stream";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stream_name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn differences(&self, have: &stream::Config, owner: Owner) -> Vec<String> {
+        stream_differences(have, self, owner)
+    }
+
+    async fn open(
+        &self,
+        js: &jetstream::Context,
+        existing: stream::Stream,
+        have: &stream::Config,
+        owner: Owner,
+    ) -> Result<stream::Stream, async_nats::Error> {
+        if owner == Owner::Yes
+            && (have.duplicate_window != self.duplicate_window
+                || have.description != self.description
+                || limit(have.max_bytes) != limit(self.max_bytes))
+        {
+            info!(stream = %self.name, "updating de-duplication window / description / size bound");
+            js.update_stream(self).await?;
+        }
+        Ok(existing)
+    }
+
+    async fn create(self, js: &jetstream::Context) -> Result<stream::Stream, async_nats::Error> {
+        info!(stream = %self.name, replicas = self.num_replicas, "creating stream");
+        Ok(js.create_stream(self).await?)
+    }
+}
+
+impl Wanted for kv::Config {
+    type Handle = kv::Store;
+    const KIND: &'static str = "bucket";
+
+    fn name(&self) -> &str {
+        &self.bucket
+    }
+
+    fn stream_name(&self) -> String {
+        format!("KV_{}", self.bucket)
+    }
+
+    /// An existing bucket must keep the same storage, history and replicas.
+    fn differences(&self, have: &stream::Config, _: Owner) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |field: &str, h: String, w: String| {
+            if h != w {
+                out.push(format!("{field}: found {h}, expected {w}"));
+            }
+        };
+        check(
+            "storage",
+            format!("{:?}", have.storage),
+            format!("{:?}", self.storage),
+        );
+        check(
+            "history",
+            have.max_messages_per_subject.to_string(),
+            self.history.to_string(),
+        );
+        check(
+            "replicas",
+            have.num_replicas.to_string(),
+            self.num_replicas.to_string(),
+        );
+        out
+    }
+
+    async fn open(
+        &self,
+        js: &jetstream::Context,
+        _: stream::Stream,
+        _: &stream::Config,
+        _: Owner,
+    ) -> Result<kv::Store, async_nats::Error> {
+        Ok(js.get_key_value(&self.bucket).await?)
+    }
+
+    async fn create(self, js: &jetstream::Context) -> Result<kv::Store, async_nats::Error> {
+        info!(bucket = %self.bucket, replicas = self.num_replicas, "creating bucket");
+        Ok(js.create_key_value(self).await?)
+    }
+}
+
+/// Creates `want` when missing (if the caller owns it), accepts it when
+/// compatible, refuses it otherwise with each difference named.
+async fn ensure<W: Wanted>(
     js: &jetstream::Context,
-    want: stream::Config,
+    want: W,
     owner: Owner,
-) -> Result<stream::Stream, SetupError> {
-    let name = want.name.clone();
+) -> Result<W::Handle, SetupError> {
+    let name = want.name().to_owned();
     let js_err = |source: async_nats::Error| SetupError::JetStream {
-        kind: "stream",
+        kind: W::KIND,
         name: name.clone(),
         source,
     };
-    match js.get_stream(&name).await {
+    match js.get_stream(want.stream_name()).await {
         Ok(mut existing) => {
             let have = existing
                 .info()
@@ -381,25 +506,15 @@ async fn ensure(
                 .map_err(|e| js_err(e.into()))?
                 .config
                 .clone();
-            let differences = stream_differences(&have, &want, owner);
+            let differences = want.differences(&have, owner);
             if !differences.is_empty() {
                 return Err(SetupError::Incompatible {
-                    kind: "stream",
+                    kind: W::KIND,
                     name,
                     differences: differences.join("; "),
                 });
             }
-            if owner == Owner::Yes
-                && (have.duplicate_window != want.duplicate_window
-                    || have.description != want.description
-                    || limit(have.max_bytes) != limit(want.max_bytes))
-            {
-                info!(stream = %name, "updating de-duplication window / description / size bound");
-                js.update_stream(&want)
-                    .await
-                    .map_err(|e| js_err(e.into()))?;
-            }
-            Ok(existing)
+            want.open(js, existing, &have, owner).await.map_err(js_err)
         }
         Err(e)
             if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
@@ -408,8 +523,7 @@ async fn ensure(
             if owner == Owner::No {
                 return Err(SetupError::Missing { name });
             }
-            info!(stream = %name, replicas = want.num_replicas, "creating stream");
-            js.create_stream(want).await.map_err(|e| js_err(e.into()))
+            want.create(js).await.map_err(js_err)
         }
         Err(e) => Err(js_err(e.into())),
     }
@@ -496,57 +610,5 @@ pub async fn ensure_bucket(
     js: &jetstream::Context,
     want: kv::Config,
 ) -> Result<kv::Store, SetupError> {
-    let name = want.bucket.clone();
-    let js_err = |source: async_nats::Error| SetupError::JetStream {
-        kind: "bucket",
-        name: name.clone(),
-        source,
-    };
-    match js.get_stream(format!("KV_{name}")).await {
-        Ok(mut existing) => {
-            let have = existing
-                .info()
-                .await
-                .map_err(|e| js_err(e.into()))?
-                .config
-                .clone();
-            let mut differences = Vec::new();
-            if have.storage != want.storage {
-                differences.push(format!(
-                    "storage: found {:?}, expected {:?}",
-                    have.storage, want.storage
-                ));
-            }
-            if have.max_messages_per_subject != want.history {
-                differences.push(format!(
-                    "history: found {}, expected {}",
-                    have.max_messages_per_subject, want.history
-                ));
-            }
-            if have.num_replicas != want.num_replicas {
-                differences.push(format!(
-                    "replicas: found {}, expected {}",
-                    have.num_replicas, want.num_replicas
-                ));
-            }
-            if !differences.is_empty() {
-                return Err(SetupError::Incompatible {
-                    kind: "bucket",
-                    name,
-                    differences: differences.join("; "),
-                });
-            }
-            js.get_key_value(&name).await.map_err(|e| js_err(e.into()))
-        }
-        Err(e)
-            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
-                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            info!(bucket = %name, replicas = want.num_replicas, "creating bucket");
-            js.create_key_value(want)
-                .await
-                .map_err(|e| js_err(e.into()))
-        }
-        Err(e) => Err(js_err(e.into())),
-    }
+    ensure(js, want, Owner::Yes).await
 }
