@@ -427,6 +427,33 @@ pub fn reminder_leads(env: Lookup<'_>) -> Result<Vec<upr_domain::Lead>, ConfigEr
     })
 }
 
+/// A count setting such as `UPR_INGEST_WORKERS`: `default` when unset,
+/// else a whole number from 1 to `max`.
+///
+/// # Errors
+/// A [`ConfigError`] naming `var` for anything else (`0`, `-3`, `lots`, or
+/// more than `max`).
+pub fn whole_number(
+    env: Lookup<'_>,
+    var: &'static str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let Some(v) = env(var) else {
+        return Ok(default);
+    };
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            err(
+                var,
+                &format!("must be a whole number from 1 to {max}, got {v:?}"),
+            )
+        })
+}
+
 /// Parses a duration such as `90s`, `10m`, `1h`, `2d`, `1w` (the units of
 /// `UPR_REMINDER_LEADS`), for duration-valued variables.
 ///
@@ -509,6 +536,21 @@ mod tests {
     #[should_panic(expected = "does not read it")]
     fn a_listed_variable_nothing_reads_is_caught() {
         check_settings(services::INGEST, CommonConfig::from_lookup);
+    }
+
+    #[test]
+    fn whole_numbers_are_bounded_and_default_when_unset() {
+        let var = UPR_REPLICAS;
+        assert_eq!(whole_number(&lookup(&[]), var, 7, 10), Ok(7));
+        assert_eq!(whole_number(&lookup(&[(var, " 10 ")]), var, 7, 10), Ok(10));
+        for bad in ["0", "11", "-1", "lots", ""] {
+            let e = whole_number(&lookup(&[(var, bad)]), var, 7, 10).unwrap_err();
+            assert_eq!(e.var, var);
+            assert_eq!(
+                e.message,
+                format!("must be a whole number from 1 to 10, got {bad:?}")
+            );
+        }
     }
 
     #[test]

@@ -14,9 +14,6 @@ use async_nats::jetstream::{
 
 use upr_domain::{Country, Envelope, EnvelopeError, EventType, NoticeKind, ReviewKey, Session};
 
-/// Largest intake payload ingest accepts (contract section 2, `too_large`).
-pub const MAX_INTAKE_BYTES: usize = 64 * 1024;
-
 /// Rejected payloads are kept as text cut at this many bytes, so a flood of
 /// huge garbage cannot fill the rejection stream.
 pub const REJECTED_PAYLOAD_BYTES: usize = 4 * 1024;
@@ -42,7 +39,14 @@ pub mod subjects {
 
     /// `upr.ingest.<type>`.
     pub fn ingest(event_type: EventType) -> String {
-        format!("{INGEST_PREFIX}{}", event_type.as_str())
+        ingest_named(event_type.as_str())
+    }
+
+    /// `upr.ingest.<type>` for a type as a sender spelled it, known or not
+    /// (`upr-ingest import` sends each row to its own type's subject, and
+    /// ingest answers an unknown one with `unknown_type`).
+    pub fn ingest_named(type_name: &str) -> String {
+        format!("{INGEST_PREFIX}{type_name}")
     }
 
     /// `upr.events.<COUNTRY>.<session>.<type>`: where one accepted event is stored.

@@ -216,7 +216,7 @@ pub fn validate(row: &Row) -> Outcome {
 /// # Panics
 /// Never: JSON values serialize.
 pub async fn send(client: &async_nats::Client, row: &Row) -> Outcome {
-    let subject = format!("upr.ingest.{}", row.ty);
+    let subject = upr_nats::contract::subjects::ingest_named(&row.ty);
     let payload = serde_json::to_vec(&row.payload).expect("JSON values serialize");
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {

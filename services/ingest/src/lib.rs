@@ -81,21 +81,21 @@ impl Config {
             Some(v) => config::parse_duration(contract::env::UPR_DEDUP_WINDOW, &v)?,
             None => contract::DEFAULT_DEDUP_WINDOW,
         };
-        let count = |var: &'static str, default: usize, max: usize| match env(var) {
-            None => Ok(default),
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(config::err(
-                    var,
-                    &format!("must be a whole number from 1 to {max}, got {v:?}"),
-                )),
-            },
-        };
         Ok(Self {
             common: CommonConfig::from_lookup(env)?,
             dedup_window,
-            workers: count(contract::env::UPR_INGEST_WORKERS, DEFAULT_WORKERS, 65_536)?,
-            cache: count(contract::env::UPR_INGEST_CACHE, DEFAULT_CACHE, 100_000_000)?,
+            workers: config::whole_number(
+                env,
+                contract::env::UPR_INGEST_WORKERS,
+                DEFAULT_WORKERS,
+                65_536,
+            )?,
+            cache: config::whole_number(
+                env,
+                contract::env::UPR_INGEST_CACHE,
+                DEFAULT_CACHE,
+                100_000_000,
+            )?,
         })
     }
 }

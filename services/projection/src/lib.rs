@@ -76,29 +76,20 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the variable that cannot be used.
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
-        let number = |var: &'static str, default: usize, max: usize| match env(var) {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| {
-                    config::err(
-                        var,
-                        &format!("must be a whole number from 1 to {max}, got {v:?}"),
-                    )
-                }),
-        };
         Ok(Self {
             common: CommonConfig::from_lookup(env)?,
-            max_batch: number(
+            max_batch: config::whole_number(
+                env,
                 contract::env::UPR_PROJECTION_BATCH,
                 10_000,
                 PROJECTION_MAX_BATCH,
             )?,
-            cache_bytes: number(contract::env::UPR_PROJECTION_CACHE_MB, 20, 64 * 1024)?
-                * 1024
+            cache_bytes: config::whole_number(
+                env,
+                contract::env::UPR_PROJECTION_CACHE_MB,
+                20,
+                64 * 1024,
+            )? * 1024
                 * 1024,
             leads: config::reminder_leads(env)?,
         })
