@@ -6,6 +6,8 @@
 //!   and their JetStream configurations, defined once.
 //! - [`config`]: settings read from the environment (contract section 6).
 //! - [`telemetry`]: the tracing subscriber (`RUST_LOG`, `UPR_LOG_FORMAT=json`).
+//! - [`history`]: reading one review's events back from the log (event by
+//!   event, or batched for ingest).
 //! - [`setup`]: connecting with retry and creating/verifying streams and buckets.
 //! - [`service`]: what every binary does the same way: the NATS micro service,
 //!   the `healthcheck` subcommand and the shutdown signal.
@@ -16,6 +18,7 @@
 pub mod clock;
 pub mod config;
 pub mod contract;
+pub mod history;
 pub mod retry;
 pub mod service;
 pub mod setup;

@@ -4,22 +4,18 @@
 use std::time::Duration;
 
 use async_nats::{
-    Client, HeaderMap, Subscriber,
-    connection::State,
+    Client,
     jetstream::{self, context::PublishErrorKind, message::PublishMessage, publish::PublishAck},
 };
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
-use upr_domain::{Envelope, Review, ReviewKey};
+use upr_domain::{Review, ReviewKey};
 use upr_nats::{
     contract::{self, subjects},
+    history::{self, BatchReader, HistoryError, Inbox},
     service::BoxError,
 };
 use uuid::Uuid;
-
-/// How many history messages one direct-get batch asks for.
-const HISTORY_BATCH: usize = 256;
 
 /// Why an operation on the log did not complete. Every variant but
 /// `Conflict` means the log could not be used now: for an append, "not
@@ -51,28 +47,26 @@ pub enum StoreError {
 pub struct EventLog {
     client: Client,
     js: jetstream::Context,
-    direct_get: String,
+    history: BatchReader,
     leader_get: String,
 }
 
-/// Where one reader's history batches arrive: one subscription for its
-/// life (`<inbox>.*`), each batch on its own last token, so a batch costs
-/// one request instead of a subscribe, a request and an unsubscribe, and
-/// late messages of an abandoned batch are told apart and skipped.
+/// Where one reader's history batches arrive ([`history::Inbox`]).
 #[derive(Debug)]
-pub struct HistoryInbox {
-    prefix: String,
-    subscription: Option<Subscriber>,
-    batch: u64,
-}
+pub struct HistoryInbox(Inbox);
 
 impl HistoryInbox {
     /// An inbox on `log`'s connection, subscribed on first use.
     pub fn new(log: &EventLog) -> Self {
-        Self {
-            prefix: log.client.new_inbox(),
-            subscription: None,
-            batch: 0,
+        Self(Inbox::new(&log.client))
+    }
+}
+
+impl From<HistoryError> for StoreError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::Unavailable(why) => Self::Unavailable(why),
+            HistoryError::Client { doing, source } => Self::Client { doing, source },
         }
     }
 }
@@ -81,20 +75,15 @@ impl EventLog {
     /// An adapter over `js`, whose timeout bounds every publish acknowledgement.
     pub fn new(client: Client, js: jetstream::Context) -> Self {
         Self {
+            history: BatchReader::new(client.clone(), contract::EVENTS_STREAM),
             client,
             js,
-            direct_get: contract::ingest::direct_get(contract::EVENTS_STREAM),
             leader_get: contract::ingest::leader_get(contract::EVENTS_STREAM),
         }
     }
 
     fn connected(&self) -> Result<(), StoreError> {
-        match self.client.connection_state() {
-            State::Connected => Ok(()),
-            state => Err(StoreError::Unavailable(format!(
-                "NATS connection is {state}"
-            ))),
-        }
+        history::connected(&self.client).map_err(StoreError::Unavailable)
     }
 
     /// Reads the review's whole history (`upr.events.<C>.<S>.>`) with batched
@@ -172,93 +161,13 @@ impl EventLog {
         log: &mut Review,
         deadline: Instant,
     ) -> Result<(), StoreError> {
-        let filter = subjects::review_events(key);
-        let mut from = log.last_seq() + 1;
-        loop {
-            let (count, last) = self
-                .load_batch(inbox, key, &filter, from, deadline, log)
-                .await?;
-            if count < HISTORY_BATCH {
-                return Ok(());
-            }
-            from = last + 1;
-        }
-    }
-
-    /// One batch from `from`: returns how many messages came and the last seq.
-    async fn load_batch(
-        &self,
-        inbox: &mut HistoryInbox,
-        key: ReviewKey,
-        filter: &str,
-        from: u64,
-        deadline: Instant,
-        log: &mut Review,
-    ) -> Result<(usize, u64), StoreError> {
-        self.connected()?;
-        let unavailable =
-            |what: &str| StoreError::Unavailable(format!("reading review {key}: {what}"));
-        let failed = |source: BoxError| StoreError::Client {
-            doing: format!("reading review {key}"),
-            source,
-        };
-        let replies = match &mut inbox.subscription {
-            Some(subscription) => subscription,
-            empty => empty.insert(
-                self.client
-                    .subscribe(format!("{}.*", inbox.prefix))
-                    .await
-                    .map_err(|e| failed(e.into()))?,
-            ),
-        };
-        inbox.batch += 1;
-        let reply = format!("{}.{}", inbox.prefix, inbox.batch);
-        let request =
-            serde_json::json!({"seq": from, "next_by_subj": filter, "batch": HISTORY_BATCH});
-        self.client
-            .publish_with_reply(
-                self.direct_get.clone(),
-                reply.clone(),
-                Bytes::from(request.to_string()),
-            )
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let mut count = 0;
-        let mut last = from.saturating_sub(1);
-        loop {
-            let message = match timeout_at(deadline, replies.next()).await {
-                Err(_) => return Err(unavailable("no answer in time")),
-                Ok(None) => {
-                    inbox.subscription = None;
-                    return Err(unavailable("connection closed"));
-                }
-                Ok(Some(m)) if m.subject.as_str() != reply => continue,
-                Ok(Some(m)) => m,
-            };
-            match message.status.map(|s| s.as_u16()) {
-                // 204: end of batch; 404: nothing (more) on these subjects.
-                Some(204 | 404) => return Ok((count, last)),
-                Some(503) => return Err(unavailable("no responders for the event stream")),
-                Some(code) => {
-                    let what = format!("status {code} {}", message.description.unwrap_or_default());
-                    return Err(unavailable(&what));
-                }
-                None => {}
-            }
-            let headers = message.headers.unwrap_or_default();
-            let Some(seq) = header(&headers, "Nats-Sequence").and_then(|s| s.parse().ok()) else {
-                return Err(unavailable("a history message without Nats-Sequence"));
-            };
-            let subject = header(&headers, "Nats-Subject").unwrap_or_default();
-            let id = header(&headers, "Nats-Msg-Id").and_then(|s| Uuid::try_parse(s).ok());
-            log.apply(
-                seq,
-                id,
-                valid_event(key, subject, &message.payload).as_ref(),
-            );
-            count += 1;
-            last = seq;
-        }
+        let from = log.last_seq() + 1;
+        self.history
+            .read(&mut inbox.0, key, from, deadline, |m| {
+                log.apply(m.seq, m.id, m.event.as_ref());
+            })
+            .await?;
+        Ok(())
     }
 
     /// Appends `envelope` on `subject` with `Nats-Msg-Id: id`, accepted by the
@@ -325,20 +234,6 @@ fn publish_error(e: jetstream::context::PublishError) -> StoreError {
         }
         _ => StoreError::Publish(e),
     }
-}
-
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).map(async_nats::HeaderValue::as_str)
-}
-
-/// The envelope when `payload` is an event of this review
-/// ([`subjects::decode_stored`], the rule every consumer applies); `None`
-/// for anything written around ingest, which consumers skip and the
-/// lifecycle therefore ignores.
-fn valid_event(key: ReviewKey, subject: &str, payload: &[u8]) -> Option<Envelope> {
-    subjects::decode_stored(subject, payload)
-        .ok()
-        .filter(|event| event.review_key() == key)
 }
 
 /// How long a JetStream publish may wait for its acknowledgement.

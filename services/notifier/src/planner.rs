@@ -42,6 +42,7 @@ use upr_domain::{
 };
 use upr_nats::{
     contract::{self, notifier as names},
+    history,
     service::BoxError,
     stop::Stop,
 };
@@ -289,29 +290,12 @@ pub(crate) async fn earlier_unapplied(
     applied: u64,
     seq: u64,
 ) -> Result<Option<(u64, Envelope)>, ApplyError> {
-    let filter = contract::subjects::review_events(ReviewKey { country, session });
-    let mut from = applied + 1;
-    while from < seq {
-        let message = match shared
-            .events
-            .direct_get_next_for_subject(&filter, Some(from))
-            .await
-        {
-            Ok(m) => m,
-            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-                return Ok(None);
-            }
-            Err(e) => return Err(retry(e)),
-        };
-        if message.sequence >= seq {
-            return Ok(None);
-        }
-        from = message.sequence + 1;
-        // Anything written around ingest is skipped, as everywhere.
-        if let Ok(event) = decode(&message.subject, &message.payload)
-            && bears_on_reminders(event.event_type())
-        {
-            return Ok(Some((message.sequence, event)));
+    let key = ReviewKey { country, session };
+    let mut events = history::Events::between(&shared.events, key, applied + 1, seq);
+    // Anything written around ingest is skipped, as everywhere.
+    while let Some((earlier_seq, event)) = events.next().await.map_err(retry)? {
+        if bears_on_reminders(event.event_type()) {
+            return Ok(Some((earlier_seq, event)));
         }
     }
     Ok(None)

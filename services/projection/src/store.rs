@@ -12,7 +12,7 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, PullConsumer, pull},
     context::{ConsumerInfoErrorKind, GetStreamErrorKind},
     kv,
-    stream::{ConsumerErrorKind, DirectGetErrorKind, Stream},
+    stream::{ConsumerErrorKind, Stream},
 };
 use futures::StreamExt;
 use tracing::{info, warn};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use upr_domain::{Envelope, ReviewKey};
 use upr_nats::{
     contract::{self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET},
+    history,
     service::BoxError,
     setup::{SetupError, SetupFailure, ensure_bucket},
 };
@@ -104,30 +105,9 @@ impl Store {
         key: ReviewKey,
         before: u64,
     ) -> Result<Vec<(u64, Envelope)>, BoxError> {
-        let filter = contract::subjects::review_events(key);
-        let mut out = Vec::new();
-        let mut next = 1;
-        while next < before {
-            match self
-                .events
-                .direct_get_next_for_subject(filter.as_str(), Some(next))
-                .await
-            {
-                Ok(m) if m.sequence < before => {
-                    // Malformed messages are skipped by the fold, so here too.
-                    if let Ok(event) =
-                        contract::subjects::decode_stored(m.subject.as_str(), &m.payload)
-                    {
-                        out.push((m.sequence, event));
-                    }
-                    next = m.sequence + 1;
-                }
-                Ok(_) => break,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out)
+        Ok(history::Events::between(&self.events, key, 1, before)
+            .collect()
+            .await?)
     }
 
     /// Makes sure the buckets and the consumer exist. Returns the store and
