@@ -9,7 +9,9 @@
 //! for the reply. Raw and ingest runs alternate, so machine noise hits both.
 
 use upr_nats::contract;
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::ServiceProcess;
+
+use crate::fixture::Fixture;
 
 use crate::{
     Sizes,
@@ -119,29 +121,27 @@ pub(crate) async fn pass(
 }
 
 /// Part 1, and part 6's replica curve when `sizes.replicas` is not empty.
+#[allow(
+    clippy::too_many_lines,
+    reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
+)]
 pub async fn run(part: Part, sizes: Sizes) {
-    let server = NatsServer::start();
-    let url = server.url();
-    let nats_pid = crate::system::nats_pid(server.port());
-    say(format!("nats-server pid {nats_pid:?} on {url}"));
-    let nats_mem = nats_pid.map(crate::system::MemWatch::start);
-    let mut services = vec![ServiceProcess::start("upr-ingest", &url, SERVICE_ENV)];
+    let Some(bed) = Fixture::start(&part).await else {
+        return;
+    };
+    let (url, js) = (&bed.url, &bed.js);
+    let mut services = vec![ServiceProcess::start("upr-ingest", url, SERVICE_ENV)];
     services[0].wait_healthy().await;
     let pid = services[0].pid();
     let mem = pid.map(MemWatch::start);
     say(format!("upr-ingest pid {pid:?}"));
-    let Ok(client) = drive::connect(&url).await else {
-        part.error("cannot connect to the benchmark's nats-server");
-        return;
-    };
     let mut pids: Vec<(String, u32)> = vec![("upr-bench".into(), std::process::id())];
-    if let Some(p) = crate::system::nats_pid(server.port()) {
+    if let Some(p) = bed.nats_pid() {
         pids.push(("nats-server".into(), p));
     }
     if let Some(p) = pid {
         pids.push(("upr-ingest".into(), p));
     }
-    let js = async_nats::jetstream::new(client);
     let mut keys = Keys::default();
     part.detail("events_per_run", sizes.ingest_events.into());
     part.detail("reviews_in_flight", sizes.in_flight.into());
@@ -153,7 +153,7 @@ pub async fn run(part: Part, sizes: Sizes) {
         ..sizes.clone()
     };
     for mode in [Mode::Raw, Mode::Ingest] {
-        if pass(&part, &url, &js, &mut keys, 99, &warm, mode, &pids)
+        if pass(&part, url, js, &mut keys, 99, &warm, mode, &pids)
             .await
             .is_err()
         {
@@ -163,8 +163,7 @@ pub async fn run(part: Part, sizes: Sizes) {
 
     for rep in 0..sizes.reps {
         let seed = 1000 + rep as u64;
-        let Ok((raw, ing)) =
-            raw_then_ingest(&part, &url, &js, &mut keys, seed, &sizes, &pids).await
+        let Ok((raw, ing)) = raw_then_ingest(&part, url, js, &mut keys, seed, &sizes, &pids).await
         else {
             return;
         };
@@ -210,7 +209,7 @@ pub async fn run(part: Part, sizes: Sizes) {
 
     for &replicas in &sizes.replicas {
         while services.len() < replicas {
-            let s = ServiceProcess::start("upr-ingest", &url, SERVICE_ENV);
+            let s = ServiceProcess::start("upr-ingest", url, SERVICE_ENV);
             s.wait_healthy().await;
             if let Some(p) = s.pid() {
                 pids.push((format!("upr-ingest#{}", services.len() + 1), p));
@@ -220,7 +219,7 @@ pub async fn run(part: Part, sizes: Sizes) {
         for rep in 0..sizes.reps {
             let seed = 2000 + rep as u64;
             let Ok((raw, ing)) =
-                raw_then_ingest(&part, &url, &js, &mut keys, seed, &sizes, &pids).await
+                raw_then_ingest(&part, url, js, &mut keys, seed, &sizes, &pids).await
             else {
                 return;
             };
@@ -247,7 +246,6 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
     }
     part.detail("reviews_used", keys.used().into());
-    part.record_nats_peak(1, nats_mem, nats_pid).await;
     drop(services);
-    drop(server);
+    bed.finish(&part, 1).await;
 }

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 use upr_domain::ReviewKey;
 use upr_nats::contract;
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::ServiceProcess;
+
+use crate::fixture::Fixture;
 
 use crate::{
     Sizes,
@@ -119,14 +121,17 @@ async fn rep(
 }
 
 /// Part 3.
+#[allow(
+    clippy::too_many_lines,
+    reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
+)]
 pub async fn run(part: Part, sizes: Sizes) {
-    let server = NatsServer::start();
-    let url = server.url();
-    let nats_pid = crate::system::nats_pid(server.port());
-    say(format!("nats-server pid {nats_pid:?} on {url}"));
-    let nats_mem = nats_pid.map(crate::system::MemWatch::start);
-    let ingest = ServiceProcess::start("upr-ingest", &url, SERVICE_ENV);
-    let projection = ServiceProcess::start("upr-projection", &url, SERVICE_ENV);
+    let Some(bed) = Fixture::start(&part).await else {
+        return;
+    };
+    let client = &bed.client;
+    let ingest = ServiceProcess::start("upr-ingest", &bed.url, SERVICE_ENV);
+    let projection = ServiceProcess::start("upr-projection", &bed.url, SERVICE_ENV);
     ingest.wait_healthy().await;
     projection.wait_healthy().await;
     let mem = projection.pid().map(MemWatch::start);
@@ -135,15 +140,12 @@ pub async fn run(part: Part, sizes: Sizes) {
         ingest.pid(),
         projection.pid()
     ));
-    let Ok(client) = drive::connect(&url).await else {
-        return part.error("cannot connect to the benchmark's nats-server");
-    };
     let mut keys = Keys::default();
     part.detail("rate_per_s", sizes.latency_rate.into());
     part.detail("events_per_run", sizes.latency_events.into());
     // Warm-up, not recorded.
     if let Err(e) = rep(
-        &client,
+        client,
         &mut keys,
         7,
         (
@@ -158,7 +160,7 @@ pub async fn run(part: Part, sizes: Sizes) {
     }
     for r in 0..sizes.reps {
         let samples = match rep(
-            &client,
+            client,
             &mut keys,
             300 + r as u64,
             (sizes.latency_events, sizes.latency_rate),
@@ -211,7 +213,7 @@ pub async fn run(part: Part, sizes: Sizes) {
     for r in 0..sizes.latency_high_rate.map_or(0, |_| sizes.reps) {
         let rate = sizes.latency_high_rate.unwrap_or(sizes.latency_rate);
         let events = sizes.latency_events.max(rate as usize * 3);
-        let samples = match rep(&client, &mut keys, 400 + r as u64, (events, rate), false).await {
+        let samples = match rep(client, &mut keys, 400 + r as u64, (events, rate), false).await {
             Ok(s) => s,
             Err(e) => return part.error(e),
         };
@@ -247,6 +249,6 @@ pub async fn run(part: Part, sizes: Sizes) {
             mb,
         );
     }
-    part.record_nats_peak(3, nats_mem, nats_pid).await;
-    drop((ingest, projection, server));
+    drop((ingest, projection));
+    bed.finish(&part, 3).await;
 }

@@ -16,6 +16,7 @@
 mod cluster;
 mod drive;
 mod failover;
+mod fixture;
 mod ingest;
 mod latency;
 mod part;
@@ -263,6 +264,10 @@ fn render(dir: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the benchmark's whole run: the parts in their order, then the report, one step after another"
+)]
 async fn run(options: Options) -> ExitCode {
     if let Some(dir) = &options.render {
         return render(dir);

@@ -21,10 +21,12 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use upr_domain::{Envelope, EventType};
 use upr_nats::contract;
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::ServiceProcess;
+
+use crate::fixture::Fixture;
 
 use crate::{
-    Sizes, drive,
+    Sizes,
     ingest::{SERVICE_ENV, stream_messages},
     part::{Part, say},
     stats::Goal,
@@ -223,26 +225,18 @@ fn tail(logs: &str) -> String {
 /// earlier figures were taken with.
 const DENSE_AFTER: u64 = 1_000_000;
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
+)]
 pub async fn run(part: Part, sizes: Sizes) {
-    let server = NatsServer::start();
-    let url = server.url();
-    let nats_pid = crate::system::nats_pid(server.port());
-    say(format!("nats-server pid {nats_pid:?} on {url}"));
-    let nats_mem = nats_pid.map(crate::system::MemWatch::start);
-    let Ok(client) = drive::connect(&url).await else {
-        part.error("cannot connect to the benchmark's nats-server");
+    let Some(bed) = Fixture::start(&part).await else {
         return;
     };
-    let js = jetstream::new(client);
-    if let Err(e) = upr_nats::setup::ensure_own_stream(
-        &js,
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    {
-        part.error(format!("create UPR_EVENTS: {e}"));
+    if !bed.own_event_log(&part).await {
         return;
     }
+    let (url, js) = (&bed.url, &bed.js);
     let full = *sizes
         .stream_lengths
         .iter()
@@ -261,7 +255,7 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
         say(format!("projection: preparing a stream of {length} events"));
         let prep = Instant::now();
-        if let Err(e) = grow(&js, &mut source, length).await {
+        if let Err(e) = grow(js, &mut source, length).await {
             part.error(e);
             return;
         }
@@ -282,21 +276,26 @@ pub async fn run(part: Part, sizes: Sizes) {
         let is_main = length == sizes.projection_events;
         for rep in 0..sizes.reps {
             let raw =
-                match raw_consume(&js, length, false, &format!("bench-raw-{length}-{rep}")).await {
+                match raw_consume(js, length, false, &format!("bench-raw-{length}-{rep}")).await {
                     Ok(d) => d,
                     Err(e) => return part.error(e),
                 };
-            let decoded =
-                match raw_consume(&js, length, true, &format!("bench-decode-{length}-{rep}")).await
-                {
-                    Ok(d) => d,
-                    Err(e) => return part.error(e),
-                };
-            let (took, mb) = match rebuild(&url, sizes.rebuild_timeout).await {
+            let decoded = match raw_consume(
+                js,
+                length,
+                true,
+                &format!("bench-decode-{length}-{rep}"),
+            )
+            .await
+            {
+                Ok(d) => d,
+                Err(e) => return part.error(e),
+            };
+            let (took, mb) = match rebuild(url, sizes.rebuild_timeout).await {
                 Ok(r) => r,
                 Err(e) => return part.error(e),
             };
-            match reviews_in_bucket(&js).await {
+            match reviews_in_bucket(js).await {
                 Ok(n) if n == reviews => {}
                 Ok(n) => {
                     return part.error(format!(
@@ -306,7 +305,7 @@ pub async fn run(part: Part, sizes: Sizes) {
                 Err(e) => return part.error(e),
             }
             if rep == 0 {
-                let sizes = bucket_sizes(&js).await;
+                let sizes = bucket_sizes(js).await;
                 say(format!(
                     "projection {length}: read-model buckets after rebuild: {sizes}"
                 ));
@@ -386,6 +385,5 @@ pub async fn run(part: Part, sizes: Sizes) {
             }
         }
     }
-    part.record_nats_peak(2, nats_mem, nats_pid).await;
-    drop(server);
+    bed.finish(&part, 2).await;
 }

@@ -20,10 +20,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 use upr_domain::{ReviewKey, Timestamp};
 use upr_nats::contract;
-use upr_tests::{NatsServer, ServiceProcess};
+use upr_tests::ServiceProcess;
+
+use crate::fixture::Fixture;
 
 use crate::{
-    Sizes, drive,
+    Sizes,
     part::{Part, say},
     stats::{Goal, Percentiles},
     system::MemWatch,
@@ -162,31 +164,25 @@ async fn receive(
 }
 
 /// Part 4.
+#[allow(
+    clippy::too_many_lines,
+    reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
+)]
 pub async fn run(part: Part, sizes: Sizes) {
-    let server = NatsServer::start();
-    let url = server.url();
-    let nats_pid = crate::system::nats_pid(server.port());
-    say(format!("nats-server pid {nats_pid:?} on {url}"));
-    let nats_mem = nats_pid.map(crate::system::MemWatch::start);
-    let Ok(client) = drive::connect(&url).await else {
-        return part.error("cannot connect to the benchmark's nats-server");
+    let Some(bed) = Fixture::start(&part).await else {
+        return;
     };
-    let js = jetstream::new(client.clone());
     // The benchmark writes the event log as ingest would, so it creates it
     // as its owner does; the notifier waits for it.
-    if let Err(e) = upr_nats::setup::ensure_own_stream(
-        &js,
-        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
-    )
-    .await
-    {
-        return part.error(format!("cannot create the event log: {e}"));
+    if !bed.own_event_log(&part).await {
+        return;
     }
+    let (url, client, js) = (&bed.url, &bed.client, &bed.js);
     let env = [
         (contract::env::RUST_LOG, "warn"),
         (contract::env::UPR_REMINDER_LEADS, LEAD),
     ];
-    let notifier = ServiceProcess::start("upr-notifier", &url, &env);
+    let notifier = ServiceProcess::start("upr-notifier", url, &env);
     notifier.wait_healthy().await;
     let pid = notifier.pid();
     let mem = pid.map(MemWatch::start);
@@ -220,11 +216,11 @@ pub async fn run(part: Part, sizes: Sizes) {
             events.len()
         ));
         let started = Instant::now();
-        if let Err(e) = write(&js, events).await {
+        if let Err(e) = write(js, events).await {
             return part.error(format!("background: {e}"));
         }
         planned += sizes.background_reviews as u64;
-        match wait_planned(&js, sizes.plan_timeout).await {
+        match wait_planned(js, sizes.plan_timeout).await {
             Ok(_) => {
                 let took = started.elapsed().as_secs_f64();
                 let rate = sizes.background_reviews as f64 / took;
@@ -285,13 +281,13 @@ pub async fn run(part: Part, sizes: Sizes) {
             + Duration::from_secs(30);
         // Receive concurrently from now on, so receive times are true.
         let receiver = tokio::spawn(receive(sub, expected, deadline));
-        if let Err(e) = write(&js, events).await {
+        if let Err(e) = write(js, events).await {
             return part.error(e);
         }
         planned += n as u64;
         // Planning must beat the first due time.
         let until_first = Duration::try_from(first_due.since(wall())).unwrap_or_default();
-        match wait_planned(&js, until_first).await {
+        match wait_planned(js, until_first).await {
             Ok(d) => part.push_detail("plan_s", d.as_secs_f64().into()),
             Err(e) => part.push_detail(
                 "notes",
@@ -385,6 +381,6 @@ pub async fn run(part: Part, sizes: Sizes) {
             mb,
         );
     }
-    part.record_nats_peak(4, nats_mem, nats_pid).await;
-    drop((notifier, server));
+    drop(notifier);
+    bed.finish(&part, 4).await;
 }
