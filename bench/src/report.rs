@@ -286,6 +286,10 @@ impl Report {
     }
 
     /// The chart.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one chart drawn top to bottom; split, its coordinates would travel between functions"
+    )]
     pub fn svg(&self) -> String {
         let mut panels: Vec<Panel> = Vec::new();
         // Throughput: each service bar beside its raw limit.
@@ -503,6 +507,10 @@ impl Panel {
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         reason = "a tick count: the ceiling of a small positive ratio"
+    )]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one panel drawn top to bottom; split, its coordinates would travel between functions"
     )]
     fn draw(&self, svg: &mut String, x: f64, y: f64, w: f64, h: f64) {
         let _ = writeln!(svg, r#"<g transform="translate({x},{y})">"#);

@@ -13,6 +13,11 @@
 //!   always means the same reminder, and none is due after its review;
 //! - `classify` never goes back from late to on time, or from never.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a helper's unwrap is an assertion, and a failure should panic where it happened"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;

@@ -376,11 +376,16 @@ pub fn check_settings<T: std::fmt::Debug>(
 ) {
     let asked = std::sync::Mutex::new(Vec::new());
     let unset = read(&|var: &str| {
-        asked.lock().unwrap().push(var.to_string());
+        asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(var.to_string());
         None
     })
-    .unwrap();
-    let asked = asked.into_inner().unwrap();
+    .unwrap_or_else(|e| panic!("{binary}: the defaults do not read: {e}"));
+    let asked = asked
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let listed: Vec<&Setting> = settings_of(binary).collect();
     for var in &asked {
         assert!(

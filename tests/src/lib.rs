@@ -14,6 +14,10 @@
 //!
 //! Everything is killed and removed on `Drop`, also when a test panics.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a helper's unwrap is an assertion, and a failure should panic where it happened"
+)]
 // Every helper here fails the calling test by panicking (a server that does
 // not start, a request without an answer): a `# Panics` section on each would
 // repeat that forty times.

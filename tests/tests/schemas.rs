@@ -13,6 +13,11 @@
 //! - The AsyncAPI document is valid AsyncAPI 3.0.0, its payloads point at the
 //!   schema files, and it names every subject of `contract.rs`.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a helper's unwrap is an assertion, and a failure should panic where it happened"
+)]
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -282,6 +287,10 @@ fn base_payload(ty: EventType) -> Value {
 
 /// Values tried in every field of every type: right and wrong ones of every
 /// kind the fields take, and the edges of each rule.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one list of candidate values, grouped by the kind of field they try"
+)]
 fn candidates() -> Vec<Value> {
     let speakers = |n: usize| Value::Array(vec![json!({"name": "A. Speaker"}); n]);
     let topics = |n: usize| Value::Array(vec![json!("topic"); n]);

@@ -13,6 +13,11 @@
 //! with a plain consumer and prints that read rate, the baseline the
 //! rebuild rate is compared with.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a measuring tool run by hand: a failure should stop it where it happened"
+)]
+
 use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};

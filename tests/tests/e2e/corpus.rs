@@ -119,6 +119,10 @@ fn the_domain_refuses_every_corpus_message_with_its_code_and_field() {
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "an end-to-end scenario: its steps, read in order, are the specification"
+)]
 async fn ingest_refuses_every_corpus_message_announces_it_and_keeps_running() {
     let cases = corpus();
     let app = TestApp::builder().all().start().await;

@@ -156,6 +156,10 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "an end-to-end scenario: its steps, read in order, are the specification"
+)]
 async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
     let stack = Stack::start().await;
     let (scheduled, _) = stack

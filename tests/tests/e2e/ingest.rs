@@ -280,6 +280,10 @@ async fn a_plain_publish_is_stored_without_a_reply() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a table of every error code with its field, checked in one pass against one server"
+)]
 async fn every_error_code_names_its_field_and_every_refusal_is_announced_and_kept() {
     let g = Given::ingest().await;
     let mut announced = g.client.subscribe(subjects::REJECTED).await.unwrap();
@@ -528,6 +532,10 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a table of every lifecycle rule, checked in one pass against one server"
+)]
 async fn every_lifecycle_rule_is_enforced() {
     let g = Given::ingest().await;
     let kz = || review("KZ", 48);

@@ -2,6 +2,11 @@
 //! server per test. All of them link into this one binary (one module per
 //! feature), so they build once.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a helper's unwrap is an assertion, and a failure should panic where it happened"
+)]
+
 mod bounds;
 mod corpus;
 mod corrections;

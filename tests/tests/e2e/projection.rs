@@ -311,6 +311,10 @@ fn report() -> Value {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "an end-to-end scenario: its steps, read in order, are the specification"
+)]
 async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
     let given = Given::projection().await;
     for (i, e) in scenario().iter().enumerate() {
@@ -444,6 +448,10 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "every query and error code against one server, in one pass"
+)]
 async fn queries_answer_upcoming_status_and_every_error_code() {
     let given = Given::projection().await;
     let now = time::OffsetDateTime::now_utc();

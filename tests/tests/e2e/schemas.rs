@@ -47,6 +47,10 @@ fn rfc3339_in(secs: i64) -> String {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "every kind of message the services send, produced and checked against one server in one pass"
+)]
 async fn every_message_the_services_send_validates_against_its_schema() {
     let schemas = validators();
     // Not a TestApp: the subscriptions come before any service starts, so

@@ -35,6 +35,11 @@
 //! - [`oracle`]: what the stream says must be there, and the comparisons;
 //! - [`sigkill`] and [`replicas`]: the tests.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a helper's unwrap is an assertion, and a failure should panic where it happened"
+)]
+
 mod chaos;
 mod client;
 mod observe;
