@@ -31,6 +31,7 @@ use upr_domain::{
 };
 use upr_nats::contract::subjects;
 use upr_schema as schema;
+use upr_tests::fixtures::{KZ48_DATE, KZ48_NEW_DATE, SIDE_EVENT_DAY};
 use uuid::Uuid;
 
 fn repo() -> PathBuf {
@@ -269,10 +270,10 @@ fn corpus_messages_refused_for_a_field_reason_are_refused_by_their_schema() {
 fn base_payload(ty: EventType) -> Value {
     let mut p = json!({"country": "KZ", "session": 48});
     let fields = match ty {
-        EventType::ReviewScheduled => json!({"scheduled_for": "2025-01-23T08:30:00Z"}),
-        EventType::ReviewRescheduled => json!({"scheduled_for": "2025-01-24T08:30:00Z"}),
+        EventType::ReviewScheduled => json!({"scheduled_for": KZ48_DATE}),
+        EventType::ReviewRescheduled => json!({"scheduled_for": KZ48_NEW_DATE}),
         EventType::ReviewCancelled | EventType::ReviewHeld => json!({}),
-        EventType::SideEventHeld => json!({"title": "Civic space", "held_on": "2025-01-22"}),
+        EventType::SideEventHeld => json!({"title": "Civic space", "held_on": SIDE_EVENT_DAY}),
         EventType::ReportPublished => json!({"published_on": "2025-03-14"}),
         EventType::OutcomeAdopted => json!({"adopted_on": "2025-07-03", "hrc_session": 59}),
         EventType::EventRetracted => {
@@ -342,7 +343,7 @@ fn candidates() -> Vec<Value> {
         json!("d".repeat(50)),
         json!("d".repeat(51)),
         // times and dates
-        json!("2025-01-23T08:30:00Z"),
+        json!(KZ48_DATE),
         json!("2025-01-23t08:30:00z"),
         json!("2025-01-23T08:30:00.123456789+05:30"),
         json!("2025-01-23T08:30:00-00:00"),
@@ -600,7 +601,7 @@ fn stored_events_read_models_and_query_answers_validate() {
     let v1 = json!({"id": "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b", "type": "review_scheduled", "schema": 1,
         "country": "KZ", "session": 48, "occurred_at": "2024-11-06T10:00:00Z",
         "recorded_at": "2024-11-06T10:00:00.123Z", "source": null,
-        "data": {"scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva"}});
+        "data": {"scheduled_for": KZ48_DATE, "location": "Geneva"}});
     schemas.assert_valid("envelope.json", &v1);
     let mut wrong = v1.clone();
     wrong["data"]["title"] = "a side event's field".into();
@@ -673,7 +674,7 @@ fn notices_built_by_the_code_validate() {
     let reminders = plan(
         kz,
         s48,
-        ts("2025-01-23T08:30:00Z"),
+        ts(KZ48_DATE),
         "Geneva",
         &leads,
         ts("2024-11-06T10:00:00Z"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::DiscardPolicy;
 use upr_nats::contract::{self, services};
 use upr_projection::query::MAX_WAITING;
+use upr_tests::fixtures::{SIDE_EVENT_DAY, kz48_schedule_text};
 use upr_tests::{NatsServer, RawClient, ServiceProcess, TestApp, eventually};
 
 /// Every variable a service reads, with values that must stop start-up with
@@ -128,7 +129,7 @@ async fn refusals_echo_a_bounded_text_and_the_rejected_log_has_a_size_bound() {
     assert_eq!(reply["error"]["code"], "invalid_field", "{reply}");
     let title = "é".repeat(60_000);
     let payload = serde_json::json!({
-        "country": "KZ", "session": 48, "title": title, "held_on": "2025-01-22",
+        "country": "KZ", "session": 48, "title": title, "held_on": SIDE_EVENT_DAY,
     })
     .to_string();
     let reply = client
@@ -267,7 +268,7 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
         // With an event_id, so a retry after a lost reply stores nothing twice.
         let payload = serde_json::json!({"event_id": uuid::Uuid::new_v4(),
             "country": "KZ", "session": 48,
-            "title": format!("Round {round}"), "held_on": "2025-01-22"});
+            "title": format!("Round {round}"), "held_on": SIDE_EVENT_DAY});
         let reply = eventually(Duration::from_secs(10), "ingest to answer", || {
             // A request in flight while an edge reconnects is lost: the
             // client retries, as clients of a request do.
@@ -358,10 +359,7 @@ async fn a_publisher_cannot_reach_ingest_with_a_subject_that_is_not_utf8() {
     // The publisher is still served, and ingest never lost a connection.
     let publisher = nats.client_as("publisher").await;
     let reply = publisher
-        .request(
-            "upr.ingest.review_scheduled",
-            r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#.into(),
-        )
+        .request("upr.ingest.review_scheduled", kz48_schedule_text().into())
         .await
         .expect("ingest answers");
     assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
@@ -400,7 +398,7 @@ async fn a_value_too_large_for_the_server_is_counted_and_the_log_keeps_flowing()
     for i in 0..60 {
         record(
             "upr.ingest.side_event_held",
-            serde_json::json!({"country": "KZ", "session": 48, "held_on": "2025-01-22",
+            serde_json::json!({"country": "KZ", "session": 48, "held_on": SIDE_EVENT_DAY,
                 "title": format!("{i} {}", "x".repeat(290))}),
         )
         .await;
@@ -445,7 +443,7 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
     let client = app.client().clone();
     let side_event = |i: usize| {
         serde_json::json!({"country": "KZ", "session": 48, "title": format!("Side event {i}"),
-                           "held_on": "2025-01-22"})
+                           "held_on": SIDE_EVENT_DAY})
         .to_string()
     };
     let send = |payload: String| {
@@ -484,10 +482,7 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
     );
     // Lifecycle events are counted apart.
     let scheduled = client
-        .request(
-            "upr.ingest.review_scheduled",
-            r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#.into(),
-        )
+        .request("upr.ingest.review_scheduled", kz48_schedule_text().into())
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&scheduled.payload).contains("\"ok\":true"));
@@ -510,7 +505,7 @@ async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays
             .collect();
         let topics = vec!["t".repeat(100); 50];
         serde_json::json!({"country": "KZ", "session": 48, "title": format!("Side event {i}"),
-                           "held_on": "2025-01-22", "speakers": speakers, "topics": topics})
+                           "held_on": SIDE_EVENT_DAY, "speakers": speakers, "topics": topics})
         .to_string()
     };
     let mut accepted = 0;
@@ -616,10 +611,7 @@ async fn people_cannot_send_large_payloads_or_open_connections_without_bound() {
     // Ingest never saw any of it, and serves the publisher as before.
     let publisher = nats.client_as("publisher").await;
     let reply = publisher
-        .request(
-            "upr.ingest.review_scheduled",
-            r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#.into(),
-        )
+        .request("upr.ingest.review_scheduled", kz48_schedule_text().into())
         .await
         .expect("ingest answers");
     assert!(String::from_utf8_lossy(&reply.payload).contains("\"ok\":true"));
@@ -660,7 +652,7 @@ fn flood(nats: &NatsServer, secs: u64) -> Vec<std::thread::JoinHandle<u64>> {
                 (
                     b"upr.ingest.side_event_held".to_vec(),
                     None,
-                    serde_json::json!({"country": "AD", "session": 1, "held_on": "2025-01-22",
+                    serde_json::json!({"country": "AD", "session": 1, "held_on": SIDE_EVENT_DAY,
                         "title": "x".repeat(300), "topics": vec!["t".repeat(200); 250]})
                     .to_string()
                     .into_bytes(),
@@ -748,7 +740,7 @@ async fn a_hostile_client_cannot_lose_accepted_events_stop_a_service_or_exhaust_
             for i in 0..rounds {
                 let id = uuid::Uuid::new_v4();
                 let payload = serde_json::json!({"event_id": id, "country": "KZ", "session": 48,
-                    "title": format!("{label} {i}"), "held_on": "2025-01-22"})
+                    "title": format!("{label} {i}"), "held_on": SIDE_EVENT_DAY})
                 .to_string();
                 let started = std::time::Instant::now();
                 let seq = loop {

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 use upr_nats::contract::services;
+use upr_tests::fixtures::KZ48_DATE;
 use upr_tests::{NatsServer, TestApp};
 
 /// A server with ingest and the projection, and a client that sends as
@@ -68,7 +69,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
     let e = stack
         .refused(
             "review_scheduled",
-            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "troika": ["AR", "KZ", "SN"]})),
+            kz(json!({"scheduled_for": KZ48_DATE, "troika": ["AR", "KZ", "SN"]})),
         )
         .await;
     assert_eq!(
@@ -85,7 +86,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
     let e = stack
         .refused(
             "review_scheduled",
-            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "troika": ["AR", "VA", "SN"]})),
+            kz(json!({"scheduled_for": KZ48_DATE, "troika": ["AR", "VA", "SN"]})),
         )
         .await;
     assert_eq!(
@@ -96,7 +97,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
     stack
         .record(
             "review_scheduled",
-            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "troika": ["ar", "JP", "SN"]})),
+            kz(json!({"scheduled_for": KZ48_DATE, "troika": ["ar", "JP", "SN"]})),
         )
         .await;
     let e = stack
@@ -165,7 +166,7 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
     let (scheduled, _) = stack
         .record(
             "review_scheduled",
-            kz(json!({"scheduled_for": "2025-01-23T08:30:00Z", "location": "Room XX"})),
+            kz(json!({"scheduled_for": KZ48_DATE, "location": "Room XX"})),
         )
         .await;
     let (side, _) = stack
@@ -227,7 +228,7 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
 
     let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
     assert_eq!(review["status"], "scheduled");
-    assert_eq!(review["scheduled_for"], "2025-01-23T08:30:00Z");
+    assert_eq!(review["scheduled_for"], KZ48_DATE);
     assert_eq!(review["location"], "Room XX");
     assert_eq!(review["side_events"], json!([]));
     let history = review["history"].as_array().unwrap();
@@ -247,17 +248,11 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
 
     let session = &stack.read("upr.query.session.48", seq).await["session"];
     assert_eq!(session["side_events"], 0);
-    assert_eq!(
-        session["reviews"][0]["scheduled_for"],
-        "2025-01-23T08:30:00Z"
-    );
+    assert_eq!(session["reviews"][0]["scheduled_for"], KZ48_DATE);
     assert_eq!(session["reviews"][0]["side_events"], 0);
     let country = &stack.read("upr.query.country.KZ", seq).await["country"];
     assert_eq!(country["side_events"], 0);
-    assert_eq!(
-        country["reviews"][0]["scheduled_for"],
-        "2025-01-23T08:30:00Z"
-    );
+    assert_eq!(country["reviews"][0]["scheduled_for"], KZ48_DATE);
 
     // A retraction cannot be retracted, nor an event twice.
     stack

@@ -16,6 +16,7 @@ use std::{
 
 use async_nats::jetstream;
 use upr_nats::contract::{self, services};
+use upr_tests::fixtures::{KZ48_DATE, kz48_schedule_text};
 use upr_tests::{NatsCluster, NatsServer, ServiceProcess, eventually};
 use yaml_rust2::{Yaml, YamlLoader, yaml::Hash};
 
@@ -1040,7 +1041,7 @@ async fn a_publisher_cannot_write_the_event_log_or_delete_a_stream() {
     let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
     ingest.wait_healthy().await;
     let publisher = nats.client_as("publisher").await;
-    publish_review_scheduled(&publisher, "2025-01-23T08:30:00Z").await;
+    publish_review_scheduled(&publisher, KZ48_DATE).await;
 
     // Around ingest, straight into the log: refused.
     let js = jetstream::ContextBuilder::new()
@@ -1094,7 +1095,7 @@ async fn a_reader_cannot_publish_intake() {
     let ingest = start_service(&nats, services::INGEST, "ingest", &[]);
     ingest.wait_healthy().await;
     let reader = nats.client_as("reader").await;
-    let payload = r#"{"country":"KZ","session":48,"scheduled_for":"2025-01-23T08:30:00Z"}"#;
+    let payload = kz48_schedule_text();
     let answer = tokio::time::timeout(
         Duration::from_secs(1),
         reader.request("upr.ingest.review_scheduled", payload.into()),

@@ -11,6 +11,7 @@ use async_nats::{
 use futures::{StreamExt, stream::FuturesUnordered};
 use serde_json::{Value, json};
 use upr_nats::contract::{self, services, subjects};
+use upr_tests::fixtures::{KZ48_DATE, KZ48_NEW_DATE, SIDE_EVENT_DAY};
 use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -119,7 +120,7 @@ async fn stream_count(js: &jetstream::Context, name: &str) -> u64 {
 }
 
 fn scheduled(country: &str, session: u32) -> Value {
-    json!({"country": country, "session": session, "scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva"})
+    json!({"country": country, "session": session, "scheduled_for": KZ48_DATE, "location": "Geneva"})
 }
 
 fn review(country: &str, session: u32) -> Value {
@@ -159,7 +160,7 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
     let r = g
         .accept(
             "review_scheduled",
-            json!({"event_id": id, "country": "kz", "session": 48, "scheduled_for": "2025-01-23T08:30:00Z",
+            json!({"event_id": id, "country": "kz", "session": 48, "scheduled_for": KZ48_DATE,
                    "location": "Geneva", "occurred_at": "2024-11-06T11:00:00+01:00", "source": "UPR Info"}),
         )
         .await;
@@ -181,7 +182,7 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
         serde_json::to_string(&env).unwrap(),
         serde_json::to_string(&json!({"id": id, "type": "review_scheduled", "schema": 2, "country": "KZ", "session": 48,
             "occurred_at": "2024-11-06T10:00:00Z", "recorded_at": recorded_at, "source": "UPR Info",
-            "data": {"scheduled_for": "2025-01-23T08:30:00Z", "location": "Geneva"}}))
+            "data": {"scheduled_for": KZ48_DATE, "location": "Geneva"}}))
         .unwrap(),
         "exact envelope, keys in contract order"
     );
@@ -196,15 +197,15 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
     let rest = [
         (
             "side_event_held",
-            json!({"country": "KZ", "session": 48, "title": "Civic space in Kazakhstan", "held_on": "2025-01-22",
+            json!({"country": "KZ", "session": 48, "title": "Civic space in Kazakhstan", "held_on": SIDE_EVENT_DAY,
                    "speakers": [{"name": "A. Speaker", "role": "NGO"}], "participating_states": 40, "topics": ["press"]}),
             json!({"title": "Civic space in Kazakhstan", "held_on": "2025-01-22T00:00:00Z",
                    "speakers": [{"name": "A. Speaker", "role": "NGO"}], "participating_states": 40, "topics": ["press"]}),
         ),
         (
             "review_rescheduled",
-            json!({"country": "KZ", "session": 48, "scheduled_for": "2025-01-24T08:30:00Z", "reason": "Room"}),
-            json!({"scheduled_for": "2025-01-24T08:30:00Z", "reason": "Room"}),
+            json!({"country": "KZ", "session": 48, "scheduled_for": KZ48_NEW_DATE, "reason": "Room"}),
+            json!({"scheduled_for": KZ48_NEW_DATE, "reason": "Room"}),
         ),
         (
             "review_held",
@@ -492,7 +493,7 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
     // A retried lifecycle event whose re-decision would be a conflict.
     let held = with(review("KZ", 48), "event_id", uuid().into());
     let held_first = g.accept("review_held", held.clone()).await;
-    let side = json!({"country": "KZ", "session": 48, "title": "Side", "held_on": "2025-01-22", "event_id": uuid()});
+    let side = json!({"country": "KZ", "session": 48, "title": "Side", "held_on": SIDE_EVENT_DAY, "event_id": uuid()});
     let side_first = g.accept("side_event_held", side.clone()).await;
     let held_again = g.accept("review_held", held.clone()).await;
     assert_eq!(
@@ -525,7 +526,7 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
         .unwrap();
     g.accept(
         "side_event_held",
-        json!({"country": "KZ", "session": 48, "title": "Later", "held_on": "2025-01-22"}),
+        json!({"country": "KZ", "session": 48, "title": "Later", "held_on": SIDE_EVENT_DAY}),
     )
     .await;
     assert_eq!(g.events_count().await, 4);
@@ -539,7 +540,7 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
 async fn every_lifecycle_rule_is_enforced() {
     let g = Given::ingest().await;
     let kz = || review("KZ", 48);
-    let resched = || with(kz(), "scheduled_for", "2025-01-24T08:30:00Z".into());
+    let resched = || with(kz(), "scheduled_for", KZ48_NEW_DATE.into());
     for ty in ["review_rescheduled", "review_cancelled", "review_held"] {
         let p = if ty == "review_rescheduled" {
             resched()
@@ -680,7 +681,7 @@ async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_eac
         for ty in ["review_held", "review_cancelled", "side_event_held"] {
             let client = g.client.clone();
             let p = if ty == "side_event_held" {
-                json!({"country": "KZ", "session": s, "title": "Side", "held_on": "2025-01-22"})
+                json!({"country": "KZ", "session": s, "title": "Side", "held_on": SIDE_EVENT_DAY})
             } else {
                 review("KZ", s)
             };
@@ -735,7 +736,7 @@ async fn a_burst_across_many_reviews_stores_exactly_the_accepted_events() {
         for s in 1..=REVIEWS {
             requests.push((
                 "side_event_held",
-                json!({"country": "FR", "session": s, "title": format!("Side {i}"), "held_on": "2025-01-22",
+                json!({"country": "FR", "session": s, "title": format!("Side {i}"), "held_on": SIDE_EVENT_DAY,
                        "participating_states": 40}),
             ));
         }
@@ -764,7 +765,7 @@ async fn ingest_survives_nats_restarting_under_it_and_leaves_nothing_half_done()
     // or lost with the connection; retrying with the same event_id afterwards
     // must never store a second copy.
     let ids: Vec<String> = (0..200).map(|_| uuid()).collect();
-    let side = |id: &str| json!({"country": "KZ", "session": 48, "title": "Side", "held_on": "2025-01-22", "event_id": id});
+    let side = |id: &str| json!({"country": "KZ", "session": 48, "title": "Side", "held_on": SIDE_EVENT_DAY, "event_id": id});
     let in_flight: Vec<_> = ids
         .iter()
         .map(|id| {

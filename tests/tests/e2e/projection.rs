@@ -19,6 +19,7 @@ use upr_nats::contract::{
     self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET, services,
     subjects,
 };
+use upr_tests::fixtures::{KZ48_DATE, KZ48_NEW_DATE, REPORT_DAY, SIDE_EVENT_DAY};
 use upr_tests::{ServiceProcess, TestApp, eventually};
 use uuid::Uuid;
 
@@ -241,7 +242,7 @@ fn scenario() -> Vec<Envelope> {
         event(
             1,
             "review_scheduled",
-            json!({"country": "kz", "session": 48, "scheduled_for": "2025-01-23T08:30:00Z", "occurred_at": at(1)}),
+            json!({"country": "kz", "session": 48, "scheduled_for": KZ48_DATE, "occurred_at": at(1)}),
         ),
         event(
             2,
@@ -251,13 +252,13 @@ fn scenario() -> Vec<Envelope> {
         event(
             3,
             "side_event_held",
-            json!({"country": "FR", "session": 48, "title": "Civil society briefing", "held_on": "2025-01-22",
+            json!({"country": "FR", "session": 48, "title": "Civil society briefing", "held_on": SIDE_EVENT_DAY,
             "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12, "topics": ["press freedom"], "occurred_at": at(3)}),
         ),
         event(
             4,
             "review_rescheduled",
-            json!({"country": "KZ", "session": 48, "scheduled_for": "2025-01-24T08:30:00Z", "reason": "room", "occurred_at": at(4)}),
+            json!({"country": "KZ", "session": 48, "scheduled_for": KZ48_NEW_DATE, "reason": "room", "occurred_at": at(4)}),
         ),
         event(
             5,
@@ -283,7 +284,7 @@ fn scenario() -> Vec<Envelope> {
         event(
             9,
             "report_published",
-            json!({"country": "KZ", "session": 48, "published_on": "2025-03-01", "document_symbol": "A/HRC/59/10",
+            json!({"country": "KZ", "session": 48, "published_on": REPORT_DAY, "document_symbol": "A/HRC/59/10",
             "recommendations": {"total": 300, "supported": 250, "noted": 50}, "occurred_at": at(9)}),
         ),
         event(
@@ -328,7 +329,7 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
         "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12, "topics": ["press freedom"]});
     let kz48 = json!({
         "country": "KZ", "country_name": "Kazakhstan", "session": 48, "cycle": 4, "status": "reported",
-        "scheduled_for": "2025-01-24T08:30:00Z", "location": "Geneva", "troika": null,
+        "scheduled_for": KZ48_NEW_DATE, "location": "Geneva", "troika": null,
         "history": history(&[("review_scheduled", 1), ("review_rescheduled", 4), ("side_event_held", 5), ("review_held", 8), ("report_published", 9)]),
         "side_events": [kz_side], "report": report(), "outcome": null, "last_seq": 9,
     });
@@ -349,7 +350,7 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
     let s48 = json!({
         "session": 48, "cycle": 4,
         "reviews": [
-            {"country": "KZ", "country_name": "Kazakhstan", "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z", "side_events": 1},
+            {"country": "KZ", "country_name": "Kazakhstan", "status": "reported", "scheduled_for": KZ48_NEW_DATE, "side_events": 1},
             {"country": "AR", "country_name": "Argentina", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z", "side_events": 0},
             {"country": "CH", "country_name": "Switzerland", "status": "scheduled", "scheduled_for": "2025-01-27T09:00:00Z", "side_events": 0},
             {"country": "FR", "country_name": "France", "status": null, "scheduled_for": null, "side_events": 1},
@@ -362,7 +363,7 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
         "country": "KZ", "country_name": "Kazakhstan",
         "reviews": [
             {"session": 47, "cycle": 4, "status": "scheduled", "scheduled_for": "2024-11-10T08:30:00Z"},
-            {"session": 48, "cycle": 4, "status": "reported", "scheduled_for": "2025-01-24T08:30:00Z"},
+            {"session": 48, "cycle": 4, "status": "reported", "scheduled_for": KZ48_NEW_DATE},
         ],
         "side_events": 1,
         "reports": [{"session": 48, "published_on": "2025-03-01T00:00:00Z", "document_symbol": "A/HRC/59/10"}],

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use upr_nats::contract::{self, services};
 use upr_schema as schema;
+use upr_tests::fixtures::SIDE_EVENT_DAY;
 use upr_tests::{NatsServer, ServiceProcess};
 
 fn validators() -> HashMap<String, Validator> {
@@ -91,7 +92,7 @@ async fn every_message_the_services_send_validates_against_its_schema() {
         ),
         (
             "side_event_held",
-            json!({"country": "KZ", "session": 48, "title": "Civic space", "held_on": "2025-01-22",
+            json!({"country": "KZ", "session": 48, "title": "Civic space", "held_on": SIDE_EVENT_DAY,
                    "speakers": [{"name": "A. Speaker", "role": "NGO"}], "participating_states": 40, "topics": ["assembly"]}),
         ),
         (
