@@ -11,23 +11,36 @@
 //! Tests that need a server of their own kind (the shipped configuration, a
 //! cluster) use [`NatsServer`] and [`ServiceProcess`] directly.
 
-use std::{path::PathBuf, time::Duration};
+use std::{borrow::Borrow, collections::BTreeMap, path::PathBuf, time::Duration};
 
 use async_nats::{
-    Client,
-    jetstream::{self, message::PublishMessage},
+    Client, HeaderMap,
+    jetstream::{
+        self,
+        consumer::{DeliverPolicy, pull},
+        message::PublishMessage,
+    },
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use upr_domain::Envelope;
-use upr_nats::contract::{self, services, subjects};
+use upr_domain::{Envelope, ReadModels};
+use upr_nats::contract::{
+    self, COUNTRIES_BUCKET, REVIEWS_BUCKET, SESSIONS_BUCKET, services, subjects,
+};
 
 use crate::{NatsServer, ServiceProcess, eventually};
 
 /// How long [`TestApp`] waits for a service to answer after it is healthy,
 /// and for the projection to catch up.
 const READY: Duration = Duration::from_secs(20);
+
+/// The read-model buckets, in the order [`Snapshot`]s list them.
+pub const READ_MODEL_BUCKETS: [&str; 3] = [REVIEWS_BUCKET, SESSIONS_BUCKET, COUNTRIES_BUCKET];
+
+/// bucket -> key -> value, as stored ([`TestApp::snapshot`]) or as the
+/// domain folds it ([`TestApp::pure_fold`]).
+pub type Snapshot = BTreeMap<String, BTreeMap<String, String>>;
 
 /// What [`TestApp::builder`] starts.
 #[derive(Default)]
@@ -354,10 +367,92 @@ impl TestApp {
     }
 
     /// A command that must be accepted; the reply (`event_id`, `seq`, ...).
-    pub async fn accept(&self, ty: &str, payload: &Value) -> Value {
+    pub async fn accept(&self, ty: &str, payload: impl Borrow<Value>) -> Value {
+        let payload = payload.borrow();
         let reply = self.command(ty, payload).await;
         assert_eq!(reply["ok"], true, "{ty} {payload} -> {reply}");
         reply
+    }
+
+    /// Records an event that must be accepted; returns `(event_id, seq)`.
+    pub async fn record(&self, ty: &str, payload: impl Borrow<Value>) -> (String, u64) {
+        let reply = self.accept(ty, payload).await;
+        (
+            reply["event_id"].as_str().unwrap().to_owned(),
+            reply["seq"].as_u64().unwrap(),
+        )
+    }
+
+    /// A command that must be refused; the reply's `error`.
+    pub async fn refused(&self, ty: &str, payload: impl Borrow<Value>) -> Value {
+        let reply = self.command(ty, payload.borrow()).await;
+        assert_eq!(reply["ok"], false, "{ty} was accepted: {reply}");
+        reply["error"].clone()
+    }
+
+    /// A command refused with `code`, the message saying `says`.
+    pub async fn refused_saying(
+        &self,
+        ty: &str,
+        payload: impl Borrow<Value>,
+        code: &str,
+        says: &str,
+    ) {
+        let e = self.refused(ty, payload).await;
+        assert_eq!(e["code"], code, "{e}");
+        let message = e["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{message:?} does not say {says:?}");
+    }
+
+    /// `nats req upr.ingest.<ty> '<payload>'` with any bytes, not only JSON;
+    /// the reply, which must come within 5 s and be JSON.
+    pub async fn req(&self, ty: &str, payload: impl Into<Vec<u8>>) -> Value {
+        let subject = format!("{}{ty}", subjects::INGEST_PREFIX);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.client.request(subject.clone(), payload.into().into()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no reply on {subject} within 5 s"))
+        .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
+        serde_json::from_slice(&reply.payload)
+            .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {:?}", reply.payload))
+    }
+
+    /// [`TestApp::req`] with a JSON payload.
+    pub async fn req_json(&self, ty: &str, payload: Value) -> Value {
+        self.req(ty, payload.to_string()).await
+    }
+
+    /// A query that must succeed, with `payload` as sent.
+    pub async fn query_ok(&self, subject: &str, payload: &str) -> Value {
+        let v = self.request(subject, payload.to_string()).await;
+        assert_eq!(v["ok"], true, "{subject} {payload}: {v}");
+        v
+    }
+
+    /// A query that must be refused with `code` naming `field`, and a message.
+    pub async fn query_err(&self, subject: &str, payload: &str, code: &str, field: Option<&str>) {
+        let v = self.request(subject, payload.to_string()).await;
+        assert_eq!(v["ok"], false, "{subject} {payload}: {v}");
+        assert_eq!(v["error"]["code"], code, "{subject} {payload}: {v}");
+        assert_eq!(
+            v["error"]["field"],
+            field.map_or(Value::Null, Value::from),
+            "{subject} {payload}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+
+    /// The data of the first endpoint in the micro service `name`'s STATS.
+    pub async fn service_stats(&self, name: &str) -> Value {
+        let v = self.request(&format!("$SRV.STATS.{name}"), "").await;
+        v["endpoints"][0]["data"].clone()
     }
 
     /// A query answered once the projection has applied `seq` (`min_seq`),
@@ -413,5 +508,134 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("stream {name}: {e}"))
             .state
             .messages
+    }
+
+    /// How many events the event log holds.
+    pub async fn events_count(&self) -> u64 {
+        self.stream_messages(contract::EVENTS_STREAM).await
+    }
+
+    /// How many rejection records `UPR_REJECTED` holds.
+    pub async fn rejected_count(&self) -> u64 {
+        self.stream_messages(contract::REJECTED_STREAM).await
+    }
+
+    /// Subject, headers and JSON of the stored event `seq`.
+    pub async fn stored(&self, seq: u64) -> (String, HeaderMap, Value) {
+        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+        let m = stream.get_raw_message(seq).await.unwrap();
+        (
+            m.subject.to_string(),
+            m.headers,
+            serde_json::from_slice(&m.payload).unwrap(),
+        )
+    }
+
+    /// Every stored event as (subject, JSON).
+    pub async fn all_events(&self) -> Vec<(String, Value)> {
+        let n = self.events_count().await;
+        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+        let mut out = Vec::new();
+        for seq in 1..=n {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            out.push((
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+        out
+    }
+
+    /// The value under `key` in the bucket `bucket`, as text.
+    pub async fn kv_get(&self, bucket: &str, key: &str) -> Option<String> {
+        let kv = self.js.get_key_value(bucket).await.expect("bucket");
+        kv.get(key)
+            .await
+            .expect("kv get")
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    /// Every key of the three read-model buckets.
+    pub async fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::new();
+        for bucket in READ_MODEL_BUCKETS {
+            let kv = self.js.get_key_value(bucket).await.expect("bucket");
+            let keys: Vec<String> = kv
+                .keys()
+                .await
+                .expect("keys")
+                .try_collect()
+                .await
+                .expect("keys");
+            let mut values = BTreeMap::new();
+            for key in keys {
+                let v = kv
+                    .get(&key)
+                    .await
+                    .expect("get")
+                    .expect("listed key has a value");
+                values.insert(key, String::from_utf8(v.to_vec()).unwrap());
+            }
+            out.insert(bucket.to_string(), values);
+        }
+        out
+    }
+
+    /// The domain's pure fold of every valid event in the stream: what the
+    /// read models must hold once the projection has caught up.
+    pub async fn pure_fold(&self) -> Snapshot {
+        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer.messages().await.unwrap();
+            while let Some(m) = messages.next().await {
+                let m = m.unwrap();
+                let info = m.info().unwrap();
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                if let Ok(e) = Envelope::from_json(&m.payload)
+                    && subjects::event(e.country, e.session, e.event_type()) == m.subject.as_str()
+                {
+                    events.push((seq, e));
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        let models = ReadModels::fold(events.iter().map(|(s, e)| (*s, e)));
+        let mut out = Snapshot::new();
+        let as_text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        out.insert(
+            REVIEWS_BUCKET.into(),
+            models
+                .reviews
+                .values()
+                .map(|v| (v.kv_key(), as_text(v.to_json())))
+                .collect(),
+        );
+        out.insert(
+            SESSIONS_BUCKET.into(),
+            models
+                .sessions
+                .values()
+                .map(|v| (v.kv_key(), as_text(v.to_json())))
+                .collect(),
+        );
+        out.insert(
+            COUNTRIES_BUCKET.into(),
+            models
+                .countries
+                .values()
+                .map(|v| (v.kv_key(), as_text(v.to_json())))
+                .collect(),
+        );
+        out
     }
 }

@@ -8,47 +8,8 @@ use upr_tests::{NatsServer, TestApp};
 
 /// A server with ingest and the projection, and a client that sends as
 /// people do (`nats req`).
-struct Stack {
-    app: TestApp,
-}
-
-impl Stack {
-    async fn start() -> Self {
-        let app = TestApp::builder().ingest().projection().start().await;
-        Self { app }
-    }
-
-    async fn request(&self, subject: &str, payload: Value) -> Value {
-        self.app.request(subject, payload.to_string()).await
-    }
-
-    /// Records an event; returns `(event_id, seq)`.
-    async fn record(&self, ty: &str, payload: Value) -> (String, u64) {
-        let reply = self.app.accept(ty, &payload).await;
-        (
-            reply["event_id"].as_str().unwrap().to_owned(),
-            reply["seq"].as_u64().unwrap(),
-        )
-    }
-
-    async fn refused(&self, ty: &str, payload: Value) -> Value {
-        let reply = self.app.command(ty, &payload).await;
-        assert_eq!(reply["ok"], false, "{ty} was accepted: {reply}");
-        reply["error"].clone()
-    }
-
-    /// Refused with `code`, the message saying `says`.
-    async fn refused_saying(&self, ty: &str, payload: Value, code: &str, says: &str) {
-        let e = self.refused(ty, payload).await;
-        assert_eq!(e["code"], code, "{e}");
-        let message = e["message"].as_str().unwrap_or_default();
-        assert!(message.contains(says), "{message:?} does not say {says:?}");
-    }
-
-    /// A query answered once the projection has applied `seq`.
-    async fn read(&self, subject: &str, seq: u64) -> Value {
-        self.app.query(subject, seq).await
-    }
+async fn stack() -> TestApp {
+    TestApp::builder().ingest().projection().start().await
 }
 
 #[allow(
@@ -65,7 +26,7 @@ fn kz(extra: Value) -> Value {
 
 #[tokio::test]
 async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let e = stack
         .refused(
             "review_scheduled",
@@ -130,7 +91,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
         )
         .await;
 
-    let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
+    let review = &stack.query("upr.query.review.KZ.48", seq).await["review"];
     assert_eq!(review["status"], "adopted");
     assert_eq!(review["troika"], json!(["AR", "JP", "SN"]));
     assert_eq!(
@@ -142,7 +103,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
         (review["cycle"].as_u64(), review["country_name"].as_str()),
         (Some(4), Some("Kazakhstan"))
     );
-    let session = &stack.read("upr.query.session.48", seq).await["session"];
+    let session = &stack.query("upr.query.session.48", seq).await["session"];
     assert_eq!(session["reviews"][0]["status"], "adopted");
     let e = stack
         .refused(
@@ -162,7 +123,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
     reason = "an end-to-end scenario: its steps, read in order, are the specification"
 )]
 async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     let (scheduled, _) = stack
         .record(
             "review_scheduled",
@@ -226,7 +187,7 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
         )
         .await;
 
-    let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
+    let review = &stack.query("upr.query.review.KZ.48", seq).await["review"];
     assert_eq!(review["status"], "scheduled");
     assert_eq!(review["scheduled_for"], KZ48_DATE);
     assert_eq!(review["location"], "Room XX");
@@ -246,11 +207,11 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
     assert_eq!(history[3]["event_id"], retraction.as_str());
     assert_eq!(history[3]["retracted"], Value::Null);
 
-    let session = &stack.read("upr.query.session.48", seq).await["session"];
+    let session = &stack.query("upr.query.session.48", seq).await["session"];
     assert_eq!(session["side_events"], 0);
     assert_eq!(session["reviews"][0]["scheduled_for"], KZ48_DATE);
     assert_eq!(session["reviews"][0]["side_events"], 0);
-    let country = &stack.read("upr.query.country.KZ", seq).await["country"];
+    let country = &stack.query("upr.query.country.KZ", seq).await["country"];
     assert_eq!(country["side_events"], 0);
     assert_eq!(country["reviews"][0]["scheduled_for"], KZ48_DATE);
 
@@ -278,12 +239,12 @@ async fn retracting_a_reschedule_restores_the_first_date_everywhere() {
             kz(json!({"retracts": scheduled, "reason": "no such review"})),
         )
         .await;
-    let review = &stack.read("upr.query.review.KZ.48", seq).await["review"];
+    let review = &stack.query("upr.query.review.KZ.48", seq).await["review"];
     assert_eq!(
         (review["status"].clone(), review["scheduled_for"].clone()),
         (Value::Null, Value::Null)
     );
-    let session = &stack.read("upr.query.session.48", seq).await["session"];
+    let session = &stack.query("upr.query.session.48", seq).await["session"];
     assert_eq!(
         session["reviews"],
         json!([]),
@@ -309,7 +270,7 @@ fn events(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
 
 #[tokio::test]
 async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of_adding_one() {
-    let stack = Stack::start().await;
+    let stack = stack().await;
     stack
         .record(
             "review_scheduled",
@@ -326,7 +287,7 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
         .record("review_cancelled", json!({"country": "BO", "session": 48}))
         .await;
     let calendar = |subject: &'static str, seq: u64| {
-        let client = stack.app.client().clone();
+        let client = stack.client().clone();
         async move {
             let reply = client
                 .request(subject, json!({"min_seq": seq}).to_string().into())
@@ -371,7 +332,9 @@ async fn the_calendar_is_icalendar_and_a_reschedule_changes_the_event_instead_of
     assert_eq!(after[0]["DTSTART"], "20310124T083000Z");
     assert_eq!(after[0]["SEQUENCE"], "1", "a newer version of it");
 
-    let wrong = stack.request("upr.query.calendar.XX", json!({})).await;
+    let wrong = stack
+        .request("upr.query.calendar.XX", json!({}).to_string())
+        .await;
     assert_eq!(wrong["error"]["field"], "country", "{wrong}");
 }
 
@@ -404,8 +367,8 @@ fn example_file() -> String {
 
 #[tokio::test]
 async fn importing_the_example_calendar_twice_stores_it_once() {
-    let stack = Stack::start().await;
-    let url = stack.app.url();
+    let stack = stack().await;
+    let url = stack.url();
     let file = example_file();
     let (ok, out) = import(&url, &[&file], &[]).await;
     assert!(ok, "{out}");
@@ -419,12 +382,14 @@ async fn importing_the_example_calendar_twice_stores_it_once() {
         out.ends_with(": 16 rows: 0 accepted, 16 duplicate, 0 refused\n"),
         "{out}"
     );
-    let status = stack.request("upr.query.status", json!({})).await;
+    let status = stack
+        .request("upr.query.status", json!({}).to_string())
+        .await;
     assert_eq!(
         status["stream_last_seq"], 16,
         "nothing stored twice: {status}"
     );
-    let session = &stack.read("upr.query.session.99", 16).await["session"];
+    let session = &stack.query("upr.query.session.99", 16).await["session"];
     assert_eq!(session["reviews"].as_array().unwrap().len(), 14);
     assert_eq!(session["side_events"], 2);
 

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use async_nats::{
-    Client, HeaderMap,
+    Client,
     jetstream::{self, stream},
 };
 use futures::{StreamExt, stream::FuturesUnordered};
@@ -16,83 +16,16 @@ use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A server with one ingest replica and a client.
-struct Given {
-    app: TestApp,
-    client: Client,
-    js: jetstream::Context,
-}
-
-impl Given {
-    async fn ingest() -> Self {
-        Self::ingest_with(1, &[]).await
+/// A server with `replicas` ingest replicas, each with `env`.
+async fn ingest_with(replicas: usize, env: &[(&str, &str)]) -> TestApp {
+    let mut builder = TestApp::builder();
+    for (var, value) in env {
+        builder = builder.env(var, value);
     }
-
-    async fn ingest_with(replicas: usize, env: &[(&str, &str)]) -> Self {
-        let mut builder = TestApp::builder();
-        for (var, value) in env {
-            builder = builder.env(var, value);
-        }
-        for _ in 0..replicas {
-            builder = builder.ingest();
-        }
-        let app = builder.start().await;
-        Self {
-            client: app.client().clone(),
-            js: app.js().clone(),
-            app,
-        }
+    for _ in 0..replicas {
+        builder = builder.ingest();
     }
-
-    /// `nats req upr.ingest.<ty> '<payload>'`.
-    async fn req(&self, ty: &str, payload: impl Into<Vec<u8>>) -> Value {
-        req(&self.client, ty, payload).await
-    }
-
-    async fn req_json(&self, ty: &str, payload: Value) -> Value {
-        self.req(ty, payload.to_string()).await
-    }
-
-    /// A request that must be accepted; returns the reply.
-    async fn accept(&self, ty: &str, payload: Value) -> Value {
-        let reply = self.req_json(ty, payload.clone()).await;
-        assert_eq!(reply["ok"], true, "{ty} {payload} -> {reply}");
-        reply
-    }
-
-    async fn events_count(&self) -> u64 {
-        self.app.stream_messages(contract::EVENTS_STREAM).await
-    }
-
-    async fn rejected_count(&self) -> u64 {
-        self.app.stream_messages(contract::REJECTED_STREAM).await
-    }
-
-    /// Subject, headers and JSON of one stored event.
-    async fn stored(&self, seq: u64) -> (String, HeaderMap, Value) {
-        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
-        let m = stream.get_raw_message(seq).await.unwrap();
-        (
-            m.subject.to_string(),
-            m.headers,
-            serde_json::from_slice(&m.payload).unwrap(),
-        )
-    }
-
-    /// Every stored event as (subject, JSON).
-    async fn all_events(&self) -> Vec<(String, Value)> {
-        let n = self.events_count().await;
-        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
-        let mut out = Vec::new();
-        for seq in 1..=n {
-            let m = stream.get_raw_message(seq).await.unwrap();
-            out.push((
-                m.subject.to_string(),
-                serde_json::from_slice(&m.payload).unwrap(),
-            ));
-        }
-        out
-    }
+    builder.start().await
 }
 
 async fn req(client: &Client, ty: &str, payload: impl Into<Vec<u8>>) -> Value {
@@ -155,7 +88,7 @@ fn assert_refused(reply: &Value, code: &str, field: Option<&str>) {
 
 #[tokio::test]
 async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subject() {
-    let g = Given::ingest().await;
+    let g = TestApp::builder().ingest().start().await;
     let id = uuid();
     let r = g
         .accept(
@@ -255,9 +188,9 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
 
 #[tokio::test]
 async fn a_plain_publish_is_stored_without_a_reply() {
-    let g = Given::ingest().await;
+    let g = TestApp::builder().ingest().start().await;
     let id = uuid();
-    g.client
+    g.client()
         .publish(
             "upr.ingest.review_scheduled",
             with(scheduled("KZ", 48), "event_id", id.clone().into())
@@ -286,9 +219,9 @@ async fn a_plain_publish_is_stored_without_a_reply() {
     reason = "a table of every error code with its field, checked in one pass against one server"
 )]
 async fn every_error_code_names_its_field_and_every_refusal_is_announced_and_kept() {
-    let g = Given::ingest().await;
-    let mut announced = g.client.subscribe(subjects::REJECTED).await.unwrap();
-    g.client.flush().await.unwrap();
+    let g = TestApp::builder().ingest().start().await;
+    let mut announced = g.client().subscribe(subjects::REJECTED).await.unwrap();
+    g.client().flush().await.unwrap();
     g.accept("review_scheduled", scheduled("KZ", 48)).await;
 
     let big = format!(
@@ -411,11 +344,11 @@ async fn every_error_code_names_its_field_and_every_refusal_is_announced_and_kep
         assert_refused(&reply, code, *field);
     }
     // Refusals of plain publishes leave the same trace.
-    g.client
+    g.client()
         .publish("upr.ingest.review_held", "not json".into())
         .await
         .unwrap();
-    g.client
+    g.client()
         .publish("upr.ingest.nope", "{}".into())
         .await
         .unwrap();
@@ -453,7 +386,7 @@ async fn every_error_code_names_its_field_and_every_refusal_is_announced_and_kep
 
     // STATS of the intake endpoint count outcomes by code.
     let reply = g
-        .client
+        .client()
         .request(format!("$SRV.STATS.{}", services::INGEST), "".into())
         .await
         .unwrap();
@@ -468,7 +401,7 @@ async fn every_error_code_names_its_field_and_every_refusal_is_announced_and_kep
 
 #[tokio::test]
 async fn a_lowercase_country_is_stored_upper_case() {
-    let g = Given::ingest().await;
+    let g = TestApp::builder().ingest().start().await;
     let r = g.accept("review_scheduled", scheduled("kz", 48)).await;
     let (subject, _, env) = g.stored(r["seq"].as_u64().unwrap()).await;
     assert_eq!(
@@ -480,7 +413,7 @@ async fn a_lowercase_country_is_stored_upper_case() {
 #[tokio::test]
 async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() {
     // A 1 s server window: later duplicates are caught by the review's history.
-    let mut g = Given::ingest_with(1, &[("UPR_DEDUP_WINDOW", "1s")]).await;
+    let mut g = ingest_with(1, &[("UPR_DEDUP_WINDOW", "1s")]).await;
     let sched = with(scheduled("KZ", 48), "event_id", uuid().into());
     let first = g.accept("review_scheduled", sched.clone()).await;
     let again = g.accept("review_scheduled", sched.clone()).await;
@@ -503,9 +436,9 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
 
     // After the server window and with a fresh ingest (empty cache).
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    g.app.ingest_mut().restart();
-    g.app.ingest().wait_healthy().await;
-    g.app.wait_intake_endpoints(1).await;
+    g.ingest_mut().restart();
+    g.ingest().wait_healthy().await;
+    g.wait_intake_endpoints(1).await;
     for (ty, payload, original) in [
         ("review_scheduled", &sched, &first),
         ("review_held", &held, &held_first),
@@ -520,7 +453,7 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
     }
     assert_eq!(g.events_count().await, 3);
     // The same id in a plain publish does not add a copy either.
-    g.client
+    g.client()
         .publish("upr.ingest.review_held", held.to_string().into())
         .await
         .unwrap();
@@ -538,7 +471,7 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
     reason = "a table of every lifecycle rule, checked in one pass against one server"
 )]
 async fn every_lifecycle_rule_is_enforced() {
-    let g = Given::ingest().await;
+    let g = TestApp::builder().ingest().start().await;
     let kz = || review("KZ", 48);
     let resched = || with(kz(), "scheduled_for", KZ48_NEW_DATE.into());
     for ty in ["review_rescheduled", "review_cancelled", "review_held"] {
@@ -655,12 +588,12 @@ async fn every_lifecycle_rule_is_enforced() {
 #[tokio::test]
 async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_each_race() {
     const REVIEWS: u32 = 40;
-    let g = Given::ingest_with(2, &[]).await;
+    let g = ingest_with(2, &[]).await;
     // Race 1: two different review_scheduled for each new review.
     let mut race = FuturesUnordered::new();
     for s in 1..=REVIEWS {
         for location in ["Geneva", "New York"] {
-            let client = g.client.clone();
+            let client = g.client().clone();
             let p = with(scheduled("KZ", s), "location", location.into());
             race.push(async move { (s, req(&client, "review_scheduled", p.to_string()).await) });
         }
@@ -679,7 +612,7 @@ async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_eac
     let mut race = FuturesUnordered::new();
     for s in 1..=REVIEWS {
         for ty in ["review_held", "review_cancelled", "side_event_held"] {
-            let client = g.client.clone();
+            let client = g.client().clone();
             let p = if ty == "side_event_held" {
                 json!({"country": "KZ", "session": s, "title": "Side", "held_on": SIDE_EVENT_DAY})
             } else {
@@ -726,7 +659,7 @@ async fn two_replicas_racing_on_the_same_reviews_let_exactly_one_command_win_eac
 async fn a_burst_across_many_reviews_stores_exactly_the_accepted_events() {
     const REVIEWS: u32 = 300;
     const SIDE_EVENTS: u32 = 9;
-    let g = Given::ingest().await;
+    let g = TestApp::builder().ingest().start().await;
     // Schedules first (each review in order), then side events, all pipelined.
     let mut requests = Vec::new();
     for s in 1..=REVIEWS {
@@ -742,7 +675,7 @@ async fn a_burst_across_many_reviews_stores_exactly_the_accepted_events() {
         }
     }
     let total = requests.len();
-    let client = g.client.clone();
+    let client = g.client().clone();
     let accepted = futures::stream::iter(requests)
         .map(|(ty, p)| {
             let client = client.clone();
@@ -758,7 +691,7 @@ async fn a_burst_across_many_reviews_stores_exactly_the_accepted_events() {
 
 #[tokio::test]
 async fn ingest_survives_nats_restarting_under_it_and_leaves_nothing_half_done() {
-    let mut g = Given::ingest().await;
+    let mut g = TestApp::builder().ingest().start().await;
     g.accept("review_scheduled", scheduled("KZ", 48)).await;
 
     // Requests in flight while the server goes away: each is either answered
@@ -769,7 +702,7 @@ async fn ingest_survives_nats_restarting_under_it_and_leaves_nothing_half_done()
     let in_flight: Vec<_> = ids
         .iter()
         .map(|id| {
-            let client = g.client.clone();
+            let client = g.client().clone();
             let payload = side(id).to_string();
             tokio::spawn(async move {
                 client
@@ -779,17 +712,17 @@ async fn ingest_survives_nats_restarting_under_it_and_leaves_nothing_half_done()
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    g.app.nats_mut().stop();
+    g.nats_mut().stop();
     for request in in_flight {
         request.abort();
     }
     assert!(
-        g.app.ingest_mut().try_exit().is_none(),
+        g.ingest_mut().try_exit().is_none(),
         "ingest keeps running without NATS"
     );
-    g.app.nats_mut().restart();
+    g.nats_mut().restart();
 
-    let client = g.app.nats().client().await;
+    let client = g.nats().client().await;
     eventually(Duration::from_secs(20), "ingest answering again", || {
         let client = client.clone();
         async move {
@@ -878,9 +811,9 @@ async fn ingest_refuses_an_incompatible_stream_and_names_the_difference() {
 #[tokio::test]
 async fn when_the_event_stream_does_not_answer_ingest_refuses_with_unavailable_and_resumes_by_itself()
  {
-    let g = Given::ingest().await;
+    let g = TestApp::builder().ingest().start().await;
     g.accept("review_scheduled", scheduled("KZ", 48)).await;
-    g.js.delete_stream(contract::EVENTS_STREAM).await.unwrap();
+    g.js().delete_stream(contract::EVENTS_STREAM).await.unwrap();
 
     let id = uuid();
     let held = with(review("KZ", 48), "event_id", id.clone().into());
@@ -894,7 +827,8 @@ async fn when_the_event_stream_does_not_answer_ingest_refuses_with_unavailable_a
     .await;
 
     // The operator restores the stream; ingest needs no restart.
-    g.js.create_stream(contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW))
+    g.js()
+        .create_stream(contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW))
         .await
         .unwrap();
     g.accept("review_scheduled", scheduled("KZ", 48)).await;
@@ -917,8 +851,8 @@ async fn when_the_event_stream_does_not_answer_ingest_refuses_with_unavailable_a
 /// and is retried by its client, as with any core NATS request.
 #[tokio::test]
 async fn sigterm_keeps_every_accepted_event_and_exits_0() {
-    let mut g = Given::ingest().await;
-    let client = g.client.clone();
+    let mut g = TestApp::builder().ingest().start().await;
+    let client = g.client().clone();
     let requests: FuturesUnordered<_> = (1..=200)
         .map(|s| {
             let client = client.clone();
@@ -942,7 +876,7 @@ async fn sigterm_keeps_every_accepted_event_and_exits_0() {
         (g.events_count().await > 0).then_some(())
     })
     .await;
-    let status = g.app.ingest_mut().terminate(Duration::from_secs(10));
+    let status = g.ingest_mut().terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     let replies = replies.await.unwrap();
     let accepted: Vec<u64> = replies

@@ -2,197 +2,33 @@
 //! `UPR_EVENTS` (as ingest stores them), read models read back with KV gets
 //! and through the `upr.query.*` API exactly as the NATS CLI would.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use async_nats::{
-    Client,
-    jetstream::{
-        self,
-        consumer::{DeliverPolicy, pull},
-        message::PublishMessage,
-    },
-};
-use futures::{StreamExt, TryStreamExt};
+use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
-use upr_domain::{Envelope, ReadModels, Timestamp, parse_intake};
+use upr_domain::{Envelope, Timestamp, parse_intake};
 use upr_nats::contract::{
     self, COUNTRIES_BUCKET, PROJECTION_CONSUMER, REVIEWS_BUCKET, SESSIONS_BUCKET, services,
     subjects,
 };
 use upr_tests::fixtures::{KZ48_DATE, KZ48_NEW_DATE, REPORT_DAY, SIDE_EVENT_DAY};
-use upr_tests::{ServiceProcess, TestApp, eventually};
+use upr_tests::{READ_MODEL_BUCKETS, ServiceProcess, Snapshot, TestApp, eventually};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
-const BUCKETS: [&str; 3] = [REVIEWS_BUCKET, SESSIONS_BUCKET, COUNTRIES_BUCKET];
-
-/// bucket -> key -> value, as stored.
-type Snapshot = BTreeMap<String, BTreeMap<String, String>>;
 
 /// A server with the event log and the projection, and no ingest: tests
-/// store events themselves.
-struct Given {
-    app: TestApp,
-    client: Client,
-    js: jetstream::Context,
-}
-
-impl Given {
-    async fn projection() -> Self {
-        // The event log is ingest's; the projection waits for it.
-        let app = TestApp::builder().event_log().projection().start().await;
-        Self {
-            client: app.client().clone(),
-            js: app.js().clone(),
-            app,
-        }
-    }
-
-    /// Stores an envelope as ingest does; returns its stream sequence.
-    async fn publish(&self, event: &Envelope) -> u64 {
-        self.app.store_event(event).await
-    }
-
-    async fn publish_raw(&self, subject: &str, payload: Vec<u8>, msg_id: &str) -> u64 {
-        self.app.store_raw(subject, payload, msg_id).await
-    }
-
-    async fn request(&self, subject: &str, payload: &str) -> Value {
-        self.app.request(subject, payload.to_string()).await
-    }
-
-    async fn query_ok(&self, subject: &str, payload: &str) -> Value {
-        let v = self.request(subject, payload).await;
-        assert_eq!(v["ok"], true, "{subject} {payload}: {v}");
-        v
-    }
-
-    async fn query_err(&self, subject: &str, payload: &str, code: &str, field: Option<&str>) {
-        let v = self.request(subject, payload).await;
-        assert_eq!(v["ok"], false, "{subject} {payload}: {v}");
-        assert_eq!(v["error"]["code"], code, "{subject} {payload}: {v}");
-        assert_eq!(
-            v["error"]["field"],
-            field.map_or(Value::Null, Value::from),
-            "{subject} {payload}: {v}"
-        );
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{v}"
-        );
-    }
-
-    /// Waits until everything in the stream is applied.
-    async fn caught_up(&self) -> u64 {
-        self.app.caught_up().await
-    }
-
-    async fn kv_get(&self, bucket: &str, key: &str) -> Option<String> {
-        let kv = self.js.get_key_value(bucket).await.expect("bucket");
-        kv.get(key)
-            .await
-            .expect("kv get")
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-    }
-
-    /// Every key of the three buckets.
-    async fn snapshot(&self) -> Snapshot {
-        let mut out = Snapshot::new();
-        for bucket in BUCKETS {
-            let kv = self.js.get_key_value(bucket).await.expect("bucket");
-            let keys: Vec<String> = kv
-                .keys()
-                .await
-                .expect("keys")
-                .try_collect()
-                .await
-                .expect("keys");
-            let mut values = BTreeMap::new();
-            for key in keys {
-                let v = kv
-                    .get(&key)
-                    .await
-                    .expect("get")
-                    .expect("listed key has a value");
-                values.insert(key, String::from_utf8(v.to_vec()).unwrap());
-            }
-            out.insert(bucket.to_string(), values);
-        }
-        out
-    }
-
-    /// The domain's pure fold of every valid event in the stream.
-    async fn pure_fold(&self) -> Snapshot {
-        let stream = self.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut events = Vec::new();
-        if consumer.cached_info().num_pending > 0 {
-            let mut messages = consumer.messages().await.unwrap();
-            while let Some(m) = messages.next().await {
-                let m = m.unwrap();
-                let info = m.info().unwrap();
-                let (seq, pending) = (info.stream_sequence, info.pending);
-                if let Ok(e) = Envelope::from_json(&m.payload)
-                    && subjects::event(e.country, e.session, e.event_type()) == m.subject.as_str()
-                {
-                    events.push((seq, e));
-                }
-                if pending == 0 {
-                    break;
-                }
-            }
-        }
-        let models = ReadModels::fold(events.iter().map(|(s, e)| (*s, e)));
-        let mut out = Snapshot::new();
-        let as_text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-        out.insert(
-            REVIEWS_BUCKET.into(),
-            models
-                .reviews
-                .values()
-                .map(|v| (v.kv_key(), as_text(v.to_json())))
-                .collect(),
-        );
-        out.insert(
-            SESSIONS_BUCKET.into(),
-            models
-                .sessions
-                .values()
-                .map(|v| (v.kv_key(), as_text(v.to_json())))
-                .collect(),
-        );
-        out.insert(
-            COUNTRIES_BUCKET.into(),
-            models
-                .countries
-                .values()
-                .map(|v| (v.kv_key(), as_text(v.to_json())))
-                .collect(),
-        );
-        out
-    }
-
-    async fn stats(&self) -> Value {
-        let v = self
-            .request(&format!("$SRV.STATS.{}", services::PROJECTION), "")
-            .await;
-        v["endpoints"][0]["data"].clone()
-    }
+/// store events themselves. (The event log is ingest's; the projection
+/// waits for it.)
+async fn given_projection() -> TestApp {
+    TestApp::builder().event_log().projection().start().await
 }
 
 /// Compares two snapshots key by key, naming only the differences.
 #[track_caller]
 fn assert_same(actual: &Snapshot, expected: &Snapshot, what: &str) {
     let mut diffs = Vec::new();
-    for bucket in BUCKETS {
+    for bucket in READ_MODEL_BUCKETS {
         let (a, e) = (&actual[bucket], &expected[bucket]);
         for key in a
             .keys()
@@ -317,9 +153,9 @@ fn report() -> Value {
     reason = "an end-to-end scenario: its steps, read in order, are the specification"
 )]
 async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
-    let given = Given::projection().await;
+    let given = given_projection().await;
     for (i, e) in scenario().iter().enumerate() {
-        assert_eq!(given.publish(e).await, i as u64 + 1);
+        assert_eq!(given.store_event(e).await, i as u64 + 1);
     }
     assert_eq!(given.caught_up().await, 11);
 
@@ -433,7 +269,7 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
             "{bucket} {key}"
         );
         let reply = given
-            .client
+            .client()
             .request(query.to_string(), "".into())
             .await
             .unwrap();
@@ -454,7 +290,7 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
     reason = "every query and error code against one server, in one pass"
 )]
 async fn queries_answer_upcoming_status_and_every_error_code() {
-    let given = Given::projection().await;
+    let given = given_projection().await;
     let now = time::OffsetDateTime::now_utc();
     let day = |d: i64| {
         Timestamp::from_offset_datetime(
@@ -487,7 +323,7 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
             json!({"country": "KZ", "session": 61, "scheduled_for": day(20)}),
         ),
     ] {
-        given.publish(&e).await;
+        given.store_event(&e).await;
     }
     given.caught_up().await;
 
@@ -635,7 +471,7 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
     ] {
         assert!(subjects.contains(&s), "{s} not in {subjects:?}");
     }
-    let stats = given.stats().await;
+    let stats = given.service_stats(services::PROJECTION).await;
     assert_eq!(
         (stats["applied_seq"].as_u64(), stats["lag"].as_u64()),
         (Some(7), Some(0)),
@@ -653,14 +489,14 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
 
 #[tokio::test]
 async fn a_client_reads_its_own_write_with_min_seq() {
-    let given = Given::projection().await;
+    let given = given_projection().await;
     for n in 1..=20u128 {
         let e = event(
             n,
             "side_event_held",
             json!({"country": "KZ", "session": 48, "title": format!("Side {n}"), "held_on": "2025-01-20"}),
         );
-        let seq = given.publish(&e).await;
+        let seq = given.store_event(&e).await;
         // Immediately: the answer already contains the event.
         let v = given
             .query_ok(
@@ -682,7 +518,7 @@ async fn a_client_reads_its_own_write_with_min_seq() {
 
 #[tokio::test]
 async fn events_past_a_reviews_limits_written_around_ingest_are_counted_and_skipped() {
-    let given = Given::projection().await;
+    let given = given_projection().await;
     // 101 lifecycle events on one review, straight into the log.
     let limit = upr_domain::MAX_LIFECYCLE_EVENTS as u128;
     for n in 1..=limit + 1 {
@@ -691,17 +527,17 @@ async fn events_past_a_reviews_limits_written_around_ingest_are_counted_and_skip
             "review_rescheduled",
             json!({"country": "KZ", "session": 48, "scheduled_for": format!("2025-01-{:02}T08:30:00Z", n % 28 + 1)}),
         );
-        given.publish(&e).await;
+        given.store_event(&e).await;
     }
     let last = given
-        .publish(&event(
+        .store_event(&event(
             500,
             "review_scheduled",
             json!({"country": "CH", "session": 48, "scheduled_for": "2025-01-21T08:30:00Z"}),
         ))
         .await;
     assert_eq!(given.caught_up().await, last);
-    let stats = given.stats().await;
+    let stats = given.service_stats(services::PROJECTION).await;
     assert_eq!(stats["beyond_limits_skipped"], 1, "{stats}");
     let status = given.query_ok("upr.query.status", "").await;
     assert_eq!(status["beyond_limits_skipped"], 1, "{status}");
@@ -718,18 +554,18 @@ async fn events_past_a_reviews_limits_written_around_ingest_are_counted_and_skip
 
 #[tokio::test]
 async fn malformed_messages_in_the_log_are_counted_and_skipped_without_a_stall() {
-    let given = Given::projection().await;
+    let given = given_projection().await;
     let events = scenario();
     let garbage_subject = "upr.events.KZ.48.review_scheduled";
     let mut unknown_type: Value = serde_json::from_slice(&events[0].to_json()).unwrap();
     unknown_type["type"] = "review_postponed".into();
-    given.publish(&events[0]).await;
+    given.store_event(&events[0]).await;
     given
-        .publish_raw(garbage_subject, b"{not json".to_vec(), "g1")
+        .store_raw(garbage_subject, b"{not json".to_vec(), "g1")
         .await;
-    given.publish(&events[1]).await;
+    given.store_event(&events[1]).await;
     given
-        .publish_raw(
+        .store_raw(
             garbage_subject,
             serde_json::to_vec(&unknown_type).unwrap(),
             "g2",
@@ -737,15 +573,15 @@ async fn malformed_messages_in_the_log_are_counted_and_skipped_without_a_stall()
         .await;
     // A valid envelope of CH on a KZ subject.
     given
-        .publish_raw(garbage_subject, events[1].to_json(), "g3")
+        .store_raw(garbage_subject, events[1].to_json(), "g3")
         .await;
-    given.publish_raw(garbage_subject, Vec::new(), "g4").await;
+    given.store_raw(garbage_subject, Vec::new(), "g4").await;
     for e in &events[2..] {
-        given.publish(e).await;
+        given.store_event(e).await;
     }
     let last = given.caught_up().await;
     assert_eq!(last, events.len() as u64 + 4);
-    let stats = given.stats().await;
+    let stats = given.service_stats(services::PROJECTION).await;
     assert_eq!(stats["malformed_skipped"], 4, "{stats}");
     assert_eq!(stats["events_applied"], events.len(), "{stats}");
     assert_same(
@@ -761,7 +597,6 @@ async fn malformed_messages_in_the_log_are_counted_and_skipped_without_a_stall()
     );
     assert!(
         given
-            .app
             .projection()
             .logs()
             .contains("skipping a message that is not a valid event")
@@ -789,11 +624,12 @@ fn burst(n: u128) -> Vec<Envelope> {
 
 #[tokio::test]
 async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold() {
-    let mut given = Given::projection().await;
+    let mut given = given_projection().await;
     let events = burst(1000);
     let (first, rest) = events.split_at(400);
+    let log = given.js().clone();
     let publish_all = |evs: &'_ [Envelope]| {
-        let js = given.js.clone();
+        let js = log.clone();
         let evs = evs.to_vec();
         async move {
             let mut acks = Vec::new();
@@ -816,10 +652,10 @@ async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold()
         (v["applied_seq"].as_u64() > Some(0)).then_some(())
     })
     .await;
-    given.app.projection_mut().kill9();
+    given.projection_mut().kill9();
     publish_all(rest).await;
-    given.app.projection_mut().restart();
-    given.app.projection().wait_healthy().await;
+    given.projection_mut().restart();
+    given.projection().wait_healthy().await;
     assert_eq!(given.caught_up().await, 1000);
     let live = given.snapshot().await;
     assert_same(
@@ -828,13 +664,10 @@ async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold()
         "live models vs the pure fold",
     );
 
-    let status = given
-        .app
-        .projection_mut()
-        .terminate(Duration::from_secs(10));
+    let status = given.projection_mut().terminate(Duration::from_secs(10));
     assert!(status.success());
     let mut rebuild =
-        ServiceProcess::start_args(services::PROJECTION, &given.app.url(), &[], &["rebuild"]);
+        ServiceProcess::start_args(services::PROJECTION, &given.url(), &[], &["rebuild"]);
     let status = rebuild.wait_exit(WAIT);
     assert!(status.success(), "rebuild failed: {}", rebuild.logs());
     assert!(
@@ -849,26 +682,31 @@ async fn kill_9_during_a_burst_then_restart_equals_a_rebuild_and_the_pure_fold()
 
 #[tokio::test]
 async fn a_deleted_consumer_or_bucket_makes_it_replay_into_complete_models() {
-    let mut given = Given::projection().await;
+    let mut given = given_projection().await;
     for e in scenario() {
-        given.publish(&e).await;
+        given.store_event(&e).await;
     }
     given.caught_up().await;
     let expected = given.pure_fold().await;
     assert_same(&given.snapshot().await, &expected, "after replay");
 
     // While running: the consumer is deleted, the buckets kept.
-    let stream = given.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+    let stream = given
+        .js()
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .unwrap();
     stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
     eventually(WAIT, "a replay", || async {
-        (given.stats().await["replays"].as_u64() >= Some(1)).then_some(())
+        (given.service_stats(services::PROJECTION).await["replays"].as_u64() >= Some(1))
+            .then_some(())
     })
     .await;
     given.caught_up().await;
     assert_same(&given.snapshot().await, &expected, "after replay");
     // Applying again changed nothing, and new events still flow.
     let extra = event(99, "review_held", json!({"country": "CH", "session": 48}));
-    let seq = given.publish(&extra).await;
+    let seq = given.store_event(&extra).await;
     let ch = given
         .query_ok(
             "upr.query.review.CH.48",
@@ -879,52 +717,47 @@ async fn a_deleted_consumer_or_bucket_makes_it_replay_into_complete_models() {
     let expected = given.pure_fold().await;
 
     // While stopped: an operator deletes a bucket; the restart replays.
-    given
-        .app
-        .projection_mut()
-        .terminate(Duration::from_secs(10));
-    given.js.delete_key_value(SESSIONS_BUCKET).await.unwrap();
-    given.app.projection_mut().restart();
-    given.app.projection().wait_healthy().await;
+    given.projection_mut().terminate(Duration::from_secs(10));
+    given.js().delete_key_value(SESSIONS_BUCKET).await.unwrap();
+    given.projection_mut().restart();
+    given.projection().wait_healthy().await;
     given.caught_up().await;
     assert_same(&given.snapshot().await, &expected, "after replay");
 
     // While stopped: only the consumer is deleted; the restart replays too.
-    given
-        .app
-        .projection_mut()
-        .terminate(Duration::from_secs(10));
+    given.projection_mut().terminate(Duration::from_secs(10));
     stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
-    given.app.projection_mut().restart();
-    given.app.projection().wait_healthy().await;
+    given.projection_mut().restart();
+    given.projection().wait_healthy().await;
     given.caught_up().await;
     assert_same(&given.snapshot().await, &expected, "after replay");
 }
 
 #[tokio::test]
 async fn redelivering_the_whole_log_into_kept_buckets_changes_nothing() {
-    let mut given = Given::projection().await;
+    let mut given = given_projection().await;
     for e in scenario() {
-        given.publish(&e).await;
+        given.store_event(&e).await;
     }
     given.caught_up().await;
     let before = given.snapshot().await;
     // Move the consumer back to sequence 1 while the buckets are kept: on
     // restart every event is delivered again and skipped by last_seq.
-    given
-        .app
-        .projection_mut()
-        .terminate(Duration::from_secs(10));
-    let stream = given.js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+    given.projection_mut().terminate(Duration::from_secs(10));
+    let stream = given
+        .js()
+        .get_stream(contract::EVENTS_STREAM)
+        .await
+        .unwrap();
     stream.delete_consumer(PROJECTION_CONSUMER).await.unwrap();
     stream
         .create_consumer(contract::projection_consumer())
         .await
         .unwrap();
-    given.app.projection_mut().restart();
-    given.app.projection().wait_healthy().await;
+    given.projection_mut().restart();
+    given.projection().wait_healthy().await;
     assert_eq!(given.caught_up().await, 11);
-    let stats = given.stats().await;
+    let stats = given.service_stats(services::PROJECTION).await;
     assert_eq!(
         (stats["events_applied"].as_u64(), stats["replays"].as_u64()),
         (Some(0), Some(0)),
@@ -938,8 +771,8 @@ async fn redelivering_the_whole_log_into_kept_buckets_changes_nothing() {
 /// read models then still equal the pure fold of the log.
 #[tokio::test]
 async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_stay_exact() {
-    let mut given = Given::projection().await;
-    let mut standby = given.app.spawn(services::PROJECTION, &[]).await;
+    let mut given = given_projection().await;
+    let mut standby = given.spawn(services::PROJECTION, &[]).await;
     assert!(
         standby.logs().contains("standing by"),
         "the second instance did not stand by:\n{}",
@@ -948,20 +781,20 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
     let events = scenario();
     let (first, rest) = events.split_at(events.len() / 2);
     for e in first {
-        given.publish(e).await;
+        given.store_event(e).await;
     }
     given.caught_up().await;
 
     // A graceful stop hands the lease over at once; kill -9 after the TTL.
-    given.app.projection_mut().kill9();
+    given.projection_mut().kill9();
     let killed = std::time::Instant::now();
     let mut last = 0;
     for e in rest {
-        last = given.publish(e).await;
+        last = given.store_event(e).await;
     }
     let answer = eventually(Duration::from_secs(20), "the standby answers", || async {
         let reply = given
-            .client
+            .client()
             .request(
                 "upr.query.status",
                 json!({"min_seq": last}).to_string().into(),
@@ -992,8 +825,8 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
         "{}",
         standby.logs()
     );
-    given.app.projection_mut().restart();
-    given.app.projection().wait_healthy().await;
+    given.projection_mut().restart();
+    given.projection().wait_healthy().await;
     given.query_ok("upr.query.status", "").await;
 }
 
@@ -1002,18 +835,18 @@ async fn a_standby_takes_over_when_the_active_instance_is_killed_and_the_models_
 /// and the read models still equal the pure fold.
 #[tokio::test]
 async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
-    let mut given = Given::projection().await;
-    let standby = given.app.spawn(services::PROJECTION, &[]).await;
+    let mut given = given_projection().await;
+    let standby = given.spawn(services::PROJECTION, &[]).await;
     let events = scenario();
     let (first, rest) = events.split_at(events.len() / 2);
     for e in first {
-        given.publish(e).await;
+        given.store_event(e).await;
     }
     given.caught_up().await;
-    given.app.projection().freeze();
+    given.projection().freeze();
     let mut last = 0;
     for e in rest {
-        last = given.publish(e).await;
+        last = given.store_event(e).await;
     }
     // Until the server notices the frozen process, it still gets its share
     // of queries (which go unanswered): ask with a short timeout.
@@ -1023,7 +856,6 @@ async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
         || async {
             let ask = json!({"min_seq": last}).to_string();
             let v = given
-                .app
                 .try_request("upr.query.status", ask, Duration::from_millis(500))
                 .await?;
             (v["ok"] == true).then_some(())
@@ -1031,20 +863,16 @@ async fn an_instance_frozen_past_its_lease_writes_nothing_when_it_wakes() {
     )
     .await;
     let before = given.snapshot().await;
-    given.app.projection().thaw();
-    let status = given
-        .app
-        .projection_mut()
-        .wait_exit(Duration::from_secs(15));
-    assert!(!status.success(), "{}", given.app.projection().logs());
+    given.projection().thaw();
+    let status = given.projection_mut().wait_exit(Duration::from_secs(15));
+    assert!(!status.success(), "{}", given.projection().logs());
     assert!(
         given
-            .app
             .projection()
             .logs()
             .contains("another instance holds the projection lease"),
         "{}",
-        given.app.projection().logs()
+        given.projection().logs()
     );
     assert_same(
         &given.snapshot().await,
