@@ -11,10 +11,16 @@
 //! Tests that need a server of their own kind (the shipped configuration, a
 //! cluster) use [`NatsServer`] and [`ServiceProcess`] directly.
 
-use std::{borrow::Borrow, collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    borrow::Borrow,
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_nats::{
-    Client, HeaderMap,
+    Client, HeaderMap, header,
     jetstream::{
         self,
         consumer::{DeliverPolicy, pull},
@@ -24,10 +30,11 @@ use async_nats::{
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use upr_domain::{Envelope, ReadModels};
+use upr_domain::{Country, Envelope, EventData, ReadModels, SCHEMA, Session, Timestamp};
 use upr_nats::contract::{
-    self, COUNTRIES_BUCKET, REVIEWS_BUCKET, SESSIONS_BUCKET, services, subjects,
+    self, COUNTRIES_BUCKET, REVIEWS_BUCKET, SESSIONS_BUCKET, notifier as names, services, subjects,
 };
+use uuid::Uuid;
 
 use crate::{NatsServer, ServiceProcess, eventually};
 
@@ -49,6 +56,7 @@ pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     nats_conf: Option<String>,
     event_log: bool,
+    listen: Option<String>,
 }
 
 impl TestAppBuilder {
@@ -108,6 +116,14 @@ impl TestAppBuilder {
         self
     }
 
+    /// Subscribes to `subject` (core NATS, as `nats sub` would) before any
+    /// service starts, collecting what arrives for [`TestApp::heard`].
+    #[must_use]
+    pub fn listen(mut self, subject: &str) -> Self {
+        self.listen = Some(subject.to_string());
+        self
+    }
+
     /// Starts the server and the services together, and returns once each
     /// is healthy and answers: every ingest replica lists its intake
     /// endpoint, the projection answers `upr.query.status`.
@@ -129,10 +145,23 @@ impl TestAppBuilder {
             .await
             .expect("event log");
         }
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        if let Some(subject) = &self.listen {
+            let mut sub = client.subscribe(subject.clone()).await.unwrap();
+            let sink = heard.clone();
+            tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                    sink.lock().unwrap().push((m.subject.to_string(), v));
+                }
+            });
+            client.flush().await.unwrap();
+        }
         let mut app = TestApp {
             services: Vec::new(),
             client,
             js,
+            heard,
             env: self.env,
             nats,
             _conf_dir: conf_dir,
@@ -164,6 +193,8 @@ pub struct TestApp {
     services: Vec<ServiceProcess>,
     client: Client,
     js: jetstream::Context,
+    /// What arrived on the subject given to [`TestAppBuilder::listen`].
+    heard: Arc<Mutex<Vec<(String, Value)>>>,
     env: Vec<(String, String)>,
     nats: NatsServer,
     _conf_dir: Option<TempDir>,
@@ -638,4 +669,91 @@ impl TestApp {
         );
         out
     }
+
+    /// Everything heard on the subject given to [`TestAppBuilder::listen`]:
+    /// (subject, JSON or null), in arrival order.
+    pub fn heard(&self) -> Vec<(String, Value)> {
+        self.heard.lock().unwrap().clone()
+    }
+
+    /// Stores an event of `code`'s review in `session` exactly as ingest
+    /// does (its subject, `Nats-Msg-Id`, envelope), occurring and recorded now.
+    pub async fn store_now(&self, code: &str, session: u64, data: EventData) -> Envelope {
+        let at = Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+            .unwrap()
+            .truncate_to_millis();
+        let envelope = Envelope {
+            id: Uuid::new_v4(),
+            data,
+            schema: SCHEMA,
+            country: Country::parse(code).unwrap(),
+            session: Session::new(session).unwrap(),
+            occurred_at: at,
+            recorded_at: at,
+            source: None,
+        };
+        self.store_event(&envelope).await;
+        envelope
+    }
+
+    /// The notifier's `upr.notifier.status`, `None` while it does not answer.
+    pub async fn notifier_status(&self) -> Option<Value> {
+        let reply = self.client.request(names::STATUS, "".into()).await.ok()?;
+        serde_json::from_slice(&reply.payload).ok()
+    }
+
+    /// Waits until the notifier holds exactly `n` pending reminders.
+    pub async fn wait_pending(&self, n: u64) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} pending reminders"),
+            || async {
+                self.notifier_status()
+                    .await
+                    .filter(|s| s["pending"] == n)
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Everything in `UPR_NOTIFICATIONS`: (subject, Nats-Msg-Id, payload).
+    pub async fn notifications(&self) -> Vec<(String, String, Value)> {
+        notifications(&self.js).await
+    }
+
+    /// The ids of the reminders in `UPR_NOTIFICATIONS`, in order.
+    pub async fn reminder_ids(&self) -> Vec<String> {
+        self.notifications()
+            .await
+            .into_iter()
+            .filter(|(subject, _, _)| subject.starts_with("upr.notify.reminder."))
+            .map(|(_, id, _)| id)
+            .collect()
+    }
+}
+
+/// Everything in `UPR_NOTIFICATIONS` read through `js` (say, a client
+/// connected after a restart): (subject, Nats-Msg-Id, payload).
+pub async fn notifications(js: &jetstream::Context) -> Vec<(String, String, Value)> {
+    let Ok(mut stream) = js.get_stream(contract::NOTIFICATIONS_STREAM).await else {
+        return Vec::new();
+    };
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let id = m
+                .headers
+                .get(header::NATS_MESSAGE_ID)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            out.push((
+                m.subject.to_string(),
+                id,
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+    }
+    out
 }

@@ -36,7 +36,7 @@ mod process;
 mod raw;
 mod server;
 
-pub use app::{READ_MODEL_BUCKETS, Snapshot, TestApp, TestAppBuilder};
+pub use app::{READ_MODEL_BUCKETS, Snapshot, TestApp, TestAppBuilder, notifications};
 pub use cluster::{NatsCluster, cluster_config};
 pub use fixtures::lifecycle_steps;
 pub use process::{ServiceProcess, bin_path, start_services};

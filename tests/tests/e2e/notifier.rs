@@ -3,13 +3,9 @@
 //! times are seconds (`UPR_REMINDER_LEADS=4s,2s`) and reviews a few seconds
 //! ahead, so each test takes seconds.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use async_nats::{header, jetstream};
+use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::Value;
 use upr_domain::{
@@ -17,7 +13,7 @@ use upr_domain::{
     ReviewScheduled, SCHEMA, Session, Timestamp,
 };
 use upr_nats::contract::{self, notifier as names, services};
-use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, notifications};
 use uuid::Uuid;
 
 const LEADS: &str = "4s,2s";
@@ -45,51 +41,17 @@ fn s(n: u64) -> Session {
 }
 
 /// A nats-server with the event log, a core subscription on `upr.notify.>`
-/// (as `nats sub` would have), and a notifier.
-struct Bed {
-    notifier: ServiceProcess,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    heard: Arc<Mutex<Vec<(String, Value)>>>,
-    app: TestApp,
-}
-
-impl Bed {
-    async fn start(leads: &str) -> Self {
-        let app = TestApp::builder().event_log().start().await;
-        let client = app.client().clone();
-        let js = app.js().clone();
-        let heard = Arc::new(Mutex::new(Vec::new()));
-        let mut sub = client
-            .subscribe(contract::subjects::NOTIFY_ALL)
-            .await
-            .unwrap();
-        let sink = heard.clone();
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
-                sink.lock().unwrap().push((m.subject.to_string(), v));
-            }
-        });
-        client.flush().await.unwrap();
-        let notifier = start_notifier(&app, leads).await;
-        Self {
-            notifier,
-            client,
-            js,
-            heard,
-            app,
-        }
-    }
-
-    /// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
-    async fn publish(&self, code: &str, session: u64, data: EventData) -> Envelope {
-        store_event(&self.app, code, session, data).await
-    }
-
-    async fn schedule(&self, code: &str, session: u64, when: Timestamp) -> Envelope {
-        store_event(&self.app, code, session, scheduled(when)).await
-    }
+/// (as `nats sub` would have), and a notifier with `leads`.
+async fn bed(leads: &str) -> TestApp {
+    TestApp::builder()
+        .event_log()
+        .listen(contract::subjects::NOTIFY_ALL)
+        .service(
+            services::NOTIFIER,
+            &[(contract::env::UPR_REMINDER_LEADS, leads)],
+        )
+        .start()
+        .await
 }
 
 /// A server holding only the event log, for tests that arrange the log and
@@ -110,70 +72,12 @@ async fn log_without_notifier() -> (
     (app, client, js, stream)
 }
 
-/// Stores an event exactly as ingest does: its subject, `Nats-Msg-Id`, envelope.
-async fn store_event(app: &TestApp, code: &str, session: u64, data: EventData) -> Envelope {
-    let at = now();
-    let envelope = Envelope {
-        id: Uuid::new_v4(),
-        data,
-        schema: SCHEMA,
-        country: country(code),
-        session: s(session),
-        occurred_at: at,
-        recorded_at: at,
-        source: None,
-    };
-    app.store_event(&envelope).await;
-    envelope
-}
-
 fn scheduled(when: Timestamp) -> EventData {
     EventData::ReviewScheduled(ReviewScheduled {
         scheduled_for: when,
         location: "Geneva".into(),
         troika: None,
     })
-}
-
-impl Bed {
-    async fn status(&self) -> Option<Value> {
-        let reply = self.client.request(names::STATUS, "".into()).await.ok()?;
-        serde_json::from_slice(&reply.payload).ok()
-    }
-
-    /// Waits until the notifier holds exactly `n` pending reminders.
-    async fn wait_pending(&self, n: u64) {
-        eventually(
-            Duration::from_secs(10),
-            &format!("{n} pending reminders"),
-            || async {
-                self.status()
-                    .await
-                    .filter(|s| s["pending"] == n)
-                    .map(|_| ())
-            },
-        )
-        .await;
-    }
-
-    /// Everything in `UPR_NOTIFICATIONS`: (subject, Nats-Msg-Id, payload).
-    async fn stored(&self) -> Vec<(String, String, Value)> {
-        stored(&self.js).await
-    }
-
-    /// Stored reminders' ids, in order.
-    async fn stored_reminder_ids(&self) -> Vec<String> {
-        self.stored()
-            .await
-            .into_iter()
-            .filter(|(subject, _, _)| subject.starts_with("upr.notify.reminder."))
-            .map(|(_, id, _)| id)
-            .collect()
-    }
-
-    fn heard(&self) -> Vec<(String, Value)> {
-        self.heard.lock().unwrap().clone()
-    }
 }
 
 async fn start_notifier(app: &TestApp, leads: &str) -> ServiceProcess {
@@ -184,38 +88,15 @@ async fn start_notifier(app: &TestApp, leads: &str) -> ServiceProcess {
     .await
 }
 
-async fn stored(js: &jetstream::Context) -> Vec<(String, String, Value)> {
-    let Ok(mut stream) = js.get_stream(contract::NOTIFICATIONS_STREAM).await else {
-        return Vec::new();
-    };
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            let id = m
-                .headers
-                .get(header::NATS_MESSAGE_ID)
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            out.push((
-                m.subject.to_string(),
-                id,
-                serde_json::from_slice(&m.payload).unwrap(),
-            ));
-        }
-    }
-    out
-}
-
 fn reminder_id(code: &str, session: u64, lead: &str, date: Timestamp) -> String {
     format!("{code}.{session}.{lead}.{date}")
 }
 
 #[tokio::test]
 async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_the_stream() {
-    let bed = Bed::start(LEADS).await;
+    let bed = bed(LEADS).await;
     // A malformed message in the log is skipped, not a stall.
-    bed.js
+    bed.js()
         .publish("upr.events.KZ.48.review_scheduled", "{not json".into())
         .await
         .unwrap()
@@ -224,13 +105,13 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
     // Receipt times, to check nothing arrives before its due time (timers
     // fire early; the notifier holds each reminder until due).
     let mut receipts = bed
-        .client
+        .client()
         .subscribe("upr.notify.reminder.KZ")
         .await
         .unwrap();
-    bed.client.flush().await.unwrap();
+    bed.client().flush().await.unwrap();
     let date = in_ms(6_000);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     let ids = [
         reminder_id("KZ", 48, "4s", date),
         reminder_id("KZ", 48, "2s", date),
@@ -304,13 +185,13 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
             "{id} sent {lateness} after its due time"
         );
     }
-    let stored = bed.stored().await;
+    let stored = bed.notifications().await;
     let stored_ids: Vec<&str> = stored.iter().map(|(_, id, _)| id.as_str()).collect();
     assert_eq!(stored_ids, ids);
     for ((_, _, payload), (_, heard)) in stored.iter().zip(&heard) {
         assert_eq!(payload, heard);
     }
-    let status = bed.status().await.unwrap();
+    let status = bed.notifier_status().await.unwrap();
     assert_eq!(status["ok"], true);
     assert_eq!(
         (status["sent"].as_u64(), status["late"].as_u64()),
@@ -321,19 +202,19 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
 
 #[tokio::test]
 async fn a_reminder_already_due_when_the_review_is_scheduled_is_not_sent() {
-    let bed = Bed::start(LEADS).await;
+    let bed = bed(LEADS).await;
     let date = in_ms(3_000); // the 4s reminder was due a second ago
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     eventually(Duration::from_secs(6), "the 2s reminder", || async {
-        (!bed.stored_reminder_ids().await.is_empty()).then_some(())
+        (!bed.reminder_ids().await.is_empty()).then_some(())
     })
     .await;
     tokio::time::sleep(ms_until(date) + Duration::from_millis(300)).await;
     assert_eq!(
-        bed.stored_reminder_ids().await,
+        bed.reminder_ids().await,
         [reminder_id("KZ", 48, "2s", date)]
     );
-    let status = bed.status().await.unwrap();
+    let status = bed.notifier_status().await.unwrap();
     assert_eq!(
         (status["skipped"].as_u64(), status["sent"].as_u64()),
         (Some(1), Some(1))
@@ -342,12 +223,12 @@ async fn a_reminder_already_due_when_the_review_is_scheduled_is_not_sent() {
 
 #[tokio::test]
 async fn rescheduling_replaces_the_reminders_and_announces_old_and_new_dates() {
-    let bed = Bed::start(LEADS).await;
+    let bed = bed(LEADS).await;
     let old = in_ms(7_000);
-    bed.schedule("KZ", 48, old).await;
+    bed.store_now("KZ", 48, scheduled(old)).await;
     let new = in_ms(9_000);
     let event = bed
-        .publish(
+        .store_now(
             "KZ",
             48,
             EventData::ReviewRescheduled(ReviewRescheduled {
@@ -363,12 +244,12 @@ async fn rescheduling_replaces_the_reminders_and_announces_old_and_new_dates() {
     eventually(
         Duration::from_secs(10),
         "the new date's reminders",
-        || async { (bed.stored_reminder_ids().await.len() >= 2).then_some(()) },
+        || async { (bed.reminder_ids().await.len() >= 2).then_some(()) },
     )
     .await;
-    assert_eq!(bed.stored_reminder_ids().await, expected);
+    assert_eq!(bed.reminder_ids().await, expected);
     let notices: Vec<_> = bed
-        .stored()
+        .notifications()
         .await
         .into_iter()
         .filter(|(subject, _, _)| subject == "upr.notify.rescheduled.KZ")
@@ -389,12 +270,12 @@ async fn rescheduling_replaces_the_reminders_and_announces_old_and_new_dates() {
 
 #[tokio::test]
 async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_announces_it() {
-    let bed = Bed::start(LEADS).await;
+    let bed = bed(LEADS).await;
     let old = in_ms(7_000);
-    bed.schedule("KZ", 48, old).await;
+    bed.store_now("KZ", 48, scheduled(old)).await;
     let new = in_ms(9_000);
     let moved = bed
-        .publish(
+        .store_now(
             "KZ",
             48,
             EventData::ReviewRescheduled(ReviewRescheduled {
@@ -404,7 +285,7 @@ async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_annou
         )
         .await;
     let retraction = bed
-        .publish(
+        .store_now(
             "KZ",
             48,
             EventData::EventRetracted(EventRetracted {
@@ -414,7 +295,7 @@ async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_annou
         )
         .await;
     let notice = eventually(Duration::from_secs(5), "the corrected notice", || async {
-        bed.stored()
+        bed.notifications()
             .await
             .into_iter()
             .find(|(subject, _, _)| subject == "upr.notify.corrected.KZ")
@@ -441,11 +322,11 @@ async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_annou
     eventually(
         Duration::from_secs(5),
         "the first date's reminders",
-        || async { (bed.stored_reminder_ids().await.len() >= 2).then_some(()) },
+        || async { (bed.reminder_ids().await.len() >= 2).then_some(()) },
     )
     .await;
     assert_eq!(
-        bed.stored_reminder_ids().await,
+        bed.reminder_ids().await,
         [
             reminder_id("KZ", 48, "4s", old),
             reminder_id("KZ", 48, "2s", old)
@@ -460,18 +341,18 @@ async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_annou
 
 #[tokio::test]
 async fn cancelling_drops_the_reminders_and_announces_it() {
-    let bed = Bed::start(LEADS).await;
+    let bed = bed(LEADS).await;
     let date = in_ms(6_500);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     let event = bed
-        .publish(
+        .store_now(
             "KZ",
             48,
             EventData::ReviewCancelled(ReviewCancelled { reason: None }),
         )
         .await;
     let notice = eventually(Duration::from_secs(5), "the cancelled notice", || async {
-        bed.stored()
+        bed.notifications()
             .await
             .into_iter()
             .find(|(subject, _, _)| subject == "upr.notify.cancelled.KZ")
@@ -482,7 +363,7 @@ async fn cancelling_drops_the_reminders_and_announces_it() {
     assert_eq!(notice.2["scheduled_for"], date.to_string());
     bed.wait_pending(0).await;
     tokio::time::sleep(ms_until(date)).await;
-    assert!(bed.stored_reminder_ids().await.is_empty());
+    assert!(bed.reminder_ids().await.is_empty());
     assert!(
         bed.heard()
             .iter()
@@ -492,11 +373,11 @@ async fn cancelling_drops_the_reminders_and_announces_it() {
 
 #[tokio::test]
 async fn a_held_review_gets_no_more_reminders() {
-    let bed = Bed::start(LEADS).await;
+    let bed = bed(LEADS).await;
     let date = in_ms(6_500);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     bed.wait_pending(2).await;
-    bed.publish(
+    bed.store_now(
         "KZ",
         48,
         EventData::ReviewHeld(ReviewHeld {
@@ -507,24 +388,28 @@ async fn a_held_review_gets_no_more_reminders() {
     .await;
     bed.wait_pending(0).await;
     tokio::time::sleep(ms_until(date)).await;
-    assert!(bed.stored().await.is_empty(), "{:?}", bed.stored().await);
+    assert!(
+        bed.notifications().await.is_empty(),
+        "{:?}",
+        bed.notifications().await
+    );
 }
 
 #[tokio::test]
 async fn a_reminder_that_came_due_during_downtime_is_sent_once_marked_late() {
-    let mut bed = Bed::start("5s,2s").await;
-    bed.notifier.kill9();
+    let mut bed = bed("5s,2s").await;
+    bed.notifier_mut().kill9();
     // Scheduled while the notifier is down; the 5s reminder falls due at +3 s.
     let date = in_ms(8_000);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     tokio::time::sleep(ms_until(
         date.checked_sub(time::Duration::milliseconds(3_500))
             .unwrap(),
     ))
     .await;
-    bed.notifier.restart();
+    bed.notifier_mut().restart();
     let ids = eventually(Duration::from_secs(8), "both reminders", || async {
-        let ids = bed.stored_reminder_ids().await;
+        let ids = bed.reminder_ids().await;
         (ids.len() >= 2).then_some(ids)
     })
     .await;
@@ -535,42 +420,42 @@ async fn a_reminder_that_came_due_during_downtime_is_sent_once_marked_late() {
             reminder_id("KZ", 48, "2s", date)
         ]
     );
-    let stored = bed.stored().await;
+    let stored = bed.notifications().await;
     assert_eq!(stored[0].2["late"], true);
     assert_eq!(stored[1].2["late"], false);
     tokio::time::sleep(ms_until(date)).await;
-    assert_eq!(bed.stored_reminder_ids().await.len(), 2);
+    assert_eq!(bed.reminder_ids().await.len(), 2);
 }
 
 #[tokio::test]
 async fn a_reminder_is_never_sent_after_the_review_date() {
-    let mut bed = Bed::start("2s").await;
-    bed.notifier.kill9();
+    let mut bed = bed("2s").await;
+    bed.notifier_mut().kill9();
     // Planned while the notifier is down, due at +1 s, review at +3 s.
     let date = in_ms(3_000);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     tokio::time::sleep(ms_until(date) + Duration::from_millis(200)).await;
-    bed.notifier.restart();
-    bed.notifier.wait_healthy().await;
+    bed.notifier_mut().restart();
+    bed.notifier().wait_healthy().await;
     eventually(
         Duration::from_secs(10),
         "the reminder to be dropped",
         || async {
-            bed.status()
+            bed.notifier_status()
                 .await
                 .filter(|s| s["skipped"] == 1 && s["pending"] == 0)
                 .map(|_| ())
         },
     )
     .await;
-    assert!(bed.stored().await.is_empty());
+    assert!(bed.notifications().await.is_empty());
 }
 
 #[tokio::test]
 async fn exactly_once_while_the_notifier_is_killed_every_second() {
     // Leads long enough that a reminder stuck with a killed process (the
     // consumer's 5 s ack wait) still comes before its review date.
-    let mut bed = Bed::start("12s,8s").await;
+    let mut bed = bed("12s,8s").await;
     let base = now();
     let mut expected = Vec::new();
     for i in 0..15u64 {
@@ -579,7 +464,7 @@ async fn exactly_once_while_the_notifier_is_killed_every_second() {
                 14_000 + 250 * i64::try_from(i).unwrap(),
             ))
             .unwrap();
-        bed.schedule("KZ", 1 + i, date).await;
+        bed.store_now("KZ", 1 + i, scheduled(date)).await;
         expected.push(reminder_id("KZ", 1 + i, "12s", date));
         expected.push(reminder_id("KZ", 1 + i, "8s", date));
     }
@@ -587,11 +472,11 @@ async fn exactly_once_while_the_notifier_is_killed_every_second() {
     // Dues run from +2 s to +9.5 s: kill -9 and restart through all of them.
     while now().since(base) < time::Duration::seconds(10) {
         tokio::time::sleep(Duration::from_millis(900)).await;
-        bed.notifier.restart();
+        bed.notifier_mut().restart();
     }
-    bed.notifier.wait_healthy().await;
+    bed.notifier().wait_healthy().await;
     bed.wait_pending(0).await;
-    let mut ids = bed.stored_reminder_ids().await;
+    let mut ids = bed.reminder_ids().await;
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for id in &ids {
         *counts.entry(id.as_str()).or_default() += 1;
@@ -602,7 +487,7 @@ async fn exactly_once_while_the_notifier_is_killed_every_second() {
     expected.sort();
     assert_eq!(ids, expected);
     let late = bed
-        .stored()
+        .notifications()
         .await
         .iter()
         .filter(|(_, _, n)| n["late"] == true)
@@ -612,22 +497,22 @@ async fn exactly_once_while_the_notifier_is_killed_every_second() {
 
 #[tokio::test]
 async fn two_replicas_send_each_reminder_once() {
-    let bed = Bed::start(LEADS).await;
-    let _second = start_notifier(&bed.app, LEADS).await;
+    let bed = bed(LEADS).await;
+    let _second = start_notifier(&bed, LEADS).await;
     let mut expected = Vec::new();
     for (i, code) in ["KZ", "FR", "BR", "JP", "NG"].into_iter().enumerate() {
         let date = in_ms(6_000 + 200 * i64::try_from(i).unwrap());
-        bed.schedule(code, 48, date).await;
+        bed.store_now(code, 48, scheduled(date)).await;
         expected.push(reminder_id(code, 48, "4s", date));
         expected.push(reminder_id(code, 48, "2s", date));
     }
     expected.sort();
     eventually(Duration::from_secs(12), "ten reminders", || async {
-        (bed.stored_reminder_ids().await.len() >= 10).then_some(())
+        (bed.reminder_ids().await.len() >= 10).then_some(())
     })
     .await;
     bed.wait_pending(0).await;
-    let mut stored = bed.stored_reminder_ids().await;
+    let mut stored = bed.reminder_ids().await;
     stored.sort();
     assert_eq!(stored, expected);
     let mut heard: Vec<String> = bed
@@ -641,21 +526,25 @@ async fn two_replicas_send_each_reminder_once() {
 
 #[tokio::test]
 async fn a_reminder_due_while_nats_is_down_is_sent_once_after_it_restarts() {
-    let mut bed = Bed::start(LEADS).await;
+    let mut bed = bed(LEADS).await;
     let date = in_ms(7_000);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     bed.wait_pending(2).await;
-    bed.app.nats_mut().kill();
+    bed.nats_mut().kill();
     // The 4s reminder falls due at +3 s with the server down.
     tokio::time::sleep(ms_until(
         date.checked_sub(time::Duration::milliseconds(3_500))
             .unwrap(),
     ))
     .await;
-    bed.app.nats_mut().restart();
-    let js = jetstream::new(bed.app.nats().client().await);
+    bed.nats_mut().restart();
+    let js = jetstream::new(bed.nats().client().await);
     let ids = eventually(Duration::from_secs(15), "both reminders", || async {
-        let ids: Vec<String> = stored(&js).await.into_iter().map(|(_, id, _)| id).collect();
+        let ids: Vec<String> = notifications(&js)
+            .await
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
         (ids.len() >= 2).then_some(ids)
     })
     .await;
@@ -667,7 +556,7 @@ async fn a_reminder_due_while_nats_is_down_is_sent_once_after_it_restarts() {
         ]
     );
     tokio::time::sleep(ms_until(date)).await;
-    assert_eq!(stored(&js).await.len(), 2);
+    assert_eq!(notifications(&js).await.len(), 2);
 }
 
 #[tokio::test]
@@ -692,19 +581,24 @@ async fn a_bad_reminder_lead_list_stops_start_up_naming_the_variable() {
 /// moves to the standby once the server drops its pin.
 #[tokio::test]
 async fn a_standby_planner_takes_over_when_the_active_one_is_killed() {
-    let mut bed = Bed::start(LEADS).await;
-    bed.schedule("KZ", 48, in_ms(60_000)).await;
+    let mut bed = bed(LEADS).await;
+    bed.store_now("KZ", 48, scheduled(in_ms(60_000))).await;
     // Planned: the first replica holds the pin.
     bed.wait_pending(2).await;
-    let _standby = start_notifier(&bed.app, LEADS).await;
-    bed.notifier.kill9();
+    let _standby = start_notifier(&bed, LEADS).await;
+    bed.notifier_mut().kill9();
     let killed = std::time::Instant::now();
     let date = in_ms(60_000);
-    bed.schedule("FR", 48, date).await;
+    bed.store_now("FR", 48, scheduled(date)).await;
     eventually(
         Duration::from_secs(20),
         "the standby plans the next event",
-        || async { bed.status().await.filter(|s| s["pending"] == 4).map(|_| ()) },
+        || async {
+            bed.notifier_status()
+                .await
+                .filter(|s| s["pending"] == 4)
+                .map(|_| ())
+        },
     )
     .await;
     println!(
@@ -722,13 +616,13 @@ async fn a_standby_planner_takes_over_when_the_active_one_is_killed() {
 async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first() {
     let (app, client, js, stream) = log_without_notifier().await;
     let old = in_ms(60_000);
-    store_event(&app, "KZ", 48, scheduled(old)).await;
+    app.store_now("KZ", 48, scheduled(old)).await;
     let new = in_ms(90_000);
     let rescheduled = EventData::ReviewRescheduled(ReviewRescheduled {
         scheduled_for: new,
         reason: None,
     });
-    store_event(&app, "KZ", 48, rescheduled).await;
+    app.store_now("KZ", 48, rescheduled).await;
     // Another puller takes the scheduling and acknowledges it unapplied.
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(names::events_consumer())
@@ -763,7 +657,7 @@ async fn an_earlier_event_the_planner_never_applied_is_read_from_the_log_first()
         (v["pending"] == 2).then_some(v)
     })
     .await;
-    let notices: Vec<_> = stored(&js)
+    let notices: Vec<_> = notifications(&js)
         .await
         .into_iter()
         .filter(|(subject, _, _)| subject == "upr.notify.rescheduled.KZ")
@@ -786,7 +680,7 @@ async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
         ..Default::default()
     };
     stream.create_consumer(older).await.unwrap();
-    store_event(&app, "KZ", 48, scheduled(in_ms(60_000))).await;
+    app.store_now("KZ", 48, scheduled(in_ms(60_000))).await;
     let _notifier = start_notifier(&app, LEADS).await;
     eventually(Duration::from_secs(15), "two reminders planned", || async {
         let r = client.request(names::STATUS, "".into()).await.ok()?;
@@ -802,11 +696,11 @@ async fn a_planner_consumer_left_by_an_older_version_is_taken_over() {
 /// events ahead of the cancellation keep the planner busy for a while.)
 #[tokio::test]
 async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet() {
-    let mut bed = Bed::start(LEADS).await;
+    let mut bed = bed(LEADS).await;
     let date = in_ms(6_000);
-    bed.schedule("KZ", 48, date).await;
+    bed.store_now("KZ", 48, scheduled(date)).await;
     bed.wait_pending(2).await;
-    bed.notifier.kill9();
+    bed.notifier_mut().kill9();
 
     let far = in_ms(86_400_000);
     let mut acks = Vec::new();
@@ -824,7 +718,7 @@ async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet
         let subject =
             contract::subjects::event(envelope.country, envelope.session, envelope.event_type());
         acks.push(
-            bed.js
+            bed.js()
                 .publish(subject, envelope.to_json().into())
                 .await
                 .unwrap(),
@@ -833,7 +727,7 @@ async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet
     for ack in acks {
         ack.await.unwrap();
     }
-    bed.publish(
+    bed.store_now(
         "KZ",
         48,
         EventData::ReviewCancelled(ReviewCancelled { reason: None }),
@@ -845,12 +739,12 @@ async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet
             .unwrap(),
     ))
     .await;
-    bed.notifier.restart();
+    bed.notifier_mut().restart();
     eventually(
         Duration::from_secs(30),
         "the cancellation applied",
         || async {
-            bed.stored()
+            bed.notifications()
                 .await
                 .iter()
                 .any(|(subject, _, _)| subject == "upr.notify.cancelled.KZ")
@@ -860,7 +754,7 @@ async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sent: Vec<_> = bed
-        .stored_reminder_ids()
+        .reminder_ids()
         .await
         .into_iter()
         .filter(|id| id.starts_with("KZ.48."))
