@@ -2,7 +2,7 @@
 //! project's real binaries, started as child processes.
 //!
 //! Where things live:
-//! - [`app`](TestApp): [`TestApp`], a server and the services a test asks
+//! - `app`: [`TestApp`], a server and the services a test asks
 //!   for, ready to answer, with a client and the verbs tests repeat; what
 //!   most end-to-end tests start with.
 //! - `server`: [`NatsServer`], a `nats-server -js` on a free 127.0.0.1 port
