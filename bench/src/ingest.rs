@@ -121,10 +121,6 @@ pub(crate) async fn pass(
 }
 
 /// Part 1, and part 6's replica curve when `sizes.replicas` is not empty.
-#[allow(
-    clippy::too_many_lines,
-    reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
-)]
 pub async fn run(part: Part, sizes: Sizes) {
     let Some(bed) = Fixture::start(&part).await else {
         return;
@@ -207,6 +203,29 @@ pub async fn run(part: Part, sizes: Sizes) {
         );
     }
 
+    if replica_curve(&part, &sizes, url, js, &mut keys, &mut services, &mut pids)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    part.detail("reviews_used", keys.used().into());
+    drop(services);
+    bed.finish(&part, 1).await;
+}
+
+/// Part 6's replica curve: more ingest replicas beside the part's first,
+/// each count measured against the raw publisher. `Err` when a pass failed
+/// (recorded in `part`).
+async fn replica_curve(
+    part: &Part,
+    sizes: &Sizes,
+    url: &str,
+    js: &async_nats::jetstream::Context,
+    keys: &mut Keys,
+    services: &mut Vec<ServiceProcess>,
+    pids: &mut Vec<(String, u32)>,
+) -> Result<(), ()> {
     for &replicas in &sizes.replicas {
         while services.len() < replicas {
             let s = ServiceProcess::start("upr-ingest", url, SERVICE_ENV);
@@ -218,10 +237,9 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
         for rep in 0..sizes.reps {
             let seed = 2000 + rep as u64;
-            let Ok((raw, ing)) =
-                raw_then_ingest(&part, url, js, &mut keys, seed, &sizes, &pids).await
+            let Ok((raw, ing)) = raw_then_ingest(part, url, js, keys, seed, sizes, pids).await
             else {
-                return;
+                return Err(());
             };
             say(format!(
                 "ingest x{replicas} rep {}: raw {:.0} events/s, ingest {:.0} events/s",
@@ -245,7 +263,5 @@ pub async fn run(part: Part, sizes: Sizes) {
             );
         }
     }
-    part.detail("reviews_used", keys.used().into());
-    drop(services);
-    bed.finish(&part, 1).await;
+    Ok(())
 }

@@ -121,10 +121,6 @@ async fn rep(
 }
 
 /// Part 3.
-#[allow(
-    clippy::too_many_lines,
-    reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
-)]
 pub async fn run(part: Part, sizes: Sizes) {
     let Some(bed) = Fixture::start(&part).await else {
         return;
@@ -207,16 +203,36 @@ pub async fn run(part: Part, sizes: Sizes) {
             ingest.p99,
         );
     }
-    // The ingest reply at a rate ten times higher: what a publisher feeding
-    // a whole session at once waits for. Without the queries: one waiting
-    // query per event would measure the query service's waiting limit.
+    if let Err(e) = high_rate(&part, &sizes, client, &mut keys).await {
+        return part.error(e);
+    }
+    if let Some(mem) = mem {
+        let mb = mem.stop(projection.pid()).await;
+        part.record(
+            "memory.projection_live",
+            "upr-projection peak RSS (part 3)",
+            "MB",
+            Some(Goal::Below(100.0)),
+            mb,
+        );
+    }
+    drop((ingest, projection));
+    bed.finish(&part, 3).await;
+}
+
+/// Part 3's ingest reply at a rate ten times higher: what a publisher
+/// feeding a whole session at once waits for. Without the queries: one
+/// waiting query per event would measure the query service's waiting limit.
+async fn high_rate(
+    part: &Part,
+    sizes: &Sizes,
+    client: &async_nats::Client,
+    keys: &mut Keys,
+) -> Result<(), String> {
     for r in 0..sizes.latency_high_rate.map_or(0, |_| sizes.reps) {
         let rate = sizes.latency_high_rate.unwrap_or(sizes.latency_rate);
         let events = sizes.latency_events.max(rate as usize * 3);
-        let samples = match rep(client, &mut keys, 400 + r as u64, (events, rate), false).await {
-            Ok(s) => s,
-            Err(e) => return part.error(e),
-        };
+        let samples = rep(client, keys, 400 + r as u64, (events, rate), false).await?;
         let ingest = Percentiles::of(&samples.iter().map(|s| s.ingest_ms).collect::<Vec<_>>());
         say(format!(
             "latency at {rate}/s rep {}: ingest reply p50 {:.2} ms, p99 {:.2} ms",
@@ -239,16 +255,5 @@ pub async fn run(part: Part, sizes: Sizes) {
             ingest.p99,
         );
     }
-    if let Some(mem) = mem {
-        let mb = mem.stop(projection.pid()).await;
-        part.record(
-            "memory.projection_live",
-            "upr-projection peak RSS (part 3)",
-            "MB",
-            Some(Goal::Below(100.0)),
-            mb,
-        );
-    }
-    drop((ingest, projection));
-    bed.finish(&part, 3).await;
+    Ok(())
 }
