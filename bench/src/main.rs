@@ -264,7 +264,7 @@ fn render(dir: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "the benchmark's whole run: the parts in their order, then the report, one step after another"
 )]

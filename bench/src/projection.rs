@@ -225,7 +225,7 @@ fn tail(logs: &str) -> String {
 /// earlier figures were taken with.
 const DENSE_AFTER: u64 = 1_000_000;
 
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
 )]

@@ -164,7 +164,7 @@ async fn receive(
 }
 
 /// Part 4.
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
 )]

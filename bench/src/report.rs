@@ -286,7 +286,7 @@ impl Report {
     }
 
     /// The chart.
-    #[allow(
+    #[expect(
         clippy::too_many_lines,
         reason = "one chart drawn top to bottom; split, its coordinates would travel between functions"
     )]
@@ -508,7 +508,7 @@ impl Panel {
         clippy::cast_sign_loss,
         reason = "a tick count: the ceiling of a small positive ratio"
     )]
-    #[allow(
+    #[expect(
         clippy::too_many_lines,
         reason = "one panel drawn top to bottom; split, its coordinates would travel between functions"
     )]

@@ -211,7 +211,7 @@ impl Generator {
     /// A review's events: scheduled (for `scheduled_for`, or the session's
     /// usual dates), 0-2 reschedules, 3-10 side events, then usually held and
     /// reported; a few are cancelled and some of those scheduled again.
-    #[allow(
+    #[expect(
         clippy::too_many_lines,
         reason = "one review's story, event by event, in the order the generator decides it"
     )]

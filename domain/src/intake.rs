@@ -171,10 +171,6 @@ pub fn type_fields(ty: EventType) -> &'static [&'static dyn IntakeField] {
 /// # Errors
 /// A [`RejectError`] for the first problem found, in the order described in
 /// the module documentation.
-#[allow(
-    clippy::too_many_lines,
-    reason = "the intake checks in the order the module documentation gives them, ending in one match over the event types"
-)]
 pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(RejectError::too_large(payload.len(), MAX_PAYLOAD));

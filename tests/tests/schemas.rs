@@ -288,7 +288,7 @@ fn base_payload(ty: EventType) -> Value {
 
 /// Values tried in every field of every type: right and wrong ones of every
 /// kind the fields take, and the edges of each rule.
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "one list of candidate values, grouped by the kind of field they try"
 )]

@@ -406,7 +406,7 @@ impl Projector {
 
     /// Folds one batch (up to a gap, if there is one), writes the review
     /// values that went cold, and checkpoints when due.
-    #[allow(
+    #[expect(
         clippy::too_many_lines,
         reason = "the batch fold in the order of its steps (metadata, sequence checks, fold, cold writes, checkpoint), which is the exactly-once argument"
     )]

@@ -247,7 +247,7 @@ impl Queries {
         }
     }
 
-    #[allow(
+    #[expect(
         clippy::too_many_lines,
         reason = "one match over the query kinds, each arm a few lines; split, the options would be passed around for nothing"
     )]

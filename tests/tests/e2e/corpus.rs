@@ -119,7 +119,7 @@ fn the_domain_refuses_every_corpus_message_with_its_code_and_field() {
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "an end-to-end scenario: its steps, read in order, are the specification"
 )]

@@ -118,7 +118,7 @@ async fn a_troika_and_the_councils_adoption_reach_the_read_models() {
 }
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "an end-to-end scenario: its steps, read in order, are the specification"
 )]

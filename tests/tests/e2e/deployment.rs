@@ -741,7 +741,7 @@ fn workspace_members() -> Vec<String> {
 }
 
 #[test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "one checklist over the Dockerfile, line by line"
 )]

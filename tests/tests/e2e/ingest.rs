@@ -214,7 +214,7 @@ async fn a_plain_publish_is_stored_without_a_reply() {
 }
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "a table of every error code with its field, checked in one pass against one server"
 )]
@@ -466,7 +466,7 @@ async fn a_repeated_event_id_gets_the_original_seq_and_the_log_keeps_one_copy() 
 }
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "a table of every lifecycle rule, checked in one pass against one server"
 )]

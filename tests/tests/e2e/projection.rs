@@ -148,7 +148,7 @@ fn report() -> Value {
 }
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "an end-to-end scenario: its steps, read in order, are the specification"
 )]
@@ -285,7 +285,7 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
 }
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "every query and error code against one server, in one pass"
 )]

@@ -48,7 +48,7 @@ fn rfc3339_in(secs: i64) -> String {
 }
 
 #[tokio::test]
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "every kind of message the services send, produced and checked against one server in one pass"
 )]

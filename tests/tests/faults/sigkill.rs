@@ -69,7 +69,7 @@ async fn on_a_three_node_cluster_nothing_acknowledged_is_lost_when_nodes_and_rep
     fault_run(Layout::CLUSTER, target).await;
 }
 
-#[allow(
+#[expect(
     clippy::too_many_lines,
     reason = "the fault run's script (start, load, kill, restart, check), read in order"
 )]
