@@ -8,6 +8,7 @@
 //!   with a given environment, its output captured to a file that is printed
 //!   when the test fails.
 //! - [`eventually`]: poll with a deadline instead of sleeping.
+//! - [`http`]: a plain HTTP/1.1 client for the gateway.
 //! - [`TestApp`]: a server and the services a test asks for, ready to
 //!   answer, with a client and the requests tests repeat; what most
 //!   end-to-end tests start with.
@@ -20,6 +21,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod app;
+pub mod http;
 
 pub use app::{TestApp, TestAppBuilder};
 
@@ -996,6 +998,14 @@ impl ServiceProcess {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The value of `var` in this process's environment, as the harness set it.
+    pub fn env_var(&self, var: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The scratch directory of this process.

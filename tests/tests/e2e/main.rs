@@ -7,6 +7,7 @@ mod corpus;
 mod corrections;
 mod deployment;
 mod foundation;
+mod gateway;
 mod ingest;
 mod notifier;
 mod projection;
