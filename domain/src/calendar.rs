@@ -9,7 +9,7 @@
 //! The document depends on the data only: DTSTAMP is when the review last
 //! changed ([`CalendarEntry::stamp`]) and each VALARM's UID is made of the
 //! review and the lead, never the clock or a random id. So the same data
-//! gives the same bytes, and the HTTP gateway's ETag changes exactly when a
+//! gives the same bytes, and the HTTP gateway's `ETag` changes exactly when a
 //! review does (a subscriber polling every few minutes downloads nothing
 //! while nothing changed). Written with the `icalendar` crate: line folding at 75 octets, text
 //! escaping and CRLF endings are easy to get subtly wrong by hand.
@@ -59,7 +59,9 @@ impl CalendarEntry {
         let changes = lifecycle().count();
         let scheduled_for = view.scheduled_for?;
         Some(Self {
-            stamp: lifecycle().last().map_or(scheduled_for, |h| h.occurred_at),
+            stamp: lifecycle()
+                .next_back()
+                .map_or(scheduled_for, |h| h.occurred_at),
             country: view.country,
             session: view.session,
             scheduled_for,

@@ -18,7 +18,7 @@ use serde_json::json;
 use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 use upr_domain::{ErrorCode, RejectError};
 
-use crate::ops;
+use crate::{api, calendar, ops};
 
 /// What every handler shares. Cheap to clone: the NATS client and the
 /// JetStream context are handles to one connection.
@@ -46,6 +46,8 @@ impl AppState {
 pub fn router(state: AppState, max_requests: usize) -> Router {
     Router::new()
         .merge(ops::routes())
+        .merge(api::routes())
+        .merge(calendar::routes())
         .fallback(unknown_path)
         .layer(middleware::from_fn(refuse_body))
         // One semaphore for the whole router (a plain concurrency limit

@@ -4,6 +4,8 @@
 //! writes the event log or a read model.
 //!
 //! Where things live:
+//! - [`api`]: the read API, `/api/v1/...`, one projection query each.
+//! - [`calendar`]: `/calendar.ics` and `/calendar/<CC>.ics`, with entity tags.
 //! - [`http`]: the axum [`Router`](axum::Router) and its shared
 //!   [`AppState`](http::AppState); each area adds its routes there.
 //! - [`ops`]: `/healthz` (and the metrics).
@@ -16,6 +18,8 @@
 //! [`App::build`] connects and binds; [`App::run`] serves until the shutdown
 //! future resolves, lets requests in progress finish, then drains NATS.
 
+pub mod api;
+pub mod calendar;
 pub mod health;
 pub mod http;
 pub mod ops;

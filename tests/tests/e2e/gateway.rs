@@ -1,6 +1,9 @@
 //! The HTTP gateway (contract V3.5) against a real nats-server and the real
 //! services.
 
+use std::{collections::BTreeMap, time::Duration};
+
+use serde_json::json;
 use upr_nats::contract::services;
 use upr_tests::TestApp;
 
@@ -48,4 +51,192 @@ async fn healthz_is_503_while_the_projection_does_not_answer() {
     // The gateway itself is still serving.
     assert_eq!(app.service(services::GATEWAY).name(), services::GATEWAY);
     assert_eq!(app.get("/nope").await.status, 404);
+}
+
+/// A scheduled review of KZ at session 48; returns the stream sequence.
+async fn schedule_kz48(app: &TestApp) -> u64 {
+    app.accept(
+        "review_scheduled",
+        &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-23T08:30:00Z",
+                "location": "Palais des Nations, Room XX", "troika": ["BO", "FR", "JP"]}),
+    )
+    .await["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_read_api_answers_with_the_nats_answer_and_its_status() {
+    let mut app = TestApp::builder()
+        .ingest()
+        .projection()
+        .gateway()
+        .start()
+        .await;
+    let seq = schedule_kz48(&app).await;
+
+    let review = app
+        .get(&format!("/api/v1/reviews/KZ/48?min_seq={seq}"))
+        .await;
+    assert_eq!(review.status, 200, "{}", review.text());
+    assert_eq!(review.header("content-type"), Some("application/json"));
+    assert_eq!(
+        review.json(),
+        app.query("upr.query.review.KZ.48", seq).await,
+        "the body is the NATS answer itself"
+    );
+    assert_eq!(review.json()["review"]["status"], "scheduled");
+    // A code in lower case names the same review.
+    assert_eq!(app.get("/api/v1/reviews/kz/48").await.status, 200);
+
+    let session = app.get(&format!("/api/v1/sessions/48?min_seq={seq}")).await;
+    assert_eq!(session.status, 200, "{}", session.text());
+    assert_eq!(session.json()["session"]["reviews"][0]["country"], "KZ");
+    let country = app
+        .get(&format!("/api/v1/countries/KZ?min_seq={seq}"))
+        .await;
+    assert_eq!(country.status, 200, "{}", country.text());
+    assert_eq!(country.json()["country"]["reviews"][0]["session"], 48);
+    let upcoming = app
+        .get(&format!(
+            "/api/v1/upcoming?country=KZ&within_days=3650&min_seq={seq}"
+        ))
+        .await;
+    assert_eq!(upcoming.status, 200, "{}", upcoming.text());
+    assert_eq!(upcoming.json()["reviews"][0]["session"], 48);
+    let none_soon = app.get("/api/v1/upcoming?country=KZ&within_days=1").await;
+    assert_eq!(
+        none_soon.json()["reviews"],
+        json!([]),
+        "{}",
+        none_soon.text()
+    );
+    let status = app.get(&format!("/api/v1/status?min_seq={seq}")).await;
+    assert_eq!(status.status, 200);
+    assert!(status.json()["applied_seq"].as_u64().unwrap() >= seq);
+
+    // not_found from the projection: 404 with its answer.
+    let missing = app.get("/api/v1/reviews/KZ/47").await;
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+
+    // Bad input: 400 naming the field, from the gateway or the projection.
+    for (path, field) in [
+        ("/api/v1/upcoming?within_days=abc", "within_days"),
+        ("/api/v1/upcoming?within_days=99999999", "within_days"),
+        ("/api/v1/upcoming?country=XX", "country"),
+        ("/api/v1/reviews/XX/48", "country"),
+        ("/api/v1/reviews/KZ/0", "session"),
+        ("/api/v1/sessions/abc", "session"),
+        ("/api/v1/countries/KZ?colour=red", "colour"),
+        ("/api/v1/status?min_seq=-3", "min_seq"),
+    ] {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text());
+        let body = answer.json();
+        assert_eq!(body["ok"], false, "{path}");
+        assert_eq!(body["error"]["code"], "invalid_field", "{path}: {body}");
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
+    }
+
+    // Nothing answers on NATS: 503 unavailable, at once.
+    app.projection_mut().kill9();
+    let started = std::time::Instant::now();
+    let down = app.get("/api/v1/status").await;
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert_eq!(down.json()["error"]["code"], "unavailable");
+    assert!(started.elapsed() < Duration::from_secs(8), "bounded wait");
+}
+
+/// The VEVENTs of a calendar, read with an independent parser.
+fn vevents(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut reader = ical::IcalParser::new(std::io::BufReader::new(text.as_bytes()));
+    let cal = reader.next().expect("a calendar").expect("it parses");
+    assert!(reader.next().is_none(), "one calendar");
+    cal.events
+        .iter()
+        .map(|e| {
+            e.properties
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_calendar_program_subscribed_over_http_sees_a_reschedule_as_a_change() {
+    let app = TestApp::builder()
+        .ingest()
+        .projection()
+        .gateway()
+        .start()
+        .await;
+    let seq = schedule_kz48(&app).await;
+    let url = format!("/calendar/KZ.ics?min_seq={seq}");
+
+    // First fetch.
+    let first = app.get(&url).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.header("content-type"),
+        Some("text/calendar; charset=utf-8")
+    );
+    let tag = first.header("etag").expect("an ETag").to_string();
+    assert!(
+        tag.starts_with('"') && !tag.starts_with("W/"),
+        "strong: {tag}"
+    );
+    let events = vevents(&first.text());
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["UID"], "KZ-48@upr-tracker");
+    assert_eq!(events[0]["SEQUENCE"], "0");
+    assert_eq!(events[0]["DTSTART"], "20310123T083000Z");
+
+    // Polling again: nothing changed, so nothing is sent.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = app.get_with(&url, &[("If-None-Match", &tag)]).await;
+    assert_eq!(again.status, 304, "{}", again.text());
+    assert!(again.body.is_empty());
+    assert_eq!(again.header("etag"), Some(tag.as_str()));
+    assert_eq!(app.get(&url).await.body, first.body, "the same bytes");
+
+    // The review moves: the same event, a newer version of it.
+    let moved = app
+        .accept(
+            "review_rescheduled",
+            &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-24T08:30:00Z"}),
+        )
+        .await["seq"]
+        .as_u64()
+        .unwrap();
+    let after = app
+        .get_with(
+            &format!("/calendar/KZ.ics?min_seq={moved}"),
+            &[("If-None-Match", &tag)],
+        )
+        .await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_ne!(after.header("etag"), Some(tag.as_str()), "a new ETag");
+    let events = vevents(&after.text());
+    assert_eq!(events.len(), 1, "a change, not a duplicate: {events:?}");
+    assert_eq!(events[0]["UID"], "KZ-48@upr-tracker");
+    assert_eq!(events[0]["SEQUENCE"], "1");
+    assert_eq!(events[0]["DTSTART"], "20310124T083000Z");
+
+    // Every state's calendar holds it too.
+    let all = app.get("/calendar.ics").await;
+    assert_eq!(all.status, 200);
+    assert!(
+        vevents(&all.text())
+            .iter()
+            .any(|e| e["UID"] == "KZ-48@upr-tracker")
+    );
+
+    // A code that is not a member state has no calendar.
+    for path in ["/calendar/TW.ics", "/calendar/XX.ics", "/calendar/KZ.txt"] {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status, 404, "{path}");
+        assert_eq!(answer.json()["error"]["code"], "not_found", "{path}");
+    }
 }
