@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::json;
 use upr_nats::contract::services;
-use upr_tests::TestApp;
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, http, start_services};
 
 #[tokio::test]
 async fn healthz_is_ok_while_the_projection_answers_and_unknown_paths_are_json_404() {
@@ -238,5 +238,74 @@ async fn a_calendar_program_subscribed_over_http_sees_a_reschedule_as_a_change()
         let answer = app.get(path).await;
         assert_eq!(answer.status, 404, "{path}");
         assert_eq!(answer.json()["error"]["code"], "not_found", "{path}");
+    }
+}
+
+/// The shipped configuration: the gateway as its own user answers with the
+/// projection's data, and that user can write nothing.
+#[tokio::test]
+async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configuration() {
+    let nats = NatsServer::start_secured();
+    let _services = start_services(&nats, &nats.url(), &[]).await;
+    let seed = nats.seed_file("gateway").display().to_string();
+    let addr = format!("127.0.0.1:{}", upr_tests::free_port());
+    let gateway = ServiceProcess::start(
+        services::GATEWAY,
+        &nats.url(),
+        &[("NATS_NKEY", &seed), ("UPR_HTTP_ADDR", &addr)],
+    );
+    gateway.wait_healthy().await;
+    let addr = addr.parse().unwrap();
+
+    let publisher = nats.client_as("publisher").await;
+    let reply = publisher
+        .request(
+            "upr.ingest.review_scheduled",
+            json!({"country": "KZ", "session": 48, "scheduled_for": "2099-01-23T08:30:00Z"})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let seq = serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    for path in [
+        format!("/api/v1/reviews/KZ/48?min_seq={seq}"),
+        format!("/api/v1/sessions/48?min_seq={seq}"),
+        "/api/v1/countries/KZ".to_string(),
+        "/api/v1/upcoming?country=KZ".to_string(),
+        "/api/v1/status".to_string(),
+        "/calendar.ics".to_string(),
+        "/calendar/KZ.ics".to_string(),
+    ] {
+        let answer = http::get(addr, &path, &[]).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+    }
+    assert!(
+        !nats.log().contains("Violation"),
+        "the gateway used only what it may: {}",
+        nats.log()
+    );
+
+    // Its user can write nothing: no event, no read model, no stream change.
+    let as_gateway = nats.client_as("gateway").await;
+    for subject in [
+        "upr.ingest.review_cancelled",
+        "upr.events.KZ.48.review_cancelled",
+        "$KV.upr_reviews.KZ.48",
+        "upr.notify.reminder.KZ",
+        "$JS.API.STREAM.DELETE.UPR_EVENTS",
+        "$JS.API.CONSUMER.CREATE.UPR_EVENTS",
+    ] {
+        as_gateway.publish(subject, "{}".into()).await.unwrap();
+        as_gateway.flush().await.unwrap();
+        eventually(Duration::from_secs(5), "the refusal logged", || async {
+            nats.log()
+                .lines()
+                .any(|l| l.contains("Publish Violation") && l.contains(subject))
+                .then_some(())
+        })
+        .await;
     }
 }
