@@ -3,7 +3,7 @@
 //! answer shares: the error body, the unknown-path answer, the refusal of
 //! bodies on GET and the concurrency limit.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use async_nats::jetstream;
 use axum::{
@@ -18,7 +18,7 @@ use serde_json::json;
 use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 use upr_domain::{ErrorCode, RejectError};
 
-use crate::{api, calendar, ops};
+use crate::{api, calendar, metrics::Metrics, ops};
 
 /// What every handler shares. Cheap to clone: the NATS client and the
 /// JetStream context are handles to one connection.
@@ -30,13 +30,19 @@ pub struct AppState {
     /// JetStream over the same connection, for reading streams such as
     /// `UPR_NOTIFICATIONS` (never for writing: the user may not).
     pub js: jetstream::Context,
+    /// The request counters and latency histogram of `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// State over a connected client.
     pub fn new(nats: async_nats::Client) -> Self {
         let js = jetstream::new(nats.clone());
-        Self { nats, js }
+        Self {
+            nats,
+            js,
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -44,6 +50,7 @@ impl AppState {
 /// bodies refused on GET, at most `max_requests` in progress (past it, 503
 /// at once), and a JSON `not_found` for any other path.
 pub fn router(state: AppState, max_requests: usize) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .merge(ops::routes())
         .merge(api::routes())
@@ -59,6 +66,11 @@ pub fn router(state: AppState, max_requests: usize) -> Router {
                 .load_shed()
                 .layer(GlobalConcurrencyLimitLayer::new(max_requests)),
         )
+        // Outermost, so the 503s of the limit are counted too.
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

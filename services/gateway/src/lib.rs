@@ -8,7 +8,8 @@
 //! - [`calendar`]: `/calendar.ics` and `/calendar/<CC>.ics`, with entity tags.
 //! - [`http`]: the axum [`Router`](axum::Router) and its shared
 //!   [`AppState`](http::AppState); each area adds its routes there.
-//! - [`ops`]: `/healthz` (and the metrics).
+//! - [`ops`]: `/healthz` and `/metrics`.
+//! - [`metrics`]: the request figures and the system's, for Prometheus.
 //! - [`query`]: one NATS request with a timeout, and its answer as HTTP.
 //! - [`server`]: the HTTP/1 accept loop with its bounds (request head,
 //!   slow clients, connections) and graceful shutdown.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod calendar;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod ops;
 pub mod query;
 pub mod server;

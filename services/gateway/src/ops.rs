@@ -1,4 +1,5 @@
-//! Operations: `/healthz` for supervisors and load balancers.
+//! Operations: `/healthz` for supervisors and load balancers, `/metrics`
+//! (see [`crate::metrics`]) for Prometheus.
 
 use axum::{
     Json, Router,
@@ -14,11 +15,13 @@ use crate::http::AppState;
 
 /// How long `/healthz` waits for the projection: a supervisor's probe
 /// (compose: `upr-gateway healthcheck`, 3 s) must get an answer in time.
-const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The operations routes.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::handler))
 }
 
 /// 200 while NATS is connected and the projection answers its status

@@ -309,3 +309,92 @@ async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configurati
         .await;
     }
 }
+
+/// The value of the series `name` (with its labels, exactly) in a
+/// Prometheus exposition.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_the_notifier() {
+    let app = TestApp::builder().all().gateway().start().await;
+    let seq = schedule_kz48(&app).await;
+    assert_eq!(
+        app.get(&format!("/api/v1/reviews/KZ/48?min_seq={seq}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.get("/api/v1/reviews/KZ/47").await.status, 404);
+    assert_eq!(app.get("/no/such/page").await.status, 404);
+    app.caught_up().await;
+
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        metrics.header("content-type")
+    );
+    let text = metrics.text();
+    let route = "/api/v1/reviews/{country}/{session}";
+    assert_eq!(
+        series(
+            &text,
+            &format!(
+                "upr_gateway_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"200\"}}"
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            &format!(
+                "upr_gateway_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"404\"}}"
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Unknown paths share one series: a client cannot create new ones.
+    assert_eq!(
+        series(
+            &text,
+            "upr_gateway_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        series(
+            &text,
+            &format!("upr_gateway_http_request_duration_seconds_count{{route=\"{route}\"}}")
+        ) == Some(2.0),
+        "{text}"
+    );
+    let log = series(&text, "upr_events_in_log").expect("events in the log");
+    assert!(log >= 1.0, "{text}");
+    assert_eq!(
+        series(&text, "upr_projection_applied_seq"),
+        Some(log),
+        "{text}"
+    );
+    assert_eq!(series(&text, "upr_projection_lag"), Some(0.0), "{text}");
+    for figure in [
+        "upr_notifier_reminders_pending",
+        "upr_notifier_reminders_sent",
+        "upr_notifier_reminders_late",
+    ] {
+        assert!(series(&text, figure).is_some(), "{figure} in\n{text}");
+    }
+    assert_eq!(
+        series(&text, "upr_source_up{source=\"notifier\"}"),
+        Some(1.0)
+    );
+}
