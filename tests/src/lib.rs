@@ -9,6 +9,7 @@
 //!   when the test fails.
 //! - [`eventually`]: poll with a deadline instead of sleeping.
 //! - [`http`]: a plain HTTP/1.1 client for the gateway.
+//! - [`browser`]: headless chromium, for what the gateway's pages show.
 //! - [`TestApp`]: a server and the services a test asks for, ready to
 //!   answer, with a client and the requests tests repeat; what most
 //!   end-to-end tests start with.
@@ -21,6 +22,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod app;
+pub mod browser;
 pub mod http;
 
 pub use app::{TestApp, TestAppBuilder};

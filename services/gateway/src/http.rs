@@ -18,7 +18,7 @@ use serde_json::json;
 use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 use upr_domain::{ErrorCode, RejectError};
 
-use crate::{api, calendar, metrics::Metrics, ops};
+use crate::{api, calendar, metrics::Metrics, ops, pages};
 
 /// What every handler shares. Cheap to clone: the NATS client and the
 /// JetStream context are handles to one connection.
@@ -55,6 +55,7 @@ pub fn router(state: AppState, max_requests: usize) -> Router {
         .merge(ops::routes())
         .merge(api::routes())
         .merge(calendar::routes())
+        .merge(pages::routes())
         .fallback(unknown_path)
         .layer(middleware::from_fn(refuse_body))
         // One semaphore for the whole router (a plain concurrency limit

@@ -10,6 +10,7 @@
 //!   [`AppState`](http::AppState); each area adds its routes there.
 //! - [`ops`]: `/healthz` and `/metrics`.
 //! - [`metrics`]: the request figures and the system's, for Prometheus.
+//! - [`pages`]: the HTML pages, `/` and `/reviews/<CC>/<session>`.
 //! - [`query`]: one NATS request with a timeout, and its answer as HTTP.
 //! - [`server`]: the HTTP/1 accept loop with its bounds (request head,
 //!   slow clients, connections) and graceful shutdown.
@@ -25,6 +26,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod pages;
 pub mod query;
 pub mod server;
 

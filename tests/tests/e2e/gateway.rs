@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::json;
 use upr_nats::contract::services;
-use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, http, start_services};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, browser, eventually, http, start_services};
 
 #[tokio::test]
 async fn healthz_is_ok_while_the_projection_answers_and_unknown_paths_are_json_404() {
@@ -397,4 +397,112 @@ async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_t
         series(&text, "upr_source_up{source=\"notifier\"}"),
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn a_person_finds_a_review_in_the_browser_and_its_links_lead_where_they_say() {
+    let app = TestApp::builder()
+        .ingest()
+        .projection()
+        .gateway()
+        .start()
+        .await;
+    schedule_kz48(&app).await;
+    app.accept(
+        "side_event_held",
+        &json!({"country": "KZ", "session": 48, "title": "Civic space in Kazakhstan",
+                "held_on": "2031-01-22T00:00:00Z", "speakers": [{"name": "A. Person", "role": "NGO"}]}),
+    )
+    .await;
+    app.caught_up().await;
+    let base = format!("http://{}", app.http_addr());
+
+    let home_url = format!("{base}/");
+    let home = tokio::task::spawn_blocking(move || browser::dump_dom(&home_url))
+        .await
+        .unwrap();
+    let seen = browser::visible_text(&home);
+    for text in [
+        "Upcoming UPR reviews",
+        "Kazakhstan",
+        "23 January 2031, 08:30 UTC",
+        "scheduled",
+    ] {
+        assert!(seen.contains(text), "the front page shows {text:?}: {seen}");
+    }
+    let review_link = browser::link_to(&home, "Kazakhstan").expect("a link to the review");
+    assert_eq!(review_link, "/reviews/KZ/48");
+    let calendar_link =
+        browser::link_to(&home, "calendar of every review").expect("a calendar link");
+    let calendar = app.get(&calendar_link).await;
+    assert_eq!(calendar.status, 200);
+    assert_eq!(
+        calendar.header("content-type"),
+        Some("text/calendar; charset=utf-8")
+    );
+
+    // Filtered by country, with the form's own query string.
+    let filtered_url = format!("{base}/?country=kz");
+    let filtered = tokio::task::spawn_blocking(move || browser::dump_dom(&filtered_url))
+        .await
+        .unwrap();
+    assert!(browser::visible_text(&filtered).contains("Kazakhstan"));
+    assert_eq!(
+        browser::link_to(&filtered, "calendar of Kazakhstan").as_deref(),
+        Some("/calendar/KZ.ics")
+    );
+
+    let review_url = format!("{base}{review_link}");
+    let review = tokio::task::spawn_blocking(move || browser::dump_dom(&review_url))
+        .await
+        .unwrap();
+    let seen = browser::visible_text(&review);
+    for text in [
+        "UPR review: Kazakhstan (session 48)",
+        "Status scheduled",
+        "23 January 2031, 08:30 UTC",
+        "Palais des Nations, Room XX",
+        "Bolivia (Plurinational State of), France, Japan",
+        "Review scheduled",
+        "Civic space in Kazakhstan",
+        "A. Person (NGO)",
+    ] {
+        assert!(
+            seen.contains(text),
+            "the review page shows {text:?}: {seen}"
+        );
+    }
+    let ics = browser::link_to(&review, "calendar of Kazakhstan (.ics)").expect("a calendar link");
+    assert_eq!(ics, "/calendar/KZ.ics");
+    let calendar = app.get(&ics).await;
+    assert_eq!(calendar.status, 200);
+    assert!(calendar.text().contains("UID:KZ-48@upr-tracker"));
+
+    // A review that does not exist: a page saying so, with a 404.
+    assert_eq!(app.get("/reviews/KZ/47").await.status, 404);
+    let missing_url = format!("{base}/reviews/KZ/47");
+    let missing = tokio::task::spawn_blocking(move || browser::dump_dom(&missing_url))
+        .await
+        .unwrap();
+    assert!(
+        browser::visible_text(&missing).contains("Not found"),
+        "{missing}"
+    );
+
+    // On a phone's width, the page renders (docs/ holds such a screenshot).
+    let shot_dir = tempfile::tempdir().unwrap();
+    let shot = shot_dir.path().join("review.png");
+    let (url, file) = (format!("{base}/reviews/KZ/48"), shot.clone());
+    tokio::task::spawn_blocking(move || browser::screenshot(&url, &file, 412, 1400))
+        .await
+        .unwrap();
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    if let Some(keep) = std::env::var_os("UPR_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
 }
