@@ -1,7 +1,12 @@
 //! The HTTP gateway (contract V3.5) against a real nats-server and the real
 //! services.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use serde_json::json;
 use upr_nats::contract::services;
@@ -141,7 +146,7 @@ async fn the_read_api_answers_with_the_nats_answer_and_its_status() {
 
     // Nothing answers on NATS: 503 unavailable, at once.
     app.projection_mut().kill9();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let down = app.get("/api/v1/status").await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert_eq!(down.json()["error"]["code"], "unavailable");
@@ -505,4 +510,133 @@ async fn a_person_finds_a_review_in_the_browser_and_its_links_lead_where_they_sa
     if let Some(keep) = std::env::var_os("UPR_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
     }
+}
+
+#[tokio::test]
+async fn hostile_clients_get_bounded_answers_and_every_service_still_answers() {
+    let app = TestApp::builder()
+        .all()
+        .service(
+            services::GATEWAY,
+            &[
+                (
+                    "UPR_HTTP_ADDR",
+                    &format!("127.0.0.1:{}", upr_tests::free_port()),
+                ),
+                ("UPR_HTTP_MAX_REQUESTS", "4"),
+            ],
+        )
+        .start()
+        .await;
+    let addr = app.http_addr();
+
+    // A request head past 8 KiB is refused by the server itself.
+    let huge = format!(
+        "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    let answer = raw_status(addr, huge.as_bytes()).await;
+    assert!(matches!(answer, None | Some(431)), "{answer:?}");
+    // Just under it is served.
+    let fits = format!(
+        "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(6 * 1024)
+    );
+    assert_eq!(raw_status(addr, fits.as_bytes()).await, Some(200));
+
+    // A body on GET is refused, naming it.
+    let with_body = http::raw(
+        addr,
+        b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(with_body.status, 400, "{}", with_body.text());
+    assert_eq!(with_body.json()["error"]["field"], "body");
+    let chunked = http::raw(
+        addr,
+        b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(chunked.status, 400, "{}", chunked.text());
+
+    // Slow clients: 50 connections that never finish their request head.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Meanwhile everyone else is served.
+    let started = Instant::now();
+    assert_eq!(app.get("/api/v1/status").await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the slow ones are closed once their time is up.
+    for s in &mut slow {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a slow client was still held after 10 s");
+    }
+
+    // Many at once while the projection hangs: past the limit of 4, 503 at
+    // once instead of a queue.
+    app.projection().freeze();
+    let burst: Vec<_> = (0..40)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = http::get(addr, "/api/v1/status", &[]).await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    for task in burst {
+        let (answer, took) = task.await.unwrap();
+        assert_eq!(answer.status, 503, "{}", answer.text());
+        assert_eq!(answer.json()["error"]["code"], "unavailable");
+        if answer.header("retry-after") == Some("1") {
+            shed += 1;
+            assert!(
+                took < Duration::from_secs(3),
+                "shed at once, not after {took:?}"
+            );
+        }
+    }
+    assert!(shed >= 30, "only {shed} of 40 were shed at the limit");
+    app.projection().thaw();
+
+    // Afterwards the gateway and every service answer as before.
+    eventually(
+        Duration::from_secs(20),
+        "the gateway healthy again",
+        || async { (app.get("/healthz").await.status == 200).then_some(()) },
+    )
+    .await;
+    let seq = schedule_kz48(&app).await;
+    assert_eq!(
+        app.get(&format!("/api/v1/reviews/KZ/48?min_seq={seq}"))
+            .await
+            .status,
+        200
+    );
+    let notifier = app.request("upr.notifier.status", "").await;
+    assert_eq!(notifier["ok"], true, "{notifier}");
+    assert!(app.gateway().healthcheck().success());
+}
+
+/// The status code of a raw request, or `None` when the server closed the
+/// connection without one.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    // The server may close while the request is still being written.
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    http::parse(&buf).map(|r| r.status)
 }
