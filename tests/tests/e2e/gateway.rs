@@ -7,6 +7,7 @@ use std::{
 };
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use yaml_rust2::{Yaml, YamlLoader};
 
 use serde_json::json;
 use upr_nats::contract::services;
@@ -639,4 +640,157 @@ async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> Option<u16> {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     http::parse(&buf).map(|r| r.status)
+}
+
+/// `node` itself, or the node its `$ref` (`#/components/...`) points at.
+fn resolve<'a>(doc: &'a Yaml, node: &'a Yaml) -> &'a Yaml {
+    match node["$ref"].as_str() {
+        Some(r) if r.starts_with("#/") => r[2..].split('/').fold(doc, |n, key| &n[key]),
+        _ => node,
+    }
+}
+
+/// A YAML schema node as JSON (the inline schemas of openapi.yaml).
+fn yaml_json(node: &Yaml) -> serde_json::Value {
+    match node {
+        Yaml::Hash(h) => serde_json::Value::Object(
+            h.iter()
+                .map(|(k, v)| (k.as_str().unwrap().to_string(), yaml_json(v)))
+                .collect(),
+        ),
+        Yaml::Array(a) => serde_json::Value::Array(a.iter().map(yaml_json).collect()),
+        Yaml::String(s) => json!(s),
+        Yaml::Integer(i) => json!(i),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Real(r) => json!(r.parse::<f64>().unwrap()),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Checks an answer against what openapi.yaml documents for `operation`:
+/// its status is listed, its media type is the listed one, and a JSON body
+/// validates against the schema the status refers to.
+#[track_caller]
+fn assert_documented(doc: &Yaml, operation: &Yaml, what: &str, answer: &http::HttpResponse) {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let response = resolve(
+        doc,
+        &operation["responses"][answer.status.to_string().as_str()],
+    );
+    assert!(
+        !response.is_badvalue(),
+        "{what}: status {} is not documented: {}",
+        answer.status,
+        answer.text()
+    );
+    let Some(content) = response["content"].as_hash() else {
+        assert!(
+            answer.body.is_empty(),
+            "{what}: a body where none is documented"
+        );
+        return;
+    };
+    let served = answer.header("content-type").unwrap_or_default();
+    let (media, spec) = content
+        .iter()
+        .find(|(m, _)| served.starts_with(m.as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{what}: {served} is not the documented media type"));
+    if media.as_str() != Some("application/json") {
+        return;
+    }
+    let schema = match spec["schema"]["$ref"].as_str() {
+        Some(file) => serde_json::from_str(&std::fs::read_to_string(docs.join(file)).unwrap())
+            .unwrap_or_else(|e| panic!("{file}: {e}")),
+        None => yaml_json(&spec["schema"]),
+    };
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{what}: the schema compiles: {e}"));
+    let body = answer.json();
+    let errors: Vec<String> = validator
+        .iter_errors(&body)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: {body} against its schema: {errors:#?}"
+    );
+}
+
+#[tokio::test]
+async fn every_path_of_the_openapi_document_answers_as_documented() {
+    let app = TestApp::builder().all().gateway().start().await;
+    let seq = schedule_kz48(&app).await;
+    app.caught_up().await;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.yaml"),
+    )
+    .unwrap();
+    let doc = &YamlLoader::load_from_str(&text).unwrap()[0];
+    assert_eq!(doc["openapi"].as_str(), Some("3.1.0"));
+    let paths = doc["paths"].as_hash().expect("paths");
+    let documented: Vec<&str> = paths.keys().filter_map(Yaml::as_str).collect();
+    for path in [
+        "/",
+        "/reviews/{country}/{session}",
+        "/calendar.ics",
+        "/calendar/{file}",
+        "/api/v1/reviews/{country}/{session}",
+        "/api/v1/sessions/{session}",
+        "/api/v1/countries/{country}",
+        "/api/v1/upcoming",
+        "/api/v1/status",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(documented.contains(&path), "openapi.yaml documents {path}");
+    }
+    for (template, item) in paths {
+        let template = template.as_str().unwrap();
+        let operation = &item["get"];
+        // The path with each parameter's example, as a client fills it in.
+        let mut url = template.to_string();
+        for p in operation["parameters"].as_vec().into_iter().flatten() {
+            let p = resolve(doc, p);
+            if p["in"].as_str() == Some("path") {
+                let example = match &p["example"] {
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::String(s) => s.clone(),
+                    other => panic!("{template}: example {other:?}"),
+                };
+                url = url.replace(&format!("{{{}}}", p["name"].as_str().unwrap()), &example);
+            }
+        }
+        let answer = app.get(&url).await;
+        assert_eq!(answer.status, 200, "{url}: {}", answer.text());
+        assert_documented(doc, operation, &url, &answer);
+        // min_seq where it is documented: the same, once that is applied.
+        let takes_min_seq = operation["parameters"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .any(|p| resolve(doc, p)["name"].as_str() == Some("min_seq"));
+        if takes_min_seq {
+            let waited = app.get(&format!("{url}?min_seq={seq}")).await;
+            assert_eq!(waited.status, 200, "{url}?min_seq: {}", waited.text());
+        }
+    }
+    // Refusals validate against the documented error schema too.
+    let api = &doc["paths"]["/api/v1/reviews/{country}/{session}"]["get"];
+    for url in [
+        "/api/v1/reviews/KZ/47",
+        "/api/v1/reviews/XX/48",
+        "/api/v1/reviews/KZ/48?min_seq=x",
+    ] {
+        assert_documented(doc, api, url, &app.get(url).await);
+    }
+    let calendar = &doc["paths"]["/calendar/{file}"]["get"];
+    let first = app.get("/calendar/KZ.ics").await;
+    let tag = first.header("etag").unwrap().to_string();
+    let again = app
+        .get_with("/calendar/KZ.ics", &[("If-None-Match", &tag)])
+        .await;
+    assert_documented(doc, calendar, "304", &again);
+    assert_documented(doc, calendar, "TW.ics", &app.get("/calendar/TW.ics").await);
 }
