@@ -794,3 +794,30 @@ async fn every_path_of_the_openapi_document_answers_as_documented() {
     assert_documented(doc, calendar, "304", &again);
     assert_documented(doc, calendar, "TW.ics", &app.get("/calendar/TW.ics").await);
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_gateway_cleanly_after_the_request_in_progress() {
+    let mut app = TestApp::builder()
+        .ingest()
+        .projection()
+        .gateway()
+        .start()
+        .await;
+    let addr = app.http_addr();
+    let seq = schedule_kz48(&app).await;
+    // A request waiting for a sequence not yet in the log (the projection
+    // answers `timeout` after its 5 s wait) is in progress when SIGTERM comes.
+    let pending = tokio::spawn(async move {
+        http::get(addr, &format!("/api/v1/status?min_seq={}", seq + 1), &[]).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = app.gateway_mut().terminate(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    let answer = pending.await.unwrap();
+    assert!(
+        [400, 503].contains(&answer.status),
+        "the request in progress got its answer: {} {}",
+        answer.status,
+        answer.text()
+    );
+}
