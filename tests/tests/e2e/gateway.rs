@@ -560,8 +560,12 @@ async fn hostile_clients_get_bounded_answers_and_every_service_still_answers() {
     .await;
     assert_eq!(chunked.status, 400, "{}", chunked.text());
 
-    // Slow clients: 50 connections that never finish their request head.
+    // Slow clients: 50 connections that never finish their request head,
+    // and 20 that send nothing at all.
     let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
     for _ in 0..50 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n")
