@@ -125,6 +125,8 @@ pub fn index_page(country: &str, code: Option<Country>, answer: &Value) -> Index
             "The next {MAX_ROWS} of {} upcoming reviews, soonest first; filter by country for the others",
             all.len()
         )
+    } else if reviews.len() == 1 {
+        "1 upcoming review".to_string()
     } else {
         format!("{} upcoming reviews, soonest first", reviews.len())
     };
@@ -523,6 +525,7 @@ mod tests {
         assert_eq!(page.reviews[0].href, "/reviews/KZ/48");
         assert_eq!(page.reviews[0].status, "scheduled");
         assert_eq!(page.calendar_url, "/calendar/KZ.ics");
+        assert_eq!(page.caption, "1 upcoming review");
         let page = index_page("", None, &answer);
         assert_eq!(page.calendar_url, "/calendar.ics");
         let html = page.render().unwrap();
