@@ -484,6 +484,15 @@ async fn a_person_finds_a_review_in_the_browser_and_its_links_lead_where_they_sa
     assert_eq!(calendar.status, 200);
     assert!(calendar.text().contains("UID:KZ-48@upr-tracker"));
 
+    // A filter that is not a code: the page says so, with a 400.
+    let bad = app.get("/?country=XX").await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.text().contains("is not a country code"),
+        "{}",
+        bad.text()
+    );
+
     // A review that does not exist: a page saying so, with a 404.
     assert_eq!(app.get("/reviews/KZ/47").await.status, 404);
     let missing_url = format!("{base}/reviews/KZ/47");
