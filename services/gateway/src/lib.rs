@@ -117,14 +117,15 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to NATS (retrying until it answers) and binds the HTTP
-    /// address. Nothing is created on NATS: the gateway only asks.
+    /// Binds the HTTP address, then connects to NATS (retrying until it
+    /// answers). Nothing is created on NATS: the gateway only asks.
     ///
     /// # Errors
     /// When the address cannot be bound (in use, not this host's) or the
     /// NATS settings can never work.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let client = upr_nats::setup::connect(&config.common.nats, services::GATEWAY).await?;
+        // The address first: a port in use is a mistake to report at once,
+        // not after waiting for NATS.
         let listener = TcpListener::bind(config.http_addr).await.map_err(|e| {
             format!(
                 "{}: cannot listen on {}: {e}",
@@ -132,6 +133,7 @@ impl App {
                 config.http_addr
             )
         })?;
+        let client = upr_nats::setup::connect(&config.common.nats, services::GATEWAY).await?;
         info!(addr = %listener.local_addr()?, "HTTP listening");
         let state = http::AppState::new(client.clone());
         Ok(Self {

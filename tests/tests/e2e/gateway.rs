@@ -834,3 +834,26 @@ async fn sigterm_stops_the_gateway_cleanly_after_the_request_in_progress() {
         answer.text()
     );
 }
+
+#[tokio::test]
+async fn a_bad_address_or_a_port_in_use_stops_the_gateway_naming_it() {
+    // Nothing listens here: both mistakes are reported before NATS is asked.
+    let nats_url = "nats://127.0.0.1:9";
+    let mut bad = ServiceProcess::start(
+        services::GATEWAY,
+        nats_url,
+        &[("UPR_HTTP_ADDR", "localhost")],
+    );
+    assert_eq!(bad.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    assert!(bad.logs().contains("UPR_HTTP_ADDR"), "{}", bad.logs());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut busy = ServiceProcess::start(services::GATEWAY, nats_url, &[("UPR_HTTP_ADDR", &addr)]);
+    assert_eq!(busy.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    assert!(
+        busy.logs().contains(&format!("cannot listen on {addr}")),
+        "{}",
+        busy.logs()
+    );
+}
