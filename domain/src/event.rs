@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::bounds::{MAX_COUNT, MAX_SPEAKERS, MAX_TOPICS, document_symbol_pattern, max_chars};
 use super::country::Country;
-use super::intake::{MAX_COUNT, MAX_SPEAKERS, MAX_TOPICS, max_chars};
 use super::json::parse_strict;
 use super::time::Timestamp;
 
@@ -308,7 +308,7 @@ pub struct ReportPublished {
     #[serde(default)]
     #[schemars(
         length(min = 1, max = max_chars::DOCUMENT_SYMBOL),
-        pattern(crate::json_schema::document_symbol_pattern())
+        pattern(document_symbol_pattern())
     )]
     pub document_symbol: Option<String>,
     /// The recommendation counts, if known.

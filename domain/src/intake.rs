@@ -5,54 +5,22 @@
 //! size, type, JSON well-formedness, unknown fields (document order), missing
 //! required fields (table order), then each field's value (table order).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::country::Country;
 use super::error::{ErrorCode, RejectError};
 use super::event::{
     DEFAULT_LOCATION, Envelope, EventData, EventRetracted, EventType, OutcomeAdopted,
-    Recommendations, ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled,
-    ReviewScheduled, SCHEMA, Session, SideEventHeld, Speaker,
+    ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey, ReviewRescheduled, ReviewScheduled,
+    SCHEMA, Session, SideEventHeld,
 };
+use super::field::{IntakeField, Obj};
 use super::json::parse_strict;
 use super::time::Timestamp;
 
 /// The largest intake payload accepted, in bytes (64 KiB).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
-
-/// Upper bound for every count field (participating states, recommendations):
-/// far above any real value, low enough to catch unit mistakes.
-pub const MAX_COUNT: u64 = 10_000;
-
-/// Longest value of each free-text field, in characters once trimmed. Named
-/// once because the JSON Schemas of intake and of stored events
-/// ([`crate::schema`]) state the same limits and must not drift from them.
-pub mod max_chars {
-    /// `source`: who reported it.
-    pub const SOURCE: usize = 200;
-    /// `location` of a review.
-    pub const LOCATION: usize = 200;
-    /// `reason` of a reschedule, a cancellation or a retraction.
-    pub const REASON: usize = 1000;
-    /// `title` of a side event.
-    pub const TITLE: usize = 300;
-    /// A speaker's `name` and `role`.
-    pub const SPEAKER: usize = 200;
-    /// One of a side event's `topics`.
-    pub const TOPIC: usize = 100;
-    /// `document_symbol` of a report; see [`super::DOCUMENT_SYMBOL_CHARS`].
-    pub const DOCUMENT_SYMBOL: usize = 50;
-}
-
-/// Most speakers one side event lists.
-pub const MAX_SPEAKERS: usize = 100;
-
-/// Most topics one side event lists.
-pub const MAX_TOPICS: usize = 50;
-
-/// The characters a document symbol may hold besides ASCII letters and digits.
-pub const DOCUMENT_SYMBOL_CHARS: &str = " /.-()*";
 
 /// A validated intake message: everything needed to decide and to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,38 +69,95 @@ impl Command {
     }
 }
 
-/// The fields every intake message may carry, in table order.
-pub const COMMON: [&str; 5] = ["country", "session", "event_id", "occurred_at", "source"];
+/// The intake fields, each named once with its kind and whether it is
+/// required. A name appears twice only where one event type requires a
+/// field that another leaves optional.
+pub mod fields {
+    use crate::bounds::max_chars;
+    use crate::field::{
+        Count, DateOrTime, DocumentSymbol, EventUuid, HrcSession, MemberState, Optional,
+        RecommendationCounts, Required, SessionNumber, Speakers, Text, Time, Topics, Troika,
+    };
 
-/// The type-specific fields in table order, with whether each is required.
-pub fn type_fields(ty: EventType) -> &'static [(&'static str, bool)] {
+    /// The state under review.
+    pub const COUNTRY: Required<MemberState> = Required("country", MemberState);
+    /// The Working Group session.
+    pub const SESSION: Required<SessionNumber> = Required("session", SessionNumber);
+    /// The client's id for idempotent retries.
+    pub const EVENT_ID: Optional<EventUuid> = Optional("event_id", EventUuid);
+    /// When it happened.
+    pub const OCCURRED_AT: Optional<Time> = Optional("occurred_at", Time);
+    /// Who reported it.
+    pub const SOURCE: Optional<Text> = Optional("source", Text(max_chars::SOURCE));
+    /// When a review starts.
+    pub const SCHEDULED_FOR: Required<Time> = Required("scheduled_for", Time);
+    /// Where a review is held.
+    pub const LOCATION: Optional<Text> = Optional("location", Text(max_chars::LOCATION));
+    /// The three states facilitating a review.
+    pub const TROIKA: Optional<Troika> = Optional("troika", Troika);
+    /// Why a review moved or was cancelled.
+    pub const REASON: Optional<Text> = Optional("reason", Text(max_chars::REASON));
+    /// When a review was held.
+    pub const HELD_ON: Optional<DateOrTime> = Optional("held_on", DateOrTime);
+    /// Recommendations a state received at its review.
+    pub const RECOMMENDATIONS_RECEIVED: Optional<Count> =
+        Optional("recommendations_received", Count);
+    /// A side event's title.
+    pub const TITLE: Required<Text> = Required("title", Text(max_chars::TITLE));
+    /// When a side event was held.
+    pub const SIDE_EVENT_HELD_ON: Required<DateOrTime> = Required("held_on", DateOrTime);
+    /// Who spoke at a side event.
+    pub const SPEAKERS: Optional<Speakers> = Optional("speakers", Speakers);
+    /// How many states took part in a side event.
+    pub const PARTICIPATING_STATES: Optional<Count> = Optional("participating_states", Count);
+    /// Subjects a side event covered.
+    pub const TOPICS: Optional<Topics> = Optional("topics", Topics);
+    /// When an outcome report was published.
+    pub const PUBLISHED_ON: Required<DateOrTime> = Required("published_on", DateOrTime);
+    /// The report's UN document symbol.
+    pub const DOCUMENT_SYMBOL: Optional<DocumentSymbol> =
+        Optional("document_symbol", DocumentSymbol);
+    /// Recommendation counts of a report or an adopted outcome.
+    pub const RECOMMENDATIONS: Optional<RecommendationCounts> =
+        Optional("recommendations", RecommendationCounts);
+    /// When the Council adopted an outcome.
+    pub const ADOPTED_ON: Required<DateOrTime> = Required("adopted_on", DateOrTime);
+    /// The Council session that adopted it.
+    pub const HRC_SESSION: Required<HrcSession> = Required("hrc_session", HrcSession);
+    /// The event a retraction takes back.
+    pub const RETRACTS: Required<EventUuid> = Required("retracts", EventUuid);
+    /// Why an event is retracted.
+    pub const RETRACTION_REASON: Required<Text> = Required("reason", Text(max_chars::REASON));
+}
+
+use fields::{
+    ADOPTED_ON, COUNTRY, DOCUMENT_SYMBOL, EVENT_ID, HELD_ON, HRC_SESSION, LOCATION, OCCURRED_AT,
+    PARTICIPATING_STATES, PUBLISHED_ON, REASON, RECOMMENDATIONS, RECOMMENDATIONS_RECEIVED,
+    RETRACTION_REASON, RETRACTS, SCHEDULED_FOR, SESSION, SIDE_EVENT_HELD_ON, SOURCE, SPEAKERS,
+    TITLE, TOPICS, TROIKA,
+};
+
+/// The fields every intake message may carry, in table order.
+pub const COMMON: [&dyn IntakeField; 5] = [&COUNTRY, &SESSION, &EVENT_ID, &OCCURRED_AT, &SOURCE];
+
+/// The type-specific fields in table order: with [`COMMON`], what the
+/// parser accepts and requires, and what the intake schemas describe.
+pub fn type_fields(ty: EventType) -> &'static [&'static dyn IntakeField] {
     match ty {
-        EventType::ReviewScheduled => &[
-            ("scheduled_for", true),
-            ("location", false),
-            ("troika", false),
-        ],
-        EventType::ReviewRescheduled => &[("scheduled_for", true), ("reason", false)],
-        EventType::ReviewCancelled => &[("reason", false)],
-        EventType::ReviewHeld => &[("held_on", false), ("recommendations_received", false)],
+        EventType::ReviewScheduled => &[&SCHEDULED_FOR, &LOCATION, &TROIKA],
+        EventType::ReviewRescheduled => &[&SCHEDULED_FOR, &REASON],
+        EventType::ReviewCancelled => &[&REASON],
+        EventType::ReviewHeld => &[&HELD_ON, &RECOMMENDATIONS_RECEIVED],
         EventType::SideEventHeld => &[
-            ("title", true),
-            ("held_on", true),
-            ("speakers", false),
-            ("participating_states", false),
-            ("topics", false),
+            &TITLE,
+            &SIDE_EVENT_HELD_ON,
+            &SPEAKERS,
+            &PARTICIPATING_STATES,
+            &TOPICS,
         ],
-        EventType::ReportPublished => &[
-            ("published_on", true),
-            ("document_symbol", false),
-            ("recommendations", false),
-        ],
-        EventType::OutcomeAdopted => &[
-            ("adopted_on", true),
-            ("hrc_session", true),
-            ("recommendations", false),
-        ],
-        EventType::EventRetracted => &[("retracts", true), ("reason", true)],
+        EventType::ReportPublished => &[&PUBLISHED_ON, &DOCUMENT_SYMBOL, &RECOMMENDATIONS],
+        EventType::OutcomeAdopted => &[&ADOPTED_ON, &HRC_SESSION, &RECOMMENDATIONS],
+        EventType::EventRetracted => &[&RETRACTS, &RETRACTION_REASON],
     }
 }
 
@@ -167,92 +192,54 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         return Err(RejectError::invalid_json("the top level must be an object"));
     };
 
-    let specific = type_fields(ty);
-    let allowed: Vec<&str> = COMMON
-        .iter()
-        .copied()
-        .chain(specific.iter().map(|(n, _)| *n))
-        .collect();
-    let required = ["country", "session"]
-        .into_iter()
-        .chain(specific.iter().filter(|f| f.1).map(|f| f.0));
-    let obj = Obj::check(&map, "", &allowed, required)?;
+    let table: Vec<&dyn IntakeField> = COMMON.iter().chain(type_fields(ty)).copied().collect();
+    let obj = Obj::check(&map, "", &table)?;
 
-    let country = obj.req("country", |v, f| {
-        let s = v
-            .as_str()
-            .ok_or_else(|| RejectError::invalid(f, "must be a string"))?;
-        let country = Country::parse(s).map_err(|e| RejectError::invalid(f, e))?;
-        if !country.is_member_state() {
-            return Err(RejectError::invalid(
-                f,
-                format_args!(
-                    "must be a UN member state: {country} ({}) is not one, and the UPR reviews the 193 member states",
-                    country.name()
-                ),
-            ));
-        }
-        Ok(country)
-    })?;
-    let session = obj.req("session", |v, f| {
-        let n = v.as_u64().ok_or_else(|| {
-            RejectError::invalid(f, format_args!("must be an integer from 1 to 999, got {v}"))
-        })?;
-        Session::new(n).map_err(|e| RejectError::invalid(f, e))
-    })?;
-    let event_id = obj.opt("event_id", uuid)?;
-    let occurred_at = obj.opt("occurred_at", time)?;
-    let source = obj.opt("source", text_of(max_chars::SOURCE))?;
+    let country = obj.req(&COUNTRY)?;
+    let session = obj.req(&SESSION)?;
+    let event_id = obj.opt(&EVENT_ID)?;
+    let occurred_at = obj.opt(&OCCURRED_AT)?;
+    let source = obj.opt(&SOURCE)?;
 
     let data = match ty {
         EventType::ReviewScheduled => EventData::ReviewScheduled(ReviewScheduled {
-            scheduled_for: obj.req("scheduled_for", time)?,
+            scheduled_for: obj.req(&SCHEDULED_FOR)?,
             location: obj
-                .opt("location", text_of(max_chars::LOCATION))?
+                .opt(&LOCATION)?
                 .unwrap_or_else(|| DEFAULT_LOCATION.to_owned()),
-            troika: obj.opt("troika", |v, f| troika(v, f, country))?,
+            troika: obj.opt_with(&TROIKA, |troika, v, f| troika.parse(v, f, country))?,
         }),
         EventType::ReviewRescheduled => EventData::ReviewRescheduled(ReviewRescheduled {
-            scheduled_for: obj.req("scheduled_for", time)?,
-            reason: obj.opt("reason", text_of(max_chars::REASON))?,
+            scheduled_for: obj.req(&SCHEDULED_FOR)?,
+            reason: obj.opt(&REASON)?,
         }),
         EventType::ReviewCancelled => EventData::ReviewCancelled(ReviewCancelled {
-            reason: obj.opt("reason", text_of(max_chars::REASON))?,
+            reason: obj.opt(&REASON)?,
         }),
         EventType::ReviewHeld => EventData::ReviewHeld(ReviewHeld {
-            held_on: obj.opt("held_on", date_or_time)?,
-            recommendations_received: obj.opt("recommendations_received", count)?,
+            held_on: obj.opt(&HELD_ON)?,
+            recommendations_received: obj.opt(&RECOMMENDATIONS_RECEIVED)?,
         }),
         EventType::SideEventHeld => EventData::SideEventHeld(SideEventHeld {
-            title: obj.req("title", text_of(max_chars::TITLE))?,
-            held_on: obj.req("held_on", date_or_time)?,
-            speakers: obj.opt("speakers", speakers)?.unwrap_or_default(),
-            participating_states: obj.opt("participating_states", count)?,
-            topics: obj.opt("topics", topics)?.unwrap_or_default(),
+            title: obj.req(&TITLE)?,
+            held_on: obj.req(&SIDE_EVENT_HELD_ON)?,
+            speakers: obj.opt(&SPEAKERS)?.unwrap_or_default(),
+            participating_states: obj.opt(&PARTICIPATING_STATES)?,
+            topics: obj.opt(&TOPICS)?.unwrap_or_default(),
         }),
         EventType::ReportPublished => EventData::ReportPublished(ReportPublished {
-            published_on: obj.req("published_on", date_or_time)?,
-            document_symbol: obj.opt("document_symbol", document_symbol)?,
-            recommendations: obj.opt("recommendations", recommendations)?,
+            published_on: obj.req(&PUBLISHED_ON)?,
+            document_symbol: obj.opt(&DOCUMENT_SYMBOL)?,
+            recommendations: obj.opt(&RECOMMENDATIONS)?,
         }),
         EventType::OutcomeAdopted => EventData::OutcomeAdopted(OutcomeAdopted {
-            adopted_on: obj.req("adopted_on", date_or_time)?,
-            hrc_session: obj.req("hrc_session", |v, f| {
-                v.as_u64()
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|n| (1..=999).contains(n))
-                    .ok_or_else(|| {
-                        RejectError::invalid(
-                            f,
-                            format_args!("must be an integer from 1 to 999, got {v}"),
-                        )
-                    })
-            })?,
-            recommendations: obj.opt("recommendations", recommendations)?,
+            adopted_on: obj.req(&ADOPTED_ON)?,
+            hrc_session: obj.req(&HRC_SESSION)?,
+            recommendations: obj.opt(&RECOMMENDATIONS)?,
         }),
         EventType::EventRetracted => EventData::EventRetracted(EventRetracted {
-            retracts: obj.req("retracts", uuid)?,
-            reason: obj.req("reason", text_of(max_chars::REASON))?,
+            retracts: obj.req(&RETRACTS)?,
+            reason: obj.req(&RETRACTION_REASON)?,
         }),
     };
     Ok(Command {
@@ -263,248 +250,6 @@ pub fn parse_intake(event_type: &str, payload: &[u8]) -> Result<Command, RejectE
         session,
         data,
     })
-}
-
-/// A JSON object whose key set has been checked; `prefix` makes nested
-/// field paths (`speakers[1].`, `recommendations.`).
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    prefix: String,
-}
-
-impl<'a> Obj<'a> {
-    fn check<'r>(
-        map: &'a Map<String, Value>,
-        prefix: &str,
-        allowed: &[&str],
-        required: impl IntoIterator<Item = &'r str>,
-    ) -> Result<Self, RejectError> {
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(RejectError::unknown_field(
-                format!("{prefix}{unknown}"),
-                allowed,
-            ));
-        }
-        if let Some(missing) = required
-            .into_iter()
-            .find(|k| map.get(*k).is_none_or(Value::is_null))
-        {
-            return Err(RejectError::missing(format!("{prefix}{missing}")));
-        }
-        Ok(Self {
-            map,
-            prefix: prefix.to_owned(),
-        })
-    }
-
-    fn path(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    /// A field already known to be present and non-null.
-    fn req<T>(
-        &self,
-        name: &str,
-        parse: impl FnOnce(&Value, &str) -> Result<T, RejectError>,
-    ) -> Result<T, RejectError> {
-        match self.map.get(name) {
-            Some(v) if !v.is_null() => parse(v, &self.path(name)),
-            _ => Err(RejectError::missing(self.path(name))),
-        }
-    }
-
-    /// An optional field; `null` means absent.
-    fn opt<T>(
-        &self,
-        name: &str,
-        parse: impl FnOnce(&Value, &str) -> Result<T, RejectError>,
-    ) -> Result<Option<T>, RejectError> {
-        match self.map.get(name) {
-            Some(v) if !v.is_null() => parse(v, &self.path(name)).map(Some),
-            _ => Ok(None),
-        }
-    }
-}
-
-fn uuid(v: &Value, f: &str) -> Result<Uuid, RejectError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| RejectError::invalid(f, "must be a UUID string"))?;
-    match Uuid::try_parse(s) {
-        Ok(id) if !id.is_nil() => Ok(id),
-        _ => Err(RejectError::invalid(
-            f,
-            format_args!("must be a non-nil UUID, got {s:?}"),
-        )),
-    }
-}
-
-/// Three distinct UN member states, none of them the state under review.
-fn troika(v: &Value, f: &str, under_review: Country) -> Result<Vec<Country>, RejectError> {
-    let items = v
-        .as_array()
-        .filter(|a| a.len() == 3)
-        .ok_or_else(|| RejectError::invalid(f, "must be a list of exactly three member states"))?;
-    let mut states = Vec::with_capacity(3);
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("{f}[{i}]");
-        let state = item
-            .as_str()
-            .ok_or_else(|| RejectError::invalid(&at, "must be a country code string"))
-            .and_then(|s| Country::parse(s).map_err(|e| RejectError::invalid(&at, e)))?;
-        if !state.is_member_state() {
-            return Err(RejectError::invalid(
-                &at,
-                format_args!(
-                    "must be a UN member state: {state} ({}) is not one",
-                    state.name()
-                ),
-            ));
-        }
-        if state == under_review {
-            return Err(RejectError::invalid(
-                &at,
-                format_args!("{state} is the state under review; a troika is three other states"),
-            ));
-        }
-        if states.contains(&state) {
-            return Err(RejectError::invalid(
-                &at,
-                format_args!("{state} is named twice; a troika is three distinct states"),
-            ));
-        }
-        states.push(state);
-    }
-    Ok(states)
-}
-
-fn time(v: &Value, f: &str) -> Result<Timestamp, RejectError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| RejectError::invalid(f, "must be an RFC 3339 time string"))?;
-    Timestamp::parse_rfc3339(s).map_err(|e| RejectError::invalid(f, e))
-}
-
-fn date_or_time(v: &Value, f: &str) -> Result<Timestamp, RejectError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| RejectError::invalid(f, "must be a date or RFC 3339 time string"))?;
-    Timestamp::parse_on(s).map_err(|e| RejectError::invalid(f, e))
-}
-
-/// A non-blank string of at most `max` characters (not bytes), trimmed.
-fn text_of(max: usize) -> impl Fn(&Value, &str) -> Result<String, RejectError> {
-    move |v, f| {
-        let s = v
-            .as_str()
-            .ok_or_else(|| RejectError::invalid(f, "must be a string"))?
-            .trim();
-        let len = s.chars().count();
-        if len == 0 {
-            Err(RejectError::invalid(f, "must not be empty or blank"))
-        } else if len > max {
-            Err(RejectError::invalid(
-                f,
-                format_args!("must be at most {max} characters, got {len}"),
-            ))
-        } else {
-            Ok(s.to_owned())
-        }
-    }
-}
-
-/// A UN document symbol such as `A/HRC/59/10` or `A/HRC/WG.6/48/KAZ/1`: at
-/// most 50 characters of letters, digits, spaces and `/ . - ( ) *`. The
-/// character set keeps each symbol at most 50 bytes in JSON, which the size
-/// bound of the country value counts on.
-fn document_symbol(v: &Value, f: &str) -> Result<String, RejectError> {
-    let s = text_of(max_chars::DOCUMENT_SYMBOL)(v, f)?;
-    match s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || DOCUMENT_SYMBOL_CHARS.contains(*c)))
-    {
-        None => Ok(s),
-        Some(c) => Err(RejectError::invalid(
-            f,
-            format_args!(
-                "must be a UN document symbol like \"A/HRC/59/10\" (letters, digits, spaces and / . - ( ) *), found {c:?}"
-            ),
-        )),
-    }
-}
-
-fn count(v: &Value, f: &str) -> Result<u32, RejectError> {
-    v.as_u64()
-        .filter(|n| *n <= MAX_COUNT)
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| {
-            RejectError::invalid(
-                f,
-                format_args!("must be an integer from 0 to {MAX_COUNT}, got {v}"),
-            )
-        })
-}
-
-fn array<'v>(v: &'v Value, f: &str, max: usize) -> Result<&'v [Value], RejectError> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| RejectError::invalid(f, "must be an array"))?;
-    if items.len() > max {
-        return Err(RejectError::invalid(
-            f,
-            format_args!("must have at most {max} items, got {}", items.len()),
-        ));
-    }
-    Ok(items)
-}
-
-fn speakers(v: &Value, f: &str) -> Result<Vec<Speaker>, RejectError> {
-    array(v, f, MAX_SPEAKERS)?
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let at = format!("{f}[{i}]");
-            let map = item.as_object().ok_or_else(|| {
-                RejectError::invalid(&at, "must be an object like {\"name\": ..., \"role\": ...}")
-            })?;
-            let obj = Obj::check(map, &format!("{at}."), &["name", "role"], ["name"])?;
-            Ok(Speaker {
-                name: obj.req("name", text_of(max_chars::SPEAKER))?,
-                role: obj.opt("role", text_of(max_chars::SPEAKER))?,
-            })
-        })
-        .collect()
-}
-
-fn topics(v: &Value, f: &str) -> Result<Vec<String>, RejectError> {
-    array(v, f, MAX_TOPICS)?
-        .iter()
-        .enumerate()
-        .map(|(i, item)| text_of(max_chars::TOPIC)(item, &format!("{f}[{i}]")))
-        .collect()
-}
-
-fn recommendations(v: &Value, f: &str) -> Result<Recommendations, RejectError> {
-    let map = v.as_object().ok_or_else(|| {
-        RejectError::invalid(f, "must be an object {\"total\", \"supported\", \"noted\"}")
-    })?;
-    let names = ["total", "supported", "noted"];
-    let obj = Obj::check(map, &format!("{f}."), &names, names)?;
-    let r = Recommendations {
-        total: obj.req("total", count)?,
-        supported: obj.req("supported", count)?,
-        noted: obj.req("noted", count)?,
-    };
-    if r.supported + r.noted > r.total {
-        return Err(RejectError::invalid(
-            f,
-            format_args!(
-                "must have supported + noted <= total, got {} + {} > {}",
-                r.supported, r.noted, r.total
-            ),
-        ));
-    }
-    Ok(r)
 }
 
 #[cfg(test)]
@@ -557,6 +302,27 @@ mod tests {
 
     fn report() -> Value {
         json!({"country": "KZ", "session": 48, "published_on": "2025-03-01"})
+    }
+
+    #[test]
+    fn each_type_names_each_field_once_and_requires_country_and_session() {
+        for ty in EventType::ALL {
+            let names: Vec<&str> = COMMON
+                .iter()
+                .chain(type_fields(ty))
+                .map(|f| f.name())
+                .collect();
+            let mut unique = names.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len(), "{ty}: {names:?}");
+        }
+        let required: Vec<&str> = COMMON
+            .iter()
+            .filter(|f| f.required())
+            .map(|f| f.name())
+            .collect();
+        assert_eq!(required, ["country", "session"]);
     }
 
     fn with(mut base: Value, key: &str, value: Value) -> Value {

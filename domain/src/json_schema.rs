@@ -1,25 +1,23 @@
 //! JSON Schema fragments of the domain's values, beside the parsing they
 //! describe: the types with a hand-written serde form implement
-//! `JsonSchema` here, and intake's field fragments state the parser's rules
-//! (trimmed lengths, codes in any case, the UUID spellings it takes). The
-//! `upr-schema` crate assembles whole documents from them.
+//! `JsonSchema` here, with the helpers the intake field kinds
+//! ([`crate::field`]) build their fragments from. The `upr-schema` crate
+//! assembles whole documents from them.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::{
-    COUNTRIES, Envelope, EventType, MEMBER_STATES, SCHEMA, Session, Timestamp,
-    country::Country,
-    event::{
-        EventRetracted, OutcomeAdopted, ReportPublished, ReviewCancelled, ReviewHeld,
-        ReviewRescheduled, ReviewScheduled, SideEventHeld,
-    },
-    intake::{DOCUMENT_SYMBOL_CHARS, MAX_COUNT, max_chars},
+use crate::bounds::max_chars;
+use crate::country::{COUNTRIES, Country};
+use crate::event::{
+    Envelope, EventRetracted, EventType, OutcomeAdopted, ReportPublished, ReviewCancelled,
+    ReviewHeld, ReviewRescheduled, ReviewScheduled, SCHEMA, Session, SideEventHeld,
 };
+use crate::time::Timestamp;
 
 // ---- fragments shared by the derived and the hand-built schemas -------------
 
@@ -42,54 +40,6 @@ pub fn white_space_class() -> String {
         c += 1;
     }
     class
-}
-
-/// Intake text: at most `max` characters once surrounding white space is
-/// trimmed, and not blank. A plain `maxLength` would refuse a padded value
-/// that intake accepts (and stores trimmed), hence the pattern.
-pub fn intake_text(max: usize) -> Value {
-    let ws = white_space_class();
-    json!({
-        "type": "string",
-        "description": format!("1 to {max} characters once surrounding white space is trimmed (it is stored trimmed)."),
-        "pattern": format!("^[{ws}]*[^{ws}](?:[\\s\\S]{{0,{}}}[^{ws}])?[{ws}]*$", max - 2),
-    })
-}
-
-/// The characters of a document symbol other than its ends, as a class body.
-pub fn document_symbol_class(with_space: bool) -> String {
-    let mut class = String::from("A-Za-z0-9");
-    for c in DOCUMENT_SYMBOL_CHARS.chars() {
-        match c {
-            ' ' if with_space => class.push(' '),
-            ' ' => {}
-            c => {
-                class.push('\\');
-                class.push(c);
-            }
-        }
-    }
-    class
-}
-
-/// The stored form of a document symbol (trimmed, so no space at either end),
-/// for the `#[schemars(pattern(...))]` of the stored field.
-pub fn document_symbol_pattern() -> String {
-    let (end, inner) = (document_symbol_class(false), document_symbol_class(true));
-    format!("^[{end}](?:[{inner}]*[{end}])?$")
-}
-
-/// Intake `document_symbol`: the stored form's characters, with white space
-/// around it that the parser trims.
-pub fn intake_document_symbol() -> Value {
-    let ws = white_space_class();
-    let (end, inner) = (document_symbol_class(false), document_symbol_class(true));
-    let max = max_chars::DOCUMENT_SYMBOL;
-    json!({
-        "type": "string",
-        "description": format!("A UN document symbol such as \"A/HRC/59/10\": 1 to {max} letters, digits, spaces and / . - ( ) * once trimmed."),
-        "pattern": format!("^[{ws}]*[{end}](?:[{inner}]{{0,{}}}[{end}])?[{ws}]*$", max - 2),
-    })
 }
 
 /// An alternation matching exactly `codes` (two upper-case letters each),
@@ -128,15 +78,6 @@ pub fn codes_pattern<'a>(codes: impl IntoIterator<Item = &'a str>, any_case: boo
     format!("^(?:{})$", alternatives.join("|"))
 }
 
-/// A member state in any case, as intake takes `country` and troika members.
-pub fn intake_member_state() -> Value {
-    json!({
-        "type": "string",
-        "description": "ISO 3166-1 alpha-2 code of one of the 193 UN member states, in any case (stored upper case).",
-        "pattern": codes_pattern(MEMBER_STATES.iter().map(|(c, _)| *c), true),
-    })
-}
-
 /// Any assigned code in any case (a query's `country` option).
 pub fn any_assigned_code() -> Value {
     json!({
@@ -146,47 +87,31 @@ pub fn any_assigned_code() -> Value {
     })
 }
 
-/// The spellings `Uuid::try_parse` takes (hyphenated, simple, braced, URN;
-/// hex in any case), never the nil UUID.
-pub fn intake_uuid() -> Value {
-    let h = "[0-9A-Fa-f]";
-    let hyphenated = format!("{h}{{8}}-{h}{{4}}-{h}{{4}}-{h}{{4}}-{h}{{12}}");
-    let nil = "0{8}-0{4}-0{4}-0{4}-0{12}";
-    let urn = "[Uu][Rr][Nn]:[Uu][Uu][Ii][Dd]:";
-    json!({
-        "type": "string",
-        "description": "A UUID other than the nil UUID: hyphenated (the usual form), 32 hex digits, braced or as a urn:uuid: URN.",
-        "pattern": format!("^(?:{hyphenated}|{h}{{32}}|\\{{{hyphenated}\\}}|{urn}{hyphenated})$"),
-        "not": {"pattern": format!("^(?:{nil}|0{{32}}|\\{{{nil}\\}}|{urn}{nil})$")},
-    })
-}
-
 /// A session number, as intake and queries take it.
 pub fn session_number() -> Value {
     json!({"type": "integer", "minimum": 1, "maximum": Session::MAX})
 }
 
-/// A non-negative count within intake's bound.
-pub fn count() -> Value {
-    json!({"type": "integer", "minimum": 0, "maximum": MAX_COUNT})
+/// `schema` or `null`, as intake reads `null` for an optional field as absent.
+pub fn nullable(schema: &Value) -> Value {
+    json!({"anyOf": [schema, {"type": "null"}]})
 }
 
-/// `scheduled_for` and `occurred_at`: RFC 3339 with an offset.
-pub fn intake_time() -> Value {
+/// An object of exactly `properties`, `required` among them.
+pub fn strict_object(properties: &Map<String, Value>, required: &[&str]) -> Value {
     json!({
-        "type": "string",
-        "description": "An RFC 3339 time with an offset, e.g. 2025-01-23T08:30:00Z; stored in UTC.",
-        "format": "date-time",
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
     })
 }
 
-/// `*_on` fields: a date (00:00 UTC) or an RFC 3339 time.
-pub fn intake_date_or_time() -> Value {
-    json!({
-        "type": "string",
-        "description": "A date (2025-01-23, meaning 00:00 UTC) or an RFC 3339 time with an offset.",
-        "anyOf": [{"format": "date"}, {"format": "date-time"}],
-    })
+/// `schema` under `$defs/name` (once), referenced: intake schemas repeat
+/// a few long patterns, which read better written once.
+pub fn def(defs: &mut Map<String, Value>, name: &str, schema: impl FnOnce() -> Value) -> Value {
+    defs.entry(name).or_insert_with(schema);
+    json!({"$ref": format!("#/$defs/{name}")})
 }
 
 // ---- schemas of the types with a hand-written serde form ---------------------

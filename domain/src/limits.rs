@@ -10,12 +10,8 @@
 //! take in the value; the worst case of every other field is small and
 //! fixed (see the size tests in `read_models`).
 
-use std::io;
-
-use serde::Serialize;
-
-use super::event::{Envelope, EventData, ReviewKey, SideEventHeld};
-use super::read_models::SideEventView;
+use super::event::{Envelope, EventData, ReviewKey};
+use super::side_event::side_event_bytes;
 
 /// Most side events one review may hold.
 pub const MAX_SIDE_EVENTS: usize = 200;
@@ -178,29 +174,6 @@ pub enum LimitError {
         /// The limit.
         max: usize,
     },
-}
-
-/// Bytes a side event takes in its review value.
-pub fn side_event_bytes(id: uuid::Uuid, d: &SideEventHeld) -> usize {
-    SideEventView::of(id, d).encoded_len()
-}
-
-/// The length of `value` as compact JSON, without building the text.
-pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
-    struct Count(usize);
-    impl io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Read-model parts hold only strings, integers and structs.
-    serde_json::to_writer(&mut count, value).expect("a read-model part serializes");
-    count.0
 }
 
 #[cfg(test)]
@@ -370,11 +343,5 @@ mod tests {
             ),
             "{e:?}"
         );
-    }
-
-    #[test]
-    fn json_len_is_the_length_of_the_compact_text() {
-        let v = json!({"a": "é\u{1}\"", "b": [1, 2]});
-        assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len());
     }
 }

@@ -24,10 +24,10 @@ use uuid::Uuid;
 use super::country::Country;
 use super::event::{
     Envelope, EventData, EventRetracted, EventType, Recommendations, ReviewKey, Session,
-    SideEventHeld, Speaker,
 };
 use super::lifecycle::{ReviewStatus, evolve};
-use super::limits::{ReviewSize, json_len};
+use super::limits::ReviewSize;
+use super::side_event::SideEventView;
 use super::time::Timestamp;
 
 /// One line of a review's history: every event stored on its subjects,
@@ -80,42 +80,6 @@ pub struct ReportView {
     pub document_symbol: Option<String>,
     /// The recommendation counts, if known.
     pub recommendations: Option<Recommendations>,
-}
-
-/// A side event as listed in full in its review.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct SideEventView {
-    /// The stored event's id (unique, and a stable tie-breaker in sorting).
-    pub event_id: Uuid,
-    /// The event's title.
-    pub title: String,
-    /// When it was held.
-    pub held_on: Timestamp,
-    /// Who spoke.
-    pub speakers: Vec<Speaker>,
-    /// How many states took part, if reported.
-    pub participating_states: Option<u32>,
-    /// Subjects covered.
-    pub topics: Vec<String>,
-}
-
-impl SideEventView {
-    /// The entry for the side event stored with `event_id`.
-    pub fn of(event_id: Uuid, d: &SideEventHeld) -> Self {
-        Self {
-            event_id,
-            title: d.title.clone(),
-            held_on: d.held_on,
-            speakers: d.speakers.clone(),
-            participating_states: d.participating_states,
-            topics: d.topics.clone(),
-        }
-    }
-
-    /// Bytes it takes in the review value (what the side-event byte limit counts).
-    pub fn encoded_len(&self) -> usize {
-        json_len(self)
-    }
 }
 
 /// `upr_reviews` value, key `KZ.48`.

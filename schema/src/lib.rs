@@ -9,9 +9,10 @@
 //!   written), with `#[schemars(...)]` limits where intake holds a field to
 //!   more than its Rust type;
 //! - intake is parsed by hand ([`upr_domain::intake`]), so its schemas are
-//!   built here from the same field table and limits the parser uses, one
-//!   fragment per field, stating the parser's rules (trimmed lengths, country
-//!   codes in any case, the UUID spellings it takes).
+//!   built here from the same field table the parser reads: each field's
+//!   kind ([`upr_domain::field`]) owns both its parsing and its fragment,
+//!   which states the parser's rules (trimmed lengths, country codes in any
+//!   case, the UUID spellings it takes).
 //!
 //! `cargo run -p upr-schema --example schemas -- docs/schemas` writes them;
 //! a test fails when the checked-in files differ from [`documents`].
@@ -23,11 +24,9 @@ use serde_json::{Map, Value, json};
 
 use upr_domain::{
     CountryView, Envelope, EventType, NoticeKind, ReviewView, SessionView,
-    intake::{COMMON, MAX_SPEAKERS, MAX_TOPICS, max_chars, type_fields},
-    json_schema::{
-        any_assigned_code, count, intake_date_or_time, intake_document_symbol, intake_member_state,
-        intake_text, intake_time, intake_uuid, session_number,
-    },
+    field::{IntakeField, object_schema},
+    intake::{COMMON, type_fields},
+    json_schema::{any_assigned_code, nullable, strict_object},
     reminders::{CancelledNotice, CorrectedNotice, ReminderNotice, RescheduledNotice},
 };
 
@@ -189,111 +188,20 @@ fn notice<T: JsonSchema>(kind: NoticeKind) -> Value {
     schema
 }
 
-/// `schema` or `null`, as intake reads `null` for an optional field as absent.
-fn nullable(schema: &Value) -> Value {
-    json!({"anyOf": [schema, {"type": "null"}]})
-}
-
-fn strict_object(properties: &Map<String, Value>, required: &[&str]) -> Value {
-    json!({
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": false,
-    })
-}
-
-/// `schema` under `$defs/name` (once), referenced: intake schemas repeat
-/// a few long patterns, which read better written once.
-fn def(defs: &mut Map<String, Value>, name: &str, schema: impl FnOnce() -> Value) -> Value {
-    defs.entry(name).or_insert_with(schema);
-    json!({"$ref": format!("#/$defs/{name}")})
-}
-
-fn text_def(defs: &mut Map<String, Value>, max: usize) -> Value {
-    def(defs, &format!("Text{max}"), || intake_text(max))
-}
-
-/// The value schema of one intake field, by name; the names are those of
-/// [`type_fields`] and [`COMMON`], so a field added to the parser without a
-/// rule here fails every generation (and so the tests).
-fn intake_field(name: &str, defs: &mut Map<String, Value>) -> Value {
-    match name {
-        "country" => def(defs, "MemberState", intake_member_state),
-        "session" => session_number(),
-        "event_id" | "retracts" => def(defs, "Uuid", intake_uuid),
-        "occurred_at" | "scheduled_for" => def(defs, "Time", intake_time),
-        "held_on" | "published_on" | "adopted_on" => def(defs, "DateOrTime", intake_date_or_time),
-        "source" => text_def(defs, max_chars::SOURCE),
-        "location" => text_def(defs, max_chars::LOCATION),
-        "reason" => text_def(defs, max_chars::REASON),
-        "title" => text_def(defs, max_chars::TITLE),
-        "document_symbol" => intake_document_symbol(),
-        "recommendations_received" | "participating_states" => def(defs, "Count", count),
-        "hrc_session" => json!({"type": "integer", "minimum": 1, "maximum": 999}),
-        "troika" => json!({
-            "type": "array",
-            "description": "Three distinct member states, none of them the state under review.",
-            "items": def(defs, "MemberState", intake_member_state),
-            "minItems": 3,
-            "maxItems": 3,
-            "uniqueItems": true,
-        }),
-        "speakers" => {
-            let mut speaker = Map::new();
-            speaker.insert("name".into(), text_def(defs, max_chars::SPEAKER));
-            speaker.insert("role".into(), nullable(&text_def(defs, max_chars::SPEAKER)));
-            json!({
-                "type": "array",
-                "items": strict_object(&speaker, &["name"]),
-                "maxItems": MAX_SPEAKERS,
-            })
-        }
-        "topics" => json!({
-            "type": "array",
-            "items": text_def(defs, max_chars::TOPIC),
-            "maxItems": MAX_TOPICS,
-        }),
-        "recommendations" => {
-            let names = ["total", "supported", "noted"];
-            let counts = names
-                .iter()
-                .map(|n| ((*n).to_owned(), def(defs, "Count", count)))
-                .collect();
-            let mut schema = strict_object(&counts, &names);
-            schema["description"] = "Recommendation counts; supported + noted <= total.".into();
-            schema
-        }
-        other => panic!("intake field {other:?} has no schema fragment in crate::schema"),
-    }
-}
-
 /// The flat intake object of one event type: the common fields, then the
-/// type's own, in the parser's table order; nothing else.
+/// type's own, in the parser's table order; nothing else. Each field's
+/// kind gives its fragment ([`upr_domain::field`]), so a field the parser
+/// takes always has one.
 fn intake(ty: EventType) -> Value {
-    let mut properties = Map::new();
-    let mut required = Vec::new();
     let mut defs = Map::new();
-    let common = COMMON
-        .iter()
-        .map(|n| (*n, matches!(*n, "country" | "session")));
-    for (name, is_required) in common.chain(type_fields(ty).iter().copied()) {
-        let value = intake_field(name, &mut defs);
-        if is_required {
-            required.push(name);
-            properties.insert(name.to_owned(), value);
-        } else {
-            properties.insert(name.to_owned(), nullable(&value));
-        }
-    }
+    let fields: Vec<&dyn IntakeField> = COMMON.iter().chain(type_fields(ty)).copied().collect();
+    let body = object_schema(&fields, &mut defs);
     let mut schema = json!({
         "$schema": DRAFT,
         "title": format!("upr.ingest.{ty}"),
         "description": format!("The payload of an intake message on upr.ingest.{ty}. A required field may not be null; an optional one may be null or left out (the same)."),
     });
-    if let (Value::Object(head), Value::Object(body)) =
-        (&mut schema, strict_object(&properties, &required))
-    {
+    if let (Value::Object(head), Value::Object(body)) = (&mut schema, body) {
         head.extend(body);
         head.insert("$defs".into(), Value::Object(defs));
     }

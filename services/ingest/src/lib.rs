@@ -7,17 +7,17 @@
 //!
 //! Modules:
 //! - [`pipeline`]: intake loop, per-review workers, replies.
-//! - [`review`]: a review's state and the decision for a command (pure).
+//! - [`cache`]: the reviews' states (the domain's `Review` aggregate) kept in memory.
 //! - [`store`]: reading a review's history and appending under an expected sequence.
 //! - [`route`]: which replica owns which review.
 //! - [`rejection`]: the `upr.rejected` record and its writer.
 //! - [`stats`]: counters for the endpoint's STATS data.
 //! - [`import`]: `upr-ingest import FILE`, a file of intake messages sent in order.
 
+pub mod cache;
 pub mod import;
 pub mod pipeline;
 pub mod rejection;
-pub mod review;
 pub mod route;
 pub mod stats;
 pub mod store;

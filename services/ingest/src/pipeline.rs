@@ -27,13 +27,13 @@ use tokio::{
     time::Instant,
 };
 use tracing::{Instrument, debug, info_span, warn};
-use upr_domain::{Command, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake};
+use upr_domain::{Command, Decision, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake};
 use upr_nats::contract::{ingest, subjects};
 use uuid::Uuid;
 
 use crate::{
+    cache::ReviewCache,
     rejection::{RecordSender, RejectionRecord},
-    review::{Decision, ReviewCache},
     route::Peers,
     stats::Counters,
     store::{EventLog, HistoryInbox, StoreError},
@@ -394,8 +394,12 @@ impl Worker {
         }
     }
 
-    /// Decide against the review's state and append under its last sequence;
-    /// a lost race reads what the state missed and decides again.
+    /// Load, decide, append: the review's state comes from the cache or
+    /// from its history in the log, the domain's
+    /// [`Review::decide`](upr_domain::Review::decide) rules on the event, and
+    /// an allowed event is appended under the review's last sequence. What
+    /// the state missed (a lost race, or a refusal the log may not bear out)
+    /// is read before the next decision.
     async fn append(&mut self, command: Command) -> Result<Stored, RejectError> {
         let deadline = Instant::now() + BUDGET;
         let key = command.review_key();
@@ -403,69 +407,61 @@ impl Worker {
         let subject = subjects::event(key.country, key.session, command.event_type());
         let event = command.into_envelope(id, now());
         let envelope = Bytes::from(event.to_json());
-        // Whether the state was read from the log during this command, and
-        // whether it must read what it missed before deciding again.
-        let (mut fresh, mut stale) = (false, false);
+        let stored = |seq, duplicate| Stored { id, seq, duplicate };
+
+        // Load. A cached state was not read during this command: it may
+        // lag behind what other replicas appended since.
+        let (review, cached) = match self.cache.get_mut(&key) {
+            Some(review) => (review, true),
+            None => {
+                let loaded = self
+                    .log
+                    .load(&mut self.inbox, key, deadline)
+                    .await
+                    .map_err(unavailable)?;
+                (self.cache.insert(key, loaded), false)
+            }
+        };
         for attempt in 1..=MAX_ATTEMPTS {
-            let state = match self.cache.get_mut(&key) {
-                Some(state) => state,
-                None => {
-                    let loaded = self
-                        .log
-                        .load(&mut self.inbox, key, deadline)
-                        .await
-                        .map_err(unavailable)?;
-                    (fresh, stale) = (true, false);
-                    self.cache.insert(key, loaded)
-                }
-            };
-            if stale {
-                // Another replica appended meanwhile: read only what it added.
+            if attempt > 1 {
+                // Read only what the state missed (usually one event another
+                // replica appended).
                 if let Err(e) = self
                     .log
-                    .catch_up(&mut self.inbox, key, state, deadline)
+                    .catch_up(&mut self.inbox, key, review, deadline)
                     .await
                 {
                     self.cache.forget(&key);
                     return Err(unavailable(e));
                 }
-                fresh = true;
             }
-            let expected = match state.decide(&event) {
-                Decision::Duplicate(seq) => {
-                    return Ok(Stored {
-                        id,
-                        seq,
-                        duplicate: true,
-                    });
-                }
+            // Decide, then append.
+            let expected = match review.decide(&event) {
+                Ok(Decision::Duplicate(seq)) => return Ok(stored(seq, true)),
+                Ok(Decision::Append { expected_last_seq }) => expected_last_seq,
                 // An append is checked by the log (expected sequence); a
                 // refusal is not, so it is only final when decided on the
                 // log as it is now: another replica may have moved the
                 // review on, or stored this very event_id, since it was cached.
-                Decision::Refuse(_) if !fresh => {
+                Err(_) if attempt == 1 && cached => {
                     debug!(attempt, "refusal decided on a cached state; catching up");
-                    stale = true;
                     continue;
                 }
                 // Decided on what a direct get returned, which on a cluster
                 // may come from a replica behind the leader: final only when
                 // the leader has nothing newer.
-                Decision::Refuse(error) => {
-                    let last_seq = state.last_seq();
-                    match self.log.is_current(key, last_seq, deadline).await {
+                Err(refusal) => {
+                    match self.log.is_current(key, review.last_seq(), deadline).await {
                         // The domain's refusal becomes the reply's code
                         // and sentence here, at the edge.
-                        Ok(true) => return Err(error.into()),
+                        Ok(true) => return Err(refusal.into()),
                         Ok(false) => {
                             debug!(attempt, "the leader holds newer events; catching up");
-                            stale = true;
                             continue;
                         }
                         Err(e) => return Err(unavailable(e)),
                     }
                 }
-                Decision::Append { expected_last_seq } => expected_last_seq,
             };
             let result = self
                 .log
@@ -476,24 +472,15 @@ impl Worker {
                     // The server's window knew the id but this state did not:
                     // the state is stale.
                     self.cache.forget(&key);
-                    return Ok(Stored {
-                        id,
-                        seq: ack.sequence,
-                        duplicate: true,
-                    });
+                    return Ok(stored(ack.sequence, true));
                 }
                 Ok(ack) => {
-                    state.appended(&event, ack.sequence);
-                    return Ok(Stored {
-                        id,
-                        seq: ack.sequence,
-                        duplicate: false,
-                    });
+                    review.apply(ack.sequence, Some(id), Some(&event));
+                    return Ok(stored(ack.sequence, false));
                 }
                 Err(StoreError::Conflict) => {
                     self.responder.counters.lost_race();
                     debug!(attempt, expected, "review changed meanwhile; catching up");
-                    stale = true;
                 }
                 Err(e) => {
                     // Whether it was stored is unknown: forget the state so

@@ -11,14 +11,12 @@ use async_nats::{
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
-use upr_domain::{Envelope, ReviewKey};
+use upr_domain::{Envelope, Review, ReviewKey};
 use upr_nats::{
     contract::{self, subjects},
     service::BoxError,
 };
 use uuid::Uuid;
-
-use crate::review::ReviewLog;
 
 /// How many history messages one direct-get batch asks for.
 const HISTORY_BATCH: usize = 256;
@@ -110,8 +108,8 @@ impl EventLog {
         inbox: &mut HistoryInbox,
         key: ReviewKey,
         deadline: Instant,
-    ) -> Result<ReviewLog, StoreError> {
-        let mut log = ReviewLog::default();
+    ) -> Result<Review, StoreError> {
+        let mut log = Review::default();
         self.catch_up(inbox, key, &mut log, deadline).await?;
         Ok(log)
     }
@@ -171,7 +169,7 @@ impl EventLog {
         &self,
         inbox: &mut HistoryInbox,
         key: ReviewKey,
-        log: &mut ReviewLog,
+        log: &mut Review,
         deadline: Instant,
     ) -> Result<(), StoreError> {
         let filter = subjects::review_events(key);
@@ -195,7 +193,7 @@ impl EventLog {
         filter: &str,
         from: u64,
         deadline: Instant,
-        log: &mut ReviewLog,
+        log: &mut Review,
     ) -> Result<(usize, u64), StoreError> {
         self.connected()?;
         let unavailable =
@@ -253,7 +251,7 @@ impl EventLog {
             };
             let subject = header(&headers, "Nats-Subject").unwrap_or_default();
             let id = header(&headers, "Nats-Msg-Id").and_then(|s| Uuid::try_parse(s).ok());
-            log.load(
+            log.apply(
                 seq,
                 id,
                 valid_event(key, subject, &message.payload).as_ref(),
