@@ -57,6 +57,7 @@ pub fn router(state: AppState, max_requests: usize) -> Router {
         .merge(calendar::routes())
         .merge(pages::routes())
         .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn(refuse_body))
         // One semaphore for the whole router (a plain concurrency limit
         // would be copied into each route), and load shedding in front of
@@ -105,6 +106,23 @@ async fn unknown_path(uri: Uri) -> Response {
         ErrorCode::NotFound,
         format!("nothing is served at {}", uri.path()),
     ))
+}
+
+/// A known path asked with another method than GET or HEAD: 405 in the
+/// shape of every other refusal, naming the method, and `Allow`.
+async fn wrong_method(method: axum::http::Method, uri: Uri) -> Response {
+    let mut response = error_response(&RejectError::invalid(
+        "method",
+        format_args!(
+            "{method} is not served at {}: only GET and HEAD are",
+            uri.path()
+        ),
+    ));
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    response
 }
 
 /// Refuses a request that carries a body: nothing here reads one, and a

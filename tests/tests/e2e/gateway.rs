@@ -562,6 +562,15 @@ async fn hostile_clients_get_bounded_answers_and_every_service_still_answers() {
     .await;
     assert_eq!(with_body.status, 400, "{}", with_body.text());
     assert_eq!(with_body.json()["error"]["field"], "body");
+    // Another method: 405 in the same shape, naming it.
+    let post = http::raw(
+        addr,
+        b"POST /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(post.status, 405, "{}", post.text());
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(post.json()["error"]["field"], "method");
     let chunked = http::raw(
         addr,
         b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
