@@ -24,8 +24,10 @@ pub fn chromium_bin() -> PathBuf {
 /// How long one browser run may take (it starts cold each time).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn run(args: &[String]) -> String {
+/// What one browser run printed: stdout and stderr.
+fn run(args: &[String]) -> (String, String) {
     let profile = tempfile::tempdir().expect("tempdir");
+    let scratch = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(chromium_bin())
         .args([
             "--headless",
@@ -40,8 +42,9 @@ fn run(args: &[String]) -> String {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Files, not pipes: a full pipe nobody reads would stall it.
+        .stdout(std::fs::File::create(scratch.path().join("stdout")).expect("stdout file"))
+        .stderr(std::fs::File::create(scratch.path().join("stderr")).expect("stderr file"))
         .spawn()
         .expect("start chromium");
     let deadline = Instant::now() + BROWSER_TIMEOUT;
@@ -57,23 +60,35 @@ fn run(args: &[String]) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().expect("chromium output");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let read = |name: &str| {
+        String::from_utf8_lossy(&std::fs::read(scratch.path().join(name)).unwrap_or_default())
+            .into_owned()
+    };
+    (read("stdout"), read("stderr"))
 }
 
-/// The DOM chromium builds for `url` (`--dump-dom`).
+/// The DOM chromium builds for `url` (`--dump-dom`). A browser that dies
+/// while starting (it does on a loaded machine, printing nothing) is
+/// started again, up to three times: what is tested is the page.
 pub fn dump_dom(url: &str) -> String {
-    let dom = run(&["--dump-dom".to_string(), url.to_string()]);
-    assert!(
-        dom.contains("<html"),
-        "chromium showed no page for {url}: {dom:?}"
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (dom, err) = run(&["--dump-dom".to_string(), url.to_string()]);
+        if dom.contains("<html") {
+            return dom;
+        }
+        last = err;
+    }
+    let tail: Vec<&str> = last.lines().rev().take(20).collect();
+    panic!(
+        "chromium showed no page for {url} in three tries; its last words:\n{}",
+        tail.join("\n")
     );
-    dom
 }
 
 /// A screenshot of `url` at `width` x `height` CSS pixels into `file`.
 pub fn screenshot(url: &str, file: &Path, width: u32, height: u32) {
-    run(&[
+    let _ = run(&[
         format!("--screenshot={}", file.display()),
         format!("--window-size={width},{height}"),
         "--hide-scrollbars".to_string(),
