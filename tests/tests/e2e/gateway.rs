@@ -609,6 +609,18 @@ async fn hostile_clients_get_bounded_answers_and_every_service_still_answers() {
     // Many at once while the projection hangs: past the limit of 4, 503 at
     // once instead of a queue.
     app.projection().freeze();
+    // SIGSTOP takes effect asynchronously: wait until the kernel says so.
+    let pid = app.projection().pid().unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the projection stopped",
+        || async move {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            (state == 'T').then_some(())
+        },
+    )
+    .await;
     let burst: Vec<_> = (0..40)
         .map(|_| {
             tokio::spawn(async move {
