@@ -1,5 +1,6 @@
 # UPR Tracker: one image with the three services (upr-ingest, upr-projection,
-# upr-notifier) and the key generator (upr-keys); compose builds it once (the
+# upr-notifier), the HTTP gateway (upr-gateway) and the key generator
+# (upr-keys); compose builds it once (the
 # ingest service) and runs it for every service, picking the binary.
 #
 # Two stages. The builder compiles the dependencies first, from the manifests
@@ -36,15 +37,16 @@ COPY services/ingest/Cargo.toml services/ingest/Cargo.toml
 COPY services/projection/Cargo.toml services/projection/Cargo.toml
 COPY services/notifier/Cargo.toml services/notifier/Cargo.toml
 COPY services/keys/Cargo.toml services/keys/Cargo.toml
+COPY services/gateway/Cargo.toml services/gateway/Cargo.toml
 COPY tests/Cargo.toml tests/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml
-ARG MEMBERS="domain nats schema services/ingest services/projection services/notifier services/keys tests bench"
+ARG MEMBERS="domain nats schema services/ingest services/projection services/notifier services/keys services/gateway tests bench"
 RUN for member in $MEMBERS; do \
         mkdir -p "$member/src" \
         && echo '//! placeholder' > "$member/src/lib.rs" \
         && echo 'fn main() {}' > "$member/src/main.rs"; \
     done \
-    && cargo build --profile image --locked --bins -p upr-ingest -p upr-projection -p upr-notifier -p upr-keys \
+    && cargo build --profile image --locked --bins -p upr-ingest -p upr-projection -p upr-notifier -p upr-gateway -p upr-keys \
     && for member in $MEMBERS; do rm -rf "$member/src"; done
 
 # 2. The project itself. `touch` makes the copied sources newer than the
@@ -56,10 +58,10 @@ COPY services services
 COPY tests tests
 COPY bench bench
 RUN find $MEMBERS -name '*.rs' -exec touch {} + \
-    && cargo build --profile image --locked --bins -p upr-ingest -p upr-projection -p upr-notifier -p upr-keys \
+    && cargo build --profile image --locked --bins -p upr-ingest -p upr-projection -p upr-notifier -p upr-gateway -p upr-keys \
     && mkdir -p /out \
     && cp target/image/upr-ingest target/image/upr-projection target/image/upr-notifier \
-          target/image/upr-keys /out/
+          target/image/upr-gateway target/image/upr-keys /out/
 
 FROM debian:12.15-slim AS runtime
 # ca-certificates is not pinned to a package version: the Debian archive drops
@@ -71,7 +73,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 upr \
     && useradd --system --uid 10001 --gid upr --no-create-home --shell /usr/sbin/nologin upr
-COPY --from=builder /out/upr-ingest /out/upr-projection /out/upr-notifier /out/upr-keys /usr/local/bin/
+COPY --from=builder /out/upr-ingest /out/upr-projection /out/upr-notifier /out/upr-gateway /out/upr-keys /usr/local/bin/
 USER 10001:10001
 ENV NATS_URL=nats://nats:4222 \
     UPR_LOG_FORMAT=json \

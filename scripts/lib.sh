@@ -88,3 +88,24 @@ ensure_hadolint() {
   fi
   export HADOLINT_BIN="$dir/bin/hadolint"
 }
+
+# Debian's chromium, for the gateway's page tests (a real browser renders the
+# HTML: tests/tests/e2e/gateway.rs). CHROMIUM_BIN wins; else /usr/bin/chromium;
+# else it is installed with apt-get (the machines and CI run as root).
+ensure_chromium() {
+  if [ -n "${CHROMIUM_BIN:-}" ] && [ -x "$CHROMIUM_BIN" ]; then
+    export CHROMIUM_BIN; return
+  fi
+  if [ ! -x /usr/bin/chromium ]; then
+    step "installing chromium (apt-get)"
+    if ! command -v apt-get >/dev/null; then
+      echo "chromium is needed for the page tests: install it, or set CHROMIUM_BIN" >&2
+      return 1
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+  export CHROMIUM_BIN=/usr/bin/chromium
+}

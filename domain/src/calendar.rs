@@ -4,7 +4,14 @@
 //! Each review is one VEVENT whose UID never changes (`KZ-48@upr-tracker`)
 //! and whose SEQUENCE grows with every lifecycle change, so a program that
 //! subscribes sees a reschedule as a change of the same event, not a second
-//! one. Written with the `icalendar` crate: line folding at 75 octets, text
+//! one.
+//!
+//! The document depends on the data only: DTSTAMP is when the review last
+//! changed ([`CalendarEntry::stamp`]) and each VALARM's UID is made of the
+//! review and the lead, never the clock or a random id. So the same data
+//! gives the same bytes, and the HTTP gateway's `ETag` changes exactly when a
+//! review does (a subscriber polling every few minutes downloads nothing
+//! while nothing changed). Written with the `icalendar` crate: line folding at 75 octets, text
 //! escaping and CRLF endings are easy to get subtly wrong by hand.
 
 use icalendar::{Alarm, Calendar, Component, EventLike};
@@ -35,20 +42,29 @@ pub struct CalendarEntry {
     /// How many times the review's lifecycle changed since it was first
     /// scheduled (retractions included): the iCalendar SEQUENCE.
     pub sequence: u32,
+    /// When the review's lifecycle last changed: the `occurred_at` of its
+    /// latest lifecycle event in the log (the iCalendar DTSTAMP). Taken from
+    /// the data rather than the clock so the document is stable.
+    pub stamp: Timestamp,
 }
 
 impl CalendarEntry {
     /// The entry of a review that has a status and a date; `None` otherwise.
     pub fn of(view: &ReviewView) -> Option<Self> {
-        let changes = view
-            .history
-            .iter()
-            .filter(|h| h.event_type != EventType::SideEventHeld)
-            .count();
+        let lifecycle = || {
+            view.history
+                .iter()
+                .filter(|h| h.event_type != EventType::SideEventHeld)
+        };
+        let changes = lifecycle().count();
+        let scheduled_for = view.scheduled_for?;
         Some(Self {
+            stamp: lifecycle()
+                .next_back()
+                .map_or(scheduled_for, |h| h.occurred_at),
             country: view.country,
             session: view.session,
-            scheduled_for: view.scheduled_for?,
+            scheduled_for,
             location: view.location.clone().unwrap_or_default(),
             status: view.status?,
             sequence: u32::try_from(changes.saturating_sub(1)).unwrap_or(u32::MAX),
@@ -59,12 +75,23 @@ impl CalendarEntry {
     pub fn uid(&self) -> String {
         format!("{}-{}@upr-tracker", self.country, self.session)
     }
+
+    /// `KZ-48-7d@upr-tracker`: the UID of the review's alarm for `lead`,
+    /// the same on every fetch so a subscriber does not see new alarms.
+    pub fn alarm_uid(&self, lead: &Lead) -> String {
+        format!(
+            "{}-{}-{}@upr-tracker",
+            self.country,
+            self.session,
+            lead.label()
+        )
+    }
 }
 
 /// The iCalendar document of `entries`, with one alarm per reminder lead on
-/// each review still scheduled. `stamp` is when the document was made
-/// (DTSTAMP).
-pub fn calendar(entries: &[CalendarEntry], leads: &[Lead], stamp: Timestamp) -> String {
+/// each review still scheduled. A function of its arguments only: the same
+/// entries give the same bytes.
+pub fn calendar(entries: &[CalendarEntry], leads: &[Lead]) -> String {
     let mut cal = Calendar::empty();
     cal.append_property(("VERSION", "2.0"))
         .append_property(("PRODID", "-//UPR Tracker//upr.query.calendar//EN"))
@@ -80,7 +107,7 @@ pub fn calendar(entries: &[CalendarEntry], leads: &[Lead], stamp: Timestamp) -> 
         let mut event = icalendar::Event::new();
         event
             .uid(&e.uid())
-            .add_property("DTSTAMP", basic(stamp))
+            .add_property("DTSTAMP", basic(e.stamp))
             .add_property("DTSTART", basic(e.scheduled_for))
             .add_property("DTEND", basic(end))
             .sequence(e.sequence)
@@ -109,6 +136,10 @@ pub fn calendar(entries: &[CalendarEntry], leads: &[Lead], stamp: Timestamp) -> 
                     -chrono::Duration::seconds(i64::try_from(lead.secs()).unwrap_or(i64::MAX)),
                 );
                 alarm.add_property("TRIGGER", format!("-{}", duration(lead.secs())));
+                // Without these the writer adds a random UID and the time of
+                // writing as DTSTAMP, and every fetch would differ.
+                alarm.add_property("UID", e.alarm_uid(lead));
+                alarm.add_property("DTSTAMP", basic(e.stamp));
                 event.alarm(alarm.done());
             }
         }
@@ -157,6 +188,7 @@ mod tests {
             location: "Palais des Nations, Room XX; Geneva".into(),
             status,
             sequence,
+            stamp: ts("2025-01-01T12:00:00Z"),
         }
     }
 
@@ -186,7 +218,6 @@ mod tests {
                 entry("KZ", ReviewStatus::Cancelled, 1),
             ],
             &leads,
-            ts("2025-01-01T12:00:00Z"),
         );
         assert!(text.contains("\r\n"), "CRLF line endings");
         assert!(text.lines().all(|l| l.len() <= 75), "folded at 75 octets");
@@ -238,10 +269,49 @@ mod tests {
             })
             .collect();
         assert_eq!(actions, ["DISPLAY"; 3]);
+        let alarm_props: Vec<std::collections::BTreeMap<String, String>> = alarms
+            .iter()
+            .map(|a| {
+                a.properties
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .collect();
+        let uids: Vec<&str> = alarm_props.iter().map(|p| p["UID"].as_str()).collect();
+        assert_eq!(
+            uids,
+            [
+                "BO-48-30d@upr-tracker",
+                "BO-48-7d@upr-tracker",
+                "BO-48-1d@upr-tracker"
+            ]
+        );
+        assert!(
+            alarm_props
+                .iter()
+                .all(|p| p["DTSTAMP"] == "20250101T120000Z")
+        );
 
         let kz = props(&cal.events[1]);
         assert_eq!(kz["STATUS"], "CANCELLED");
         assert!(cal.events[1].alarms.is_empty(), "no alarms when cancelled");
+    }
+
+    #[test]
+    fn the_same_entries_give_the_same_bytes() {
+        let leads = parse_leads("30d,7d,1d").unwrap();
+        let entries = [
+            entry("BO", ReviewStatus::Scheduled, 2),
+            entry("KZ", ReviewStatus::Cancelled, 1),
+        ];
+        let first = calendar(&entries, &leads);
+        // Across a second boundary, where a clock-made DTSTAMP would change.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(calendar(&entries, &leads), first);
+        let mut changed = entries.clone();
+        changed[0].sequence = 3;
+        assert_ne!(calendar(&changed, &leads), first);
     }
 
     #[test]
@@ -298,6 +368,7 @@ mod tests {
         );
         let moved = CalendarEntry::of(&view).unwrap();
         assert_eq!((first.sequence, moved.sequence), (0, 1));
+        assert_ne!(first.stamp, moved.stamp, "DTSTAMP follows the last change");
         assert_eq!(first.uid(), moved.uid());
         assert_eq!(moved.scheduled_for, ts("2025-01-24T08:30:00Z"));
         assert!(

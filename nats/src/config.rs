@@ -10,8 +10,9 @@ use crate::contract::{
     env::{
         NATS_CREDS, NATS_NKEY, NATS_PASSWORD, NATS_SERVER_BIN, NATS_TLS_CA, NATS_TLS_CERT,
         NATS_TLS_KEY, NATS_URL, NATS_USER, RUST_LOG, UPR_DEDUP_WINDOW, UPR_HEALTH_FILE,
-        UPR_INGEST_CACHE, UPR_INGEST_WORKERS, UPR_LOG_FORMAT, UPR_PROJECTION_BATCH,
-        UPR_PROJECTION_CACHE_MB, UPR_READER_CONSUMERS, UPR_REMINDER_LEADS, UPR_REPLICAS,
+        UPR_HTTP_ADDR, UPR_HTTP_MAX_REQUESTS, UPR_INGEST_CACHE, UPR_INGEST_WORKERS, UPR_LOG_FORMAT,
+        UPR_PROJECTION_BATCH, UPR_PROJECTION_CACHE_MB, UPR_READER_CONSUMERS, UPR_REMINDER_LEADS,
+        UPR_REPLICAS,
     },
     services,
 };
@@ -207,7 +208,16 @@ pub struct Setting {
     pub used_by: &'static [&'static str],
 }
 
-const SERVICES: &[&str] = &[services::INGEST, services::PROJECTION, services::NOTIFIER];
+const SERVICES: &[&str] = &[
+    services::INGEST,
+    services::PROJECTION,
+    services::NOTIFIER,
+    services::GATEWAY,
+];
+
+/// The binaries that register as NATS micro services (the gateway's health
+/// is its HTTP `/healthz`, so it writes no health file).
+const MICRO_SERVICES: &[&str] = &[services::INGEST, services::PROJECTION, services::NOTIFIER];
 
 /// Every variable the binaries read, in the order `--help` lists them. The
 /// defaults are the ones the readers above apply (a test in each service
@@ -284,7 +294,7 @@ pub const SETTINGS: &[Setting] = &[
         var: UPR_HEALTH_FILE,
         default: "<temp dir>/<binary>.health",
         meaning: "Where the running service writes its id, so healthcheck pings that instance",
-        used_by: SERVICES,
+        used_by: MICRO_SERVICES,
     },
     Setting {
         var: UPR_DEDUP_WINDOW,
@@ -327,6 +337,18 @@ pub const SETTINGS: &[Setting] = &[
         default: crate::contract::notifier::DEFAULT_READER_CONSUMERS,
         meaning: "Durable consumers on UPR_NOTIFICATIONS kept for readers (comma-separated, or none)",
         used_by: &[services::NOTIFIER],
+    },
+    Setting {
+        var: UPR_HTTP_ADDR,
+        default: crate::contract::gateway::DEFAULT_HTTP_ADDR,
+        meaning: "Address the HTTP server listens on (0.0.0.0:8080 in a container)",
+        used_by: &[services::GATEWAY],
+    },
+    Setting {
+        var: UPR_HTTP_MAX_REQUESTS,
+        default: crate::contract::gateway::DEFAULT_MAX_REQUESTS,
+        meaning: "HTTP requests in progress at once; past it the gateway answers 503 at once",
+        used_by: &[services::GATEWAY],
     },
     Setting {
         var: NATS_SERVER_BIN,

@@ -118,6 +118,9 @@ pub mod services {
     pub const PROJECTION: &str = "upr-projection";
     /// The notifier service (reminders).
     pub const NOTIFIER: &str = "upr-notifier";
+    /// The HTTP gateway (read only; not a NATS micro service: its health
+    /// is its own `/healthz`).
+    pub const GATEWAY: &str = "upr-gateway";
 }
 
 /// Names of the environment variables the binaries read ([`crate::config`]
@@ -163,6 +166,10 @@ pub mod env {
     pub const UPR_REMINDER_LEADS: &str = "UPR_REMINDER_LEADS";
     /// Notifier: the durable consumers kept for readers.
     pub const UPR_READER_CONSUMERS: &str = "UPR_READER_CONSUMERS";
+    /// Gateway: the address its HTTP server listens on.
+    pub const UPR_HTTP_ADDR: &str = "UPR_HTTP_ADDR";
+    /// Gateway: most HTTP requests in progress at once; past it, 503 at once.
+    pub const UPR_HTTP_MAX_REQUESTS: &str = "UPR_HTTP_MAX_REQUESTS";
     /// The tests and the benchmark: which `nats-server` binary to start.
     pub const NATS_SERVER_BIN: &str = "NATS_SERVER_BIN";
 }
@@ -598,6 +605,25 @@ pub mod notifier {
 }
 
 // ---- end notifier -------------------------------------------------------------
+
+// ---- gateway: HTTP defaults ----------------------------------------------------
+
+/// The HTTP gateway's names and defaults (contract V3.5).
+pub mod gateway {
+    use std::time::Duration;
+
+    /// Where the gateway listens when `UPR_HTTP_ADDR` is unset: loopback
+    /// only, so a gateway started by hand is not reachable from the network.
+    pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+    /// Requests in progress at once when `UPR_HTTP_MAX_REQUESTS` is unset.
+    pub const DEFAULT_MAX_REQUESTS: &str = "256";
+    /// How long the gateway waits for any NATS answer. Above the 5 s a query
+    /// with `min_seq` may wait in the projection (contract section 4), so
+    /// that wait ends with the projection's own `timeout` answer first.
+    pub const NATS_TIMEOUT: Duration = Duration::from_secs(7);
+}
+
+// ---- end gateway ---------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {

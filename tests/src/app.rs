@@ -78,6 +78,13 @@ impl TestAppBuilder {
         self.service(services::NOTIFIER, &[])
     }
 
+    /// One `upr-gateway` on a free loopback port ([`TestApp::http_addr`]).
+    #[must_use]
+    pub fn gateway(self) -> Self {
+        let addr = format!("127.0.0.1:{}", crate::free_port());
+        self.service(services::GATEWAY, &[(contract::env::UPR_HTTP_ADDR, &addr)])
+    }
+
     /// Ingest, the projection and the notifier, one of each.
     #[must_use]
     pub fn all(self) -> Self {
@@ -171,13 +178,36 @@ impl TestAppBuilder {
             .iter()
             .map(|(name, env)| app.process(name, env))
             .collect();
+        let projection = started.iter().any(|p| p.name() == services::PROJECTION);
         for p in &started {
-            p.wait_healthy().await;
+            // A gateway is healthy only once the projection answers; without
+            // one (a test of that very case) it need only be listening.
+            if p.name() == services::GATEWAY && !projection {
+                wait_listening(p).await;
+            } else {
+                p.wait_healthy().await;
+            }
         }
         app.services = started;
         app.wait_answering().await;
         app
     }
+}
+
+/// Waits until a gateway accepts connections on its `UPR_HTTP_ADDR`.
+async fn wait_listening(gateway: &ServiceProcess) {
+    let addr = gateway_addr(gateway);
+    eventually(READY, "the gateway listening", || async move {
+        tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+    })
+    .await;
+}
+
+fn gateway_addr(gateway: &ServiceProcess) -> std::net::SocketAddr {
+    gateway
+        .env_var(contract::env::UPR_HTTP_ADDR)
+        .and_then(|a| a.parse().ok())
+        .expect("a gateway started by the harness has UPR_HTTP_ADDR")
 }
 
 fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -284,6 +314,35 @@ impl TestApp {
     /// The (first) `upr-notifier`, to kill, stop or restart it.
     pub fn notifier_mut(&mut self) -> &mut ServiceProcess {
         self.service_mut(services::NOTIFIER)
+    }
+
+    /// The (first) `upr-gateway`.
+    pub fn gateway(&self) -> &ServiceProcess {
+        self.service(services::GATEWAY)
+    }
+
+    /// The (first) `upr-gateway`, to kill, stop or restart it.
+    pub fn gateway_mut(&mut self) -> &mut ServiceProcess {
+        self.service_mut(services::GATEWAY)
+    }
+
+    /// Where the (first) gateway listens.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        gateway_addr(self.gateway())
+    }
+
+    /// `GET path` on the gateway, with extra request headers.
+    pub async fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> crate::http::HttpResponse {
+        crate::http::get(self.http_addr(), path, headers).await
+    }
+
+    /// `GET path` on the gateway.
+    pub async fn get(&self, path: &str) -> crate::http::HttpResponse {
+        self.get_with(path, &[]).await
     }
 
     fn process(&self, name: &str, env: &[(String, String)]) -> ServiceProcess {

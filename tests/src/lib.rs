@@ -11,10 +11,11 @@
 //!   tested.
 //! - `cluster`: [`NatsCluster`], three routed nodes from the shipped cluster
 //!   configuration.
-//! - `process`: [`ServiceProcess`], one of `upr-ingest`, `upr-projection`,
-//!   `upr-notifier` with a given environment, its output captured to a file
+//! - `process`: [`ServiceProcess`], one of the service binaries with a given environment, its output captured to a file
 //!   that is printed when the test fails.
 //! - `raw`: [`RawClient`], the protocol by hand, for bytes no client sends.
+//! - [`http`]: a plain HTTP/1.1 client for the gateway.
+//! - [`browser`]: headless chromium, for what the gateway's pages show.
 //! - [`fixtures`]: the reviews and dates tests share (KZ-48 and friends).
 //! - [`eventually`] (here): poll with a deadline instead of sleeping.
 //!
@@ -30,8 +31,10 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod app;
+pub mod browser;
 mod cluster;
 pub mod fixtures;
+pub mod http;
 mod process;
 mod raw;
 mod server;

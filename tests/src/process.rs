@@ -268,6 +268,14 @@ impl ServiceProcess {
         s
     }
 
+    /// The value of `var` in this process's environment, as the harness set it.
+    pub fn env_var(&self, var: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The scratch directory of this process.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -34,10 +34,11 @@ use nkeys::KeyPair;
 
 /// The NATS users of `deploy/nats/nats.conf`, in the order the generated
 /// file lists them.
-const USERS: [&str; 6] = [
+const USERS: [&str; 7] = [
     "ingest",
     "projection",
     "notifier",
+    "gateway",
     "publisher",
     "reader",
     "admin",
@@ -95,7 +96,7 @@ enum Command {
     Rotate {
         /// A directory `init` made.
         dir: PathBuf,
-        /// ingest, projection, notifier, publisher, reader, admin, or route
+        /// ingest, projection, notifier, gateway, publisher, reader, admin, or route
         /// for the cluster routes' password.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,

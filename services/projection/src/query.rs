@@ -348,7 +348,7 @@ impl Queries {
                     .read()
                     .map_err(|_| unavailable(&"index poisoned"))?
                     .calendar(country);
-                let text = calendar(&entries, &self.leads, now()?);
+                let text = calendar(&entries, &self.leads);
                 return Ok(Answer::Calendar(Bytes::from(text)));
             }
         };

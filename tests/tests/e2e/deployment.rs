@@ -338,7 +338,7 @@ fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy()
         !name.contains('/') && !name.contains('$') && tag != "latest",
         "a local image name with a fixed tag: {image}"
     );
-    for service in ["keys", "ingest", "projection", "notifier"] {
+    for service in ["keys", "ingest", "projection", "notifier", "gateway"] {
         let s = &doc["services"][service];
         assert_eq!(s["image"].as_str(), Some(image), "{service} runs {image}");
         assert_eq!(
@@ -362,6 +362,7 @@ fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy()
         ("ingest", services::INGEST, "ingest"),
         ("projection", services::PROJECTION, "projection"),
         ("notifier", services::NOTIFIER, "notifier"),
+        ("gateway", services::GATEWAY, "gateway"),
     ] {
         let s = &doc["services"][service];
         assert!(!s.is_badvalue(), "service {service} exists");
@@ -403,6 +404,22 @@ fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy()
             "{service} NATS_URL"
         );
     }
+}
+
+#[test]
+fn compose_publishes_the_gateway_on_the_hosts_loopback_only() {
+    let doc = compose("compose.yaml");
+    let gateway = &doc["services"]["gateway"];
+    assert_eq!(
+        env_var(gateway, "UPR_HTTP_ADDR").as_deref(),
+        Some("0.0.0.0:8080"),
+        "every address inside the container, so the published port reaches it"
+    );
+    assert_eq!(
+        strings(&gateway["ports"], "ports"),
+        ["127.0.0.1:${UPR_HTTP_PORT:-8080}:8080"],
+        "published on the host's loopback only"
+    );
 }
 
 #[test]
@@ -473,7 +490,7 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
     }
     cluster_names.dedup();
     assert_eq!(cluster_names.len(), 1, "one cluster name");
-    for service in ["ingest", "projection", "notifier"] {
+    for service in ["ingest", "projection", "notifier", "gateway"] {
         let s = &doc["services"][service];
         assert_eq!(
             env_var(s, "UPR_REPLICAS").as_deref(),
@@ -623,6 +640,7 @@ fn env_example_lists_what_compose_passes_with_the_documented_defaults() {
             ("ingest", services::INGEST),
             ("projection", services::PROJECTION),
             ("notifier", services::NOTIFIER),
+            ("gateway", services::GATEWAY),
         ] {
             let given = env_var(&doc["services"][service], var);
             if setting.used_by.contains(&binary) {
@@ -860,6 +878,7 @@ fn dockerfile_caches_dependencies_builds_locked_and_runs_as_non_root() {
         services::INGEST,
         services::PROJECTION,
         services::NOTIFIER,
+        services::GATEWAY,
         "upr-keys",
     ] {
         assert!(copied.contains(binary), "{binary} in the image: {copied}");
@@ -910,7 +929,12 @@ fn dockerfile_caches_dependencies_builds_locked_and_runs_as_non_root() {
         user != "root" && user != "0",
         "runs as non-root, not {user}"
     );
-    for binary in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
+    for binary in [
+        services::INGEST,
+        services::PROJECTION,
+        services::NOTIFIER,
+        services::GATEWAY,
+    ] {
         assert!(
             runtime
                 .iter()

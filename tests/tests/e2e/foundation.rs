@@ -72,7 +72,7 @@ async fn only_ingest_sets_the_event_logs_dedup_window() {
 #[tokio::test]
 async fn every_binary_answers_help_and_version_and_refuses_a_bad_argument_without_starting() {
     // Each binary with its commands and a variable only it reads, with its default.
-    let binaries: [(&str, &[&str], &str); 3] = [
+    let binaries: [(&str, &[&str], &str); 4] = [
         (
             services::INGEST,
             &["import", "healthcheck"],
@@ -87,6 +87,11 @@ async fn every_binary_answers_help_and_version_and_refuses_a_bad_argument_withou
             services::NOTIFIER,
             &["healthcheck"],
             "UPR_READER_CONSUMERS  [default: reader]",
+        ),
+        (
+            services::GATEWAY,
+            &["healthcheck"],
+            "UPR_HTTP_ADDR  [default: 127.0.0.1:8080]",
         ),
     ];
     for (name, commands, own_setting) in binaries {

@@ -12,6 +12,7 @@ mod corpus;
 mod corrections;
 mod deployment;
 mod foundation;
+mod gateway;
 mod ingest;
 mod notifier;
 mod projection;

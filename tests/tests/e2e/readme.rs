@@ -82,6 +82,7 @@ const BINARIES: &[&str] = &[
     "upr-ingest",
     "upr-projection",
     "upr-notifier",
+    "upr-gateway",
     "upr-keys",
     "upr-bench",
 ];
@@ -275,6 +276,8 @@ fn missing(expected: &[String], actual: &str) -> Vec<(String, String)> {
 /// One page's world: server, services, working directory, tools on PATH.
 struct World {
     page: String,
+    /// The gateway's port, where the pages say 8080.
+    http: u16,
     nats: NatsServer,
     services: Vec<(&'static str, ServiceProcess)>,
     work: tempfile::TempDir,
@@ -283,10 +286,11 @@ struct World {
     background: Vec<(Cmd, Child, PathBuf)>,
 }
 
-const SERVICES: [(&str, &str); 3] = [
+const SERVICES: [(&str, &str); 4] = [
     (services::INGEST, "ingest"),
     (services::PROJECTION, "projection"),
     (services::NOTIFIER, "notifier"),
+    (services::GATEWAY, "gateway"),
 ];
 
 impl World {
@@ -296,6 +300,8 @@ impl World {
                 String::new()
             });
         let monitor = nats.monitor_port().expect("started with -m");
+        // The gateway's port: the pages say 127.0.0.1:8080.
+        let http = free_port();
         let work = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let bin = tempfile::tempdir().unwrap();
@@ -332,7 +338,7 @@ impl World {
         std::fs::write(
             bin.path().join("curl"),
             format!(
-                "#!/usr/bin/env bash\nargs=()\nfor a in \"$@\"; do args+=(\"${{a//127.0.0.1:8222/127.0.0.1:{monitor}}}\"); done\nexec {curl} \"${{args[@]}}\"\n"
+                "#!/usr/bin/env bash\nargs=()\nfor a in \"$@\"; do a=\"${{a//127.0.0.1:8222/127.0.0.1:{monitor}}}\"; args+=(\"${{a//127.0.0.1:8080/127.0.0.1:{http}}}\"); done\nexec {curl} \"${{args[@]}}\"\n"
             ),
         )
         .unwrap();
@@ -343,6 +349,7 @@ impl World {
         std::fs::set_permissions(bin.path().join("curl"), perm).unwrap();
         let mut world = Self {
             page: page.to_string(),
+            http,
             nats,
             services: Vec::new(),
             work,
@@ -365,7 +372,11 @@ impl World {
             self.page
         );
         let seed = self.nats.seed_file(user).display().to_string();
+        let http_addr = format!("127.0.0.1:{}", self.http);
         let mut env: Vec<(&str, &str)> = vec![("NATS_NKEY", &seed)];
+        if *binary == services::GATEWAY {
+            env.push(("UPR_HTTP_ADDR", &http_addr));
+        }
         env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let service = ServiceProcess::start(binary, &self.nats.url(), &env);
         service.wait_healthy().await;
@@ -440,7 +451,10 @@ impl World {
             }
         }
         c.env("NATS_URL", self.nats.url())
-            .env("DOCS_NATS_URL", self.nats.url());
+            .env("DOCS_NATS_URL", self.nats.url())
+            // Where the gateway listens here; the pages say the default,
+            // 127.0.0.1:8080 (curl's stand-in rewrites that address).
+            .env("UPR_HTTP_ADDR", format!("127.0.0.1:{}", self.http));
         c
     }
 
