@@ -22,6 +22,7 @@
 
 mod app;
 pub mod http;
+pub mod sse;
 
 pub use app::{TestApp, TestAppBuilder};
 

@@ -6,6 +6,7 @@ mod bounds;
 mod corpus;
 mod corrections;
 mod deployment;
+mod events;
 mod foundation;
 mod gateway;
 mod ingest;
