@@ -295,8 +295,12 @@ async fn client(
     let mut reader = Reader::new(&hub.js, request.country);
     let mut position = request.after;
     let ended = async {
-        if let Some(after) = position {
-            position = Some(reader.replay(after, None, &out).await?);
+        match position {
+            Some(after) => position = Some(reader.replay(after, None, &out).await?),
+            // Live from now on: everything stored after this moment, also
+            // what the feed has not passed on yet (or ever, when it starts
+            // later than this client).
+            None => position = Some(reader.last_sequence().await?),
         }
         loop {
             let notice = tokio::select! {
@@ -387,6 +391,26 @@ impl Reader {
             position = message.sequence;
         }
         Ok(until.map_or(position, |u| u - 1))
+    }
+
+    /// The stream's last sequence (0 before it exists).
+    async fn last_sequence(&mut self) -> Result<u64, End> {
+        let mut why = String::new();
+        for attempt in 0..READ_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            match self.js.get_stream(NOTIFICATIONS_STREAM).await {
+                Ok(s) => {
+                    let last = s.cached_info().state.last_sequence;
+                    self.stream = Some(s);
+                    return Ok(last);
+                }
+                Err(e) if stream_missing(&e.kind()) => return Ok(0),
+                Err(e) => why = e.to_string(),
+            }
+        }
+        Err(End::Unreadable(why))
     }
 
     /// The first message at or after `seq` on the client's subjects;
