@@ -71,8 +71,10 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    /// `GET path` on `addr` with `headers`. `Err` with the whole answer when
-    /// the status is not 200.
+    /// `GET path` on `addr` with `headers`.
+    ///
+    /// # Errors
+    /// The whole answer when its status is not 200.
     ///
     /// # Panics
     /// When the gateway does not answer within 10 s.
@@ -208,8 +210,8 @@ impl SseClient {
                 let (field, value) = line.split_once(':').unwrap_or((line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
-                    "event" => event.event = value.to_owned(),
-                    "id" => event.id = value.to_owned(),
+                    "event" => value.clone_into(&mut event.event),
+                    "id" => value.clone_into(&mut event.id),
                     "data" => {
                         if event.data_lines > 0 {
                             event.data.push('\n');

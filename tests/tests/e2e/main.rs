@@ -16,3 +16,4 @@ mod readme;
 mod replicas;
 mod schemas;
 mod security;
+mod webhooks;
