@@ -17,7 +17,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 use upr_nats::contract::{self, env, gateway::webhook_consumer, services};
-use upr_tests::{TestApp, eventually, free_port};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -313,4 +313,37 @@ async fn webhooks_get_every_matching_notification_in_order_through_outages_and_a
         .collect();
     assert_eq!(kinds.iter().filter(|k| *k == "reminder").count(), 4);
     assert_eq!(kinds.iter().filter(|k| *k == "cancelled").count(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_subscription_file_stops_start_up_naming_the_entry_and_field() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hook.secret"), new_secret()).unwrap();
+    let file = dir.path().join("webhooks.json");
+    std::fs::write(
+        &file,
+        json!([
+            {"name": "chat", "url": "http://127.0.0.1:9/", "secret_file": "hook.secret"},
+            {"name": "mail", "url": "mailto:someone@example.org", "secret_file": "hook.secret"},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut gateway = ServiceProcess::start(
+        services::GATEWAY,
+        &nats.url(),
+        &[
+            (env::UPR_WEBHOOKS, file.to_str().unwrap()),
+            (env::UPR_HTTP_ADDR, &addr),
+        ],
+    );
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("UPR_WEBHOOKS") && logs.contains(r#"entry 2 ("mail"): field "url""#),
+        "{logs}"
+    );
 }
