@@ -273,3 +273,61 @@ async fn event_streams_have_their_own_cap_outside_the_request_limit_and_end_on_s
     assert!(first.ends_within(Duration::from_secs(1)).await);
     assert!(third.ends_within(Duration::from_secs(1)).await);
 }
+
+#[tokio::test]
+async fn a_client_too_slow_for_the_live_feed_reads_the_gap_from_the_stream_and_loses_nothing() {
+    let addr = format!("127.0.0.1:{}", upr_tests::free_port());
+    let app = TestApp::builder()
+        .event_log()
+        .notifier()
+        .service(
+            services::GATEWAY,
+            &[
+                (env::UPR_HTTP_ADDR, &addr),
+                (env::RUST_LOG, "info,upr_gateway=debug"),
+            ],
+        )
+        .start()
+        .await;
+    eventually(WAIT, "the notifications stream", || async {
+        app.js()
+            .get_stream(contract::NOTIFICATIONS_STREAM)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    let mut slow = SseClient::connect(app.http_addr(), "/events", &[])
+        .await
+        .unwrap();
+
+    // Far more than the live feed keeps for a client (1024 notifications)
+    // and than the sockets buffer (8 KiB each), while the client reads
+    // nothing.
+    let n = 3000;
+    let pad = "x".repeat(8 * 1024);
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let payload = json!({"id": format!("KZ.48.load.{i}"), "kind": "reminder", "country": "KZ", "pad": pad});
+        acks.push(
+            app.js()
+                .publish("upr.notify.reminder.KZ", payload.to_string().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    // Every one arrives, in order, once.
+    let events = take(&mut slow, n).await;
+    let expected: Vec<u64> = (1..=n as u64).collect();
+    assert_eq!(seqs(&events), expected);
+    assert_eq!(events[n - 1].json()["id"], format!("KZ.48.load.{}", n - 1));
+    let logs = app.gateway().logs();
+    assert!(
+        logs.contains("lagged"),
+        "the client was meant to fall behind the live feed:\n{logs}"
+    );
+}
