@@ -5,7 +5,7 @@
 //!
 //! Why this shape, for many clients at once:
 //! - One live feed per gateway: a single JetStream ordered consumer (the
-//!   [`feed`] task) puts every notification, with its stream sequence, on a
+//!   `feed` task) puts every notification, with its stream sequence, on a
 //!   [`broadcast`] channel. A thousand clients cost the server one consumer,
 //!   not a thousand.
 //! - Each client keeps its *position*: the last stream sequence it has
@@ -296,7 +296,13 @@ async fn client(
     let mut position = request.after;
     let ended = async {
         match position {
-            Some(after) => position = Some(reader.replay(after, None, &out).await?),
+            Some(after) => {
+                // An id past the stream's end (the stream was re-created
+                // since) resumes from the end, or nothing would be sent
+                // until the new sequences passed the old one.
+                let after = after.min(reader.last_sequence().await?);
+                position = Some(reader.replay(after, None, &out).await?);
+            }
             // Live from now on: everything stored after this moment, also
             // what the feed has not passed on yet (or ever, when it starts
             // later than this client).
@@ -453,7 +459,7 @@ impl Reader {
 
 /// Whether `kind` says `UPR_NOTIFICATIONS` does not exist (yet: the
 /// notifier creates it).
-fn stream_missing(kind: &GetStreamErrorKind) -> bool {
+pub(crate) fn stream_missing(kind: &GetStreamErrorKind) -> bool {
     matches!(kind, GetStreamErrorKind::JetStream(j) if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
