@@ -347,3 +347,76 @@ async fn a_bad_subscription_file_stops_start_up_naming_the_entry_and_field() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = new_secret();
+    std::fs::write(dir.path().join("hook.secret"), &secret).unwrap();
+    let port = free_port();
+    let file = dir.path().join("webhooks.json");
+    std::fs::write(
+        &file,
+        json!([{"name": "later", "url": format!("http://127.0.0.1:{port}/"), "secret_file": "hook.secret"}])
+            .to_string(),
+    )
+    .unwrap();
+    let app = TestApp::builder()
+        .env(env::UPR_WEBHOOKS, file.to_str().unwrap())
+        .env(env::UPR_WEBHOOK_RETRY_MAX, "1s")
+        .ingest()
+        .notifier()
+        .gateway()
+        .start()
+        .await;
+    let consumer = webhook_consumer("later");
+    let ack_pending = || async {
+        let stream = app
+            .js()
+            .get_stream(contract::NOTIFICATIONS_STREAM)
+            .await
+            .ok()?;
+        Some(stream.consumer_info(&consumer).await.ok()?.num_ack_pending)
+    };
+    eventually(WAIT, "the webhook's consumer", || async {
+        ack_pending().await.map(drop)
+    })
+    .await;
+
+    // Nothing listens yet: the first notice is held and retried...
+    schedule(&app, "KZ", 48, "2030-01-23T08:30:00Z").await;
+    reschedule(&app, "KZ", 48, "2030-01-24T08:30:00Z").await;
+    eventually(WAIT, "the notice held in progress", || async {
+        (ack_pending().await? == 1).then_some(())
+    })
+    .await;
+    // ... until an operator purges the stream: then it is given up.
+    app.js()
+        .get_stream(contract::NOTIFICATIONS_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    eventually(WAIT, "the purged notice given up", || async {
+        app.gateway()
+            .logs()
+            .contains("no longer kept by UPR_NOTIFICATIONS; giving up on it")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(ack_pending().await, Some(0));
+
+    // The subscription goes on with the next notification.
+    let receiver = Receiver::start(port, &secret);
+    reschedule(&app, "KZ", 48, "2030-01-25T08:30:00Z").await;
+    let got = eventually(WAIT, "the next notice delivered", || async {
+        let got = receiver.accepted("/");
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let kept = stored(&app).await;
+    assert_eq!(kept.len(), 1, "only the last notice is still kept");
+    assert_eq!(got[0].body, kept[0].1);
+}

@@ -16,6 +16,9 @@
 //!   at once (nak), so the next gateway retries it without waiting.
 //! - Isolation: each subscription is its own task with its own consumer,
 //!   so a slow or dead receiver delays no other.
+//! - A notification the stream no longer keeps (aged out, purged by an
+//!   operator) is given up after a failed attempt (`Term`), so one lost
+//!   notification cannot stop a subscription for ever.
 //! - The same `webhook-id` (the notification's `id`) on every attempt, so
 //!   a receiver can drop a second copy of one it already took.
 //!
@@ -48,7 +51,7 @@ pub use config::Subscription;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the server waits for an ack before it would redeliver. Well
-/// above [`ATTEMPT_TIMEOUT`] and [`PROGRESS_EVERY`], so the message in
+/// above [`ATTEMPT_TIMEOUT`] and the progress interval (5 s), so the message in
 /// hand is never redelivered while the gateway holds it.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
@@ -154,6 +157,14 @@ impl Webhooks {
     }
 }
 
+/// Why a subscription cannot pull yet.
+enum Unready {
+    /// `UPR_NOTIFICATIONS` does not exist yet (the notifier creates it).
+    NoStream,
+    /// Anything else, logged.
+    Failed(String),
+}
+
 /// One subscription's task.
 struct Delivery {
     js: jetstream::Context,
@@ -201,8 +212,15 @@ impl Delivery {
             };
             let consumer = match consumer {
                 Ok(c) => c,
-                Err(why) => {
-                    debug!(webhook = %name, error = %why, "webhook consumer not ready; trying again");
+                Err(Unready::NoStream) => {
+                    debug!(webhook = %name, "waiting for the notifier to create UPR_NOTIFICATIONS");
+                    if self.pause(NATS_RETRY).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(Unready::Failed(why)) => {
+                    warn!(webhook = %name, error = %why, "cannot create the webhook's consumer; trying again");
                     if self.pause(NATS_RETRY).await {
                         return;
                     }
@@ -243,16 +261,34 @@ impl Delivery {
 
     /// Creates the consumer, or updates it when the file's filters changed
     /// (its position stays).
-    async fn consumer(&self) -> Result<PullConsumer, String> {
+    async fn consumer(&self) -> Result<PullConsumer, Unready> {
         let stream = self
             .js
             .get_stream(NOTIFICATIONS_STREAM)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if crate::events::stream_missing(&e.kind()) {
+                    Unready::NoStream
+                } else {
+                    Unready::Failed(e.to_string())
+                }
+            })?;
         stream
             .create_consumer(consumer_config(&self.subscription))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Unready::Failed(e.to_string()))
+    }
+
+    /// Whether the stream still keeps the message at `seq` (an error to
+    /// ask counts as kept: only a clear "not found" gives up on it).
+    async fn still_kept(&self, seq: u64) -> bool {
+        let Ok(stream) = self.js.get_stream(NOTIFICATIONS_STREAM).await else {
+            return true;
+        };
+        !matches!(
+            stream.direct_get(seq).await,
+            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound
+        )
     }
 
     /// Sleeps `pause`; true when the gateway is stopping.
@@ -296,6 +332,12 @@ impl Delivery {
                     failures = failures.saturating_add(1);
                     let wait = sign::backoff(failures, self.retry_max);
                     warn!(webhook = %name, %id, error = %why, retry_in = ?wait, "webhook attempt failed");
+                    let seq = message.info().map_or(0, |i| i.stream_sequence);
+                    if !self.still_kept(seq).await {
+                        warn!(webhook = %name, %id, "no longer kept by UPR_NOTIFICATIONS; giving up on it");
+                        let _ = message.ack_with(AckKind::Term).await;
+                        return true;
+                    }
                     if self.hold(message, wait).await {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                         return false;
