@@ -420,3 +420,84 @@ async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
     assert_eq!(kept.len(), 1, "only the last notice is still kept");
     assert_eq!(got[0].body, kept[0].1);
 }
+
+/// The gateway in this process (not a child), so its counters can be read
+/// as `/metrics` reads them.
+#[tokio::test]
+async fn the_counters_show_deliveries_and_failed_attempts_per_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = new_secret();
+    std::fs::write(dir.path().join("hook.secret"), &secret).unwrap();
+    let port = free_port();
+    let file = dir.path().join("webhooks.json");
+    std::fs::write(
+        &file,
+        json!([
+            {"name": "up", "url": format!("http://127.0.0.1:{port}/"), "secret_file": "hook.secret"},
+            {"name": "down", "url": format!("http://127.0.0.1:{}/", free_port()), "secret_file": "hook.secret"},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let receiver = Receiver::start(port, &secret);
+    let app = TestApp::builder().ingest().notifier().start().await;
+    let url = app.url();
+    let file_name = file.to_str().unwrap().to_owned();
+    let settings = [
+        (env::NATS_URL, url.as_str()),
+        (env::UPR_HTTP_ADDR, "127.0.0.1:0"),
+        (env::UPR_WEBHOOKS, file_name.as_str()),
+        (env::UPR_WEBHOOK_RETRY_MAX, "1s"),
+    ];
+    let lookup = upr_nats::config::lookup_pairs(&settings);
+    let config = upr_gateway::Config::from_lookup(&lookup).unwrap();
+    let gateway = upr_gateway::App::build(config).await.unwrap();
+    let metrics = gateway.webhook_metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    let counts = |name: &str| {
+        let c = metrics
+            .subscriptions()
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .clone();
+        (c.delivered(), c.failed_attempts())
+    };
+    assert_eq!(counts("up"), (0, 0));
+    eventually(WAIT, "the webhooks' consumers", || async {
+        let stream = app
+            .js()
+            .get_stream(contract::NOTIFICATIONS_STREAM)
+            .await
+            .ok()?;
+        for name in ["up", "down"] {
+            stream.consumer_info(webhook_consumer(name)).await.ok()?;
+        }
+        Some(())
+    })
+    .await;
+
+    schedule(&app, "KZ", 48, "2030-01-23T08:30:00Z").await;
+    reschedule(&app, "KZ", 48, "2030-01-24T08:30:00Z").await;
+    reschedule(&app, "KZ", 48, "2030-01-25T08:30:00Z").await;
+    eventually(
+        WAIT,
+        "two deliveries and failed attempts counted",
+        || async { (counts("up").0 == 2 && counts("down").1 >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(counts("up").1, 0, "no attempt at the live receiver failed");
+    assert_eq!(counts("down").0, 0);
+    assert_eq!(receiver.accepted("/").len(), 2);
+
+    // And it stops when told, at once.
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the gateway stopped within 5 s")
+        .unwrap()
+        .unwrap();
+}
