@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::{path::PathBuf, time::Duration};
 
+// The gateway's live notifications and webhooks.
+use crate::contract::env::{UPR_SSE_MAX_CLIENTS, UPR_WEBHOOK_RETRY_MAX, UPR_WEBHOOKS};
 use crate::contract::{
     env::{
         NATS_CREDS, NATS_NKEY, NATS_PASSWORD, NATS_SERVER_BIN, NATS_TLS_CA, NATS_TLS_CERT,
@@ -348,6 +350,24 @@ pub const SETTINGS: &[Setting] = &[
         var: UPR_HTTP_MAX_REQUESTS,
         default: crate::contract::gateway::DEFAULT_MAX_REQUESTS,
         meaning: "HTTP requests in progress at once; past it the gateway answers 503 at once",
+        used_by: &[services::GATEWAY],
+    },
+    Setting {
+        var: UPR_SSE_MAX_CLIENTS,
+        default: crate::contract::gateway::DEFAULT_SSE_MAX_CLIENTS,
+        meaning: "GET /events streams open at once (not counted in UPR_HTTP_MAX_REQUESTS); past it 503",
+        used_by: &[services::GATEWAY],
+    },
+    Setting {
+        var: UPR_WEBHOOKS,
+        default: "",
+        meaning: "A JSON file listing webhook subscriptions (docs/webhooks.md); unset: none",
+        used_by: &[services::GATEWAY],
+    },
+    Setting {
+        var: UPR_WEBHOOK_RETRY_MAX,
+        default: crate::contract::gateway::DEFAULT_WEBHOOK_RETRY_MAX,
+        meaning: "Longest pause between two attempts at a webhook (units s, m, h, d, w)",
         used_by: &[services::GATEWAY],
     },
     Setting {

@@ -170,6 +170,12 @@ pub mod env {
     pub const UPR_HTTP_ADDR: &str = "UPR_HTTP_ADDR";
     /// Gateway: most HTTP requests in progress at once; past it, 503 at once.
     pub const UPR_HTTP_MAX_REQUESTS: &str = "UPR_HTTP_MAX_REQUESTS";
+    /// Gateway: most `GET /events` streams open at once; past it, 503.
+    pub const UPR_SSE_MAX_CLIENTS: &str = "UPR_SSE_MAX_CLIENTS";
+    /// Gateway: the JSON file listing the webhook subscriptions.
+    pub const UPR_WEBHOOKS: &str = "UPR_WEBHOOKS";
+    /// Gateway: the longest pause between two attempts at a webhook.
+    pub const UPR_WEBHOOK_RETRY_MAX: &str = "UPR_WEBHOOK_RETRY_MAX";
     /// The tests and the benchmark: which `nats-server` binary to start.
     pub const NATS_SERVER_BIN: &str = "NATS_SERVER_BIN";
 }
@@ -621,6 +627,22 @@ pub mod gateway {
     /// with `min_seq` may wait in the projection (contract section 4), so
     /// that wait ends with the projection's own `timeout` answer first.
     pub const NATS_TIMEOUT: Duration = Duration::from_secs(7);
+
+    /// `GET /events` streams open at once when `UPR_SSE_MAX_CLIENTS` is
+    /// unset. They live outside `UPR_HTTP_MAX_REQUESTS` (they last for
+    /// hours), so they get a cap of their own.
+    pub const DEFAULT_SSE_MAX_CLIENTS: &str = "1000";
+    /// The longest pause between two attempts at a webhook when
+    /// `UPR_WEBHOOK_RETRY_MAX` is unset.
+    pub const DEFAULT_WEBHOOK_RETRY_MAX: &str = "5m";
+    /// Prefix of the durable consumer on `UPR_NOTIFICATIONS` that delivers
+    /// one webhook subscription: `upr-gateway-webhook-<name>`.
+    pub const WEBHOOK_CONSUMER_PREFIX: &str = "upr-gateway-webhook-";
+
+    /// The durable consumer of the webhook subscription `name`.
+    pub fn webhook_consumer(name: &str) -> String {
+        format!("{WEBHOOK_CONSUMER_PREFIX}{name}")
+    }
 }
 
 // ---- end gateway ---------------------------------------------------------------

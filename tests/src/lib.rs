@@ -38,6 +38,7 @@ pub mod http;
 mod process;
 mod raw;
 mod server;
+pub mod sse;
 
 pub use app::{READ_MODEL_BUCKETS, Snapshot, TestApp, TestAppBuilder, notifications};
 pub use cluster::{NatsCluster, cluster_config};

@@ -127,7 +127,8 @@ async fn wrong_method(method: axum::http::Method, uri: Uri) -> Response {
 
 /// Refuses a request that carries a body: nothing here reads one, and a
 /// body a server does not read is a way to make it hold a connection.
-async fn refuse_body(request: Request, next: Next) -> Response {
+/// Public for routes mounted outside [`router`]'s limit (`/events`).
+pub async fn refuse_body(request: Request, next: Next) -> Response {
     let headers = request.headers();
     let declared = headers
         .get(header::CONTENT_LENGTH)

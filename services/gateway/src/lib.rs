@@ -16,12 +16,15 @@
 //!   slow clients, connections) and graceful shutdown.
 //! - [`health`]: `upr-gateway healthcheck`, a `GET /healthz` on the running
 //!   gateway.
+//! - [`events`]: `GET /events`, the notifications as Server-Sent Events.
+//! - [`webhooks`]: each notification sent to subscribers in a signed `POST`.
 //!
 //! [`App::build`] connects and binds; [`App::run`] serves until the shutdown
 //! future resolves, lets requests in progress finish, then drains NATS.
 
 pub mod api;
 pub mod calendar;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -29,8 +32,9 @@ pub mod ops;
 pub mod pages;
 pub mod query;
 pub mod server;
+pub mod webhooks;
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tracing::info;
@@ -51,6 +55,53 @@ pub struct Config {
     /// 503 at once instead of queueing, so a flood cannot build a backlog
     /// that every later client waits behind.
     pub max_requests: usize,
+    /// Live notifications and webhooks.
+    pub notifications: NotificationsConfig,
+}
+
+/// Settings of `GET /events` and the webhooks.
+#[derive(Debug, Clone)]
+pub struct NotificationsConfig {
+    /// `UPR_SSE_MAX_CLIENTS` (default 1000): event streams open at once.
+    /// They are not counted in `max_requests` (a stream lasts for hours
+    /// and would use up the request limit), so they have their own cap.
+    pub sse_max_clients: usize,
+    /// `UPR_WEBHOOKS`: the subscriptions, read and checked at start-up.
+    pub webhooks: Vec<webhooks::Subscription>,
+    /// `UPR_WEBHOOK_RETRY_MAX` (default 5m): the longest pause between two
+    /// attempts at a failing receiver.
+    pub webhook_retry_max: Duration,
+}
+
+impl NotificationsConfig {
+    /// Reads the settings through `lookup`, the subscription file included.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable; for `UPR_WEBHOOKS`, the
+    /// message names the entry and the field at fault.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
+        let text = lookup(env::UPR_SSE_MAX_CLIENTS)
+            .unwrap_or_else(|| names::DEFAULT_SSE_MAX_CLIENTS.to_string());
+        let Ok(sse_max_clients @ 1..=100_000) = text.trim().parse::<usize>() else {
+            return Err(config::err(
+                env::UPR_SSE_MAX_CLIENTS,
+                &format!("must be a whole number from 1 to 100000, got {text:?}"),
+            ));
+        };
+        let webhooks = match lookup(env::UPR_WEBHOOKS) {
+            None => Vec::new(),
+            Some(path) => webhooks::config::load(std::path::Path::new(path.trim()))
+                .map_err(|e| config::err(env::UPR_WEBHOOKS, &e))?,
+        };
+        let text = lookup(env::UPR_WEBHOOK_RETRY_MAX)
+            .unwrap_or_else(|| names::DEFAULT_WEBHOOK_RETRY_MAX.to_string());
+        let webhook_retry_max = config::parse_duration(env::UPR_WEBHOOK_RETRY_MAX, &text)?;
+        Ok(Self {
+            sse_max_clients,
+            webhooks,
+            webhook_retry_max,
+        })
+    }
 }
 
 impl Config {
@@ -75,10 +126,12 @@ impl Config {
             None => parse_max_requests(names::DEFAULT_MAX_REQUESTS)?,
             Some(v) => parse_max_requests(&v)?,
         };
+        let notifications = NotificationsConfig::from_lookup(lookup)?;
         Ok(Self {
             common,
             http_addr,
             max_requests,
+            notifications,
         })
     }
 }
@@ -114,6 +167,18 @@ pub struct App {
     listener: TcpListener,
     state: http::AppState,
     max_requests: usize,
+    live: Live,
+}
+
+/// `GET /events` and the webhooks: their tasks and the signal that stops
+/// them, which [`App::run`] gives when shutdown begins (an event stream
+/// would otherwise hold its connection open through the whole grace
+/// period).
+struct Live {
+    hub: events::Hub,
+    feed: tokio::task::JoinHandle<()>,
+    webhooks: webhooks::Webhooks,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -136,11 +201,13 @@ impl App {
         let client = upr_nats::setup::connect(&config.common.nats, services::GATEWAY).await?;
         info!(addr = %listener.local_addr()?, "HTTP listening");
         let state = http::AppState::new(client.clone());
+        let live = Live::start(&state, config.notifications)?;
         Ok(Self {
             client,
             listener,
             state,
             max_requests: config.max_requests,
+            live,
         })
     }
 
@@ -159,10 +226,65 @@ impl App {
     /// # Errors
     /// When draining the connection fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        let router = http::router(self.state, self.max_requests);
+        // `/events` is merged after the router's request limit, so its
+        // long-lived streams are not counted in it (events.rs has its cap).
+        let router = http::router(self.state, self.max_requests)
+            .merge(events::routes(self.live.hub.clone()));
+        let stop = self.live.stop.clone();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
         server::serve(self.listener, router, shutdown).await;
+        self.live.stopped().await;
         self.client.drain().await?;
         Ok(())
+    }
+
+    /// The webhook counters, for `/metrics`.
+    pub fn webhook_metrics(&self) -> webhooks::Metrics {
+        self.live.webhooks.metrics()
+    }
+
+    /// The `/events` hub (its open streams, for `/metrics`).
+    pub fn events_hub(&self) -> events::Hub {
+        self.live.hub.clone()
+    }
+}
+
+impl Live {
+    fn start(state: &http::AppState, config: NotificationsConfig) -> Result<Self, BoxError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (hub, feed) =
+            events::Hub::start(state.js.clone(), config.sse_max_clients, stopped.clone());
+        let webhooks = webhooks::Webhooks::start(
+            &state.js,
+            config.webhooks,
+            config.webhook_retry_max,
+            &stopped,
+        )?;
+        Ok(Self {
+            hub,
+            feed,
+            webhooks,
+            stop,
+        })
+    }
+
+    /// Stops the feed and the deliveries (a delivery in progress hands its
+    /// notification back) and waits for them, at most a few seconds.
+    async fn stopped(self) {
+        let _ = self.stop.send(true);
+        let all = async {
+            let _ = self.feed.await;
+            self.webhooks.join().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("live notifications did not stop within 5 s; stopping anyway");
+        }
     }
 }
 
@@ -181,6 +303,9 @@ mod tests {
         let c = Config::from_lookup(&lookup(&[])).unwrap();
         assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.max_requests, 256);
+        assert_eq!(c.notifications.sse_max_clients, 1000);
+        assert!(c.notifications.webhooks.is_empty());
+        assert_eq!(c.notifications.webhook_retry_max, Duration::from_secs(300));
     }
 
     #[test]
@@ -191,6 +316,9 @@ mod tests {
             ("UPR_HTTP_ADDR", "127.0.0.1:99999"),
             ("UPR_HTTP_MAX_REQUESTS", "0"),
             ("UPR_HTTP_MAX_REQUESTS", "many"),
+            ("UPR_SSE_MAX_CLIENTS", "0"),
+            ("UPR_WEBHOOKS", "/no/such/webhooks.json"),
+            ("UPR_WEBHOOK_RETRY_MAX", "forever"),
         ] {
             let e = Config::from_lookup(&lookup(&[(var, bad)]))
                 .err()
