@@ -405,7 +405,10 @@ async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_t
     );
 }
 
-#[expect(clippy::too_many_lines, reason = "one person's walk through the pages, step by step, reads best in order")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one person's walk through the pages, step by step, reads best in order"
+)]
 #[tokio::test]
 async fn a_person_finds_a_review_in_the_browser_and_its_links_lead_where_they_say() {
     let app = TestApp::builder()
@@ -523,7 +526,10 @@ async fn a_person_finds_a_review_in_the_browser_and_its_links_lead_where_they_sa
     }
 }
 
-#[expect(clippy::too_many_lines, reason = "each hostile client and then the check that everything still answers, in the order they happen")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "each hostile client and then the check that everything still answers, in the order they happen"
+)]
 #[tokio::test]
 async fn hostile_clients_get_bounded_answers_and_every_service_still_answers() {
     let app = TestApp::builder()
