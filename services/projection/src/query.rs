@@ -531,8 +531,8 @@ impl Queries {
             return Err(RejectError::invalid(
                 "min_seq",
                 format_args!(
-                    "{n} is beyond the event log's last sequence {last}: \
-                     no acknowledged write has it"
+                    "must be at most {last}, the event log's last sequence: \
+                     no acknowledged write is beyond it (got {n})"
                 ),
             ));
         }
