@@ -16,6 +16,7 @@ mod ingest;
 mod notifier;
 mod projection;
 mod readme;
+mod reads;
 mod replicas;
 mod schemas;
 mod security;
