@@ -437,11 +437,18 @@ impl Queries {
                 self.known_last.fetch_max(last, Ordering::Relaxed);
                 let refused = self.shared.values_refused.load(Ordering::Relaxed);
                 let beyond = self.shared.beyond_limits_skipped.load(Ordering::Relaxed);
-                // stream_max_bytes: null when the log has no limit of its own.
+                // stream_max_bytes: null when the log has no limit of its own;
+                // then the account's storage limit is what it runs into.
                 let max_bytes = u64::try_from(max_bytes).ok();
+                let (storage, max_storage) = self
+                    .store
+                    .account_storage()
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 Ok(Bytes::from(
                     json!({"ok": true, "applied_seq": applied, "stream_last_seq": last,
                            "stream_bytes": bytes, "stream_max_bytes": max_bytes,
+                           "storage_bytes": storage, "storage_max_bytes": max_storage,
                            "values_refused": refused, "beyond_limits_skipped": beyond})
                     .to_string(),
                 ))

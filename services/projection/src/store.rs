@@ -237,6 +237,20 @@ impl Store {
         ))
     }
 
+    /// The service account's file storage: bytes used by every stream and
+    /// bucket together, and its limit (`None`: no limit).
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn account_storage(&self) -> Result<(u64, Option<u64>), BoxError> {
+        let account = self.js.query_account().await?;
+        let limit = account
+            .limits
+            .max_storage
+            .and_then(|l| u64::try_from(l).ok());
+        Ok((account.storage, limit))
+    }
+
     /// Calls `f(key, value)` for the current value of every key of `bucket`
     /// (`value` empty with `headers_only`), reading the bucket's stream with
     /// an ordered consumer: one pass, no request per key.

@@ -359,6 +359,7 @@ async fn queries_answer_upcoming_status_and_every_error_code() {
         status,
         json!({"ok": true, "applied_seq": 7, "stream_last_seq": 7,
                "stream_bytes": status["stream_bytes"], "stream_max_bytes": null,
+               "storage_bytes": status["storage_bytes"], "storage_max_bytes": null,
                "values_refused": 0, "beyond_limits_skipped": 0})
     );
 

@@ -166,16 +166,17 @@ async fn a_readers_waiting_pulls_cannot_make_the_server_send_much_more_than_it_a
     // 512 pulls (the old max_waiting), as heartbeat_amp.py sends them.
     let shape = (4, 128);
     let mut figures = Vec::new();
+    // The bounded one first, on a server nothing has loaded yet.
     for (label, user, next) in [
-        (
-            "before (unbounded consumer)",
-            "admin",
-            "$JS.API.CONSUMER.MSG.NEXT.UPR_NOTIFICATIONS.unbounded",
-        ),
         (
             "after (reader consumer, as the reader)",
             "reader",
             "$JS.upr.API.CONSUMER.MSG.NEXT.UPR_NOTIFICATIONS.reader",
+        ),
+        (
+            "before (unbounded consumer)",
+            "admin",
+            "$JS.API.CONSUMER.MSG.NEXT.UPR_NOTIFICATIONS.unbounded",
         ),
     ] {
         // Read as fast as it comes: messages sent per byte asked.
@@ -197,7 +198,7 @@ async fn a_readers_waiting_pulls_cannot_make_the_server_send_much_more_than_it_a
         figures.push((label, per_byte, peak - start));
         tokio::time::sleep(Duration::from_secs(9)).await;
     }
-    let (before, after) = (figures[0], figures[1]);
+    let (after, before) = (figures[0], figures[1]);
     assert!(
         before.1 > MAX_MESSAGES_PER_BYTE || before.2 > MAX_RSS_GROWTH_MB,
         "the unbounded consumer stayed within the bounds this run, so they prove nothing: {figures:?}"
@@ -319,6 +320,10 @@ async fn a_min_seq_beyond_the_log_is_answered_at_once_naming_the_last_sequence()
     let status = app.request("upr.query.status", "").await;
     assert!(status["stream_bytes"].as_u64().unwrap() > 0, "{status}");
     assert!(status["stream_max_bytes"].is_null(), "{status}");
+    assert!(
+        status["storage_bytes"].as_u64().unwrap() >= status["stream_bytes"].as_u64().unwrap(),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -377,6 +382,10 @@ async fn a_reader_flooding_waits_cannot_fail_another_partys_read_your_writes() {
     for h in flood {
         *codes.entry(h.await.unwrap()).or_default() += 1;
     }
+    // The figure the gateway's /metrics exports: how near the limit it is.
+    let status = victim.request("upr.query.status", "".into()).await.unwrap();
+    let status: Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(status["storage_max_bytes"], 20_000_000_000_u64, "{status}");
     eprintln!(
         "min_seq flood: attacker's {total} answered {codes:?}; victim's read-your-writes {victim_codes:?}"
     );
