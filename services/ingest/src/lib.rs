@@ -332,6 +332,7 @@ mod tests {
         let c = Config::from_lookup(&lookup(&[])).unwrap();
         assert_eq!(c.dedup_window, contract::DEFAULT_DEDUP_WINDOW);
         assert_eq!((c.workers, c.cache), (DEFAULT_WORKERS, DEFAULT_CACHE));
+        assert_eq!(c.intake_rate, rate::DEFAULT_RATE);
     }
 
     #[test]
@@ -346,6 +347,8 @@ mod tests {
             ("UPR_DEDUP_WINDOW", "0s"),
             ("UPR_INGEST_WORKERS", "0"),
             ("UPR_INGEST_CACHE", "x"),
+            ("UPR_INTAKE_RATE", "0"),
+            ("UPR_INTAKE_RATE", "fast"),
         ] {
             assert_eq!(
                 Config::from_lookup(&lookup(&[(var, value)]))

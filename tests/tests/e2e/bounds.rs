@@ -33,6 +33,7 @@ async fn every_bad_setting_stops_start_up_naming_its_variable() {
                 ("UPR_DEDUP_WINDOW", "0s"),
                 ("UPR_INGEST_WORKERS", "-1"),
                 ("UPR_INGEST_CACHE", "10000000000000000000000"),
+                ("UPR_INTAKE_RATE", "0"),
             ],
         ),
         (
