@@ -158,6 +158,8 @@ pub mod env {
     pub const UPR_INGEST_WORKERS: &str = "UPR_INGEST_WORKERS";
     /// Ingest: how many reviews' state it keeps in memory.
     pub const UPR_INGEST_CACHE: &str = "UPR_INGEST_CACHE";
+    /// Ingest: intake messages per second each party (account) may send.
+    pub const UPR_INTAKE_RATE: &str = "UPR_INTAKE_RATE";
     /// Projection: most events folded per batch.
     pub const UPR_PROJECTION_BATCH: &str = "UPR_PROJECTION_BATCH";
     /// Projection: memory for cached read-model values, in MiB.
@@ -497,6 +499,14 @@ pub mod notifier {
     /// the service account could create a push consumer whose deliver
     /// subject is the event log or a bucket, a write that no subject
     /// permission can see (it is in the request's payload).
+    ///
+    /// What one pull may ask is bounded (contract V3.4): a reader can make
+    /// the server send little more than the notifications themselves.
+    /// nats-server has no floor on a pull's `idle_heartbeat` (only a ceiling,
+    /// half its expiry), so heartbeats are bounded by the number of waiting
+    /// pulls: [`READER_MAX_WAITING`] pulls at one heartbeat per millisecond
+    /// at most, for everyone on this consumer together, however many pulls
+    /// or connections a reader opens.
     pub fn reader_consumer(name: &str) -> pull::Config {
         pull::Config {
             durable_name: Some(name.into()),
@@ -505,9 +515,25 @@ pub mod notifier {
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1000,
+            max_waiting: READER_MAX_WAITING,
+            max_batch: READER_MAX_BATCH,
+            max_bytes: READER_MAX_BYTES,
+            max_expires: READER_MAX_EXPIRES,
             ..Default::default()
         }
     }
+
+    /// Pulls that may wait at once on a reader consumer (the server's
+    /// default is 512). The server cannot change it on an existing consumer,
+    /// so the notifier replaces an older one, resuming after its ack floor.
+    pub const READER_MAX_WAITING: i64 = 8;
+    /// Most notifications one pull may ask for.
+    pub const READER_MAX_BATCH: i64 = 256;
+    /// Most bytes one pull may ask for (1 MiB).
+    pub const READER_MAX_BYTES: i64 = 1024 * 1024;
+    /// Longest a pull may wait (`nats consumer next` waits 5 s; the Rust
+    /// and Go clients' default is 30 s).
+    pub const READER_MAX_EXPIRES: Duration = Duration::from_secs(60);
 
     /// `upr.notifier.status`: `{"ok":true,"pending":N,"sent":N,"late":N,"skipped":N}`.
     pub const STATUS: &str = "upr.notifier.status";

@@ -17,6 +17,19 @@ use crate::{
 /// The version every service reports in its micro-service INFO.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The requester's account, from the `Nats-Request-Info` header
+/// (`{"acc": "<account>", ...}`) that nats-server puts on a request crossing
+/// a service import, replacing any header of that name the client sent.
+/// `None` for a request from inside the service's own account (no header).
+pub fn requester_account(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    let info = headers?.get("Nats-Request-Info")?;
+    let info: serde_json::Value = serde_json::from_str(info.as_str()).ok()?;
+    info.get("acc")?
+        .as_str()
+        .filter(|acc| !acc.is_empty())
+        .map(str::to_string)
+}
+
 /// Boxed error for the top of a binary: anything that stops it is reported
 /// the same way (logged, printed, exit code 1).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

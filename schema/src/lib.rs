@@ -363,6 +363,14 @@ pub mod wire {
         pub applied_seq: u64,
         /// The last sequence in `UPR_EVENTS`.
         pub stream_last_seq: u64,
+        /// Bytes `UPR_EVENTS` holds.
+        pub stream_bytes: u64,
+        /// `UPR_EVENTS`'s own size limit; `null`: none (the account's holds).
+        pub stream_max_bytes: Option<u64>,
+        /// Bytes the service account stores, every stream and bucket together.
+        pub storage_bytes: u64,
+        /// The service account's storage limit; `null`: none.
+        pub storage_max_bytes: Option<u64>,
         /// Read-model values the projection refused to write (over the size bound).
         pub values_refused: u64,
         /// Events skipped because their review was past its limits.

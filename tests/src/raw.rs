@@ -64,6 +64,12 @@ impl RawClient {
         Some(String::from_utf8_lossy(&line).trim_end().to_string())
     }
 
+    /// A second handle on the socket, for a thread that reads (or counts)
+    /// what the server sends while this one writes.
+    pub fn reader(&self) -> std::net::TcpStream {
+        self.stream.try_clone().expect("clone the socket")
+    }
+
     /// Sends raw protocol bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         use std::io::Write;

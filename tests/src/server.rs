@@ -295,6 +295,11 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// The server's process id while it runs (for its memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Whether the server process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -323,6 +328,24 @@ impl NatsServer {
             text.push_str(&more);
             std::fs::write(&conf, text).expect("config copy");
         }
+        Self::start_secured_in(dir, extra_args)
+    }
+
+    /// Like [`NatsServer::start_secured`], with the copy of the shipped file
+    /// changed by `edit` (a limit made small enough for a test to reach);
+    /// `edit` must change it.
+    pub fn start_secured_edited(edit: impl FnOnce(&str) -> String) -> Self {
+        let dir = secured_config_dir();
+        let conf = dir.path().join("nats.conf");
+        let text = std::fs::read_to_string(&conf).expect("config copy");
+        let edited = edit(&text);
+        assert_ne!(edited, text, "the edit changed nothing in nats.conf");
+        std::fs::write(&conf, edited).expect("config copy");
+        Self::start_secured_in(dir, Vec::new())
+    }
+
+    fn start_secured_in(dir: TempDir, extra_args: Vec<String>) -> Self {
+        let conf = dir.path().join("nats.conf");
         let store = tempfile::tempdir().expect("tempdir");
         let log = store.path().join("nats-server.log");
         let mut server = Self {

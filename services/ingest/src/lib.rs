@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod import;
 pub mod pipeline;
+pub mod rate;
 pub mod rejection;
 pub mod route;
 pub mod stats;
@@ -61,6 +62,9 @@ pub struct Config {
     pub workers: usize,
     /// `UPR_INGEST_CACHE` (default 100000 reviews).
     pub cache: usize,
+    /// `UPR_INTAKE_RATE` (default 200): intake messages per second each
+    /// party may send to this replica ([`rate`]).
+    pub intake_rate: usize,
 }
 
 impl Config {
@@ -95,6 +99,12 @@ impl Config {
                 contract::env::UPR_INGEST_CACHE,
                 DEFAULT_CACHE,
                 100_000_000,
+            )?,
+            intake_rate: config::whole_number(
+                env,
+                contract::env::UPR_INTAKE_RATE,
+                rate::DEFAULT_RATE,
+                10_000_000,
             )?,
         })
     }
@@ -215,6 +225,7 @@ impl App {
             &log,
             responder,
             (peers, edge.clone()),
+            Arc::new(rate::IntakeRate::new(config.intake_rate)),
         );
         let dispatcher = Arc::new(dispatcher);
         // The intake loop only admits (never waits); one task parses and
@@ -321,6 +332,7 @@ mod tests {
         let c = Config::from_lookup(&lookup(&[])).unwrap();
         assert_eq!(c.dedup_window, contract::DEFAULT_DEDUP_WINDOW);
         assert_eq!((c.workers, c.cache), (DEFAULT_WORKERS, DEFAULT_CACHE));
+        assert_eq!(c.intake_rate, rate::DEFAULT_RATE);
     }
 
     #[test]
@@ -335,6 +347,8 @@ mod tests {
             ("UPR_DEDUP_WINDOW", "0s"),
             ("UPR_INGEST_WORKERS", "0"),
             ("UPR_INGEST_CACHE", "x"),
+            ("UPR_INTAKE_RATE", "0"),
+            ("UPR_INTAKE_RATE", "fast"),
         ] {
             assert_eq!(
                 Config::from_lookup(&lookup(&[(var, value)]))

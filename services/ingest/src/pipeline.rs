@@ -28,11 +28,15 @@ use tokio::{
 };
 use tracing::{Instrument, debug, info_span, warn};
 use upr_domain::{Command, Decision, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake};
-use upr_nats::contract::{ingest, subjects};
+use upr_nats::{
+    contract::{ingest, subjects},
+    service::requester_account,
+};
 use uuid::Uuid;
 
 use crate::{
     cache::ReviewCache,
+    rate::{IntakeRate, Verdict},
     rejection::{RecordSender, RejectionRecord},
     route::Peers,
     stats::Counters,
@@ -188,6 +192,8 @@ pub struct Dispatcher {
     /// Who owns which review, and the connection commands are handed over on.
     peers: Arc<Peers>,
     edge: Client,
+    /// Intake per party ([`crate::rate`]).
+    rate: Arc<IntakeRate>,
 }
 
 impl Dispatcher {
@@ -199,6 +205,7 @@ impl Dispatcher {
         log: &EventLog,
         responder: Responder,
         (peers, edge): (Arc<Peers>, Client),
+        rate: Arc<IntakeRate>,
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let count = count.max(1);
         let per_worker = cache.div_ceil(count).max(1);
@@ -222,6 +229,7 @@ impl Dispatcher {
                 queued: Arc::new(Semaphore::new(QUEUED_BYTES)),
                 peers,
                 edge,
+                rate,
             },
             handles,
         )
@@ -255,6 +263,31 @@ impl Dispatcher {
     /// cannot bounce it between them.
     pub async fn dispatch(&self, (intake, bytes): Admitted) {
         let received_at = now();
+        if let Intake::Endpoint(request) = &intake
+            && let Some(party) = requester_account(request.message.headers.as_ref())
+            && let Verdict::Refused {
+                retry_after,
+                record,
+            } = self.rate.check(&party, std::time::Instant::now())
+        {
+            let error = RejectError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "{party} sends more than {} intake messages a second; nothing was stored, \
+                     retry with the same event_id in {} ms",
+                    self.rate.per_second(),
+                    retry_after.as_millis().max(1)
+                ),
+            );
+            if record {
+                self.responder.refused(&intake, error, received_at).await;
+            } else {
+                self.responder.counters.rejected(ErrorCode::Unavailable);
+                let body = json!({"ok": false, "error": error});
+                intake.reply(Bytes::from(body.to_string())).await;
+            }
+            return;
+        }
         match parse_intake(intake.event_type(), &intake.message().payload) {
             Err(error) => self.responder.refused(&intake, error, received_at).await,
             Ok(command) => {

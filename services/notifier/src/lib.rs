@@ -157,14 +157,12 @@ impl App {
             // Just created on a busy cluster, the stream may take seconds to
             // answer for its consumers too.
             patiently(|| async {
-                notifications
-                    .get_or_create_consumer(name, names::reader_consumer(name))
+                ensure_reader_consumer(&notifications, name)
                     .await
-                    .map(drop)
-                    .map_err(|e| SetupError::JetStream {
+                    .map_err(|source| SetupError::JetStream {
                         kind: "consumer",
                         name: name.clone(),
-                        source: e.into(),
+                        source,
                     })
             })
             .await?;
@@ -367,6 +365,52 @@ async fn serve_status(
             }
         }
     }
+}
+
+/// Creates the reader consumer `name`, or brings an existing one to
+/// [`names::reader_consumer`]'s bounds. Most fields are updated in place,
+/// keeping where the reader is; `max_waiting` cannot be, so a consumer with
+/// another one (from before the bounds) is replaced by one that starts after
+/// the old one's ack floor: nothing acknowledged comes again, nothing
+/// unacknowledged is skipped.
+async fn ensure_reader_consumer(stream: &Stream, name: &str) -> Result<(), BoxError> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let wanted = names::reader_consumer(name);
+    let Ok(info) = stream.consumer_info(name).await else {
+        stream.create_consumer(wanted).await?;
+        return Ok(());
+    };
+    if info.config.max_waiting == wanted.max_waiting {
+        // The start is the existing one's: the server refuses to change it.
+        let config = pull::Config {
+            deliver_policy: info.config.deliver_policy,
+            ..wanted
+        };
+        stream.update_consumer(config).await?;
+        return Ok(());
+    }
+    let floor = info.ack_floor.stream_sequence;
+    warn!(
+        consumer = %name,
+        old_max_waiting = info.config.max_waiting,
+        ack_floor = floor,
+        "replacing the reader consumer: its pull bounds cannot be updated in place"
+    );
+    stream.delete_consumer(name).await?;
+    let deliver_policy = if floor == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: floor + 1,
+        }
+    };
+    stream
+        .create_consumer(pull::Config {
+            deliver_policy,
+            ..wanted
+        })
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

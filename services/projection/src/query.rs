@@ -10,12 +10,20 @@
 //! requests read at once, at most [`MAX_WAITING`] wait for a `min_seq` (one
 //! more is answered `unavailable` at once), and a waiting request holds no
 //! read permit, so a flood of requests for a sequence far ahead cannot take
-//! the permits that plain reads need. A payload is at most
+//! the permits that plain reads need. A `min_seq` beyond the event log's
+//! last sequence is answered `invalid_field` at once (contract V3.4), and
+//! one party (the requester's account, from the `Nats-Request-Info` header
+//! the server adds on an import) may hold at most [`MAX_WAITING_PER_PARTY`]
+//! of the waits, so it cannot take the others' read-your-writes. A payload is at most
 //! [`MAX_QUERY_PAYLOAD`] bytes and read by the same strict JSON reader as
 //! intake (no duplicate keys, bounded nesting).
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -47,6 +55,15 @@ pub const MIN_SEQ_WAIT: Duration = Duration::from_secs(5);
 /// what a client at 1,000 requests/s reading its own writes needs, and what
 /// stops a flood from growing without bound.
 pub const MAX_WAITING: usize = 1024;
+
+/// Of [`MAX_WAITING`], what one party may hold at once: a quarter, so one
+/// account flooding waits leaves the others three quarters.
+pub const MAX_WAITING_PER_PARTY: usize = MAX_WAITING / 4;
+
+/// The party of a request without a `Nats-Request-Info` header: one from
+/// inside the service account (the gateway, an operator) or from a server
+/// without accounts. They share one budget.
+pub const LOCAL_PARTY: &str = "local";
 
 /// Largest query payload accepted, in bytes (a query's options fit in a
 /// hundred); larger is `too_large`.
@@ -210,6 +227,76 @@ pub struct Queries {
     waiting: Arc<Semaphore>,
     /// Permits to read ([`MAX_IN_FLIGHT`]).
     reading: Arc<Semaphore>,
+    /// Waits held by each party ([`MAX_WAITING_PER_PARTY`]).
+    parties: Arc<PartyWaits>,
+    /// The highest last sequence of the event log seen so far: a `min_seq`
+    /// at or below it is in the log, so checking costs nothing.
+    known_last: Arc<AtomicU64>,
+    /// One look at the event log's last sequence at a time, holding the
+    /// number of the last look done; the requests waiting meanwhile use it.
+    looking: Arc<tokio::sync::Mutex<u64>>,
+    /// Looks started so far.
+    looks: Arc<AtomicU64>,
+}
+
+/// How many `min_seq` waits each party holds.
+#[derive(Debug, Default)]
+pub struct PartyWaits {
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// One wait held by a party, given back when dropped.
+#[derive(Debug)]
+pub struct PartyWait {
+    waits: Arc<PartyWaits>,
+    party: String,
+}
+
+impl PartyWaits {
+    /// Takes one of `party`'s [`MAX_WAITING_PER_PARTY`] waits, or `None`
+    /// when it holds them all.
+    pub fn try_take(self: &Arc<Self>, party: &str) -> Option<PartyWait> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(party.to_string()).or_default();
+        if *n >= MAX_WAITING_PER_PARTY {
+            return None;
+        }
+        *n += 1;
+        Some(PartyWait {
+            waits: self.clone(),
+            party: party.to_string(),
+        })
+    }
+
+    /// Waits `party` holds now.
+    pub fn held(&self, party: &str) -> usize {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(party).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PartyWait {
+    fn drop(&mut self) {
+        let mut held = self
+            .waits
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.party) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.party);
+            }
+        }
+    }
+}
+
+/// The requester's account, from the `Nats-Request-Info` header
+/// (`{"acc": "<account>", ...}`) that nats-server puts on a request crossing
+/// a service import, replacing any header of that name the client sent; no
+/// header (a request from inside the service account) is [`LOCAL_PARTY`].
+pub fn party(headers: Option<&HeaderMap>) -> String {
+    upr_nats::service::requester_account(headers).unwrap_or_else(|| LOCAL_PARTY.to_string())
 }
 
 fn error(e: &RejectError) -> Bytes {
@@ -236,12 +323,21 @@ impl Queries {
             leads: Arc::new(leads),
             waiting: Arc::new(Semaphore::new(MAX_WAITING)),
             reading: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            parties: Arc::new(PartyWaits::default()),
+            known_last: Arc::new(AtomicU64::new(0)),
+            looking: Arc::new(tokio::sync::Mutex::new(0)),
+            looks: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The reply to one request.
+    /// The reply to one request from inside the service account.
     pub async fn answer(&self, subject: &str, payload: &[u8]) -> Answer {
-        match self.try_answer(subject, payload).await {
+        self.answer_for(LOCAL_PARTY, subject, payload).await
+    }
+
+    /// The reply to one request from `party` (see [`party`]).
+    pub async fn answer_for(&self, party: &str, subject: &str, payload: &[u8]) -> Answer {
+        match self.try_answer(party, subject, payload).await {
             Ok(reply) => reply,
             Err(e) => Answer::Json(error(&e)),
         }
@@ -251,11 +347,16 @@ impl Queries {
         clippy::too_many_lines,
         reason = "one match over the query kinds, each arm a few lines; split, the options would be passed around for nothing"
     )]
-    async fn try_answer(&self, subject: &str, payload: &[u8]) -> Result<Answer, RejectError> {
+    async fn try_answer(
+        &self,
+        party: &str,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Answer, RejectError> {
         let query = Query::parse(subject)?;
         let options = Options::parse(payload, query)?;
         if let Some(n) = options.min_seq {
-            self.wait_applied(n).await?;
+            self.wait_applied(party, n).await?;
         }
         let _reading = self.reading.acquire().await.map_err(|_| {
             RejectError::new(
@@ -328,15 +429,26 @@ impl Queries {
             }
             Query::Status => {
                 let applied = self.shared.applied_seq();
-                let last = self
+                let (last, bytes, max_bytes) = self
                     .store
-                    .stream_last_seq()
+                    .stream_figures()
                     .await
                     .map_err(|e| unavailable(&e))?;
+                self.known_last.fetch_max(last, Ordering::Relaxed);
                 let refused = self.shared.values_refused.load(Ordering::Relaxed);
                 let beyond = self.shared.beyond_limits_skipped.load(Ordering::Relaxed);
+                // stream_max_bytes: null when the log has no limit of its own;
+                // then the account's storage limit is what it runs into.
+                let max_bytes = u64::try_from(max_bytes).ok();
+                let (storage, max_storage) = self
+                    .store
+                    .account_storage()
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 Ok(Bytes::from(
                     json!({"ok": true, "applied_seq": applied, "stream_last_seq": last,
+                           "stream_bytes": bytes, "stream_max_bytes": max_bytes,
+                           "storage_bytes": storage, "storage_max_bytes": max_storage,
                            "values_refused": refused, "beyond_limits_skipped": beyond})
                     .to_string(),
                 ))
@@ -355,13 +467,26 @@ impl Queries {
         json.map(Answer::Json)
     }
 
-    /// Waits (up to [`MIN_SEQ_WAIT`]) until sequence `n` is applied; when
-    /// [`MAX_WAITING`] requests already wait, answers `unavailable` at once.
-    async fn wait_applied(&self, n: u64) -> Result<(), RejectError> {
+    /// Waits (up to [`MIN_SEQ_WAIT`]) until sequence `n` is applied. A
+    /// sequence beyond the event log's last is `invalid_field` at once; when
+    /// `party` already holds [`MAX_WAITING_PER_PARTY`] waits, or
+    /// [`MAX_WAITING`] requests already wait, `unavailable` at once.
+    async fn wait_applied(&self, party: &str, n: u64) -> Result<(), RejectError> {
         let mut applied = self.shared.watch_applied();
         if *applied.borrow() >= n {
             return Ok(());
         }
+        self.check_in_log(n).await?;
+        let Some(_party_wait) = self.parties.try_take(party) else {
+            return Err(RejectError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "{MAX_WAITING_PER_PARTY} of your queries already wait for a min_seq \
+                     (applied: {}); retry later",
+                    self.shared.applied_seq()
+                ),
+            ));
+        };
         let Ok(_permit) = self.waiting.try_acquire() else {
             return Err(RejectError::new(
                 ErrorCode::Unavailable,
@@ -379,6 +504,46 @@ impl Queries {
                 self.shared.applied_seq()
             ))),
         }
+    }
+
+    /// `invalid_field` (`min_seq`) naming the last sequence when `n` is
+    /// beyond the event log's end: an acknowledged write is always in the
+    /// log, so waiting for it cannot help. Looks at the log only when `n` is
+    /// above the highest last sequence already seen, one look at a time.
+    async fn check_in_log(&self, n: u64) -> Result<(), RejectError> {
+        if n <= self.known_last.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // A look that began after this request arrived saw every write
+        // acknowledged before it was sent: its answer holds for this one, so
+        // a flood of such requests costs one look per look, not one each.
+        let arrived = self.looks.load(Ordering::SeqCst);
+        let mut looked = self.looking.lock().await;
+        let last = if *looked > arrived {
+            self.known_last.load(Ordering::SeqCst)
+        } else {
+            let this = self.looks.fetch_add(1, Ordering::SeqCst) + 1;
+            let last = self.store.stream_last_seq().await.map_err(|e| {
+                RejectError::new(
+                    ErrorCode::Unavailable,
+                    format!("the event log cannot be read ({e}); retry"),
+                )
+            })?;
+            self.known_last.fetch_max(last, Ordering::SeqCst);
+            *looked = this;
+            last
+        };
+        drop(looked);
+        if n > last {
+            return Err(RejectError::invalid(
+                "min_seq",
+                format_args!(
+                    "must be at most {last}, the event log's last sequence: \
+                     no acknowledged write is beyond it (got {n})"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Adds the endpoints to the micro service and answers their requests
@@ -418,8 +583,13 @@ impl Queries {
             let span = info_span!("query", subject = %request.message.subject);
             tokio::spawn(
                 async move {
+                    let party = party(request.message.headers.as_ref());
                     let reply = queries
-                        .answer(request.message.subject.as_str(), &request.message.payload)
+                        .answer_for(
+                            &party,
+                            request.message.subject.as_str(),
+                            &request.message.payload,
+                        )
                         .await;
                     debug!(bytes = reply.body().len(), "answered");
                     let sent = match reply {
@@ -569,5 +739,38 @@ mod tests {
             &wrap("review", br#"{"a":1}"#)[..],
             br#"{"ok":true,"review":{"a":1}}"#
         );
+    }
+
+    #[test]
+    fn a_party_holds_at_most_its_share_of_the_waits() {
+        let waits = Arc::new(PartyWaits::default());
+        let held: Vec<_> = (0..MAX_WAITING_PER_PARTY)
+            .map(|_| waits.try_take("READER").expect("within the share"))
+            .collect();
+        assert!(waits.try_take("READER").is_none(), "one past the share");
+        // Another party, and requests from inside the service account, still wait.
+        let other = waits.try_take("ACME").expect("another party's own share");
+        let local = waits.try_take(LOCAL_PARTY).expect("the local share");
+        assert_eq!(waits.held("READER"), MAX_WAITING_PER_PARTY);
+        drop(held);
+        assert_eq!(waits.held("READER"), 0);
+        assert!(waits.try_take("READER").is_some(), "given back");
+        drop((other, local));
+        assert_eq!(waits.held("ACME"), 0);
+        const { assert!(MAX_WAITING_PER_PARTY * 2 <= MAX_WAITING) };
+    }
+
+    #[test]
+    fn the_party_is_the_requesters_account_from_the_request_info_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Nats-Request-Info",
+            r#"{"acc":"READER","rtt":1000,"start":"2026-01-01T00:00:00Z"}"#,
+        );
+        assert_eq!(party(Some(&h)), "READER");
+        assert_eq!(party(None), LOCAL_PARTY);
+        let mut odd = HeaderMap::new();
+        odd.insert("Nats-Request-Info", "not json");
+        assert_eq!(party(Some(&odd)), LOCAL_PARTY);
     }
 }

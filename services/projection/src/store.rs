@@ -223,6 +223,34 @@ impl Store {
         Ok(self.events.get_info().await?.state.last_sequence)
     }
 
+    /// `UPR_EVENTS` now: its last sequence, its bytes and its `max_bytes`
+    /// (`-1`: no limit of its own; the account's storage limit holds).
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn stream_figures(&self) -> Result<(u64, u64, i64), BoxError> {
+        let info = self.events.get_info().await?;
+        Ok((
+            info.state.last_sequence,
+            info.state.bytes,
+            info.config.max_bytes,
+        ))
+    }
+
+    /// The service account's file storage: bytes used by every stream and
+    /// bucket together, and its limit (`None`: no limit).
+    ///
+    /// # Errors
+    /// JetStream unreachable.
+    pub async fn account_storage(&self) -> Result<(u64, Option<u64>), BoxError> {
+        let account = self.js.query_account().await?;
+        let limit = account
+            .limits
+            .max_storage
+            .and_then(|l| u64::try_from(l).ok());
+        Ok((account.storage, limit))
+    }
+
     /// Calls `f(key, value)` for the current value of every key of `bucket`
     /// (`value` empty with `headers_only`), reading the bucket's stream with
     /// an ordered consumer: one pass, no request per key.

@@ -33,6 +33,7 @@ async fn every_bad_setting_stops_start_up_naming_its_variable() {
                 ("UPR_DEDUP_WINDOW", "0s"),
                 ("UPR_INGEST_WORKERS", "-1"),
                 ("UPR_INGEST_CACHE", "10000000000000000000000"),
+                ("UPR_INTAKE_RATE", "0"),
             ],
         ),
         (
@@ -160,13 +161,16 @@ async fn refusals_echo_a_bounded_text_and_the_rejected_log_has_a_size_bound() {
 }
 
 #[tokio::test]
-async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
+async fn a_flood_of_min_seq_beyond_the_log_cannot_starve_other_queries() {
     let app = TestApp::builder().event_log().projection().start().await;
     let client = app.client().clone();
 
-    // More requests for a sequence that will not come within their wait
-    // than may wait at once.
+    // More requests for a sequence beyond the log than may wait at once:
+    // none waits (contract V3.4), so none holds a waiting slot, and all are
+    // answered at once, not after the 5 s wait. (The waiting bound itself,
+    // overall and per party, is held by the projection's unit tests.)
     let total = MAX_WAITING + 200;
+    let started = std::time::Instant::now();
     let flood: Vec<_> = (0..total)
         .map(|_| {
             let client = client.clone();
@@ -180,39 +184,22 @@ async fn a_flood_of_min_seq_waits_cannot_starve_other_queries() {
             })
         })
         .collect();
-    // The ones past the waiting bound are answered at once...
-    let answered_at_once = eventually(
-        Duration::from_secs(3),
-        "the requests past the bound answered",
-        || async {
-            let done = flood.iter().filter(|h| h.is_finished()).count();
-            (done >= total - MAX_WAITING).then_some(done)
-        },
-    )
-    .await;
-    // ... and while the others still wait, a plain query is answered.
+    // Meanwhile a plain query is answered.
     let status = client
         .request("upr.query.status", "".into())
         .await
         .expect("status answers");
     let status: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
     assert_eq!(status["ok"], true, "{status}");
-    let still_waiting = flood.iter().filter(|h| !h.is_finished()).count();
-    assert!(
-        still_waiting > 0,
-        "the plain query was answered while {still_waiting} waits were pending (answered at once: {answered_at_once})"
-    );
 
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
     for h in flood {
         *codes.entry(h.await.unwrap()).or_default() += 1;
     }
-    assert_eq!(
-        codes.get("unavailable"),
-        Some(&(total - MAX_WAITING)),
-        "{codes:?}"
-    );
-    assert_eq!(codes.get("timeout"), Some(&MAX_WAITING), "{codes:?}");
+    let took = started.elapsed();
+    eprintln!("{total} queries for a min_seq beyond the log answered in {took:?}: {codes:?}");
+    assert_eq!(codes.get("invalid_field"), Some(&total), "{codes:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}: some waited");
 }
 
 /// `tests/corpus/subjects.tsv`: subjects and reply subjects that are not

@@ -18,6 +18,7 @@ mod ingest;
 mod notifier;
 mod projection;
 mod readme;
+mod reads;
 mod replicas;
 mod schemas;
 mod security;
