@@ -1221,6 +1221,7 @@ pub(crate) mod tests {
                 .into_envelope(
                     Uuid::from_u128(u128::MAX - u128::from(n)),
                     Timestamp::parse_rfc3339(LATEST).unwrap(),
+                    None,
                 )
         }
 
