@@ -51,10 +51,9 @@ pub use error::{ErrorCode, RejectError};
 pub use event::{
     DEFAULT_LOCATION, Envelope, EnvelopeError, EventData, EventRetracted, EventType,
     OutcomeAdopted, Recommendations, ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey,
-    ReviewRescheduled, ReviewScheduled, SCHEMA, SCHEMA_RECORDED_BY, SCHEMAS_READ, Session, SessionError, SideEventHeld,
-    Speaker,
+    ReviewRescheduled, ReviewScheduled, SCHEMA, SCHEMA_RECORDED_BY, SCHEMAS_READ, Session,
+    SessionError, SideEventHeld, Speaker,
 };
-pub use party::{PartyName, PartyNameError};
 pub use intake::{Command, MAX_PAYLOAD, parse_intake};
 pub use lifecycle::{
     LifecycleEntry, LifecycleError, Needs, ReviewState, ReviewStatus, decide, evolve,
@@ -64,6 +63,7 @@ pub use limits::{
     MAX_VALUE_BYTES, ReviewSize,
 };
 pub use member_states::{MEMBER_STATES, member_state_name};
+pub use party::{PartyName, PartyNameError};
 pub use read_models::{
     CountryReport, CountryReview, CountryView, Fold, HistoryEntry, OutcomeView, REASON_CHARS,
     ReadModels, ReportView, RetractionMark, ReviewView, SessionReview, SessionView, Touched,
@@ -74,7 +74,7 @@ pub use reminders::{
     NoticeHead, NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, TIMER_EARLY,
     classify, parse_leads, plan,
 };
-pub use review::{Editors, Forbidden, IdInUse, Decision, Refusal, Review};
+pub use review::{Decision, Editors, Forbidden, IdInUse, Refusal, Review};
 pub use side_event::{SideEventView, side_event_bytes};
 pub use span::{SPAN_UNITS, Span, SpanError, parse_span};
 pub use time::{TimeError, Timestamp};

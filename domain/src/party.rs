@@ -16,9 +16,7 @@ pub const MAX_PARTY_NAME: usize = 32;
 /// A party's name: `[a-z][a-z0-9-]{0,31}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
 #[serde(transparent)]
-pub struct PartyName(
-    #[schemars(pattern(r"^[a-z][a-z0-9-]{0,31}$"))] String,
-);
+pub struct PartyName(#[schemars(pattern(r"^[a-z][a-z0-9-]{0,31}$"))] String);
 
 /// A text that is not a party name; says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +39,9 @@ impl PartyName {
             }
             Some(_) => {}
         }
-        if let Some(c) = chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        if let Some(c) =
+            chars.find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
             return Err(PartyNameError(format!(
                 "a party name holds only a-z, 0-9 and '-', not {c:?}"
             )));
@@ -76,7 +76,10 @@ impl<'de> Deserialize<'de> for PartyName {
 
 /// `who` as a sentence part: the name, or "no authenticated party".
 pub fn describe(who: Option<&PartyName>) -> String {
-    who.map_or_else(|| "no authenticated party".to_owned(), |p| format!("party {p:?}"))
+    who.map_or_else(
+        || "no authenticated party".to_owned(),
+        |p| format!("party {p:?}"),
+    )
 }
 
 #[cfg(test)]
@@ -88,7 +91,18 @@ mod tests {
         for good in ["publisher", "reader", "a", "ngo-1", &"a".repeat(32)] {
             assert_eq!(PartyName::parse(good).unwrap().as_str(), good);
         }
-        for bad in ["", "1abc", "-a", "Abc", "a_b", "a.b", "a b", "é", &"a".repeat(33), "a>"] {
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "Abc",
+            "a_b",
+            "a.b",
+            "a b",
+            "é",
+            &"a".repeat(33),
+            "a>",
+        ] {
             assert!(PartyName::parse(bad).is_err(), "{bad:?}");
         }
     }

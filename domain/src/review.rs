@@ -26,10 +26,10 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::error::RejectError;
-use super::event::{Envelope, EventData, EventType};
 use super::error::ErrorCode;
+use super::error::RejectError;
 use super::event::ReviewKey;
+use super::event::{Envelope, EventData, EventType};
 use super::lifecycle::{LifecycleError, ReviewState, ReviewStatus};
 use super::limits::{LimitError, ReviewSize};
 use super::party::{PartyName, describe};
@@ -261,7 +261,9 @@ impl Review {
         self.last_seq = self.last_seq.max(seq);
         if let Some(id) = id {
             let side_bytes = match event.map(|e| &e.data) {
-                Some(EventData::SideEventHeld(d)) => side_event_bytes(id, d),
+                Some(EventData::SideEventHeld(d)) => {
+                    side_event_bytes(id, event.and_then(|e| e.recorded_by.as_ref()), d)
+                }
                 _ => 0,
             };
             self.events.entry(id).or_insert_with(|| Known {
@@ -603,7 +605,9 @@ mod tests {
             (Some(ReviewScheduled), "KZ.48".into())
         );
         assert!(
-            RejectError::from(e).message.contains("review_scheduled of review KZ.48"),
+            RejectError::from(e)
+                .message
+                .contains("review_scheduled of review KZ.48"),
             "the message names the type and the review"
         );
         // Same id and type, other data.
@@ -634,7 +638,11 @@ mod tests {
         let mut elsewhere = event(1, ReviewScheduled);
         elsewhere.country = crate::Country::parse("CH").unwrap();
         let e = IdInUse::check(&stored, &elsewhere).unwrap_err();
-        assert_eq!(e.review.to_string(), "KZ.48", "names the stored event's review");
+        assert_eq!(
+            e.review.to_string(),
+            "KZ.48",
+            "names the stored event's review"
+        );
         assert!(IdInUse::check(&stored, &event(1, ReviewHeld)).is_err());
     }
 
@@ -651,12 +659,19 @@ mod tests {
             .then_forbidden();
         assert_eq!(e.recorded_by.as_str(), "ngo-a");
         let message = RejectError::from(e).message;
-        assert!(message.contains("\"ngo-a\"") && message.contains("\"ngo-b\""), "{message}");
+        assert!(
+            message.contains("\"ngo-a\"") && message.contains("\"ngo-b\""),
+            "{message}"
+        );
         // Nobody authenticated asks: forbidden too.
         review.when(&by(retract(10, 1), None)).then_forbidden();
         // The recorder, or an editor.
-        review.when(&by(retract(10, 2), Some("ngo-a"))).then_allowed();
-        review.when(&by(retract(10, 1), Some("ngo-a"))).then_allowed();
+        review
+            .when(&by(retract(10, 2), Some("ngo-a")))
+            .then_allowed();
+        review
+            .when(&by(retract(10, 1), Some("ngo-a")))
+            .then_allowed();
         review
             .when_with_editors(&by(retract(10, 2), Some("desk")), &["desk"])
             .then_allowed();
@@ -664,7 +679,9 @@ mod tests {
             .when_with_editors(&by(retract(10, 2), Some("ngo-b")), &["desk"])
             .then_forbidden();
         // Recorded by nobody authenticated: anyone, as in version 2.
-        review.when(&by(retract(10, 3), Some("ngo-b"))).then_allowed();
+        review
+            .when(&by(retract(10, 3), Some("ngo-b")))
+            .then_allowed();
         review.when(&by(retract(10, 3), None)).then_allowed();
     }
 
@@ -675,7 +692,9 @@ mod tests {
             (2, 2, ReviewHeld, Some("ngo-a")),
         ]);
         // Not the latest lifecycle event, and another party's: forbidden.
-        review.when(&by(retract(10, 1), Some("ngo-b"))).then_forbidden();
+        review
+            .when(&by(retract(10, 1), Some("ngo-b")))
+            .then_forbidden();
         // Its recorder still meets the lifecycle rule.
         let e = review
             .when(&by(retract(10, 1), Some("ngo-a")))
@@ -691,6 +710,8 @@ mod tests {
     fn events_of_schema_1_and_2_were_recorded_by_nobody_authenticated() {
         // `given` folds schema-1 events: anyone may retract them.
         let review = given(&[(1, 1, ReviewScheduled), (2, 2, SideEventHeld)]);
-        review.when(&by(retract(10, 2), Some("ngo-b"))).then_allowed();
+        review
+            .when(&by(retract(10, 2), Some("ngo-b")))
+            .then_allowed();
     }
 }

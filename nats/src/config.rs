@@ -9,9 +9,10 @@ use std::{path::PathBuf, time::Duration};
 use crate::contract::{
     env::{
         NATS_CREDS, NATS_NKEY, NATS_PASSWORD, NATS_SERVER_BIN, NATS_TLS_CA, NATS_TLS_CERT,
-        NATS_TLS_KEY, NATS_URL, NATS_USER, RUST_LOG, UPR_DEDUP_WINDOW, UPR_HEALTH_FILE,
-        UPR_INGEST_CACHE, UPR_INGEST_WORKERS, UPR_LOG_FORMAT, UPR_PROJECTION_BATCH,
-        UPR_PROJECTION_CACHE_MB, UPR_READER_CONSUMERS, UPR_REMINDER_LEADS, UPR_REPLICAS,
+        NATS_TLS_KEY, NATS_URL, NATS_USER, RUST_LOG, UPR_DEDUP_WINDOW, UPR_EDITORS,
+        UPR_HEALTH_FILE, UPR_INGEST_CACHE, UPR_INGEST_WORKERS, UPR_LOG_FORMAT,
+        UPR_PROJECTION_BATCH, UPR_PROJECTION_CACHE_MB, UPR_READER_CONSUMERS, UPR_REMINDER_LEADS,
+        UPR_REPLICAS,
     },
     services,
 };
@@ -302,6 +303,12 @@ pub const SETTINGS: &[Setting] = &[
         var: UPR_INGEST_CACHE,
         default: "100000",
         meaning: "Reviews whose state is kept in memory",
+        used_by: &[services::INGEST],
+    },
+    Setting {
+        var: UPR_EDITORS,
+        default: "",
+        meaning: "Parties that may retract any event, comma-separated names (others only their own)",
         used_by: &[services::INGEST],
     },
     Setting {

@@ -690,6 +690,7 @@ impl TestApp {
             session: Session::new(session).unwrap(),
             occurred_at: at,
             recorded_at: at,
+            recorded_by: None,
             source: None,
         };
         self.store_event(&envelope).await;

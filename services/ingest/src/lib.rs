@@ -10,6 +10,7 @@
 //! - [`cache`]: the reviews' states (the domain's `Review` aggregate) kept in memory.
 //! - [`store`]: reading a review's history and appending under an expected sequence.
 //! - [`route`]: which replica owns which review.
+//! - [`requester`]: which party sent a message, as the server authenticated it.
 //! - [`rejection`]: the `upr.rejected` record and its writer.
 //! - [`stats`]: counters for the endpoint's STATS data.
 //! - [`import`]: `upr-ingest import FILE`, a file of intake messages sent in order.
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod import;
 pub mod pipeline;
 pub mod rejection;
+pub mod requester;
 pub mod route;
 pub mod stats;
 pub mod store;
@@ -31,6 +33,7 @@ use async_nats::{
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+use upr_domain::{Editors, PartyName};
 use upr_nats::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, ingest, services, subjects},
@@ -61,6 +64,26 @@ pub struct Config {
     pub workers: usize,
     /// `UPR_INGEST_CACHE` (default 100000 reviews).
     pub cache: usize,
+    /// `UPR_EDITORS` (default none): parties that may retract any event.
+    pub editors: Editors,
+}
+
+/// `UPR_EDITORS`: comma-separated party names; blanks around names and
+/// empty items are ignored.
+///
+/// # Errors
+/// A [`ConfigError`] naming the variable and the name that is not one.
+pub fn parse_editors(text: &str) -> Result<Editors, ConfigError> {
+    let names = text
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            PartyName::parse(n)
+                .map_err(|e| config::err(contract::env::UPR_EDITORS, &format!("{n:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Editors::new(names))
 }
 
 impl Config {
@@ -96,6 +119,7 @@ impl Config {
                 DEFAULT_CACHE,
                 100_000_000,
             )?,
+            editors: parse_editors(&env(contract::env::UPR_EDITORS).unwrap_or_default())?,
         })
     }
 }
@@ -209,12 +233,21 @@ impl App {
         let (records, record_rx) = mpsc::channel(rejection::QUEUE);
         let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
         let responder = Responder::new(counters, records);
+        // Requester information is the server's only where it
+        // authenticates; without users nobody is named.
+        let trusted = edge.server_info().auth_required;
         let (dispatcher, workers) = Dispatcher::start(
-            config.workers,
-            config.cache,
+            pipeline::Sizes {
+                workers: config.workers,
+                cache: config.cache,
+            },
             &log,
             responder,
             (peers, edge.clone()),
+            pipeline::Parties {
+                trusted,
+                editors: Arc::new(config.editors.clone()),
+            },
         );
         let dispatcher = Arc::new(dispatcher);
         // The intake loop only admits (never waits); one task parses and
@@ -317,10 +350,24 @@ mod tests {
     }
 
     #[test]
+    fn editors_are_party_names_separated_by_commas() {
+        let c = Config::from_lookup(&lookup(&[("UPR_EDITORS", " desk, ngo-a ,")])).unwrap();
+        let name = |n| PartyName::parse(n).unwrap();
+        assert_eq!(c.editors, Editors::new([name("desk"), name("ngo-a")]));
+        let e = Config::from_lookup(&lookup(&[("UPR_EDITORS", "desk,UPR")])).unwrap_err();
+        assert!(e.message.contains("\"UPR\""), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::from_lookup(&lookup(&[])).unwrap();
         assert_eq!(c.dedup_window, contract::DEFAULT_DEDUP_WINDOW);
         assert_eq!((c.workers, c.cache), (DEFAULT_WORKERS, DEFAULT_CACHE));
+        assert_eq!(
+            c.editors,
+            Editors::default(),
+            "nobody may retract others' events"
+        );
     }
 
     #[test]
@@ -335,6 +382,7 @@ mod tests {
             ("UPR_DEDUP_WINDOW", "0s"),
             ("UPR_INGEST_WORKERS", "0"),
             ("UPR_INGEST_CACHE", "x"),
+            ("UPR_EDITORS", "desk,Bad Name"),
         ] {
             assert_eq!(
                 Config::from_lookup(&lookup(&[(var, value)]))

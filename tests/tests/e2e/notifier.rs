@@ -713,6 +713,7 @@ async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet
             session: s(1 + i / 5),
             occurred_at: now(),
             recorded_at: now(),
+            recorded_by: None,
             source: None,
         };
         let subject =

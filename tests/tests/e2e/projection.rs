@@ -62,7 +62,7 @@ fn event(n: u128, ty: &str, payload: Value) -> Envelope {
     let cmd = parse_intake(ty, payload.to_string().as_bytes())
         .unwrap_or_else(|e| panic!("{ty} {payload}: {e:?}"));
     let recorded = Timestamp::parse_rfc3339("2024-12-01T00:00:00.123Z").unwrap();
-    cmd.into_envelope(Uuid::from_u128(n), recorded)
+    cmd.into_envelope(Uuid::from_u128(n), recorded, None)
 }
 
 /// `occurred_at` of event `n` in the scenario.
