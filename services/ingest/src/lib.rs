@@ -233,22 +233,13 @@ impl App {
         let (records, record_rx) = mpsc::channel(rejection::QUEUE);
         let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
         let responder = Responder::new(counters, records);
-        // Requester information is the server's only where it
-        // authenticates; without users nobody is named.
-        let trusted = edge.server_info().auth_required;
-        let (dispatcher, workers) = Dispatcher::start(
-            pipeline::Sizes {
-                workers: config.workers,
-                cache: config.cache,
-            },
-            &log,
-            responder,
-            (peers, edge.clone()),
-            pipeline::Parties {
-                trusted,
-                editors: Arc::new(config.editors.clone()),
-            },
-        );
+        let sizes = pipeline::Sizes {
+            workers: config.workers,
+            cache: config.cache,
+        };
+        let parties = pipeline::Parties::of(&edge, &config.editors);
+        let (dispatcher, workers) =
+            Dispatcher::start(sizes, &log, responder, (peers, edge.clone()), &parties);
         let dispatcher = Arc::new(dispatcher);
         // The intake loop only admits (never waits); one task parses and
         // routes in arrival order, so each review's commands keep theirs.

@@ -227,6 +227,17 @@ pub struct Parties {
     pub editors: Arc<Editors>,
 }
 
+impl Parties {
+    /// Requester information is the server's only where it authenticates
+    /// (`edge`'s server requires it); without users nobody is named.
+    pub fn of(edge: &Client, editors: &Editors) -> Self {
+        Self {
+            trusted: edge.server_info().auth_required,
+            editors: Arc::new(editors.clone()),
+        }
+    }
+}
+
 impl Dispatcher {
     /// Starts `sizes.workers` workers over `log`, each caching up to
     /// `cache / workers` reviews, and returns the dispatcher and their handles.
@@ -235,7 +246,7 @@ impl Dispatcher {
         log: &EventLog,
         responder: Responder,
         (peers, edge): (Arc<Peers>, Client),
-        parties: Parties,
+        parties: &Parties,
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let Sizes {
             workers: count,
