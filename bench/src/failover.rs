@@ -32,7 +32,7 @@ async fn store(js: &jetstream::Context, ty: &str, payload: Value) -> Result<u64,
     let command = parse_intake(ty, payload.to_string().as_bytes())
         .map_err(|e| format!("{ty}: {}", e.message))?;
     let key = command.review_key();
-    let event = command.into_envelope(Uuid::now_v7(), crate::now());
+    let event = command.into_envelope(Uuid::now_v7(), crate::now(), None);
     let subject = contract::subjects::event(key.country, key.session, event.event_type());
     let ack = js
         .publish(subject, event.to_json().into())

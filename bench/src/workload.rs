@@ -92,7 +92,7 @@ impl Event {
     pub fn envelope(&self, recorded_at: Timestamp) -> Bytes {
         let command = parse_intake(self.ty.as_str(), &self.intake)
             .expect("the workload generates only valid intake");
-        Bytes::from(command.into_envelope(self.id, recorded_at).to_json())
+        Bytes::from(command.into_envelope(self.id, recorded_at, None).to_json())
     }
 }
 

@@ -31,8 +31,12 @@ pub enum ErrorCode {
     MissingField,
     /// A field is unknown, has the wrong JSON type or is out of range.
     InvalidField,
-    /// The review's lifecycle does not allow this event now.
+    /// The review's lifecycle does not allow this event now, or its
+    /// `event_id` already identifies another event.
     Conflict,
+    /// The party may not do this (contract v3: retract an event another
+    /// party recorded, unless it is an editor).
+    Forbidden,
     /// The review already holds as many events of this kind as a review may
     /// (contract v2: 200 side events, 100 lifecycle events).
     LimitExceeded,
@@ -55,6 +59,7 @@ impl ErrorCode {
             Self::MissingField => "missing_field",
             Self::InvalidField => "invalid_field",
             Self::Conflict => "conflict",
+            Self::Forbidden => "forbidden",
             Self::LimitExceeded => "limit_exceeded",
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
@@ -170,6 +175,13 @@ impl RejectError {
     /// `conflict`, with the lifecycle explanation.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// The same refusal, about `field`.
+    #[must_use]
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(cap(field.into(), MAX_FIELD_CHARS));
+        self
     }
 
     /// `unavailable`: nothing was stored, retrying is safe.

@@ -11,12 +11,17 @@ use uuid::Uuid;
 use super::bounds::{MAX_COUNT, MAX_SPEAKERS, MAX_TOPICS, document_symbol_pattern, max_chars};
 use super::country::Country;
 use super::json::parse_strict;
+use super::party::PartyName;
 use super::time::Timestamp;
 
-/// The envelope schema version this code writes (contract v2). It reads
+/// The envelope schema version this code writes (contract v3: with
+/// `recorded_by`). It reads
 /// this one and every earlier one ([`SCHEMAS_READ`]); a stored event with any
 /// other version is reported as malformed rather than guessed at.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
+
+/// The first schema version whose envelopes carry `recorded_by`.
+pub const SCHEMA_RECORDED_BY: u32 = 3;
 
 /// The schema versions consumers read: version 1 events stay valid.
 pub const SCHEMAS_READ: std::ops::RangeInclusive<u32> = 1..=SCHEMA;
@@ -416,7 +421,8 @@ impl Serialize for EventData {
 }
 
 /// One stored event: what `UPR_EVENTS` holds, as JSON
-/// `{"id","type","schema","country","session","occurred_at","recorded_at","source","data"}`.
+/// `{"id","type","schema","country","session","occurred_at","recorded_at","recorded_by","source","data"}`
+/// (`recorded_by` from schema 3 on; earlier envelopes have no such key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// The event id; also the `Nats-Msg-Id`, which makes retries idempotent.
@@ -433,6 +439,9 @@ pub struct Envelope {
     pub occurred_at: Timestamp,
     /// When the ingest service stored it.
     pub recorded_at: Timestamp,
+    /// The party whose connection carried it, as the server authenticated
+    /// it (schema 3); `None` without users, and for schema 1 and 2.
+    pub recorded_by: Option<PartyName>,
     /// Who reported it, if given.
     pub source: Option<String>,
 }
@@ -465,6 +474,9 @@ struct WireOut<'a> {
     session: Session,
     occurred_at: Timestamp,
     recorded_at: Timestamp,
+    /// Absent before schema 3, so an old envelope writes back as it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded_by: Option<&'a Option<PartyName>>,
     source: &'a Option<String>,
     data: &'a EventData,
 }
@@ -517,6 +529,7 @@ impl Serialize for Envelope {
             session: self.session,
             occurred_at: self.occurred_at,
             recorded_at: self.recorded_at,
+            recorded_by: (self.schema >= SCHEMA_RECORDED_BY).then_some(&self.recorded_by),
             source: &self.source,
             data: &self.data,
         }
@@ -536,6 +549,7 @@ enum Field {
     Session,
     OccurredAt,
     RecordedAt,
+    RecordedBy,
     Source,
     Data,
 }
@@ -588,6 +602,7 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
         }
         let (mut id, mut ty, mut schema, mut country, mut session) = (None, None, None, None, None);
         let (mut occurred_at, mut recorded_at, mut source) = (None, None, None);
+        let mut recorded_by = None;
         let (mut data, mut early_data) = (None, None);
         while let Some(key) = map.next_key::<Field>()? {
             match key {
@@ -604,6 +619,13 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
                 Field::Session => once(&mut session, "session", map.next_value()?)?,
                 Field::OccurredAt => once(&mut occurred_at, "occurred_at", map.next_value()?)?,
                 Field::RecordedAt => once(&mut recorded_at, "recorded_at", map.next_value()?)?,
+                Field::RecordedBy => {
+                    once::<Option<PartyName>, _>(
+                        &mut recorded_by,
+                        "recorded_by",
+                        map.next_value()?,
+                    )?;
+                }
                 Field::Source => {
                     once::<Option<String>, _>(&mut source, "source", map.next_value()?)?;
                 }
@@ -630,6 +652,18 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
                 "unsupported schema {schema}, expected 1 to {SCHEMA}"
             )));
         }
+        // Schema 3 says who recorded it (null included); earlier schemas
+        // cannot, and read as null.
+        let recorded_by = match (schema >= SCHEMA_RECORDED_BY, recorded_by) {
+            (true, Some(who)) => who,
+            (true, None) => return Err(A::Error::missing_field("recorded_by")),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(A::Error::custom(format_args!(
+                    "recorded_by is not a field of schema {schema}"
+                )));
+            }
+        };
         let data = match (data, early_data) {
             (Some(d), _) => d,
             (None, Some(value)) => {
@@ -645,6 +679,7 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
             session: session.ok_or_else(|| A::Error::missing_field("session"))?,
             occurred_at: occurred_at.ok_or_else(|| A::Error::missing_field("occurred_at"))?,
             recorded_at: recorded_at.ok_or_else(|| A::Error::missing_field("recorded_at"))?,
+            recorded_by,
             source: source.flatten(),
         })
     }
@@ -660,6 +695,7 @@ impl<'de> Deserialize<'de> for Envelope {
             "session",
             "occurred_at",
             "recorded_at",
+            "recorded_by",
             "source",
             "data",
         ];
@@ -777,7 +813,17 @@ mod tests {
             b"[]".to_vec(),
             b"\xff".to_vec(),
             example_with(|m| {
+                m.insert("schema".into(), 4.into());
+            }),
+            example_with(|m| {
+                m.insert("recorded_by".into(), "publisher".into());
+            }),
+            example_with(|m| {
                 m.insert("schema".into(), 3.into());
+            }),
+            example_with(|m| {
+                m.insert("schema".into(), 3.into());
+                m.insert("recorded_by".into(), "Not A Name".into());
             }),
             example_with(|m| {
                 m.insert("type".into(), "review_postponed".into());

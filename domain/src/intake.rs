@@ -17,6 +17,7 @@ use super::event::{
 };
 use super::field::{IntakeField, Obj};
 use super::json::parse_strict;
+use super::party::PartyName;
 use super::time::Timestamp;
 
 /// The largest intake payload accepted, in bytes (64 KiB).
@@ -55,7 +56,14 @@ impl Command {
 
     /// The envelope to store; `id` should be `event_id` when the client gave
     /// one (the caller decides, so the domain never generates randomness).
-    pub fn into_envelope(self, id: Uuid, recorded_at: Timestamp) -> Envelope {
+    /// `recorded_by` is the party the server authenticated, never a payload
+    /// value.
+    pub fn into_envelope(
+        self,
+        id: Uuid,
+        recorded_at: Timestamp,
+        recorded_by: Option<PartyName>,
+    ) -> Envelope {
         Envelope {
             id,
             data: self.data,
@@ -64,6 +72,7 @@ impl Command {
             session: self.session,
             occurred_at: self.occurred_at.unwrap_or(recorded_at),
             recorded_at,
+            recorded_by,
             source: self.source,
         }
     }
@@ -481,11 +490,34 @@ mod tests {
     fn into_envelope_defaults_occurred_at_to_recorded_at() {
         let cmd = intake_json("review_scheduled", scheduled()).then_ok();
         let now = Timestamp::parse_rfc3339("2024-11-06T10:00:00.123Z").unwrap();
-        let env = cmd.into_envelope(Uuid::nil(), now);
+        let env = cmd.into_envelope(Uuid::nil(), now, None);
         assert_eq!(
             (env.occurred_at, env.recorded_at, env.schema),
-            (now, now, 2)
+            (now, now, 3)
         );
+    }
+
+    #[test]
+    fn recorded_by_is_never_taken_from_the_payload() {
+        let mut payload = scheduled();
+        payload["recorded_by"] = "publisher".into();
+        intake_json("review_scheduled", payload)
+            .then_err(ErrorCode::InvalidField, Some("recorded_by"));
+    }
+
+    #[test]
+    fn envelopes_of_schema_3_say_who_recorded_them_and_read_back() {
+        let cmd = intake_json("review_scheduled", scheduled()).then_ok();
+        let now = Timestamp::parse_rfc3339("2024-11-06T10:00:00.123Z").unwrap();
+        let who = PartyName::parse("ngo-a").unwrap();
+        let env = cmd.clone().into_envelope(Uuid::nil(), now, Some(who));
+        let json = String::from_utf8(env.to_json()).unwrap();
+        assert!(json.contains(r#""recorded_by":"ngo-a","source""#), "{json}");
+        assert_eq!(Envelope::from_json(json.as_bytes()).unwrap(), env);
+        let nobody = cmd.into_envelope(Uuid::nil(), now, None);
+        let json = String::from_utf8(nobody.to_json()).unwrap();
+        assert!(json.contains(r#""recorded_by":null"#), "{json}");
+        assert_eq!(Envelope::from_json(json.as_bytes()).unwrap(), nobody);
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl JsonSchema for Envelope {
                 "id": generator.subschema_for::<Uuid>(),
                 "type": generator.subschema_for::<EventType>(),
                 "schema": {
-                    "description": "The envelope version: 1 for events written under contract version 1, 2 since.",
+                    "description": "The envelope version: 1 for events written under contract version 1, 2 under version 2, 3 since (with recorded_by).",
                     "type": "integer",
                     "minimum": 1,
                     "maximum": SCHEMA,
@@ -202,12 +202,20 @@ impl JsonSchema for Envelope {
                 "session": generator.subschema_for::<Session>(),
                 "occurred_at": generator.subschema_for::<Timestamp>(),
                 "recorded_at": generator.subschema_for::<Timestamp>(),
+                "recorded_by": {
+                    "description": "Schema 3: the party whose connection carried the event, as the NATS server authenticated it (its account name); null when no user was authenticated. Absent before schema 3, read as null.",
+                    "type": ["string", "null"],
+                    "pattern": "^[a-z][a-z0-9-]{0,31}$",
+                },
                 "source": source,
                 "data": {"type": "object"},
             },
             "required": ["id", "type", "schema", "country", "session", "occurred_at", "recorded_at", "source", "data"],
             "additionalProperties": false,
             "allOf": data_by_type,
+            "if": {"properties": {"schema": {"const": SCHEMA}}},
+            "then": {"required": ["recorded_by"]},
+            "else": {"not": {"required": ["recorded_by"]}},
         })
     }
 }

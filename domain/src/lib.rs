@@ -8,6 +8,7 @@
 //! - [`time`]: UTC timestamps, parsed strictly and written as RFC 3339 `Z`.
 //! - [`span`]: lengths of time like `7d`, for reminder leads and settings.
 //! - [`event`]: the eight event types, their data, the stored envelope.
+//! - [`party`]: who recorded an event, a party's authenticated name.
 //! - [`error`]: error codes and the `{code, message, field}` rejection, which
 //!   the typed errors of the rules ([`LifecycleError`], [`LimitError`]) become.
 //! - [`json_schema`]: JSON Schema fragments of the domain's values.
@@ -36,6 +37,7 @@ pub mod json_schema;
 pub mod lifecycle;
 pub mod limits;
 pub mod member_states;
+pub mod party;
 pub mod read_models;
 pub mod reminders;
 pub mod review;
@@ -49,8 +51,8 @@ pub use error::{ErrorCode, RejectError};
 pub use event::{
     DEFAULT_LOCATION, Envelope, EnvelopeError, EventData, EventRetracted, EventType,
     OutcomeAdopted, Recommendations, ReportPublished, ReviewCancelled, ReviewHeld, ReviewKey,
-    ReviewRescheduled, ReviewScheduled, SCHEMA, SCHEMAS_READ, Session, SessionError, SideEventHeld,
-    Speaker,
+    ReviewRescheduled, ReviewScheduled, SCHEMA, SCHEMA_RECORDED_BY, SCHEMAS_READ, Session,
+    SessionError, SideEventHeld, Speaker,
 };
 pub use intake::{Command, MAX_PAYLOAD, parse_intake};
 pub use lifecycle::{
@@ -61,6 +63,7 @@ pub use limits::{
     MAX_VALUE_BYTES, ReviewSize,
 };
 pub use member_states::{MEMBER_STATES, member_state_name};
+pub use party::{PartyName, PartyNameError};
 pub use read_models::{
     CountryReport, CountryReview, CountryView, Fold, HistoryEntry, OutcomeView, REASON_CHARS,
     ReadModels, ReportView, RetractionMark, ReviewView, SessionReview, SessionView, Touched,
@@ -71,7 +74,7 @@ pub use reminders::{
     NoticeHead, NoticeKind, Reminder, ReminderNotice, RescheduledNotice, Retracted, TIMER_EARLY,
     classify, parse_leads, plan,
 };
-pub use review::{Decision, Refusal, Review};
+pub use review::{Decision, Editors, Forbidden, IdInUse, Refusal, Review};
 pub use side_event::{SideEventView, side_event_bytes};
 pub use span::{SPAN_UNITS, Span, SpanError, parse_span};
 pub use time::{TimeError, Timestamp};

@@ -50,7 +50,7 @@ impl ReviewSize {
         match &event.data {
             EventData::SideEventHeld(d) => {
                 self.side_events += 1;
-                self.side_event_bytes += side_event_bytes(event.id, d);
+                self.side_event_bytes += side_event_bytes(event.id, event.recorded_by.as_ref(), d);
             }
             EventData::EventRetracted(_) => self.retractions += 1,
             _ => self.lifecycle += 1,
@@ -79,7 +79,7 @@ impl ReviewSize {
                 })
             }
             EventData::SideEventHeld(d) => {
-                let adding = side_event_bytes(event.id, d);
+                let adding = side_event_bytes(event.id, event.recorded_by.as_ref(), d);
                 if self.side_event_bytes + adding <= MAX_SIDE_EVENT_BYTES {
                     return Ok(());
                 }

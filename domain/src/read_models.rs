@@ -27,6 +27,7 @@ use super::event::{
 };
 use super::lifecycle::{ReviewStatus, evolve};
 use super::limits::ReviewSize;
+use super::party::PartyName;
 use super::side_event::SideEventView;
 use super::time::Timestamp;
 
@@ -43,6 +44,9 @@ pub struct HistoryEntry {
     pub seq: u64,
     /// When it happened.
     pub occurred_at: Timestamp,
+    /// Who recorded it (contract v3): the party the server authenticated;
+    /// `null` for events of schema 1 and 2, and without users.
+    pub recorded_by: Option<PartyName>,
     /// Set when a later `event_retracted` took this event back.
     pub retracted: Option<RetractionMark>,
 }
@@ -313,11 +317,12 @@ impl ReviewView {
             event_id: event.id,
             seq,
             occurred_at: event.occurred_at,
+            recorded_by: event.recorded_by.clone(),
             retracted: None,
         });
         match &event.data {
             EventData::SideEventHeld(d) => {
-                let item = SideEventView::of(event.id, d);
+                let item = SideEventView::of(event.id, event.recorded_by.as_ref(), d);
                 if let Some(bytes) = &mut self.side_event_bytes.0 {
                     *bytes += item.encoded_len();
                 }
@@ -851,13 +856,13 @@ pub(crate) mod tests {
             .map(|(t, n)| {
                 json!({"type": t, "event_id": id((*n).into()), "seq": n,
                                  "occurred_at": format!("2024-11-{:02}T10:00:00Z", n % 28 + 1),
-                                 "retracted": null})
+                                 "recorded_by": null, "retracted": null})
             })
             .collect()
     }
 
     fn side_view(n: u128, held: &str) -> serde_json::Value {
-        json!({"event_id": id(n), "title": format!("Side {n}"), "held_on": held,
+        json!({"event_id": id(n), "recorded_by": null, "title": format!("Side {n}"), "held_on": held,
                "speakers": [{"name": "A", "role": null}], "participating_states": 3, "topics": ["t"]})
     }
 
@@ -878,6 +883,18 @@ pub(crate) mod tests {
             "last_seq": 8,
         });
         assert_eq!(text(kz.to_json()), expected.to_string());
+    }
+
+    #[test]
+    fn history_and_side_event_entries_say_who_recorded_them() {
+        let mut side = side(9, "FR.48", "2025-01-20T00:00:00Z");
+        side.schema = crate::SCHEMA;
+        side.recorded_by = Some(PartyName::parse("ngo-a").unwrap());
+        let m = ReadModels::fold([(1, &side)]);
+        let fr = &m.reviews[&ReviewKey::parse("FR.48").unwrap()];
+        let json: serde_json::Value = serde_json::from_slice(&fr.to_json()).unwrap();
+        assert_eq!(json["history"][0]["recorded_by"], "ngo-a");
+        assert_eq!(json["side_events"][0]["recorded_by"], "ngo-a");
     }
 
     #[test]
@@ -1221,6 +1238,7 @@ pub(crate) mod tests {
                 .into_envelope(
                     Uuid::from_u128(u128::MAX - u128::from(n)),
                     Timestamp::parse_rfc3339(LATEST).unwrap(),
+                    None,
                 )
         }
 

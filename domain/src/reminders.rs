@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::country::Country;
 use super::event::{Envelope, EventData, EventType, Session};
 use super::lifecycle::{LifecycleEntry, ReviewState, ReviewStatus};
+use super::party::PartyName;
 use super::span::{SpanError, parse_span};
 use super::time::Timestamp;
 
@@ -413,6 +414,10 @@ pub struct CorrectedNotice {
     pub retracted: Retracted,
     /// Why.
     pub reason: String,
+    /// Who retracted it (contract v3): the party that recorded the
+    /// `event_retracted` event; `null` for a retraction of schema 1 or 2, or
+    /// without users.
+    pub retracted_by: Option<PartyName>,
     /// The review's status now (`null`: no lifecycle event in force).
     pub status: Option<ReviewStatus>,
     /// Its date now.
@@ -503,6 +508,7 @@ impl ChangeNotice {
                 event_type: taken_back.event,
             },
             reason: r.reason.clone(),
+            retracted_by: retraction.recorded_by.clone(),
             status: after.status(),
             scheduled_for: after.scheduled_for(),
             old_scheduled_for: before.scheduled_for(),

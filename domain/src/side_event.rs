@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::event::{SideEventHeld, Speaker};
+use super::party::PartyName;
 use super::time::Timestamp;
 
 /// A side event as listed in full in its review.
@@ -17,6 +18,8 @@ use super::time::Timestamp;
 pub struct SideEventView {
     /// The stored event's id (unique, and a stable tie-breaker in sorting).
     pub event_id: Uuid,
+    /// Who recorded it (contract v3; `null` before, or without users).
+    pub recorded_by: Option<PartyName>,
     /// The event's title.
     pub title: String,
     /// When it was held.
@@ -30,10 +33,11 @@ pub struct SideEventView {
 }
 
 impl SideEventView {
-    /// The entry for the side event stored with `event_id`.
-    pub fn of(event_id: Uuid, d: &SideEventHeld) -> Self {
+    /// The entry for the side event stored with `event_id` by `recorded_by`.
+    pub fn of(event_id: Uuid, recorded_by: Option<&PartyName>, d: &SideEventHeld) -> Self {
         Self {
             event_id,
+            recorded_by: recorded_by.cloned(),
             title: d.title.clone(),
             held_on: d.held_on,
             speakers: d.speakers.clone(),
@@ -49,8 +53,8 @@ impl SideEventView {
 }
 
 /// Bytes a side event takes in its review value.
-pub fn side_event_bytes(id: Uuid, d: &SideEventHeld) -> usize {
-    SideEventView::of(id, d).encoded_len()
+pub fn side_event_bytes(id: Uuid, recorded_by: Option<&PartyName>, d: &SideEventHeld) -> usize {
+    SideEventView::of(id, recorded_by, d).encoded_len()
 }
 
 /// The length of `value` as compact JSON, without building the text.

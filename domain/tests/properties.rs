@@ -145,6 +145,7 @@ fn log_of(specs: &[Spec]) -> Vec<Envelope> {
             s.command().into_envelope(
                 Uuid::from_u128(n.into()),
                 ts(1_730_000_000_000 + i64::try_from(n).unwrap() * 1000),
+                None,
             )
         })
         .collect()

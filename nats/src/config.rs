@@ -11,10 +11,10 @@ use crate::contract::env::{UPR_SSE_MAX_CLIENTS, UPR_WEBHOOK_RETRY_MAX, UPR_WEBHO
 use crate::contract::{
     env::{
         NATS_CREDS, NATS_NKEY, NATS_PASSWORD, NATS_SERVER_BIN, NATS_TLS_CA, NATS_TLS_CERT,
-        NATS_TLS_KEY, NATS_URL, NATS_USER, RUST_LOG, UPR_DEDUP_WINDOW, UPR_HEALTH_FILE,
-        UPR_HTTP_ADDR, UPR_HTTP_MAX_REQUESTS, UPR_INGEST_CACHE, UPR_INGEST_WORKERS,
-        UPR_INTAKE_RATE, UPR_LOG_FORMAT, UPR_PROJECTION_BATCH, UPR_PROJECTION_CACHE_MB,
-        UPR_READER_CONSUMERS, UPR_REMINDER_LEADS, UPR_REPLICAS,
+        NATS_TLS_KEY, NATS_URL, NATS_USER, RUST_LOG, UPR_DEDUP_WINDOW, UPR_EDITORS,
+        UPR_HEALTH_FILE, UPR_HTTP_ADDR, UPR_HTTP_MAX_REQUESTS, UPR_INGEST_CACHE,
+        UPR_INGEST_WORKERS, UPR_INTAKE_RATE, UPR_LOG_FORMAT, UPR_PROJECTION_BATCH,
+        UPR_PROJECTION_CACHE_MB, UPR_READER_CONSUMERS, UPR_REMINDER_LEADS, UPR_REPLICAS,
     },
     services,
 };
@@ -320,6 +320,12 @@ pub const SETTINGS: &[Setting] = &[
         var: UPR_INTAKE_RATE,
         default: "200",
         meaning: "Intake messages per second each party (NATS account) may send to one replica; past it unavailable",
+        used_by: &[services::INGEST],
+    },
+    Setting {
+        var: UPR_EDITORS,
+        default: "",
+        meaning: "Parties that may retract any event, comma-separated names (others only their own)",
         used_by: &[services::INGEST],
     },
     Setting {

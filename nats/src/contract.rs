@@ -160,6 +160,8 @@ pub mod env {
     pub const UPR_INGEST_CACHE: &str = "UPR_INGEST_CACHE";
     /// Ingest: intake messages per second each party (account) may send.
     pub const UPR_INTAKE_RATE: &str = "UPR_INTAKE_RATE";
+    /// Ingest: parties that may retract any event (comma-separated names).
+    pub const UPR_EDITORS: &str = "UPR_EDITORS";
     /// Projection: most events folded per batch.
     pub const UPR_PROJECTION_BATCH: &str = "UPR_PROJECTION_BATCH";
     /// Projection: memory for cached read-model values, in MiB.
@@ -193,6 +195,17 @@ pub mod ingest {
     /// wildcard, here one review's subjects `upr.events.<C>.<S>.>`.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
         "Nats-Expected-Last-Subject-Sequence-Subject";
+
+    /// The header a service import adds to every request and publish that
+    /// crosses from another account: JSON whose `acc` is the sender's
+    /// account, which is a party's name (contract V3.1). The server
+    /// replaces a copy the client sent; exactly this spelling.
+    pub const REQUEST_INFO: &str = "Nats-Request-Info";
+
+    /// The header a replica hands a command over with: who recorded it, as
+    /// the receiving replica authenticated it (empty: nobody). Trusted only
+    /// on the hand-over subjects, which only the service account reaches.
+    pub const RECORDED_BY: &str = "Upr-Recorded-By";
 
     /// `$JS.API.DIRECT.GET.<stream>`: where ingest reads a review's history.
     pub fn direct_get(stream: &str) -> String {

@@ -738,6 +738,17 @@ impl TestApp {
     /// Stores an event of `code`'s review in `session` exactly as ingest
     /// does (its subject, `Nats-Msg-Id`, envelope), occurring and recorded now.
     pub async fn store_now(&self, code: &str, session: u64, data: EventData) -> Envelope {
+        self.store_now_by(code, session, data, None).await
+    }
+
+    /// [`TestApp::store_now`], as recorded by the party `by` (schema 3).
+    pub async fn store_now_by(
+        &self,
+        code: &str,
+        session: u64,
+        data: EventData,
+        by: Option<&str>,
+    ) -> Envelope {
         let at = Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
             .unwrap()
             .truncate_to_millis();
@@ -749,6 +760,7 @@ impl TestApp {
             session: Session::new(session).unwrap(),
             occurred_at: at,
             recorded_at: at,
+            recorded_by: by.map(|name| upr_domain::PartyName::parse(name).unwrap()),
             source: None,
         };
         self.store_event(&envelope).await;

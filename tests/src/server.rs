@@ -372,6 +372,30 @@ impl NatsServer {
             .join(format!("{user}.nk"))
     }
 
+    /// Runs `upr-keys ARGS --dir <secrets>` on a [`NatsServer::start_secured`]
+    /// server's keys (`add`, `remove`), then reloads the server as the
+    /// output says (twice: nats-server 2.15 gives an account added by a
+    /// reload its imports only on the next one).
+    pub fn keys_and_reload(&self, args: &[&str]) {
+        let dir = self
+            .seed_file("admin")
+            .parent()
+            .expect("secrets dir")
+            .to_owned();
+        let status = Command::new(bin_path("upr-keys"))
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run upr-keys");
+        assert!(status.success(), "upr-keys {args:?} failed");
+        for _ in 0..2 {
+            self.reload();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
     /// Connect options authenticated as `user` with its nkey (servers
     /// started with [`NatsServer::start_secured`]).
     pub fn options_as(&self, user: &str) -> async_nats::ConnectOptions {

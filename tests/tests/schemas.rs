@@ -581,7 +581,7 @@ fn readme_events() -> Vec<Envelope> {
         let recorded = ts("2024-11-06T10:00:00.123Z")
             .checked_add(time::Duration::hours(i64::try_from(i).unwrap()))
             .unwrap();
-        events.push(command.into_envelope(id, recorded));
+        events.push(command.into_envelope(id, recorded, None));
     }
     events
 }

@@ -10,6 +10,7 @@
 //! - [`cache`]: the reviews' states (the domain's `Review` aggregate) kept in memory.
 //! - [`store`]: reading a review's history and appending under an expected sequence.
 //! - [`route`]: which replica owns which review.
+//! - [`requester`]: which party sent a message, as the server authenticated it.
 //! - [`rejection`]: the `upr.rejected` record and its writer.
 //! - [`stats`]: counters for the endpoint's STATS data.
 //! - [`import`]: `upr-ingest import FILE`, a file of intake messages sent in order.
@@ -19,6 +20,7 @@ pub mod import;
 pub mod pipeline;
 pub mod rate;
 pub mod rejection;
+pub mod requester;
 pub mod route;
 pub mod stats;
 pub mod store;
@@ -32,6 +34,7 @@ use async_nats::{
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+use upr_domain::{Editors, PartyName};
 use upr_nats::{
     config::{self, CommonConfig, ConfigError, Lookup, process_env},
     contract::{self, ingest, services, subjects},
@@ -65,6 +68,26 @@ pub struct Config {
     /// `UPR_INTAKE_RATE` (default 200): intake messages per second each
     /// party may send to this replica ([`rate`]).
     pub intake_rate: usize,
+    /// `UPR_EDITORS` (default none): parties that may retract any event.
+    pub editors: Editors,
+}
+
+/// `UPR_EDITORS`: comma-separated party names; blanks around names and
+/// empty items are ignored.
+///
+/// # Errors
+/// A [`ConfigError`] naming the variable and the name that is not one.
+pub fn parse_editors(text: &str) -> Result<Editors, ConfigError> {
+    let names = text
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            PartyName::parse(n)
+                .map_err(|e| config::err(contract::env::UPR_EDITORS, &format!("{n:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Editors::new(names))
 }
 
 impl Config {
@@ -106,6 +129,7 @@ impl Config {
                 rate::DEFAULT_RATE,
                 10_000_000,
             )?,
+            editors: parse_editors(&env(contract::env::UPR_EDITORS).unwrap_or_default())?,
         })
     }
 }
@@ -219,12 +243,17 @@ impl App {
         let (records, record_rx) = mpsc::channel(rejection::QUEUE);
         let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
         let responder = Responder::new(counters, records);
+        let sizes = pipeline::Sizes {
+            workers: config.workers,
+            cache: config.cache,
+        };
+        let parties = pipeline::Parties::of(&edge, &config.editors);
         let (dispatcher, workers) = Dispatcher::start(
-            config.workers,
-            config.cache,
+            sizes,
             &log,
             responder,
             (peers, edge.clone()),
+            &parties,
             Arc::new(rate::IntakeRate::new(config.intake_rate)),
         );
         let dispatcher = Arc::new(dispatcher);
@@ -328,11 +357,25 @@ mod tests {
     }
 
     #[test]
+    fn editors_are_party_names_separated_by_commas() {
+        let c = Config::from_lookup(&lookup(&[("UPR_EDITORS", " desk, ngo-a ,")])).unwrap();
+        let name = |n| PartyName::parse(n).unwrap();
+        assert_eq!(c.editors, Editors::new([name("desk"), name("ngo-a")]));
+        let e = Config::from_lookup(&lookup(&[("UPR_EDITORS", "desk,UPR")])).unwrap_err();
+        assert!(e.message.contains("\"UPR\""), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::from_lookup(&lookup(&[])).unwrap();
         assert_eq!(c.dedup_window, contract::DEFAULT_DEDUP_WINDOW);
         assert_eq!((c.workers, c.cache), (DEFAULT_WORKERS, DEFAULT_CACHE));
         assert_eq!(c.intake_rate, rate::DEFAULT_RATE);
+        assert_eq!(
+            c.editors,
+            Editors::default(),
+            "nobody may retract others' events"
+        );
     }
 
     #[test]
@@ -349,6 +392,7 @@ mod tests {
             ("UPR_INGEST_CACHE", "x"),
             ("UPR_INTAKE_RATE", "0"),
             ("UPR_INTAKE_RATE", "fast"),
+            ("UPR_EDITORS", "desk,Bad Name"),
         ] {
             assert_eq!(
                 Config::from_lookup(&lookup(&[(var, value)]))

@@ -27,7 +27,10 @@ use tokio::{
     time::Instant,
 };
 use tracing::{Instrument, debug, info_span, warn};
-use upr_domain::{Command, Decision, ErrorCode, RejectError, ReviewKey, Timestamp, parse_intake};
+use upr_domain::{
+    Command, Decision, Editors, ErrorCode, IdInUse, PartyName, RejectError, ReviewKey, Timestamp,
+    parse_intake,
+};
 use upr_nats::{
     contract::{ingest, subjects},
     service::requester_account,
@@ -38,6 +41,7 @@ use crate::{
     cache::ReviewCache,
     rate::{IntakeRate, Verdict},
     rejection::{RecordSender, RejectionRecord},
+    requester,
     route::Peers,
     stats::Counters,
     store::{EventLog, HistoryInbox, StoreError},
@@ -92,6 +96,16 @@ impl Intake {
             Self::HandedOver { .. } => ingest::route_event_type(subject),
         }
         .unwrap_or(subject)
+    }
+
+    /// Who sent it, as the server authenticated it ([`crate::requester`]).
+    fn recorded_by(&self, trusted: bool) -> Option<PartyName> {
+        match self {
+            Self::Endpoint(request) => {
+                requester::from_request_info(request.message.headers.as_ref(), trusted)
+            }
+            Self::HandedOver { message, .. } => requester::from_hand_over(message.headers.as_ref()),
+        }
     }
 
     /// The public intake subject the sender used, for records and logs.
@@ -176,6 +190,8 @@ impl Responder {
 pub struct Job {
     intake: Intake,
     command: Command,
+    /// Who sent it, as the server authenticated it.
+    recorded_by: Option<PartyName>,
     received_at: Timestamp,
     /// Its share of [`QUEUED_BYTES`], given back when the job is done.
     _bytes: OwnedSemaphorePermit,
@@ -194,19 +210,55 @@ pub struct Dispatcher {
     edge: Client,
     /// Intake per party ([`crate::rate`]).
     rate: Arc<IntakeRate>,
+    /// Whether the server's requester information names the sender.
+    trusted: bool,
+}
+
+/// How many workers, and how many reviews they cache in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// Workers (reviews appended to concurrently).
+    pub workers: usize,
+    /// Reviews cached, over all workers.
+    pub cache: usize,
+}
+
+/// Who is who: whether the server authenticates senders (else every event
+/// is recorded by nobody), and who may retract any event.
+#[derive(Debug, Clone)]
+pub struct Parties {
+    /// The server requires authentication, so its `Nats-Request-Info` is believed.
+    pub trusted: bool,
+    /// `UPR_EDITORS`.
+    pub editors: Arc<Editors>,
+}
+
+impl Parties {
+    /// Requester information is the server's only where it authenticates
+    /// (`edge`'s server requires it); without users nobody is named.
+    pub fn of(edge: &Client, editors: &Editors) -> Self {
+        Self {
+            trusted: edge.server_info().auth_required,
+            editors: Arc::new(editors.clone()),
+        }
+    }
 }
 
 impl Dispatcher {
-    /// Starts `count` workers over `log`, each caching up to
-    /// `cache / count` reviews, and returns the dispatcher and their handles.
+    /// Starts `sizes.workers` workers over `log`, each caching up to
+    /// `cache / workers` reviews, and returns the dispatcher and their handles.
     pub fn start(
-        count: usize,
-        cache: usize,
+        sizes: Sizes,
         log: &EventLog,
         responder: Responder,
         (peers, edge): (Arc<Peers>, Client),
+        parties: &Parties,
         rate: Arc<IntakeRate>,
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let Sizes {
+            workers: count,
+            cache,
+        } = sizes;
         let count = count.max(1);
         let per_worker = cache.div_ceil(count).max(1);
         let mut senders = Vec::with_capacity(count);
@@ -218,6 +270,7 @@ impl Dispatcher {
                 log: log.clone(),
                 cache: ReviewCache::new(per_worker),
                 responder: responder.clone(),
+                editors: parties.editors.clone(),
             };
             handles.push(tokio::spawn(worker.run(rx)));
             senders.push(tx);
@@ -230,6 +283,7 @@ impl Dispatcher {
                 peers,
                 edge,
                 rate,
+                trusted: parties.trusted,
             },
             handles,
         )
@@ -292,6 +346,7 @@ impl Dispatcher {
             Err(error) => self.responder.refused(&intake, error, received_at).await,
             Ok(command) => {
                 let job = Job {
+                    recorded_by: intake.recorded_by(self.trusted),
                     intake,
                     command,
                     received_at,
@@ -343,9 +398,16 @@ impl HandOver {
     /// owner may still store it (a retry with the same `event_id` is safe).
     async fn run(self, owner: Arc<str>, job: Job) {
         let message = job.intake.message();
+        // Who sent it goes with it, as this replica authenticated it; the
+        // owner believes this header only on the hand-over subject.
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert(
+            ingest::RECORDED_BY,
+            job.recorded_by.as_ref().map_or("", PartyName::as_str),
+        );
         let request = async_nats::Request::new()
             .payload(message.payload.clone())
-            .headers(message.headers.clone().unwrap_or_default())
+            .headers(headers)
             .timeout(Some(HAND_OVER_WAIT));
         let subject = ingest::route(&owner, job.intake.event_type());
         match self.edge.send_request(subject, request).await {
@@ -385,6 +447,8 @@ struct Worker {
     inbox: HistoryInbox,
     cache: ReviewCache,
     responder: Responder,
+    /// Who may retract any event.
+    editors: Arc<Editors>,
 }
 
 /// A command's stored event.
@@ -412,10 +476,11 @@ impl Worker {
         let Job {
             intake,
             command,
+            recorded_by,
             received_at,
             _bytes,
         } = job;
-        match self.append(command).await {
+        match self.append(command, recorded_by).await {
             Ok(stored) => {
                 tracing::Span::current().record("seq", stored.seq);
                 debug!(event_id = %stored.id, duplicate = stored.duplicate, "stored");
@@ -433,12 +498,16 @@ impl Worker {
     /// an allowed event is appended under the review's last sequence. What
     /// the state missed (a lost race, or a refusal the log may not bear out)
     /// is read before the next decision.
-    async fn append(&mut self, command: Command) -> Result<Stored, RejectError> {
+    async fn append(
+        &mut self,
+        command: Command,
+        recorded_by: Option<PartyName>,
+    ) -> Result<Stored, RejectError> {
         let deadline = Instant::now() + BUDGET;
         let key = command.review_key();
         let id = command.event_id.unwrap_or_else(Uuid::now_v7);
         let subject = subjects::event(key.country, key.session, command.event_type());
-        let event = command.into_envelope(id, now());
+        let event = command.into_envelope(id, now(), recorded_by);
         let envelope = Bytes::from(event.to_json());
         let stored = |seq, duplicate| Stored { id, seq, duplicate };
 
@@ -469,7 +538,7 @@ impl Worker {
                 }
             }
             // Decide, then append.
-            let expected = match review.decide(&event) {
+            let expected = match review.decide(&event, &self.editors) {
                 Ok(Decision::Duplicate(seq)) => return Ok(stored(seq, true)),
                 Ok(Decision::Append { expected_last_seq }) => expected_last_seq,
                 // An append is checked by the log (expected sequence); a
@@ -502,10 +571,25 @@ impl Worker {
                 .await;
             match result {
                 Ok(ack) if ack.duplicate => {
-                    // The server's window knew the id but this state did not:
-                    // the state is stale.
+                    // The server's window knew the id but this state did
+                    // not: the state is stale, or the id belongs to another
+                    // review. A duplicate only if it is the same event.
                     self.cache.forget(&key);
-                    return Ok(stored(ack.sequence, true));
+                    let original = self
+                        .log
+                        .get(ack.sequence, deadline)
+                        .await
+                        .map_err(unavailable)?;
+                    return match original {
+                        Some(original) => match IdInUse::check(&original, &event) {
+                            Ok(()) => Ok(stored(ack.sequence, true)),
+                            Err(e) => Err(e.into()),
+                        },
+                        None => Err(RejectError::conflict(format!(
+                            "event_id {id} already identifies a message of the event log that is not a valid event; a new event needs a new event_id"
+                        ))
+                        .with_field("event_id")),
+                    };
                 }
                 Ok(ack) => {
                     review.apply(ack.sequence, Some(id), Some(&event));

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use async_nats::{
     Client,
-    jetstream::{self, context::PublishErrorKind, message::PublishMessage, publish::PublishAck},
+    jetstream::{
+        self, context::PublishErrorKind, message::PublishMessage, publish::PublishAck,
+        stream::DirectGetErrorKind,
+    },
 };
 use bytes::Bytes;
 use tokio::time::{Instant, timeout_at};
-use upr_domain::{Review, ReviewKey};
+use upr_domain::{Envelope, Review, ReviewKey};
 use upr_nats::{
     contract::{self, subjects},
     history::{self, BatchReader, HistoryError, Inbox},
@@ -208,6 +211,33 @@ impl EventLog {
             .await
             .map_err(|_| timed_out())?
             .map_err(publish_error)
+    }
+
+    /// The event stored at `seq` (what a duplicate acknowledgement names),
+    /// `None` when that message is not a valid event (written around
+    /// ingest) or is gone.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when JetStream does not answer by `deadline`.
+    pub async fn get(&self, seq: u64, deadline: Instant) -> Result<Option<Envelope>, StoreError> {
+        self.connected()?;
+        let client_error = |e: BoxError| StoreError::Client {
+            doing: format!("reading event {seq}"),
+            source: e,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(contract::EVENTS_STREAM)
+            .await
+            .map_err(|e| client_error(e.into()))?;
+        match timeout_at(deadline, stream.direct_get(seq)).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "reading event {seq}: no answer in time"
+            ))),
+            Ok(Ok(m)) => Ok(subjects::decode_stored(m.subject.as_str(), &m.payload).ok()),
+            Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Ok(Err(e)) => Err(client_error(e.into())),
+        }
     }
 
     /// Publishes a rejection record on `upr.rejected` (kept by `UPR_REJECTED`)

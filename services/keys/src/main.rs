@@ -11,7 +11,19 @@
 //! upr-keys init [DIR]               create what is missing in DIR (default: secrets)
 //! upr-keys rotate DIR NAME...       replace the key of each user NAME (or `route`)
 //! upr-keys routes DIR HOST:PORT...  the cluster nodes' route addresses
+//! upr-keys add publisher|reader NAME [--dir DIR]   a new party, its own account
+//! upr-keys remove NAME [--dir DIR]  revoke a party
 //! ```
+//!
+//! Parties (contract V3.1): each person, organisation or program that
+//! records or reads is an account of its own, named by the party's name, so
+//! the server tells the services who sent a message (the account name in
+//! `Nats-Request-Info`) and no party sees another's traffic. `DIR/parties`
+//! lists them (`<kind> <name>` a line); `DIR/parties.conf` is generated from
+//! it and included inside `accounts { }` of the server configuration, one
+//! self-contained account per party (a file included inside a block cannot
+//! see the including file's variables). `init` registers the first
+//! `publisher` and `reader`.
 //!
 //! `DIR/<user>.nk` holds a user's seed, `DIR/route.password` the route
 //! password, `DIR/nats-keys.conf` the public half that the server config
@@ -33,7 +45,8 @@ use clap::{Parser, Subcommand};
 use nkeys::KeyPair;
 
 /// The NATS users of `deploy/nats/nats.conf`, in the order the generated
-/// file lists them.
+/// file lists them: the service account's users, and the first party of
+/// each kind, whose keys `rotate` also replaces.
 const USERS: [&str; 7] = [
     "ingest",
     "projection",
@@ -42,6 +55,81 @@ const USERS: [&str; 7] = [
     "publisher",
     "reader",
     "admin",
+];
+
+/// The users of the service account, whose public keys `nats-keys.conf`
+/// names (`UPR_<USER>_NKEY`); parties are in `parties.conf` instead.
+const SERVICE_USERS: [&str; 5] = ["ingest", "projection", "notifier", "gateway", "admin"];
+
+/// Names no party may take: the service account's users (their seed files
+/// share the directory), the route password, the service account itself.
+const RESERVED: [&str; 7] = [
+    "ingest",
+    "projection",
+    "notifier",
+    "admin",
+    "gateway",
+    "route",
+    "upr",
+];
+
+/// The registry of parties, `<kind> <name>` a line.
+const PARTIES: &str = "parties";
+
+/// The accounts of the parties, included inside `accounts { }`.
+const PARTIES_CONF: &str = "parties.conf";
+
+/// What a party may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    /// Records events (intake).
+    Publisher,
+    /// Queries, notifications, read models.
+    Reader,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Publisher => "publisher",
+            Self::Reader => "reader",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "publisher" => Some(Self::Publisher),
+            "reader" => Some(Self::Reader),
+            _ => None,
+        }
+    }
+}
+
+/// The intake types a publisher may send on, by name (an unknown type is
+/// refused by the server, and a subject that is not UTF-8 never reaches ingest).
+const INTAKE_TYPES: [&str; 8] = [
+    "review_scheduled",
+    "review_rescheduled",
+    "review_cancelled",
+    "review_held",
+    "side_event_held",
+    "report_published",
+    "outcome_adopted",
+    "event_retracted",
+];
+
+/// The service account's read-only JetStream API a reader imports, under the
+/// JetStream domain `upr` (`$JS.upr.API...`).
+const READER_JS: [&str; 9] = [
+    "STREAM.INFO.KV_upr_reviews",
+    "DIRECT.GET.KV_upr_reviews.>",
+    "STREAM.INFO.KV_upr_sessions",
+    "DIRECT.GET.KV_upr_sessions.>",
+    "STREAM.INFO.KV_upr_countries",
+    "DIRECT.GET.KV_upr_countries.>",
+    "STREAM.INFO.UPR_NOTIFICATIONS",
+    "DIRECT.GET.UPR_NOTIFICATIONS",
+    "DIRECT.GET.UPR_NOTIFICATIONS.>",
 ];
 
 /// The file of the route password; `route` is also the name `rotate` takes.
@@ -112,6 +200,28 @@ enum Command {
         #[arg(required = true, value_name = "HOST:PORT")]
         hosts: Vec<String>,
     },
+    /// Register a new party: NAME.nk and its own account in parties.conf.
+    ///
+    /// Reload the server twice afterwards (`docker compose kill -s HUP nats`,
+    /// twice): nats-server 2.15 gives an account added by a reload its
+    /// imports only on the next reload.
+    Add {
+        /// publisher (records events) or reader (queries and notifications).
+        kind: Kind,
+        /// `[a-z][a-z0-9-]{0,31}`, not taken by another party or user.
+        name: String,
+        /// A directory `init` made.
+        #[arg(long, default_value = "secrets")]
+        dir: PathBuf,
+    },
+    /// Revoke a party: after a reload its connections are closed and its key refused.
+    Remove {
+        /// A party `add` (or `init`) registered.
+        name: String,
+        /// A directory `init` made.
+        #[arg(long, default_value = "secrets")]
+        dir: PathBuf,
+    },
 }
 
 /// Why a command failed; printed as `upr-keys: <Display>`.
@@ -138,6 +248,18 @@ enum KeysError {
     /// `routes` was given something that is not `HOST:PORT`.
     #[error("{host:?} is not HOST:PORT")]
     NotHostPort { host: String },
+    /// `add` was given a name that cannot be a party's.
+    #[error("party name {name:?}: {why}")]
+    BadPartyName { name: String, why: String },
+    /// `add` was given a name already taken.
+    #[error("{name:?} is already {what}")]
+    Taken { name: String, what: String },
+    /// `remove` was given a name that is no party.
+    #[error("{name:?} is no party (see {PARTIES} in the secrets directory)")]
+    NoParty { name: String },
+    /// The registry holds a line that is no `<kind> <name>`.
+    #[error("{}: line {line}: expected `publisher NAME` or `reader NAME`", .path.display())]
+    BadRegistry { path: PathBuf, line: usize },
     /// `rotate` or `routes` on a directory `init` did not make.
     #[error("{} has no {CONF}; run `upr-keys init {}` first", .dir.display(), .dir.display())]
     NotInitialised { dir: PathBuf },
@@ -160,6 +282,8 @@ fn main() -> ExitCode {
         Command::Init { dir } => init(&dir),
         Command::Rotate { dir, names } => rotate(&dir, &strs(&names)),
         Command::Routes { dir, hosts } => routes(&dir, &strs(&hosts)),
+        Command::Add { kind, name, dir } => add(&dir, kind, &name),
+        Command::Remove { name, dir } => remove(&dir, &name),
     };
     match result {
         Ok(report) => {
@@ -199,14 +323,188 @@ fn init(dir: &Path) -> Result<String, KeysError> {
     if !hosts.exists() {
         write_secret(&hosts, &DEFAULT_ROUTE_HOSTS.join("\n"))?;
     }
+    // The first party of each kind, once: a party removed later stays removed.
+    if !dir.join(PARTIES).exists() {
+        write_parties(
+            dir,
+            &[
+                (Kind::Publisher, "publisher".to_owned()),
+                (Kind::Reader, "reader".to_owned()),
+            ],
+        )?;
+    }
     write_conf(dir)?;
     let _ = writeln!(
         report,
-        "wrote   {} and {}",
+        "wrote   {}, {} and {}",
         dir.join(CONF).display(),
+        dir.join(PARTIES_CONF).display(),
         dir.join(ROUTE_CONF).display()
     );
     Ok(report)
+}
+
+/// Registers a party with a new key and rewrites `parties.conf`.
+fn add(dir: &Path, kind: Kind, name: &str) -> Result<String, KeysError> {
+    upr_domain::PartyName::parse(name).map_err(|e| KeysError::BadPartyName {
+        name: name.to_owned(),
+        why: e.to_string(),
+    })?;
+    initialised(dir)?;
+    if RESERVED.contains(&name) {
+        return Err(KeysError::Taken {
+            name: name.to_owned(),
+            what: "a name of the service account".into(),
+        });
+    }
+    let mut parties = read_parties(dir)?;
+    if let Some((k, _)) = parties.iter().find(|(_, n)| n == name) {
+        return Err(KeysError::Taken {
+            name: name.to_owned(),
+            what: format!("a {} party", k.as_str()),
+        });
+    }
+    let seed = seed_path(dir, name);
+    write_secret(&seed, &new_seed()?)?;
+    parties.push((kind, name.to_owned()));
+    write_parties(dir, &parties)?;
+    write_conf(dir)?;
+    Ok(format!(
+        "created {}\nwrote   {}\nnow reload the server configuration twice \
+         (nats-server --signal reload, or docker compose kill -s HUP nats, twice)\n",
+        seed.display(),
+        dir.join(PARTIES_CONF).display()
+    ))
+}
+
+/// Unregisters a party, deletes its key and rewrites `parties.conf`.
+fn remove(dir: &Path, name: &str) -> Result<String, KeysError> {
+    initialised(dir)?;
+    let mut parties = read_parties(dir)?;
+    let before = parties.len();
+    parties.retain(|(_, n)| n != name);
+    if parties.len() == before {
+        return Err(KeysError::NoParty {
+            name: name.to_owned(),
+        });
+    }
+    write_parties(dir, &parties)?;
+    write_conf(dir)?;
+    let seed = seed_path(dir, name);
+    // The first parties' seeds are also `init`'s and `rotate`'s; they are
+    // no longer in the configuration, which is what revokes them.
+    if !USERS.contains(&name) {
+        fs::remove_file(&seed).map_err(file_error(&seed))?;
+    }
+    Ok(format!(
+        "removed {name}\nwrote   {}\nnow reload the server configuration: its connections are closed and its key refused\n",
+        dir.join(PARTIES_CONF).display()
+    ))
+}
+
+fn read_parties(dir: &Path) -> Result<Vec<(Kind, String)>, KeysError> {
+    let path = dir.join(PARTIES);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(file_error(&path)(e)),
+    };
+    let mut parties = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || KeysError::BadRegistry {
+            path: path.clone(),
+            line: n + 1,
+        };
+        let (kind, name) = line.split_once(' ').ok_or_else(bad)?;
+        let kind = Kind::parse(kind).ok_or_else(bad)?;
+        upr_domain::PartyName::parse(name).map_err(|_| bad())?;
+        parties.push((kind, name.to_owned()));
+    }
+    Ok(parties)
+}
+
+fn write_parties(dir: &Path, parties: &[(Kind, String)]) -> Result<(), KeysError> {
+    let mut text =
+        String::from("# Parties: `<kind> <name>` a line; upr-keys add / remove change it.\n");
+    for (kind, name) in parties {
+        let _ = writeln!(text, "{} {name}", kind.as_str());
+    }
+    write_secret(&dir.join(PARTIES), text.trim_end())
+}
+
+/// One party's account, self-contained (no variables: the file is included
+/// inside `accounts { }`, where the including file's variables are not seen).
+fn party_account(kind: Kind, name: &str, key: &str) -> String {
+    let quoted = |items: &mut dyn Iterator<Item = String>| {
+        items
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match kind {
+        Kind::Publisher => {
+            let publish = quoted(&mut INTAKE_TYPES.iter().map(|t| format!("upr.ingest.{t}")));
+            format!(
+                "\"{name}\" = {{\n\
+                 \x20 limits = {{ max_payload: 131072, max_connections: 256, max_subscriptions: 10000 }}\n\
+                 \x20 users = [ {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }} ]\n\
+                 \x20 imports = [ {{ service: {{ account: UPR, subject: \"upr.ingest.>\" }} }} ]\n\
+                 }}\n"
+            )
+        }
+        Kind::Reader => {
+            let consumer = |api: &str| format!("CONSUMER.{api}.UPR_NOTIFICATIONS.{name}");
+            let js: Vec<String> = READER_JS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain([consumer("INFO"), consumer("MSG.NEXT")])
+                .collect();
+            let ack = format!("$JS.ACK.UPR_NOTIFICATIONS.{name}.>");
+            let publish = quoted(
+                &mut ["upr.query.>", "upr.notifier.status", "$SRV.>"]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .chain(js.iter().map(|s| format!("$JS.upr.API.{s}")))
+                    .chain([ack.clone()]),
+            );
+            let mut imports: Vec<String> = ["upr.query.>", "upr.notifier.status", "$SRV.>"]
+                .iter()
+                .map(|s| format!("{{ service: {{ account: UPR, subject: \"{s}\" }} }}"))
+                .collect();
+            imports.push("{ stream: { account: UPR, subject: \"upr.notify.>\" } }".into());
+            imports.extend(js.iter().map(|s| {
+                format!("{{ service: {{ account: UPR, subject: \"$JS.API.{s}\" }}, to: \"$JS.upr.API.{s}\" }}")
+            }));
+            imports.push(format!(
+                "{{ service: {{ account: UPR, subject: \"{ack}\" }} }}"
+            ));
+            format!(
+                "\"{name}\" = {{\n\
+                 \x20 limits = {{ max_payload: 8192, max_connections: 256, max_subscriptions: 10000 }}\n\
+                 \x20 users = [ {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [\"upr.notify.>\", \"_INBOX.>\"] }} }} }} ]\n\
+                 \x20 imports = [\n    {}\n  ]\n\
+                 }}\n",
+                imports.join("\n    ")
+            )
+        }
+    }
+}
+
+/// Writes `parties.conf` from the registry and the parties' seeds.
+fn write_parties_conf(dir: &Path) -> Result<(), KeysError> {
+    let mut conf = String::from(
+        "# Generated by upr-keys from `parties` and the seeds beside it; do not edit.\n\
+         # Included inside `accounts { }` of deploy/nats/nats.conf: one account per party.\n",
+    );
+    for (kind, name) in read_parties(dir)? {
+        let key = read_seed(&seed_path(dir, &name))?.public_key();
+        conf.push_str(&party_account(kind, &name, &key));
+    }
+    write_secret(&dir.join(PARTIES_CONF), conf.trim_end())
 }
 
 /// Replaces the named keys and rewrites the public file.
@@ -334,10 +632,11 @@ fn write_conf(dir: &Path) -> Result<(), KeysError> {
         "# Generated by upr-keys from the files beside it; do not edit.\n\
          # Public keys of the NATS users (the seeds stay with the clients).\n",
     );
-    for user in USERS {
+    for user in SERVICE_USERS {
         let key = read_seed(&seed_path(dir, user))?.public_key();
         let _ = writeln!(conf, "UPR_{}_NKEY: \"{key}\"", user.to_uppercase());
     }
+    write_parties_conf(dir)?;
     let read = |name: String| {
         let path = dir.join(name);
         fs::read_to_string(&path).map_err(file_error(&path))
@@ -378,7 +677,7 @@ mod tests {
         let dir = tmp.path().join("secrets");
         init(&dir).unwrap();
         let conf = fs::read_to_string(dir.join(CONF)).unwrap();
-        for user in USERS {
+        for user in SERVICE_USERS {
             let pair = read_seed(&seed_path(&dir, user)).unwrap();
             let line = format!(
                 "UPR_{}_NKEY: \"{}\"",
@@ -413,13 +712,16 @@ mod tests {
             .iter()
             .map(|u| fs::read_to_string(seed_path(&dir, u)).unwrap())
             .collect();
-        let old_conf = fs::read_to_string(dir.join(CONF)).unwrap();
+        let old_conf = fs::read_to_string(dir.join(PARTIES_CONF)).unwrap();
         rotate(&dir, &["reader"]).unwrap();
         for (user, old) in USERS.iter().zip(&before) {
             let now = fs::read_to_string(seed_path(&dir, user)).unwrap();
             assert_eq!(now != *old, *user == "reader", "{user}");
         }
-        assert_ne!(fs::read_to_string(dir.join(CONF)).unwrap(), old_conf);
+        assert_ne!(
+            fs::read_to_string(dir.join(PARTIES_CONF)).unwrap(),
+            old_conf
+        );
         assert!(
             rotate(&dir, &["nobody"])
                 .unwrap_err()
@@ -461,5 +763,60 @@ mod tests {
         init(&dir).unwrap();
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn parties_are_added_and_removed_each_as_its_own_account() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        init(&dir).unwrap();
+        let conf = fs::read_to_string(dir.join(PARTIES_CONF)).unwrap();
+        assert!(
+            conf.contains("\"publisher\" = {") && conf.contains("\"reader\" = {"),
+            "{conf}"
+        );
+        add(&dir, Kind::Publisher, "ngo-a").unwrap();
+        add(&dir, Kind::Reader, "press").unwrap();
+        let conf = fs::read_to_string(dir.join(PARTIES_CONF)).unwrap();
+        let key = read_seed(&seed_path(&dir, "ngo-a")).unwrap().public_key();
+        assert!(
+            conf.contains("\"ngo-a\" = {") && conf.contains(&key),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("$JS.upr.API.CONSUMER.MSG.NEXT.UPR_NOTIFICATIONS.press"),
+            "{conf}"
+        );
+        assert!(!conf.contains("nkey: $"), "no variables: {conf}");
+        // Clashes and bad names are refused, naming the name.
+        for (kind, name) in [
+            (Kind::Reader, "ngo-a"),
+            (Kind::Reader, "admin"),
+            (Kind::Publisher, "reader"),
+        ] {
+            let e = add(&dir, kind, name).unwrap_err().to_string();
+            assert!(e.contains(&format!("{name:?}")), "{e}");
+        }
+        for bad in ["Ngo", "1a", "a_b", "include x"] {
+            assert!(add(&dir, Kind::Publisher, bad).is_err(), "{bad}");
+        }
+        remove(&dir, "ngo-a").unwrap();
+        let conf = fs::read_to_string(dir.join(PARTIES_CONF)).unwrap();
+        assert!(!conf.contains("ngo-a") && !conf.contains(&key), "{conf}");
+        assert!(!seed_path(&dir, "ngo-a").exists());
+        assert!(
+            remove(&dir, "ngo-a")
+                .unwrap_err()
+                .to_string()
+                .contains("ngo-a")
+        );
+        // A second init keeps the registry as it is.
+        remove(&dir, "reader").unwrap();
+        init(&dir).unwrap();
+        assert!(
+            !fs::read_to_string(dir.join(PARTIES_CONF))
+                .unwrap()
+                .contains("\"reader\" = {")
+        );
     }
 }

@@ -62,6 +62,7 @@ fn envelope(n: u64, review: u64, step: u64) -> Envelope {
     cmd.into_envelope(
         id,
         Timestamp::parse_rfc3339("2030-12-01T00:00:00Z").expect("time"),
+        None,
     )
 }
 

@@ -312,11 +312,13 @@ async fn subjects_that_are_not_utf8_never_stop_the_services_work() {
 
 #[test]
 fn the_publisher_may_send_exactly_the_intake_types() {
-    let conf = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf"),
-    )
-    .unwrap();
-    let block = &conf[conf.find("PUBLISHER = {").expect("PUBLISHER account")..];
+    // A publisher party's account, as `upr-keys` writes it for the shipped
+    // configuration to include.
+    let dir = upr_tests::secured_config_dir();
+    let conf = std::fs::read_to_string(dir.path().join("secrets/parties.conf")).unwrap();
+    let block = &conf[conf
+        .find("\"publisher\" = {")
+        .expect("the publisher's account")..];
     let block = &block[..block.find("imports").expect("its imports")];
     let mut allowed: Vec<&str> = block
         .split('"')

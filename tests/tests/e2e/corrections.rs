@@ -470,3 +470,96 @@ async fn a_publisher_imports_with_its_own_key_and_a_reader_cannot() {
     );
     assert!(out.contains("; 16 rows not sent."), "{out}");
 }
+
+/// Contract V3.3: an `event_id` is a duplicate only when the request carries
+/// the same event; a reused id with other content is `conflict` on
+/// `event_id`, naming the type and review it belongs to, in the same review
+/// (the aggregate's ids) and in another (the log's duplicate window, then
+/// the stored event looked up by its sequence).
+#[tokio::test]
+async fn a_reused_event_id_with_other_content_is_refused_naming_its_event() {
+    let stack = stack().await;
+    let id = "0190f3a2-7b1c-7d4e-9a2b-3c4d5e6f7a8b";
+    let scheduled = kz(json!({"event_id": id, "scheduled_for": KZ48_DATE}));
+    let (_, seq) = stack.record("review_scheduled", &scheduled).await;
+    // The same event again, with another source: a duplicate, as before.
+    let mut retry = scheduled.clone();
+    retry["source"] = "a retry".into();
+    let reply = stack.accept("review_scheduled", &retry).await;
+    assert_eq!(
+        (reply["duplicate"].as_bool(), reply["seq"].as_u64()),
+        (Some(true), Some(seq))
+    );
+
+    // Same review, other data or other type.
+    let mut moved = scheduled.clone();
+    moved["scheduled_for"] = "2025-02-01T08:30:00Z".into();
+    for (ty, payload) in [
+        ("review_rescheduled", moved.clone()),
+        (
+            "side_event_held",
+            kz(json!({"event_id": id, "title": "t", "held_on": "2025-01-22"})),
+        ),
+    ] {
+        let e = stack.refused(ty, &payload).await;
+        assert_eq!(
+            (e["code"].as_str(), e["field"].as_str()),
+            (Some("conflict"), Some("event_id")),
+            "{e}"
+        );
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains("review_scheduled of review KZ.48"),
+            "{message}"
+        );
+    }
+    // Another review: found through the log, not the review's own ids.
+    let elsewhere =
+        json!({"country": "CH", "session": 49, "event_id": id, "scheduled_for": KZ48_DATE});
+    let e = stack.refused("review_scheduled", &elsewhere).await;
+    assert_eq!(
+        (e["code"].as_str(), e["field"].as_str()),
+        (Some("conflict"), Some("event_id")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("review_scheduled of review KZ.48"),
+        "{e}"
+    );
+    assert_eq!(stack.events_count().await, 1, "nothing else was stored");
+}
+
+/// Contract V3.1: a server without users authenticates nobody, so events
+/// are stored with `"schema": 3` and `recorded_by: null`, and a
+/// `Nats-Request-Info` header a client sends names nobody either.
+#[tokio::test]
+async fn without_users_events_are_recorded_by_nobody_whatever_the_headers_say() {
+    let stack = stack().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Request-Info", r#"{"acc":"forged"}"#);
+    let reply = stack
+        .client()
+        .request_with_headers(
+            "upr.ingest.review_scheduled",
+            headers,
+            kz(json!({"scheduled_for": KZ48_DATE})).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let seq = reply["seq"].as_u64().expect("accepted");
+    let (_, _, stored) = stack.stored(seq).await;
+    assert_eq!(
+        (stored["schema"].as_u64(), stored["recorded_by"].clone()),
+        (Some(3), Value::Null)
+    );
+    let review = stack.query("upr.query.review.KZ.48", seq).await;
+    assert_eq!(
+        review["review"]["history"][0]["recorded_by"],
+        Value::Null,
+        "{review}"
+    );
+}

@@ -113,8 +113,8 @@ async fn every_event_type_is_accepted_and_stored_with_its_envelope_on_its_subjec
     let recorded_at = env["recorded_at"].as_str().unwrap().to_owned();
     assert_eq!(
         serde_json::to_string(&env).unwrap(),
-        serde_json::to_string(&json!({"id": id, "type": "review_scheduled", "schema": 2, "country": "KZ", "session": 48,
-            "occurred_at": "2024-11-06T10:00:00Z", "recorded_at": recorded_at, "source": "UPR Info",
+        serde_json::to_string(&json!({"id": id, "type": "review_scheduled", "schema": 3, "country": "KZ", "session": 48,
+            "occurred_at": "2024-11-06T10:00:00Z", "recorded_at": recorded_at, "recorded_by": null, "source": "UPR Info",
             "data": {"scheduled_for": KZ48_DATE, "location": "Geneva"}}))
         .unwrap(),
         "exact envelope, keys in contract order"

@@ -285,13 +285,14 @@ async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_annou
         )
         .await;
     let retraction = bed
-        .store_now(
+        .store_now_by(
             "KZ",
             48,
             EventData::EventRetracted(EventRetracted {
                 retracts: moved.id,
                 reason: "entered twice".into(),
             }),
+            Some("desk"),
         )
         .await;
     let notice = eventually(Duration::from_secs(5), "the corrected notice", || async {
@@ -312,6 +313,7 @@ async fn retracting_a_reschedule_brings_back_the_first_dates_reminders_and_annou
     assert_eq!(n["scheduled_for"], old.to_string());
     assert_eq!(n["old_scheduled_for"], new.to_string());
     assert_eq!(n["reason"], "entered twice");
+    assert_eq!(n["retracted_by"], "desk", "who retracted it");
     assert_eq!(
         (n["country_name"].as_str(), n["cycle"].as_u64()),
         (Some("Kazakhstan"), Some(4))
@@ -713,6 +715,7 @@ async fn no_reminder_goes_out_for_a_cancellation_the_planner_has_not_applied_yet
             session: s(1 + i / 5),
             occurred_at: now(),
             recorded_at: now(),
+            recorded_by: None,
             source: None,
         };
         let subject =

@@ -62,7 +62,7 @@ fn event(n: u128, ty: &str, payload: Value) -> Envelope {
     let cmd = parse_intake(ty, payload.to_string().as_bytes())
         .unwrap_or_else(|e| panic!("{ty} {payload}: {e:?}"));
     let recorded = Timestamp::parse_rfc3339("2024-12-01T00:00:00.123Z").unwrap();
-    cmd.into_envelope(Uuid::from_u128(n), recorded)
+    cmd.into_envelope(Uuid::from_u128(n), recorded, None)
 }
 
 /// `occurred_at` of event `n` in the scenario.
@@ -138,7 +138,7 @@ fn scenario() -> Vec<Envelope> {
 
 fn history(rows: &[(&str, u32)]) -> Value {
     rows.iter()
-        .map(|(t, n)| json!({"type": t, "event_id": Uuid::from_u128((*n).into()), "seq": n, "occurred_at": at(*n), "retracted": null}))
+        .map(|(t, n)| json!({"type": t, "event_id": Uuid::from_u128((*n).into()), "seq": n, "occurred_at": at(*n), "recorded_by": null, "retracted": null}))
         .collect()
 }
 
@@ -159,9 +159,9 @@ async fn each_read_model_holds_the_contract_values_after_a_realistic_session() {
     }
     assert_eq!(given.caught_up().await, 11);
 
-    let kz_side = json!({"event_id": Uuid::from_u128(5), "title": "Kazakhstan pre-session", "held_on": "2025-01-20T00:00:00Z",
+    let kz_side = json!({"event_id": Uuid::from_u128(5), "recorded_by": null, "title": "Kazakhstan pre-session", "held_on": "2025-01-20T00:00:00Z",
         "speakers": [{"name": "B. Nurlanov", "role": null}], "participating_states": null, "topics": []});
-    let fr_side = json!({"event_id": Uuid::from_u128(3), "title": "Civil society briefing", "held_on": "2025-01-22T00:00:00Z",
+    let fr_side = json!({"event_id": Uuid::from_u128(3), "recorded_by": null, "title": "Civil society briefing", "held_on": "2025-01-22T00:00:00Z",
         "speakers": [{"name": "A. Dupont", "role": "NGO"}], "participating_states": 12, "topics": ["press freedom"]});
     let kz48 = json!({
         "country": "KZ", "country_name": "Kazakhstan", "session": 48, "cycle": 4, "status": "reported",

@@ -168,8 +168,11 @@ async fn a_refusal_decided_on_a_stale_cache_is_decided_again_on_the_log() {
     let command = parse_intake(held.0.as_str(), held.1.to_string().as_bytes()).expect("valid");
     let key = command.review_key();
     let id = Uuid::now_v7();
-    let envelope =
-        command.into_envelope(id, Timestamp::from_unix_millis(1_900_000_000_000).unwrap());
+    let envelope = command.into_envelope(
+        id,
+        Timestamp::from_unix_millis(1_900_000_000_000).unwrap(),
+        None,
+    );
     js.publish(
         subjects::event(key.country, key.session, EventType::ReviewHeld),
         envelope.to_json().into(),

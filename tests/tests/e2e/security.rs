@@ -696,3 +696,194 @@ async fn the_services_run_over_tls_and_a_plain_connection_is_refused() {
         "a plain connection was accepted"
     );
 }
+
+/// A request as `client` on `upr.ingest.<ty>`; the reply as JSON.
+async fn ask(client: &Client, ty: &str, payload: &Value) -> Value {
+    let reply = client
+        .request(format!("upr.ingest.{ty}"), payload.to_string().into())
+        .await
+        .expect("ingest answers");
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// Contract V3.1 and V3.2 with the shipped configuration: each party is an
+/// account of its own, `upr-keys add` plus a reload admits one, and every
+/// event carries the name the server authenticated (a forged header or a
+/// payload field changes nothing, for requests and plain publishes alike).
+/// Only the recorder or an editor (`UPR_EDITORS`) may retract an event.
+#[tokio::test]
+async fn events_carry_the_recording_party_and_only_it_or_an_editor_may_retract() {
+    let stack = Stack::start(&[("UPR_EDITORS", "desk")]).await;
+    stack.nats.keys_and_reload(&["add", "publisher", "ngo-a"]);
+    stack.nats.keys_and_reload(&["add", "publisher", "desk"]);
+    let publisher = stack.nats.client_as("publisher").await;
+    let ngo = stack.nats.client_as("ngo-a").await;
+    let desk = stack.nats.client_as("desk").await;
+    let admin = stack.nats.client_as("admin").await;
+    let stored = |seq: u64| {
+        let js = stack.admin.clone();
+        async move {
+            let stream = js.get_stream("UPR_EVENTS").await.unwrap();
+            let m = stream.get_raw_message(seq).await.unwrap();
+            serde_json::from_slice::<Value>(&m.payload).unwrap()
+        }
+    };
+
+    let side = |title: &str| json!({"country": "KZ", "session": 48, "title": title, "held_on": "2025-01-20"});
+    let reply = ask(&publisher, "side_event_held", &side("by the publisher")).await;
+    let first = reply["event_id"].as_str().unwrap().to_owned();
+    let event = stored(reply["seq"].as_u64().unwrap()).await;
+    assert_eq!(
+        (event["schema"].as_u64(), event["recorded_by"].as_str()),
+        (Some(3), Some("publisher")),
+        "{event}"
+    );
+
+    // A forged requester header is replaced by the server's.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Request-Info", r#"{"acc":"publisher"}"#);
+    let reply = ngo
+        .request_with_headers(
+            "upr.ingest.side_event_held",
+            headers.clone(),
+            side("by ngo-a").to_string().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let event = stored(reply["seq"].as_u64().unwrap()).await;
+    assert_eq!(event["recorded_by"], "ngo-a", "{event}");
+
+    // A plain publish goes through the same import, so it is named too.
+    ngo.publish_with_headers(
+        "upr.ingest.side_event_held",
+        headers,
+        side("published by ngo-a").to_string().into(),
+    )
+    .await
+    .unwrap();
+    ngo.flush().await.unwrap();
+    let admin_js = jetstream::new(admin.clone());
+    let published = eventually(Duration::from_secs(10), "the plain publish stored", || {
+        let js = admin_js.clone();
+        async move {
+            let mut stream = js.get_stream("UPR_EVENTS").await.ok()?;
+            let last = stream.info().await.ok()?.state.last_sequence;
+            let m = stream.get_raw_message(last).await.ok()?;
+            let v: Value = serde_json::from_slice(&m.payload).ok()?;
+            (v["data"]["title"] == "published by ngo-a").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(published["recorded_by"], "ngo-a", "{published}");
+
+    // recorded_by in a payload is an unknown field.
+    let mut forged = side("forged");
+    forged["recorded_by"] = "desk".into();
+    let reply = ask(&ngo, "side_event_held", &forged).await;
+    assert_eq!(
+        (
+            reply["error"]["code"].as_str(),
+            reply["error"]["field"].as_str()
+        ),
+        (Some("invalid_field"), Some("recorded_by")),
+        "{reply}"
+    );
+
+    // Retractions: another party is forbidden (the message names the
+    // recorder), an editor may.
+    let retract = json!({"country": "KZ", "session": 48, "retracts": first, "reason": "not ours"});
+    let reply = ask(&ngo, "event_retracted", &retract).await;
+    assert_eq!(
+        (
+            reply["error"]["code"].as_str(),
+            reply["error"]["field"].as_str()
+        ),
+        (Some("forbidden"), Some("event_id")),
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"publisher\""),
+        "{reply}"
+    );
+    let reply = ask(&desk, "event_retracted", &retract).await;
+    assert_eq!(reply["ok"], true, "an editor may retract: {reply}");
+    let event = stored(reply["seq"].as_u64().unwrap()).await;
+    assert_eq!(event["recorded_by"], "desk");
+}
+
+/// Contract V3.1: `upr-keys remove` and a reload close the party's open
+/// connection and refuse its key; the other parties keep working. A new
+/// reader sees nothing of another reader's traffic and cannot make it
+/// receive a message through a reply subject.
+#[tokio::test]
+async fn a_removed_party_is_cut_off_and_readers_cannot_reach_each_other() {
+    let stack = Stack::start(&[]).await;
+    stack.nats.keys_and_reload(&["add", "publisher", "ngo-a"]);
+    stack.nats.keys_and_reload(&["add", "reader", "press"]);
+    let publisher = stack.nats.client_as("publisher").await;
+    let ngo = stack.nats.client_as("ngo-a").await;
+    let reader = stack.nats.client_as("reader").await;
+    let (press, subs) = spy(&stack.nats, "press").await;
+    let mut heard = press.subscribe("upr.notify.>").await.unwrap();
+    press.flush().await.unwrap();
+
+    // The reader puts a query's answer on a subject the press party
+    // listens on: the server rewrites the reply into the reader's account.
+    reader
+        .publish_with_reply("upr.query.status", "upr.notify.reminder.KZ", "".into())
+        .await
+        .unwrap();
+    reader.flush().await.unwrap();
+    let reply = ask(
+        &ngo,
+        "side_event_held",
+        &json!({"country": "KZ", "session": 48, "title": "t", "held_on": "2025-01-20"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        press.request("upr.query.status", "".into()).await.is_ok(),
+        "the new reader queries"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), heard.next())
+            .await
+            .is_err(),
+        "no answer reached another reader"
+    );
+    drop(heard);
+    // Its spy saw none of the publishers' or the reader's traffic (its own
+    // query reply came on its inbox, so the spy is checked on the rest).
+    let subs: Vec<_> = subs
+        .into_iter()
+        .filter(|(s, _)| s != "_INBOX.>" && s != ">")
+        .collect();
+    assert_saw_nothing("press", subs).await;
+
+    let seed = std::fs::read_to_string(stack.nats.seed_file("ngo-a")).unwrap();
+    stack.nats.keys_and_reload(&["remove", "ngo-a"]);
+    eventually(
+        Duration::from_secs(10),
+        "ngo-a's connection closed",
+        || async {
+            (ngo.connection_state() != async_nats::connection::State::Connected).then_some(())
+        },
+    )
+    .await;
+    let again = async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        .connect(stack.nats.url())
+        .await;
+    assert!(again.is_err(), "a revoked key is refused");
+    let reply = ask(
+        &publisher,
+        "side_event_held",
+        &json!({"country": "KZ", "session": 48, "title": "still here", "held_on": "2025-01-20"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "the others keep working: {reply}");
+}
