@@ -91,6 +91,14 @@ pub fn parse_editors(text: &str) -> Result<Editors, ConfigError> {
 }
 
 impl Config {
+    /// Workers and the reviews they cache, as the dispatcher takes them.
+    pub fn sizes(&self) -> pipeline::Sizes {
+        pipeline::Sizes {
+            workers: self.workers,
+            cache: self.cache,
+        }
+    }
+
     /// Reads the process environment.
     ///
     /// # Errors
@@ -243,13 +251,9 @@ impl App {
         let (records, record_rx) = mpsc::channel(rejection::QUEUE);
         let writer = tokio::spawn(rejection::write_records(log.clone(), record_rx));
         let responder = Responder::new(counters, records);
-        let sizes = pipeline::Sizes {
-            workers: config.workers,
-            cache: config.cache,
-        };
         let parties = pipeline::Parties::of(&edge, &config.editors);
         let (dispatcher, workers) = Dispatcher::start(
-            sizes,
+            config.sizes(),
             &log,
             responder,
             (peers, edge.clone()),
