@@ -279,10 +279,10 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
         "deploy/nats/nats.conf mounted at {conf}: {volumes:?}"
     );
     // nats.conf includes "secrets/nats-keys.conf", relative to itself.
-    let secrets = Path::new(conf).with_file_name("secrets");
+    let keys = Path::new(conf).with_file_name("secrets/nats-keys.conf");
     assert!(
-        mounts_secret(nats, "./secrets", secrets.to_str().unwrap()),
-        "./secrets mounted beside the config, read-only, never created empty: {volumes:?}"
+        mounts_secret(nats, "./secrets/nats-keys.conf", keys.to_str().unwrap()),
+        "the public keys mounted beside the config, read-only, never created empty: {volumes:?}"
     );
     assert!(
         nats["environment"].is_badvalue(),
@@ -436,10 +436,22 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
                 "{node} mounts {source}: {volumes:?}"
             );
         }
-        assert!(
-            mounts_secret(s, "./secrets", "/etc/nats/secrets"),
-            "{node} mounts the secrets: {volumes:?}"
-        );
+        for file in [
+            "nats-keys.conf",
+            "route.conf",
+            "route-tls/ca.pem",
+            "route-tls/route-cert.pem",
+            "route-tls/route-key.pem",
+        ] {
+            assert!(
+                mounts_secret(
+                    s,
+                    &format!("./secrets/{file}"),
+                    &format!("/etc/nats/secrets/{file}")
+                ),
+                "{node} mounts secrets/{file}: {volumes:?}"
+            );
+        }
         // The routes, with the route password, come from upr-keys; by
         // default they are exactly these nodes.
         assert!(
@@ -492,6 +504,232 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
                 "{service} waits for {node}"
             );
         }
+    }
+}
+
+/// `overlay`'s services merged onto `base`'s as compose does for the keys
+/// checked here: `volumes` by target (the overlay's wins), `ports` appended,
+/// `user` replaced; services only in the overlay are added.
+fn merged(
+    base: &Yaml,
+    overlay: Option<&Yaml>,
+) -> BTreeMap<String, (BTreeSet<(String, String)>, Vec<String>, Option<String>)> {
+    let mut out = BTreeMap::new();
+    let services = |doc: &Yaml| -> Vec<(String, Yaml)> {
+        doc["services"]
+            .as_hash()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ports = |s: &Yaml| -> Vec<String> {
+        s["ports"]
+            .as_vec()
+            .map(|p| p.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    for (name, service) in services(base) {
+        let mounts: BTreeSet<(String, String)> = mounts(&service).into_iter().collect();
+        let user = service["user"].as_str().map(str::to_string);
+        out.insert(name, (mounts, ports(&service), user));
+    }
+    if let Some(overlay) = overlay {
+        for (name, service) in services(overlay) {
+            let entry = out.entry(name).or_default();
+            for (source, target) in mounts(&service) {
+                entry.0.retain(|(_, t)| *t != target);
+                entry.0.insert((source, target));
+            }
+            entry.1.extend(ports(&service));
+            if let Some(user) = service["user"].as_str() {
+                entry.2 = Some(user.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
+    let base = compose("compose.yaml");
+    let set = |pairs: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        pairs
+            .iter()
+            .map(|(s, t)| ((*s).to_string(), (*t).to_string()))
+            .collect()
+    };
+    let own_key = |user: &str| set(&[(&format!("./secrets/{user}.nk"), "/etc/upr/nats.nk")]);
+    let node = |data: &str, conf: &str| {
+        let mut m = set(&[
+            (data, "/data"),
+            ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
+            (
+                "./secrets/nats-keys.conf",
+                "/etc/nats/secrets/nats-keys.conf",
+            ),
+        ]);
+        if conf == "cluster" {
+            m.extend(set(&[
+                ("./deploy/nats/cluster.conf", "/etc/nats/cluster.conf"),
+                ("./secrets/route.conf", "/etc/nats/secrets/route.conf"),
+                (
+                    "./secrets/route-tls/ca.pem",
+                    "/etc/nats/secrets/route-tls/ca.pem",
+                ),
+                (
+                    "./secrets/route-tls/route-cert.pem",
+                    "/etc/nats/secrets/route-tls/route-cert.pem",
+                ),
+                (
+                    "./secrets/route-tls/route-key.pem",
+                    "/etc/nats/secrets/route-tls/route-key.pem",
+                ),
+            ]));
+        }
+        if conf == "tls" {
+            m.extend(set(&[
+                ("./deploy/nats/tls.conf", "/etc/nats/tls.conf"),
+                (
+                    "./secrets/tls/server-cert.pem",
+                    "/etc/nats/secrets/tls/server-cert.pem",
+                ),
+                (
+                    "./secrets/tls/server-key.pem",
+                    "/etc/nats/secrets/tls/server-key.pem",
+                ),
+            ]));
+        }
+        m
+    };
+    let ca = set(&[("./secrets/tls/ca.pem", "/etc/upr/ca.pem")]);
+    let with_ca = |m: BTreeSet<(String, String)>| m.union(&ca).cloned().collect();
+    let cases: [(&str, Option<Yaml>, Vec<(&str, BTreeSet<(String, String)>)>); 3] = [
+        (
+            "compose.yaml",
+            None,
+            vec![
+                ("keys", set(&[("./", "/project")])),
+                ("nats", node("nats-data", "single")),
+                ("ingest", own_key("ingest")),
+                ("projection", own_key("projection")),
+                ("notifier", own_key("notifier")),
+            ],
+        ),
+        (
+            "compose.yaml + compose.cluster.yaml",
+            Some(compose("compose.cluster.yaml")),
+            vec![
+                ("keys", set(&[("./", "/project")])),
+                ("nats", node("nats-data", "cluster")),
+                ("nats-2", node("nats-data-2", "cluster")),
+                ("nats-3", node("nats-data-3", "cluster")),
+                ("ingest", own_key("ingest")),
+                ("projection", own_key("projection")),
+                ("notifier", own_key("notifier")),
+            ],
+        ),
+        (
+            "compose.yaml + compose.tls.yaml",
+            Some(compose("compose.tls.yaml")),
+            vec![
+                ("keys", set(&[("./", "/project")])),
+                ("nats", node("nats-data", "tls")),
+                ("ingest", with_ca(own_key("ingest"))),
+                ("projection", with_ca(own_key("projection"))),
+                ("notifier", with_ca(own_key("notifier"))),
+            ],
+        ),
+    ];
+    for (files, overlay, want) in cases {
+        let got = merged(&base, overlay.as_ref());
+        assert_eq!(
+            got.keys().map(String::as_str).collect::<Vec<_>>(),
+            {
+                let mut names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+                names.sort_unstable();
+                names
+            },
+            "{files}: the services"
+        );
+        for (service, mounts) in want {
+            assert_eq!(got[service].0, mounts, "{files}: what {service} mounts");
+            if service.starts_with("nats") {
+                // The server's container never holds a user's seed nor a CA key.
+                for (source, _) in &got[service].0 {
+                    assert!(
+                        !source.ends_with(".nk") && !source.contains("ca-key"),
+                        "{files}: {service} mounts {source}"
+                    );
+                }
+            } else if service != "keys" {
+                assert_eq!(
+                    got[service].2.as_deref(),
+                    Some("${UPR_UID:-10001}:${UPR_GID:-10001}"),
+                    "{files}: {service} runs as the owner of ./secrets (its key is 0600)"
+                );
+            }
+        }
+    }
+    // The build context holds no keys, and no run state.
+    let ignore = read(".dockerignore");
+    for entry in ["secrets/", ".run/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == entry),
+            ".dockerignore excludes {entry}"
+        );
+    }
+}
+
+#[test]
+fn every_port_is_on_loopback_monitoring_only_on_one_node_and_each_cluster_node_reachable() {
+    let base = compose("compose.yaml");
+    for (files, overlay) in [
+        ("compose.yaml", None),
+        (
+            "compose.yaml + compose.cluster.yaml",
+            Some(compose("compose.cluster.yaml")),
+        ),
+        (
+            "compose.yaml + compose.tls.yaml",
+            Some(compose("compose.tls.yaml")),
+        ),
+    ] {
+        let got = merged(&base, overlay.as_ref());
+        let mut client_ports = BTreeSet::new();
+        for (service, (_, ports, _)) in &got {
+            for port in ports {
+                // 127.0.0.1:<host>:<container>; <host> may be ${VAR:-port}.
+                let (host, container) = port
+                    .strip_prefix("127.0.0.1:")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                    .unwrap_or_else(|| {
+                        panic!("{files}: {service} publishes {port} beyond loopback")
+                    });
+                let parts = ["127.0.0.1", host, container];
+                match parts[2] {
+                    "4222" => assert!(
+                        client_ports.insert(parts[1].to_string()),
+                        "{files}: {port} twice"
+                    ),
+                    // Monitoring is plain HTTP without authentication.
+                    "8222" => assert_eq!(
+                        (service.as_str(), parts[1]),
+                        ("nats", "${NATS_MONITOR_PORT:-8222}"),
+                        "{files}: monitoring published only by nats, on loopback"
+                    ),
+                    other => panic!("{files}: {service} publishes container port {other}"),
+                }
+            }
+        }
+        let nodes = got.keys().filter(|s| s.starts_with("nats")).count();
+        assert_eq!(
+            client_ports.len(),
+            nodes,
+            "{files}: every node's client port is published once: {client_ports:?}"
+        );
     }
 }
 
