@@ -770,6 +770,49 @@ async fn cluster_routes_are_tls_and_refuse_a_plain_node_and_a_node_of_another_ca
 }
 
 #[tokio::test]
+async fn a_service_refuses_a_key_file_that_others_can_read_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let nats = NatsServer::start_secured();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processes = Vec::new();
+    for binary in [
+        upr_nats::contract::services::INGEST,
+        upr_nats::contract::services::PROJECTION,
+        upr_nats::contract::services::NOTIFIER,
+    ] {
+        let user = binary.trim_start_matches("upr-");
+        let key = dir.path().join(format!("{user}.nk"));
+        std::fs::copy(nats.seed_file(user), &key).unwrap();
+        // What upr-keys wrote before it made every file 0600.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = key.to_str().unwrap().to_string();
+        let p = ServiceProcess::start(binary, &nats.url(), &[("NATS_NKEY", &path)]);
+        processes.push((binary, key, path, p));
+    }
+    for (binary, key, path, mut p) in processes {
+        let status = p.wait_exit(Duration::from_secs(15));
+        let logs = p.logs();
+        assert_eq!(status.code(), Some(1), "{binary}: {status:?}\n{logs}");
+        assert!(
+            logs.contains(&format!(
+                "NATS_NKEY: {path} is readable by others (mode 644)"
+            )) && logs.contains(&format!("chmod 600 {path}")),
+            "{binary} names the file and the fix:\n{logs}"
+        );
+        // The same file made private: the service starts and stays up.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut ok = ServiceProcess::start(binary, &nats.url(), &[("NATS_NKEY", &path)]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            ok.try_exit().is_none(),
+            "{binary} with a 0600 key:\n{}",
+            ok.logs()
+        );
+        ok.terminate(Duration::from_secs(10));
+    }
+}
+
+#[tokio::test]
 async fn the_services_run_over_tls_and_a_plain_connection_is_refused() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let nats = NatsServer::start_secured_with(Vec::new(), |dir| {
