@@ -289,6 +289,18 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
         "the server gets no credentials from the environment"
     );
 
+    assert_eq!(
+        strings(&nats["entrypoint"], "nats entrypoint"),
+        [
+            "/bin/sh",
+            "/etc/nats/store-check.sh",
+            "single",
+            store,
+            "--",
+            "nats-server"
+        ],
+        "a cluster node's store is refused before the server starts"
+    );
     let check = strings(&nats["healthcheck"]["test"], "nats healthcheck").join(" ");
     assert!(
         check.contains("wget") && check.contains("/healthz?js-enabled-only=true"),
@@ -436,6 +448,19 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
                 "{node} mounts {source}: {volumes:?}"
             );
         }
+        // A single server's store is refused before the server starts.
+        assert_eq!(
+            strings(&s["entrypoint"], "entrypoint"),
+            [
+                "/bin/sh",
+                "/etc/nats/store-check.sh",
+                "cluster",
+                "/data",
+                "--",
+                "nats-server"
+            ],
+            "{node}"
+        );
         for file in [
             "nats-keys.conf",
             "route.conf",
@@ -566,6 +591,7 @@ fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
         let mut m = set(&[
             (data, "/data"),
             ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
+            ("./deploy/nats/store-check.sh", "/etc/nats/store-check.sh"),
             (
                 "./secrets/nats-keys.conf",
                 "/etc/nats/secrets/nats-keys.conf",
