@@ -198,7 +198,7 @@ pub fn lookup_pairs(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> +
 
 /// `Ok` when only its owner may read `path` (no group or other permission
 /// bits), else what is wrong and the command that fixes it.
-pub fn private_file(path: &std::path::Path) -> Result<(), String> {
+fn private_file(path: &std::path::Path) -> Result<(), String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -332,7 +332,7 @@ fn seed_path(dir: &Path, user: &str) -> PathBuf {
 
 /// The directory is private to its owner, and so is every file in it (mode
 /// 0600): a container reads its mounted file as the files' owner (compose
-/// runs the services as UPR_UID:UPR_GID; the NATS server runs as root).
+/// runs the services as `UPR_UID:UPR_GID`; the NATS server runs as root).
 fn create_dir(dir: &Path) -> Result<(), KeysError> {
     fs::create_dir_all(dir).map_err(|source| KeysError::CreateDir {
         path: dir.to_owned(),

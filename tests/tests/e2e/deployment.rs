@@ -417,6 +417,41 @@ fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy()
     }
 }
 
+/// A cluster node runs the store check in cluster mode and mounts the keys
+/// conf, the route file and the route TLS files.
+fn assert_cluster_node_secrets_and_store_check(node: &str, s: &Yaml) {
+    let volumes = mounts(s);
+    // A single server's store is refused before the server starts.
+    assert_eq!(
+        strings(&s["entrypoint"], "entrypoint"),
+        [
+            "/bin/sh",
+            "/etc/nats/store-check.sh",
+            "cluster",
+            "/data",
+            "--",
+            "nats-server"
+        ],
+        "{node}"
+    );
+    for file in [
+        "nats-keys.conf",
+        "route.conf",
+        "route-tls/ca.pem",
+        "route-tls/route-cert.pem",
+        "route-tls/route-key.pem",
+    ] {
+        assert!(
+            mounts_secret(
+                s,
+                &format!("./secrets/{file}"),
+                &format!("/etc/nats/secrets/{file}")
+            ),
+            "{node} mounts secrets/{file}: {volumes:?}"
+        );
+    }
+}
+
 #[test]
 fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
     let doc = compose("compose.cluster.yaml");
@@ -448,35 +483,7 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
                 "{node} mounts {source}: {volumes:?}"
             );
         }
-        // A single server's store is refused before the server starts.
-        assert_eq!(
-            strings(&s["entrypoint"], "entrypoint"),
-            [
-                "/bin/sh",
-                "/etc/nats/store-check.sh",
-                "cluster",
-                "/data",
-                "--",
-                "nats-server"
-            ],
-            "{node}"
-        );
-        for file in [
-            "nats-keys.conf",
-            "route.conf",
-            "route-tls/ca.pem",
-            "route-tls/route-cert.pem",
-            "route-tls/route-key.pem",
-        ] {
-            assert!(
-                mounts_secret(
-                    s,
-                    &format!("./secrets/{file}"),
-                    &format!("/etc/nats/secrets/{file}")
-                ),
-                "{node} mounts secrets/{file}: {volumes:?}"
-            );
-        }
+        assert_cluster_node_secrets_and_store_check(node, s);
         // The routes, with the route password, come from upr-keys; by
         // default they are exactly these nodes.
         assert!(
@@ -532,14 +539,21 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
     }
 }
 
+/// (source, target) of each mount.
+type Mounts = BTreeSet<(String, String)>;
+
+/// What the checks below read of one service after the overrides.
+#[derive(Default)]
+struct Merged {
+    mounts: Mounts,
+    ports: Vec<String>,
+    user: Option<String>,
+}
+
 /// `overlay`'s services merged onto `base`'s as compose does for the keys
 /// checked here: `volumes` by target (the overlay's wins), `ports` appended,
 /// `user` replaced; services only in the overlay are added.
-fn merged(
-    base: &Yaml,
-    overlay: Option<&Yaml>,
-) -> BTreeMap<String, (BTreeSet<(String, String)>, Vec<String>, Option<String>)> {
-    let mut out = BTreeMap::new();
+fn merged(base: &Yaml, overlay: Option<&Yaml>) -> BTreeMap<String, Merged> {
     let services = |doc: &Yaml| -> Vec<(String, Yaml)> {
         doc["services"]
             .as_hash()
@@ -556,143 +570,150 @@ fn merged(
             .map(|p| p.iter().map(|v| v.as_str().unwrap().to_string()).collect())
             .unwrap_or_default()
     };
-    for (name, service) in services(base) {
-        let mounts: BTreeSet<(String, String)> = mounts(&service).into_iter().collect();
-        let user = service["user"].as_str().map(str::to_string);
-        out.insert(name, (mounts, ports(&service), user));
-    }
-    if let Some(overlay) = overlay {
-        for (name, service) in services(overlay) {
+    let mut out: BTreeMap<String, Merged> = BTreeMap::new();
+    for doc in std::iter::once(base).chain(overlay) {
+        for (name, service) in services(doc) {
             let entry = out.entry(name).or_default();
             for (source, target) in mounts(&service) {
-                entry.0.retain(|(_, t)| *t != target);
-                entry.0.insert((source, target));
+                entry.mounts.retain(|(_, t)| *t != target);
+                entry.mounts.insert((source, target));
             }
-            entry.1.extend(ports(&service));
+            entry.ports.extend(ports(&service));
             if let Some(user) = service["user"].as_str() {
-                entry.2 = Some(user.to_string());
+                entry.user = Some(user.to_string());
             }
         }
     }
     out
 }
 
-#[test]
-fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
-    let base = compose("compose.yaml");
-    let set = |pairs: &[(&str, &str)]| -> BTreeSet<(String, String)> {
-        pairs
-            .iter()
-            .map(|(s, t)| ((*s).to_string(), (*t).to_string()))
-            .collect()
-    };
-    let own_key = |user: &str| set(&[(&format!("./secrets/{user}.nk"), "/etc/upr/nats.nk")]);
-    let node = |data: &str, conf: &str| {
-        let mut m = set(&[
-            (data, "/data"),
-            ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
-            ("./deploy/nats/store-check.sh", "/etc/nats/store-check.sh"),
-            (
-                "./secrets/nats-keys.conf",
-                "/etc/nats/secrets/nats-keys.conf",
-            ),
-        ]);
-        if conf == "cluster" {
-            m.extend(set(&[
-                ("./deploy/nats/cluster.conf", "/etc/nats/cluster.conf"),
-                ("./secrets/route.conf", "/etc/nats/secrets/route.conf"),
-                (
-                    "./secrets/route-tls/ca.pem",
-                    "/etc/nats/secrets/route-tls/ca.pem",
-                ),
-                (
-                    "./secrets/route-tls/route-cert.pem",
-                    "/etc/nats/secrets/route-tls/route-cert.pem",
-                ),
-                (
-                    "./secrets/route-tls/route-key.pem",
-                    "/etc/nats/secrets/route-tls/route-key.pem",
-                ),
-            ]));
+fn mount_set(pairs: &[(&str, &str)]) -> Mounts {
+    pairs
+        .iter()
+        .map(|(s, t)| ((*s).to_string(), (*t).to_string()))
+        .collect()
+}
+
+/// What a NATS container of `layout` (single, cluster, tls) mounts: its
+/// store, its configuration, the store check and the files of ./secrets the
+/// server reads; never a seed or a CA key.
+fn nats_mounts(data: &str, layout: &str) -> Mounts {
+    let mut m = mount_set(&[
+        (data, "/data"),
+        ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
+        ("./deploy/nats/store-check.sh", "/etc/nats/store-check.sh"),
+    ]);
+    let mut secrets = vec!["nats-keys.conf"];
+    match layout {
+        "cluster" => {
+            m.extend(mount_set(&[(
+                "./deploy/nats/cluster.conf",
+                "/etc/nats/cluster.conf",
+            )]));
+            secrets.extend([
+                "route.conf",
+                "route-tls/ca.pem",
+                "route-tls/route-cert.pem",
+                "route-tls/route-key.pem",
+            ]);
         }
-        if conf == "tls" {
-            m.extend(set(&[
-                ("./deploy/nats/tls.conf", "/etc/nats/tls.conf"),
-                (
-                    "./secrets/tls/server-cert.pem",
-                    "/etc/nats/secrets/tls/server-cert.pem",
-                ),
-                (
-                    "./secrets/tls/server-key.pem",
-                    "/etc/nats/secrets/tls/server-key.pem",
-                ),
-            ]));
+        "tls" => {
+            m.extend(mount_set(&[(
+                "./deploy/nats/tls.conf",
+                "/etc/nats/tls.conf",
+            )]));
+            secrets.extend(["tls/server-cert.pem", "tls/server-key.pem"]);
+        }
+        _ => {}
+    }
+    for file in secrets {
+        m.insert((
+            format!("./secrets/{file}"),
+            format!("/etc/nats/secrets/{file}"),
+        ));
+    }
+    m
+}
+
+/// A compose file combination, and each service's expected mounts.
+type Case = (&'static str, Option<Yaml>, Vec<(&'static str, Mounts)>);
+
+fn expected_mounts() -> [Case; 3] {
+    let own_key = |user: &str, ca: bool| {
+        let mut m = mount_set(&[(&format!("./secrets/{user}.nk"), "/etc/upr/nats.nk")]);
+        if ca {
+            m.extend(mount_set(&[("./secrets/tls/ca.pem", "/etc/upr/ca.pem")]));
         }
         m
     };
-    let ca = set(&[("./secrets/tls/ca.pem", "/etc/upr/ca.pem")]);
-    let with_ca = |m: BTreeSet<(String, String)>| m.union(&ca).cloned().collect();
-    let cases: [(&str, Option<Yaml>, Vec<(&str, BTreeSet<(String, String)>)>); 3] = [
+    let services = |ca: bool| {
+        ["ingest", "projection", "notifier"]
+            .into_iter()
+            .map(move |s| (s, own_key(s, ca)))
+    };
+    let keys = ("keys", mount_set(&[("./", "/project")]));
+    [
         (
             "compose.yaml",
             None,
-            vec![
-                ("keys", set(&[("./", "/project")])),
-                ("nats", node("nats-data", "single")),
-                ("ingest", own_key("ingest")),
-                ("projection", own_key("projection")),
-                ("notifier", own_key("notifier")),
-            ],
+            [keys.clone(), ("nats", nats_mounts("nats-data", "single"))]
+                .into_iter()
+                .chain(services(false))
+                .collect(),
         ),
         (
             "compose.yaml + compose.cluster.yaml",
             Some(compose("compose.cluster.yaml")),
-            vec![
-                ("keys", set(&[("./", "/project")])),
-                ("nats", node("nats-data", "cluster")),
-                ("nats-2", node("nats-data-2", "cluster")),
-                ("nats-3", node("nats-data-3", "cluster")),
-                ("ingest", own_key("ingest")),
-                ("projection", own_key("projection")),
-                ("notifier", own_key("notifier")),
-            ],
+            [
+                keys.clone(),
+                ("nats", nats_mounts("nats-data", "cluster")),
+                ("nats-2", nats_mounts("nats-data-2", "cluster")),
+                ("nats-3", nats_mounts("nats-data-3", "cluster")),
+            ]
+            .into_iter()
+            .chain(services(false))
+            .collect(),
         ),
         (
             "compose.yaml + compose.tls.yaml",
             Some(compose("compose.tls.yaml")),
-            vec![
-                ("keys", set(&[("./", "/project")])),
-                ("nats", node("nats-data", "tls")),
-                ("ingest", with_ca(own_key("ingest"))),
-                ("projection", with_ca(own_key("projection"))),
-                ("notifier", with_ca(own_key("notifier"))),
-            ],
+            [keys, ("nats", nats_mounts("nats-data", "tls"))]
+                .into_iter()
+                .chain(services(true))
+                .collect(),
         ),
-    ];
-    for (files, overlay, want) in cases {
+    ]
+}
+
+#[test]
+fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
+    let base = compose("compose.yaml");
+    for (files, overlay, want) in expected_mounts() {
         let got = merged(&base, overlay.as_ref());
+        let mut names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
         assert_eq!(
             got.keys().map(String::as_str).collect::<Vec<_>>(),
-            {
-                let mut names: Vec<&str> = want.iter().map(|(n, _)| *n).collect();
-                names.sort_unstable();
-                names
-            },
+            names,
             "{files}: the services"
         );
         for (service, mounts) in want {
-            assert_eq!(got[service].0, mounts, "{files}: what {service} mounts");
+            let got = &got[service];
+            assert_eq!(got.mounts, mounts, "{files}: what {service} mounts");
             if service.starts_with("nats") {
                 // The server's container never holds a user's seed nor a CA key.
-                for (source, _) in &got[service].0 {
+                for (source, _) in &got.mounts {
+                    let seed = Path::new(source)
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("nk"));
                     assert!(
-                        !source.ends_with(".nk") && !source.contains("ca-key"),
+                        !seed && !source.contains("ca-key"),
                         "{files}: {service} mounts {source}"
                     );
                 }
             } else if service != "keys" {
                 assert_eq!(
-                    got[service].2.as_deref(),
+                    got.user.as_deref(),
                     Some("${UPR_UID:-10001}:${UPR_GID:-10001}"),
                     "{files}: {service} runs as the owner of ./secrets (its key is 0600)"
                 );
@@ -725,7 +746,7 @@ fn every_port_is_on_loopback_monitoring_only_on_one_node_and_each_cluster_node_r
     ] {
         let got = merged(&base, overlay.as_ref());
         let mut client_ports = BTreeSet::new();
-        for (service, (_, ports, _)) in &got {
+        for (service, Merged { ports, .. }) in &got {
             for port in ports {
                 // 127.0.0.1:<host>:<container>; <host> may be ${VAR:-port}.
                 let (host, container) = port
