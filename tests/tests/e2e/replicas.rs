@@ -294,8 +294,12 @@ async fn a_store_made_for_one_layout_is_refused_by_the_other_before_the_server_s
         "{message}"
     );
 
-    // Without the check, the harm is real: the cluster does not see the
-    // old stream, and the owner's setup makes a new, empty one.
+    // Without the check, the services do not catch it: the cluster does
+    // not know the old stream, which node 0 restored on its own, so the
+    // owner's setup never sees a stream with 1 replica to refuse. It creates
+    // an R3 one (holding nothing, or node 0's old message when that node
+    // leads it; both seen) or fails on the half-known store; never the
+    // `replicas: found 1, expected 3` refusal.
     let cluster_store = tempfile::tempdir().unwrap();
     {
         let copy = std::process::Command::new("cp")
@@ -308,16 +312,22 @@ async fn a_store_made_for_one_layout_is_refused_by_the_other_before_the_server_s
     }
     let nodes = cluster_on(cluster_store.path()).await;
     let js = jetstream::new(async_nats::connect(nodes[0].url()).await.unwrap());
-    let mut created = upr_nats::setup::ensure_own_stream(
+    let result = upr_nats::setup::ensure_own_stream(
         &js,
         contract::events_stream(3, contract::DEFAULT_DEDUP_WINDOW),
     )
-    .await
-    .expect("the cluster does not see the old stream");
-    assert_eq!(
-        created.info().await.unwrap().state.messages,
-        0,
-        "a new, empty event log"
+    .await;
+    assert!(
+        !matches!(
+            result,
+            Err(upr_nats::setup::SetupError::Incompatible { .. })
+        ),
+        "the services refuse it themselves: {result:?}"
+    );
+    assert!(
+        nodes[0].log().contains("Restored 1 messages for stream"),
+        "node 0 restored the single server's stream on its own:\n{}",
+        nodes[0].log()
     );
     drop(nodes);
     // That store is now a cluster node's: refused as a single server.
