@@ -101,8 +101,19 @@ impl CommonConfig {
                 .map_err(|e| err(var, &format!("cannot read {}: {e}", path.display())))?;
             Ok(Some(path))
         };
-        let creds = file(NATS_CREDS)?;
-        let nkey = file(NATS_NKEY)?;
+        // A file holding a private key: refused when group or others may
+        // read it, as ssh refuses such a private key. Only a refusal is
+        // seen: a warning scrolls by in a container's log while the key
+        // stays readable.
+        let secret = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
+            let path = file(var)?;
+            if let Some(path) = &path {
+                private_file(path).map_err(|message| err(var, &message))?;
+            }
+            Ok(path)
+        };
+        let creds = secret(NATS_CREDS)?;
+        let nkey = secret(NATS_NKEY)?;
         let user_password = match (env(NATS_USER), env(NATS_PASSWORD)) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -128,7 +139,7 @@ impl CommonConfig {
             ));
         }
         let tls_ca = file(NATS_TLS_CA)?;
-        let tls_client = match (file(NATS_TLS_CERT)?, file(NATS_TLS_KEY)?) {
+        let tls_client = match (file(NATS_TLS_CERT)?, secret(NATS_TLS_KEY)?) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => {
@@ -186,6 +197,31 @@ pub fn lookup_pairs(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> +
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     move |k| map.get(k).cloned()
+}
+
+/// `Ok` when only its owner may read `path` (no group or other permission
+/// bits), else what is wrong and the command that fixes it.
+fn private_file(path: &std::path::Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by others (mode {mode:o}); a key file must be private to its \
+                 owner: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Builds a [`ConfigError`].
@@ -549,6 +585,37 @@ mod tests {
         assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(c.replicas, 1);
         assert!(c.nats.creds.is_none() && c.nats.user_password.is_none());
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_its_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ingest.nk");
+        std::fs::write(&key, "SUAKEY").unwrap();
+        let path = key.to_str().unwrap();
+        for (var, extra) in [
+            ("NATS_NKEY", None),
+            ("NATS_CREDS", None),
+            ("NATS_TLS_KEY", Some(("NATS_TLS_CERT", "Cargo.toml"))),
+        ] {
+            for mode in [0o644, 0o640, 0o604, 0o660] {
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+                let mut pairs = vec![(var, path)];
+                pairs.extend(extra);
+                let e = CommonConfig::from_lookup(&lookup(&pairs)).unwrap_err();
+                assert_eq!(e.var, var, "{mode:o}");
+                assert!(
+                    e.message.contains(path) && e.message.contains("chmod 600"),
+                    "{e}"
+                );
+            }
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let mut pairs = vec![(var, path)];
+            pairs.extend(extra);
+            CommonConfig::from_lookup(&lookup(&pairs))
+                .unwrap_or_else(|e| panic!("{var} at 0600 refused: {e}"));
+        }
     }
 
     #[test]

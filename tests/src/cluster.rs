@@ -20,18 +20,58 @@ use crate::{NatsServer, bin_path, eventually, free_port, secured_config_dir};
 ///
 /// The listen address is in the file, not on the command line: the
 /// server's `--cluster` flag without credentials in its URL clears the
-/// cluster's authorization, and any node could join.
+/// cluster's authorization, and any node could join. The route TLS files
+/// are the installation's (`dir/secrets/route-tls`).
 pub fn cluster_config(
     dir: &Path,
     name: &str,
     listen_port: u16,
     forged: Option<(&str, &[String])>,
 ) -> PathBuf {
+    cluster_config_with(dir, name, listen_port, forged, RouteTls::Installation)
+}
+
+/// What a node's routes use for TLS in [`cluster_config_with`].
+#[derive(Debug, Clone, Copy)]
+pub enum RouteTls<'a> {
+    /// The installation's route CA and certificate, as shipped.
+    Installation,
+    /// No `tls` block: plain-text routes.
+    Plain,
+    /// The `route-tls` directory of another installation (another CA).
+    From(&'a Path),
+}
+
+/// [`cluster_config`] with the route TLS chosen by `tls`.
+pub fn cluster_config_with(
+    dir: &Path,
+    name: &str,
+    listen_port: u16,
+    forged: Option<(&str, &[String])>,
+    tls: RouteTls<'_>,
+) -> PathBuf {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/cluster.conf");
     let text = std::fs::read_to_string(&shipped).expect("read deploy/nats/cluster.conf");
+    let tls_dir = match tls {
+        RouteTls::From(other) => other.to_path_buf(),
+        RouteTls::Installation | RouteTls::Plain => dir.join("secrets/route-tls"),
+    };
     let mut out = String::new();
+    let mut in_tls = false;
     for line in text.lines() {
         let trimmed = line.trim();
+        if matches!(tls, RouteTls::Plain) && (in_tls || trimmed == "tls {") {
+            in_tls = trimmed != "}";
+            continue;
+        }
+        if trimmed.contains("/etc/nats/secrets/route-tls") {
+            out += &line.replace(
+                "/etc/nats/secrets/route-tls",
+                tls_dir.to_str().expect("a UTF-8 path"),
+            );
+            out.push('\n');
+            continue;
+        }
         if trimmed.starts_with("listen:") {
             let _ = writeln!(out, "  listen: 127.0.0.1:{listen_port}");
             continue;

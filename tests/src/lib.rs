@@ -41,7 +41,7 @@ mod server;
 pub mod sse;
 
 pub use app::{READ_MODEL_BUCKETS, Snapshot, TestApp, TestAppBuilder, notifications};
-pub use cluster::{NatsCluster, cluster_config};
+pub use cluster::{NatsCluster, RouteTls, cluster_config, cluster_config_with};
 pub use fixtures::lifecycle_steps;
 pub use process::{ServiceProcess, bin_path, start_services};
 pub use raw::RawClient;

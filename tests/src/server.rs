@@ -281,6 +281,21 @@ impl NatsServer {
         }
     }
 
+    /// SIGSTOP: the server holds every connection open and answers
+    /// nothing, until [`NatsServer::thaw`].
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child, Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`NatsServer::freeze`].
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            signal(child, Signal::SIGCONT);
+        }
+    }
+
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

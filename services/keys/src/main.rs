@@ -13,6 +13,7 @@
 //! upr-keys routes DIR HOST:PORT...  the cluster nodes' route addresses
 //! upr-keys add publisher|reader NAME [--dir DIR]   a new party, its own account
 //! upr-keys remove NAME [--dir DIR]  revoke a party
+//! upr-keys rotate DIR route-tls     a new route CA and route certificate
 //! ```
 //!
 //! Parties (contract V3.1): each person, organisation or program that
@@ -32,6 +33,18 @@
 //! their URLs (`UPR_ROUTES`) for cluster nodes: a node presents only what
 //! its route URLs carry, so the password has to be in them, and the config
 //! language cannot splice a variable into a string.
+//!
+//! `DIR/route-tls/` holds what the routes' TLS needs: `ca.pem`, a CA made for
+//! this installation, and `route-cert.pem` / `route-key.pem`, one route
+//! certificate for every node (the route hosts and loopback as its names),
+//! signed by that CA. The CA's private key exists only while `upr-keys`
+//! signs: it is never written, so nothing that reads the secrets (a node, a
+//! backup) can mint another route certificate. A new node name or a lost key
+//! means a new CA and certificate (`rotate DIR route-tls`, which `routes`
+//! does itself), then a restart of every node.
+//!
+//! Every file is written mode 0600 in a 0700 directory: readable by the
+//! owner only (the services refuse a key file others can read).
 
 use std::fmt::Write as _;
 use std::{
@@ -142,6 +155,13 @@ const DEFAULT_ROUTE_HOSTS: [&str; 3] = ["nats:6222", "nats-2:6222", "nats-3:6222
 /// The file listing the route addresses, one `HOST:PORT` a line.
 const ROUTE_HOSTS: &str = "route.hosts";
 
+/// The directory of the route TLS files, and the name `rotate` takes.
+const ROUTE_TLS: &str = "route-tls";
+
+/// How long a route certificate is valid: re-issued (`rotate DIR
+/// route-tls`) well before then.
+const ROUTE_CERT_DAYS: i64 = 3650;
+
 /// The file the server configuration includes.
 const CONF: &str = "nats-keys.conf";
 
@@ -159,6 +179,11 @@ const AFTER_HELP: &str = "Files in DIR:
   nats-keys.conf   the public keys, included by deploy/nats/nats.conf.
   route.hosts      the cluster nodes' route addresses.
   route.conf       the route password and routes, included by deploy/nats/cluster.conf.
+  route-tls/       ca.pem, route-cert.pem, route-key.pem: TLS on the cluster routes
+                   (the CA's key is not kept; `rotate DIR route-tls` makes new ones).
+
+Every file is mode 0600 in a 0700 directory; the services refuse a key file that
+others can read.
 
 After `rotate`, reload the server configuration (`nats-server --signal reload`, or
 `docker compose kill -s HUP nats`) and restart whatever connects with the old key.";
@@ -184,15 +209,17 @@ enum Command {
     Rotate {
         /// A directory `init` made.
         dir: PathBuf,
-        /// ingest, projection, notifier, gateway, publisher, reader, admin, or route
-        /// for the cluster routes' password.
+        /// ingest, projection, notifier, gateway, publisher, reader, admin, route
+        /// for the cluster routes' password, or route-tls for a new route CA
+        /// and route certificate.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Set the route address of every cluster node.
     ///
     /// Until then the routes are the nodes of compose.cluster.yaml:
-    /// nats:6222 nats-2:6222 nats-3:6222.
+    /// nats:6222 nats-2:6222 nats-3:6222. The route certificate names the
+    /// hosts, so it is issued again (with a new CA): restart every node.
     Routes {
         /// A directory `init` made.
         dir: PathBuf,
@@ -242,8 +269,12 @@ enum KeysError {
     /// A fresh key pair cannot be encoded.
     #[error("cannot encode a new seed: {0}")]
     NewSeed(#[source] nkeys::error::Error),
-    /// `rotate` was given a name that is no user and not `route`.
-    #[error("unknown name {name:?}: expected one of {}, {ROUTE}", USERS.join(", "))]
+    /// A route certificate cannot be made.
+    #[error("cannot make the route certificate: {0}")]
+    Tls(#[source] rcgen::Error),
+    /// `rotate` was given a name that is no user, not `route` and not
+    /// `route-tls`.
+    #[error("unknown name {name:?}: expected one of {}, {ROUTE}, {ROUTE_TLS}", USERS.join(", "))]
     UnknownName { name: String },
     /// `routes` was given something that is not `HOST:PORT`.
     #[error("{host:?} is not HOST:PORT")]
@@ -332,6 +363,24 @@ fn init(dir: &Path) -> Result<String, KeysError> {
                 (Kind::Reader, "reader".to_owned()),
             ],
         )?;
+    }
+    let tls = dir.join(ROUTE_TLS);
+    if tls.join(ROUTE_CERT).exists() {
+        let _ = writeln!(report, "kept    {}", tls.display());
+    } else {
+        issue_route_tls(dir)?;
+        let _ = writeln!(
+            report,
+            "created {} (route CA and certificate)",
+            tls.display()
+        );
+    }
+    // Files an older version left readable by others become private.
+    for path in secret_files(dir)? {
+        if mode_of(&path)? & 0o077 != 0 {
+            set_mode(&path, 0o600)?;
+            let _ = writeln!(report, "made private {}", path.display());
+        }
     }
     write_conf(dir)?;
     let _ = writeln!(
@@ -504,7 +553,7 @@ fn write_parties_conf(dir: &Path) -> Result<(), KeysError> {
         let key = read_seed(&seed_path(dir, &name))?.public_key();
         conf.push_str(&party_account(kind, &name, &key));
     }
-    write_secret(&dir.join(PARTIES_CONF), conf.trim_end())
+    write_public(&dir.join(PARTIES_CONF), conf.trim_end())
 }
 
 /// Replaces the named keys and rewrites the public file.
@@ -512,7 +561,10 @@ fn rotate(dir: &Path, names: &[&str]) -> Result<String, KeysError> {
     initialised(dir)?;
     let mut report = String::new();
     for name in names {
-        let path = if *name == ROUTE {
+        let path = if *name == ROUTE_TLS {
+            issue_route_tls(dir)?;
+            dir.join(ROUTE_TLS)
+        } else if *name == ROUTE {
             let path = dir.join(format!("{ROUTE}.password"));
             write_secret(&path, &new_password())?;
             path
@@ -555,7 +607,12 @@ fn routes(dir: &Path, hosts: &[&str]) -> Result<String, KeysError> {
     initialised(dir)?;
     write_secret(&dir.join(ROUTE_HOSTS), &hosts.join("\n"))?;
     write_conf(dir)?;
-    Ok(format!("wrote    {}\n", dir.join(ROUTE_CONF).display()))
+    issue_route_tls(dir)?;
+    Ok(format!(
+        "wrote    {} and a new {}\nnow restart every node\n",
+        dir.join(ROUTE_CONF).display(),
+        dir.join(ROUTE_TLS).display()
+    ))
 }
 
 /// `rotate` and `routes` change an installation `init` made.
@@ -572,9 +629,9 @@ fn seed_path(dir: &Path, user: &str) -> PathBuf {
     dir.join(format!("{user}.nk"))
 }
 
-/// The directory is private to its owner; the files in it are readable by
-/// others so that a container running as another user can read the one file
-/// mounted into it (a bind-mounted file is reached without the directory).
+/// The directory is private to its owner, and so is every file in it (mode
+/// 0600): a container reads its mounted file as the files' owner (compose
+/// runs the services as `UPR_UID:UPR_GID`; the NATS server runs as root).
 fn create_dir(dir: &Path) -> Result<(), KeysError> {
     fs::create_dir_all(dir).map_err(|source| KeysError::CreateDir {
         path: dir.to_owned(),
@@ -585,12 +642,36 @@ fn create_dir(dir: &Path) -> Result<(), KeysError> {
 
 fn write_secret(path: &Path, text: &str) -> Result<(), KeysError> {
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).map_err(file_error(&tmp))?;
-    set_mode(&tmp, 0o644)?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // Private from the first byte, not after a chmod.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(file_error(&tmp))?;
+    // A leftover file keeps its mode through open: set it.
+    set_mode(&tmp, 0o600)?;
     writeln!(file, "{text}")
         .and_then(|()| file.sync_all())
         .map_err(file_error(&tmp))?;
     fs::rename(&tmp, path).map_err(file_error(path))
+}
+
+/// The two files the NATS server includes (public keys and the parties'
+/// accounts), rewritten in place rather than renamed over: compose mounts
+/// each file on its own, and a single-file bind mount keeps showing the old
+/// file after a rename, so a reload would not see an added or removed
+/// party. Private (0600) like the rest; the server reads them once per
+/// reload, which the operator starts after this command has finished.
+fn write_public(path: &Path, text: &str) -> Result<(), KeysError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(file_error(path))?;
+    set_mode(path, 0o600)?;
+    writeln!(file, "{text}")
+        .and_then(|()| file.sync_all())
+        .map_err(file_error(path))
 }
 
 #[cfg(unix)]
@@ -602,6 +683,94 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), KeysError> {
 #[cfg(not(unix))]
 fn set_mode(_path: &Path, _mode: u32) -> Result<(), KeysError> {
     Ok(())
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> Result<u32, KeysError> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(fs::metadata(path)
+        .map_err(file_error(path))?
+        .permissions()
+        .mode()
+        & 0o777)
+}
+
+#[cfg(not(unix))]
+fn mode_of(_path: &Path) -> Result<u32, KeysError> {
+    Ok(0o600)
+}
+
+/// Every file in `dir` and `dir/route-tls`.
+fn secret_files(dir: &Path) -> Result<Vec<PathBuf>, KeysError> {
+    let mut files = Vec::new();
+    for d in [dir.to_path_buf(), dir.join(ROUTE_TLS)] {
+        if !d.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&d).map_err(file_error(&d))? {
+            let path = entry.map_err(file_error(&d))?.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The route certificate's file in `route-tls/`.
+const ROUTE_CERT: &str = "route-cert.pem";
+
+/// Makes a new CA and, signed by it, one route certificate and key for
+/// every node, named for the route hosts, `localhost` and `127.0.0.1`
+/// (server and client use: a route is both). The CA's key is dropped here.
+fn issue_route_tls(dir: &Path) -> Result<(), KeysError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let hosts_file = dir.join(ROUTE_HOSTS);
+    let hosts = fs::read_to_string(&hosts_file).map_err(file_error(&hosts_file))?;
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    for host in hosts.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let not_before = now - time::Duration::days(1);
+    let not_after = now + time::Duration::days(ROUTE_CERT_DAYS);
+
+    let ca_key = KeyPair::generate().map_err(KeysError::Tls)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(KeysError::Tls)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "UPR Tracker route CA");
+    ca.not_before = not_before;
+    ca.not_after = not_after;
+    let ca_cert = ca.self_signed(&ca_key).map_err(KeysError::Tls)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let key = KeyPair::generate().map_err(KeysError::Tls)?;
+    let mut route = CertificateParams::new(names).map_err(KeysError::Tls)?;
+    route
+        .distinguished_name
+        .push(DnType::CommonName, "UPR Tracker route");
+    route.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    route.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    route.not_before = not_before;
+    route.not_after = not_after;
+    let cert = route.signed_by(&key, &issuer).map_err(KeysError::Tls)?;
+
+    let tls = dir.join(ROUTE_TLS);
+    create_dir(&tls)?;
+    write_secret(&tls.join("route-key.pem"), key.serialize_pem().trim_end())?;
+    write_secret(&tls.join(ROUTE_CERT), cert.pem().trim_end())?;
+    write_secret(&tls.join("ca.pem"), ca_cert.pem().trim_end())
 }
 
 fn new_seed() -> Result<String, KeysError> {
@@ -649,7 +818,7 @@ fn write_conf(dir: &Path) -> Result<(), KeysError> {
         .filter(|l| !l.is_empty())
         .map(|host| format!("\"nats-route://{ROUTE}:{password}@{host}\""))
         .collect();
-    write_secret(&dir.join(CONF), conf.trim_end())?;
+    write_public(&dir.join(CONF), conf.trim_end())?;
     write_secret(
         &dir.join(ROUTE_CONF),
         &format!(
@@ -756,13 +925,53 @@ mod tests {
     }
 
     #[test]
-    fn the_secrets_directory_is_private() {
-        use std::os::unix::fs::PermissionsExt;
+    fn the_secrets_directory_and_every_file_in_it_are_private() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("s");
         init(&dir).unwrap();
-        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        assert_eq!(mode_of(&dir).unwrap(), 0o700);
+        assert_eq!(mode_of(&dir.join(ROUTE_TLS)).unwrap(), 0o700);
+        let files = secret_files(&dir).unwrap();
+        // Six seeds, route.password, route.hosts, two confs, three TLS files.
+        assert_eq!(files.len(), 13, "{files:?}");
+        for path in &files {
+            assert_eq!(mode_of(path).unwrap(), 0o600, "{}", path.display());
+        }
+        // A file an older version wrote 0644 is made private by init.
+        set_mode(&seed_path(&dir, "admin"), 0o644).unwrap();
+        let report = init(&dir).unwrap();
+        assert!(report.contains("made private"), "{report}");
+        assert_eq!(mode_of(&seed_path(&dir, "admin")).unwrap(), 0o600);
+    }
+
+    #[test]
+    fn the_route_ca_key_is_never_written_and_route_tls_is_reissued_on_demand() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        init(&dir).unwrap();
+        let tls = dir.join(ROUTE_TLS);
+        let mut names: Vec<String> = fs::read_dir(&tls)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca.pem", "route-cert.pem", "route-key.pem"]);
+        for file in secret_files(&dir).unwrap() {
+            let text = fs::read_to_string(&file).unwrap();
+            let keys = text.matches("PRIVATE KEY-----").count() / 2;
+            let expected = usize::from(file.ends_with("route-tls/route-key.pem"));
+            assert_eq!(keys, expected, "{}", file.display());
+        }
+        let ca = fs::read_to_string(tls.join("ca.pem")).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+        // Kept by init, replaced by rotate and by routes.
+        init(&dir).unwrap();
+        assert_eq!(fs::read_to_string(tls.join("ca.pem")).unwrap(), ca);
+        rotate(&dir, &[ROUTE_TLS]).unwrap();
+        let rotated = fs::read_to_string(tls.join("ca.pem")).unwrap();
+        assert_ne!(rotated, ca);
+        routes(&dir, &["127.0.0.1:7001"]).unwrap();
+        assert_ne!(fs::read_to_string(tls.join("ca.pem")).unwrap(), rotated);
     }
 
     #[test]

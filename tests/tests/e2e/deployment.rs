@@ -279,16 +279,28 @@ fn compose_runs_nats_with_jetstream_a_volume_the_config_and_a_health_check() {
         "deploy/nats/nats.conf mounted at {conf}: {volumes:?}"
     );
     // nats.conf includes "secrets/nats-keys.conf", relative to itself.
-    let secrets = Path::new(conf).with_file_name("secrets");
+    let keys = Path::new(conf).with_file_name("secrets/nats-keys.conf");
     assert!(
-        mounts_secret(nats, "./secrets", secrets.to_str().unwrap()),
-        "./secrets mounted beside the config, read-only, never created empty: {volumes:?}"
+        mounts_secret(nats, "./secrets/nats-keys.conf", keys.to_str().unwrap()),
+        "the public keys mounted beside the config, read-only, never created empty: {volumes:?}"
     );
     assert!(
         nats["environment"].is_badvalue(),
         "the server gets no credentials from the environment"
     );
 
+    assert_eq!(
+        strings(&nats["entrypoint"], "nats entrypoint"),
+        [
+            "/bin/sh",
+            "/etc/nats/store-check.sh",
+            "single",
+            store,
+            "--",
+            "nats-server"
+        ],
+        "a cluster node's store is refused before the server starts"
+    );
     let check = strings(&nats["healthcheck"]["test"], "nats healthcheck").join(" ");
     assert!(
         check.contains("wget") && check.contains("/healthz?js-enabled-only=true"),
@@ -406,6 +418,41 @@ fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy()
     }
 }
 
+/// A cluster node runs the store check in cluster mode and mounts the keys
+/// conf, the route file and the route TLS files.
+fn assert_cluster_node_secrets_and_store_check(node: &str, s: &Yaml) {
+    let volumes = mounts(s);
+    // A single server's store is refused before the server starts.
+    assert_eq!(
+        strings(&s["entrypoint"], "entrypoint"),
+        [
+            "/bin/sh",
+            "/etc/nats/store-check.sh",
+            "cluster",
+            "/data",
+            "--",
+            "nats-server"
+        ],
+        "{node}"
+    );
+    for file in [
+        "nats-keys.conf",
+        "route.conf",
+        "route-tls/ca.pem",
+        "route-tls/route-cert.pem",
+        "route-tls/route-key.pem",
+    ] {
+        assert!(
+            mounts_secret(
+                s,
+                &format!("./secrets/{file}"),
+                &format!("/etc/nats/secrets/{file}")
+            ),
+            "{node} mounts secrets/{file}: {volumes:?}"
+        );
+    }
+}
+
 #[test]
 fn compose_publishes_the_gateway_on_the_hosts_loopback_only() {
     let doc = compose("compose.yaml");
@@ -453,10 +500,7 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
                 "{node} mounts {source}: {volumes:?}"
             );
         }
-        assert!(
-            mounts_secret(s, "./secrets", "/etc/nats/secrets"),
-            "{node} mounts the secrets: {volumes:?}"
-        );
+        assert_cluster_node_secrets_and_store_check(node, s);
         // The routes, with the route password, come from upr-keys; by
         // default they are exactly these nodes.
         assert!(
@@ -509,6 +553,246 @@ fn cluster_profile_runs_three_routed_nodes_and_three_replicas() {
                 "{service} waits for {node}"
             );
         }
+    }
+}
+
+/// (source, target) of each mount.
+type Mounts = BTreeSet<(String, String)>;
+
+/// What the checks below read of one service after the overrides.
+#[derive(Default)]
+struct Merged {
+    mounts: Mounts,
+    ports: Vec<String>,
+    user: Option<String>,
+}
+
+/// `overlay`'s services merged onto `base`'s as compose does for the keys
+/// checked here: `volumes` by target (the overlay's wins), `ports` appended,
+/// `user` replaced; services only in the overlay are added.
+fn merged(base: &Yaml, overlay: Option<&Yaml>) -> BTreeMap<String, Merged> {
+    let services = |doc: &Yaml| -> Vec<(String, Yaml)> {
+        doc["services"]
+            .as_hash()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ports = |s: &Yaml| -> Vec<String> {
+        s["ports"]
+            .as_vec()
+            .map(|p| p.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut out: BTreeMap<String, Merged> = BTreeMap::new();
+    for doc in std::iter::once(base).chain(overlay) {
+        for (name, service) in services(doc) {
+            let entry = out.entry(name).or_default();
+            for (source, target) in mounts(&service) {
+                entry.mounts.retain(|(_, t)| *t != target);
+                entry.mounts.insert((source, target));
+            }
+            entry.ports.extend(ports(&service));
+            if let Some(user) = service["user"].as_str() {
+                entry.user = Some(user.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn mount_set(pairs: &[(&str, &str)]) -> Mounts {
+    pairs
+        .iter()
+        .map(|(s, t)| ((*s).to_string(), (*t).to_string()))
+        .collect()
+}
+
+/// What a NATS container of `layout` (single, cluster, tls) mounts: its
+/// store, its configuration, the store check and the files of ./secrets the
+/// server reads; never a seed or a CA key.
+fn nats_mounts(data: &str, layout: &str) -> Mounts {
+    let mut m = mount_set(&[
+        (data, "/data"),
+        ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
+        ("./deploy/nats/store-check.sh", "/etc/nats/store-check.sh"),
+    ]);
+    let mut secrets = vec!["nats-keys.conf"];
+    match layout {
+        "cluster" => {
+            m.extend(mount_set(&[(
+                "./deploy/nats/cluster.conf",
+                "/etc/nats/cluster.conf",
+            )]));
+            secrets.extend([
+                "route.conf",
+                "route-tls/ca.pem",
+                "route-tls/route-cert.pem",
+                "route-tls/route-key.pem",
+            ]);
+        }
+        "tls" => {
+            m.extend(mount_set(&[(
+                "./deploy/nats/tls.conf",
+                "/etc/nats/tls.conf",
+            )]));
+            secrets.extend(["tls/server-cert.pem", "tls/server-key.pem"]);
+        }
+        _ => {}
+    }
+    for file in secrets {
+        m.insert((
+            format!("./secrets/{file}"),
+            format!("/etc/nats/secrets/{file}"),
+        ));
+    }
+    m
+}
+
+/// A compose file combination, and what its NATS nodes mount.
+type Case = (&'static str, Option<Yaml>, Vec<(&'static str, Mounts)>);
+
+fn nats_cases() -> [Case; 3] {
+    [
+        (
+            "compose.yaml",
+            None,
+            vec![("nats", nats_mounts("nats-data", "single"))],
+        ),
+        (
+            "compose.yaml + compose.cluster.yaml",
+            Some(compose("compose.cluster.yaml")),
+            vec![
+                ("nats", nats_mounts("nats-data", "cluster")),
+                ("nats-2", nats_mounts("nats-data-2", "cluster")),
+                ("nats-3", nats_mounts("nats-data-3", "cluster")),
+            ],
+        ),
+        (
+            "compose.yaml + compose.tls.yaml",
+            Some(compose("compose.tls.yaml")),
+            vec![("nats", nats_mounts("nats-data", "tls"))],
+        ),
+    ]
+}
+
+/// Every NATS node mounts exactly what the server reads; `keys` the
+/// project; every other service exactly its own key (`./secrets/<service>.nk`,
+/// a service added later included) and, under TLS, the CA certificate.
+#[test]
+fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
+    let base = compose("compose.yaml");
+    for (files, overlay, nodes) in nats_cases() {
+        let got = merged(&base, overlay.as_ref());
+        let tls = files.contains("tls");
+        let mut node_names: Vec<&str> = got
+            .keys()
+            .map(String::as_str)
+            .filter(|n| n.starts_with("nats"))
+            .collect();
+        node_names.sort_unstable();
+        assert_eq!(
+            node_names,
+            nodes.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            "{files}: the NATS nodes"
+        );
+        for (service, got) in &got {
+            let want = if let Some((_, m)) = nodes.iter().find(|(n, _)| n == service) {
+                m.clone()
+            } else if service == "keys" {
+                mount_set(&[("./", "/project")])
+            } else {
+                let mut m = mount_set(&[(&format!("./secrets/{service}.nk"), "/etc/upr/nats.nk")]);
+                if tls {
+                    m.extend(mount_set(&[("./secrets/tls/ca.pem", "/etc/upr/ca.pem")]));
+                }
+                m
+            };
+            assert_eq!(got.mounts, want, "{files}: what {service} mounts");
+            if service.starts_with("nats") {
+                // The server's container never holds a user's seed nor a CA key.
+                for (source, _) in &got.mounts {
+                    let seed = Path::new(source)
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("nk"));
+                    assert!(
+                        !seed && !source.contains("ca-key"),
+                        "{files}: {service} mounts {source}"
+                    );
+                }
+            } else if service != "keys" {
+                assert_eq!(
+                    got.user.as_deref(),
+                    Some("${UPR_UID:-10001}:${UPR_GID:-10001}"),
+                    "{files}: {service} runs as the owner of ./secrets (its key is 0600)"
+                );
+            }
+        }
+        for service in ["keys", "ingest", "projection", "notifier"] {
+            assert!(got.contains_key(service), "{files}: {service}");
+        }
+    }
+    // The build context holds no keys, and no run state.
+    let ignore = read(".dockerignore");
+    for entry in ["secrets/", ".run/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == entry),
+            ".dockerignore excludes {entry}"
+        );
+    }
+}
+
+#[test]
+fn every_port_is_on_loopback_monitoring_only_on_one_node_and_each_cluster_node_reachable() {
+    let base = compose("compose.yaml");
+    for (files, overlay) in [
+        ("compose.yaml", None),
+        (
+            "compose.yaml + compose.cluster.yaml",
+            Some(compose("compose.cluster.yaml")),
+        ),
+        (
+            "compose.yaml + compose.tls.yaml",
+            Some(compose("compose.tls.yaml")),
+        ),
+    ] {
+        let got = merged(&base, overlay.as_ref());
+        let mut client_ports = BTreeSet::new();
+        for (service, Merged { ports, .. }) in &got {
+            for port in ports {
+                // 127.0.0.1:<host>:<container>; <host> may be ${VAR:-port}.
+                let (host, container) = port
+                    .strip_prefix("127.0.0.1:")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                    .unwrap_or_else(|| {
+                        panic!("{files}: {service} publishes {port} beyond loopback")
+                    });
+                let parts = ["127.0.0.1", host, container];
+                match parts[2] {
+                    "4222" => assert!(
+                        client_ports.insert(parts[1].to_string()),
+                        "{files}: {port} twice"
+                    ),
+                    // Monitoring is plain HTTP without authentication.
+                    "8222" => assert_eq!(
+                        (service.as_str(), parts[1]),
+                        ("nats", "${NATS_MONITOR_PORT:-8222}"),
+                        "{files}: monitoring published only by nats, on loopback"
+                    ),
+                    // Anything else (an HTTP port) is on loopback too.
+                    _ => {}
+                }
+            }
+        }
+        let nodes = got.keys().filter(|s| s.starts_with("nats")).count();
+        assert_eq!(
+            client_ports.len(),
+            nodes,
+            "{files}: every node's client port is published once: {client_ports:?}"
+        );
     }
 }
 

@@ -204,3 +204,28 @@ async fn a_port_taken_before_the_server_binds_it_is_chosen_again() {
     let client = nats.client().await;
     client.flush().await.expect("the server answers");
 }
+
+#[tokio::test]
+async fn every_service_stops_on_sigterm_within_its_grace_period_while_nats_answers_nothing() {
+    // What compose grants (stop_grace_period: 30s) with a margin: a service
+    // whose consumer reads, acks and drain all hang must still exit, not
+    // wait for SIGKILL (the redteam saw a projection killed, exit 137).
+    const WITHIN: Duration = Duration::from_secs(25);
+    let mut app = TestApp::builder().all().start().await;
+    app.nats().freeze();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut stopped = Vec::new();
+    for name in [services::INGEST, services::PROJECTION, services::NOTIFIER] {
+        let started = std::time::Instant::now();
+        let p = app.service_mut(name);
+        let status = p.terminate(WITHIN);
+        stopped.push((name, started.elapsed(), status, p.logs()));
+    }
+    app.nats().thaw();
+    for (name, took, status, logs) in stopped {
+        assert!(
+            took < WITHIN && status.code().is_some(),
+            "{name} took {took:?} ({status:?}) to stop on SIGTERM while NATS hung:\n{logs}"
+        );
+    }
+}

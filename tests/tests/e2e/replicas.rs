@@ -189,3 +189,159 @@ async fn a_refusal_decided_on_a_stale_cache_is_decided_again_on_the_log() {
     assert_eq!(reply["ok"], false, "{reply}");
     assert_eq!(reply["error"]["code"], "conflict", "{reply}");
 }
+
+/// Three plain nodes on loopback; node 0 on `store` (the others on their
+/// own), joined by routes, with a meta leader elected.
+async fn cluster_on(store: &std::path::Path) -> Vec<NatsServer> {
+    let client_ports: Vec<u16> = (0..3).map(|_| upr_tests::free_port()).collect();
+    let cluster_ports: Vec<u16> = (0..3).map(|_| upr_tests::free_port()).collect();
+    let routes = cluster_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<NatsServer> = (0..3)
+        .map(|i| {
+            let mut args: Vec<String> = [
+                "--server_name",
+                &format!("n{i}"),
+                "--cluster_name",
+                "upr",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                "--routes",
+                &routes,
+            ]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+            if i == 0 {
+                args.extend(["-sd".to_string(), store.display().to_string()]);
+            }
+            NatsServer::start_on(client_ports[i], None, args, &[])
+        })
+        .collect();
+    let client = async_nats::connect(nodes[1].url()).await.unwrap();
+    eventually(Duration::from_secs(30), "a JetStream meta leader", || {
+        let client = client.clone();
+        async move {
+            let reply = client.request("$JS.API.INFO", "".into()).await.ok()?;
+            let info: Value = serde_json::from_slice(&reply.payload).ok()?;
+            info.get("error").is_none().then_some(())
+        }
+    })
+    .await;
+    nodes
+}
+
+/// Runs deploy/nats/store-check.sh (what the compose nodes run before
+/// nats-server) in `mode` on `store`; its exit status and stderr.
+fn store_check(mode: &str, store: &std::path::Path) -> (bool, String) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/store-check.sh");
+    let out = std::process::Command::new("sh")
+        .arg(script)
+        .args([mode, store.to_str().unwrap(), "--", "true"])
+        .output()
+        .expect("run store-check.sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_store_made_for_one_layout_is_refused_by_the_other_before_the_server_starts() {
+    // What the redteam saw without the check: a cluster node on a single
+    // server's store restores the old UPR_EVENTS on itself only, the
+    // cluster does not know it, and ingest's setup creates a new, empty R3
+    // stream beside it instead of refusing.
+    let single_store = tempfile::tempdir().unwrap();
+    assert!(
+        store_check("single", single_store.path()).0,
+        "an empty store"
+    );
+    assert!(
+        store_check("cluster", single_store.path()).0,
+        "an empty store"
+    );
+    let single = NatsServer::start_on(
+        upr_tests::free_port(),
+        None,
+        vec!["-sd".into(), single_store.path().display().to_string()],
+        &[],
+    );
+    let js = jetstream::new(async_nats::connect(single.url()).await.unwrap());
+    upr_nats::setup::ensure_own_stream(
+        &js,
+        contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .unwrap();
+    js.publish("upr.events.KZ.48.review_scheduled", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    drop(single);
+    assert!(
+        store_check("single", single_store.path()).0,
+        "the same layout starts"
+    );
+    let (ok, message) = store_check("cluster", single_store.path());
+    assert!(!ok, "a single server's store started as a cluster node");
+    assert!(
+        message.contains("made by a single server (streams: UPR_EVENTS")
+            && message.contains("starts as a cluster node")
+            && message.contains("nats stream backup"),
+        "{message}"
+    );
+
+    // Without the check, the services do not catch it: the cluster does
+    // not know the old stream, which node 0 restored on its own, so the
+    // owner's setup never sees a stream with 1 replica to refuse. It creates
+    // an R3 one (holding nothing, or node 0's old message when that node
+    // leads it; both seen) or fails on the half-known store; never the
+    // `replicas: found 1, expected 3` refusal.
+    let cluster_store = tempfile::tempdir().unwrap();
+    {
+        let copy = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", single_store.path().display()))
+            .arg(cluster_store.path())
+            .status()
+            .unwrap();
+        assert!(copy.success());
+    }
+    let nodes = cluster_on(cluster_store.path()).await;
+    let js = jetstream::new(async_nats::connect(nodes[0].url()).await.unwrap());
+    let result = upr_nats::setup::ensure_own_stream(
+        &js,
+        contract::events_stream(3, contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await;
+    assert!(
+        !matches!(
+            result,
+            Err(upr_nats::setup::SetupError::Incompatible { .. })
+        ),
+        "the services refuse it themselves: {result:?}"
+    );
+    assert!(
+        nodes[0].log().contains("Restored 1 messages for stream"),
+        "node 0 restored the single server's stream on its own:\n{}",
+        nodes[0].log()
+    );
+    drop(nodes);
+    // That store is now a cluster node's: refused as a single server.
+    let (ok, message) = store_check("single", cluster_store.path());
+    assert!(!ok, "a cluster node's store started as a single server");
+    assert!(
+        message.contains("made by a cluster node") && message.contains("starts as a single server"),
+        "{message}"
+    );
+    assert!(
+        store_check("cluster", cluster_store.path()).0,
+        "the same layout starts"
+    );
+}

@@ -14,7 +14,8 @@ use async_nats::{
 use futures::StreamExt;
 use serde_json::{Value, json};
 use upr_tests::{
-    NatsCluster, NatsServer, ServiceProcess, cluster_config, eventually, free_port, start_services,
+    NatsCluster, NatsServer, RouteTls, ServiceProcess, cluster_config, cluster_config_with,
+    eventually, free_port, secured_config_dir, start_services,
 };
 
 /// Every stream of the service account: the event log, the rejected log, the
@@ -624,6 +625,190 @@ async fn cluster_routes_admit_only_nodes_with_the_route_password() {
             b"forged",
             "a node without the route password reached the cluster"
         );
+    }
+}
+
+/// Publishes `forged` on `rogue` for a second and checks that `heard` (a
+/// reader of the cluster) never gets it.
+async fn assert_rogue_unheard(
+    rogue: &NatsServer,
+    seed: &std::path::Path,
+    heard: &mut async_nats::Subscriber,
+    why: &str,
+) {
+    let forger = NatsServer::options_from(seed)
+        .connect(rogue.url())
+        .await
+        .expect("the notifier's key works on the rogue node");
+    for _ in 0..10 {
+        forger
+            .publish("upr.notify.reminder.KZ", "forged".into())
+            .await
+            .unwrap();
+        forger.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), heard.next()).await {
+        assert_ne!(m.payload.as_ref(), b"forged", "{why}");
+    }
+}
+
+#[tokio::test]
+async fn cluster_routes_are_tls_and_refuse_a_plain_node_and_a_node_of_another_ca() {
+    // The shipped cluster.conf: routes with the route password and TLS
+    // (certificates from upr-keys). The cluster forms: an R3 stream needs
+    // all three nodes.
+    let cluster = NatsCluster::start_secured(3).await;
+    let admin = cluster.client_as("admin").await;
+    upr_nats::setup::ensure_own_stream(
+        &jetstream::new(admin),
+        upr_nats::contract::events_stream(3, upr_nats::contract::DEFAULT_DEDUP_WINDOW),
+    )
+    .await
+    .expect("an R3 stream over TLS routes");
+    for i in 0..3 {
+        let log = cluster.node(i).log();
+        assert!(
+            !log.contains("TLS route handshake error"),
+            "node {i}: the installation's own routes fail TLS:\n{log}"
+        );
+    }
+    let reader = NatsServer::options_from(&cluster.seed_file("reader"))
+        .connect(cluster.node(0).url())
+        .await
+        .unwrap();
+    let mut heard = reader.subscribe("upr.notify.>").await.unwrap();
+    reader.flush().await.unwrap();
+
+    // Both rogues know the route password (read off a plain-text route
+    // before this fix, or from a leaked file): only TLS keeps them out.
+    let dir = cluster.secured_dir();
+    let password = std::fs::read_to_string(dir.join("secrets/route.password")).unwrap();
+    let forged = Some((password.trim(), cluster.routes()));
+    let seed = cluster.seed_file("notifier");
+    let failures = || {
+        (0..3)
+            .map(|i| {
+                cluster
+                    .node(i)
+                    .log()
+                    .matches("TLS route handshake error")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+
+    // 1. Plain-text routes, the right password.
+    let before = failures();
+    let plain = NatsServer::start_on(
+        free_port(),
+        Some(cluster_config_with(
+            dir,
+            "plain.conf",
+            free_port(),
+            forged,
+            RouteTls::Plain,
+        )),
+        vec!["--server_name".into(), "plain".into()],
+        &[],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the cluster to refuse the plain-text routes",
+        || async { (failures() > before).then_some(()) },
+    )
+    .await;
+    assert_rogue_unheard(
+        &plain,
+        &seed,
+        &mut heard,
+        "a node with plain-text routes joined the cluster",
+    )
+    .await;
+
+    // 2. TLS with a certificate of another installation's CA, the right
+    // password.
+    let other = secured_config_dir();
+    let before = failures();
+    let foreign = NatsServer::start_on(
+        free_port(),
+        Some(cluster_config_with(
+            dir,
+            "foreign.conf",
+            free_port(),
+            forged,
+            RouteTls::From(&other.path().join("secrets/route-tls")),
+        )),
+        vec!["--server_name".into(), "foreign".into()],
+        &[],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the cluster to refuse the other CA's certificate",
+        || async { (failures() > before).then_some(()) },
+    )
+    .await;
+    assert_rogue_unheard(
+        &foreign,
+        &seed,
+        &mut heard,
+        "a node with another CA's route certificate joined the cluster",
+    )
+    .await;
+    // No node counts either rogue as a route (a node's name is only known
+    // once its route is up).
+    for i in 0..3 {
+        let log = cluster.node(i).log();
+        for name in ["plain", "foreign"] {
+            assert!(
+                !log.contains(&format!("Remote: {name}")),
+                "node {i} routed to {name}:\n{log}"
+            );
+        }
+    }
+    drop((plain, foreign));
+}
+
+#[tokio::test]
+async fn a_service_refuses_a_key_file_that_others_can_read_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let nats = NatsServer::start_secured();
+    let dir = tempfile::tempdir().unwrap();
+    let mut processes = Vec::new();
+    for binary in [
+        upr_nats::contract::services::INGEST,
+        upr_nats::contract::services::PROJECTION,
+        upr_nats::contract::services::NOTIFIER,
+    ] {
+        let user = binary.trim_start_matches("upr-");
+        let key = dir.path().join(format!("{user}.nk"));
+        std::fs::copy(nats.seed_file(user), &key).unwrap();
+        // What upr-keys wrote before it made every file 0600.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = key.to_str().unwrap().to_string();
+        let p = ServiceProcess::start(binary, &nats.url(), &[("NATS_NKEY", &path)]);
+        processes.push((binary, key, path, p));
+    }
+    for (binary, key, path, mut p) in processes {
+        let status = p.wait_exit(Duration::from_secs(15));
+        let logs = p.logs();
+        assert_eq!(status.code(), Some(1), "{binary}: {status:?}\n{logs}");
+        assert!(
+            logs.contains(&format!(
+                "NATS_NKEY: {path} is readable by others (mode 644)"
+            )) && logs.contains(&format!("chmod 600 {path}")),
+            "{binary} names the file and the fix:\n{logs}"
+        );
+        // The same file made private: the service starts and stays up.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut ok = ServiceProcess::start(binary, &nats.url(), &[("NATS_NKEY", &path)]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            ok.try_exit().is_none(),
+            "{binary} with a 0600 key:\n{}",
+            ok.logs()
+        );
+        ok.terminate(Duration::from_secs(10));
     }
 }
 
