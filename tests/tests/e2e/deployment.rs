@@ -620,7 +620,7 @@ fn nats_mounts(data: &str, layout: &str) -> Mounts {
         ("./deploy/nats/nats.conf", "/etc/nats/nats.conf"),
         ("./deploy/nats/store-check.sh", "/etc/nats/store-check.sh"),
     ]);
-    let mut secrets = vec!["nats-keys.conf"];
+    let mut secrets = vec!["nats-keys.conf", "parties.conf"];
     match layout {
         "cluster" => {
             m.extend(mount_set(&[(
