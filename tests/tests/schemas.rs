@@ -12,6 +12,8 @@
 //!   and notices built by the real domain code validate.
 //! - The AsyncAPI document is valid AsyncAPI 3.0.0, its payloads point at the
 //!   schema files, and it names every subject of `contract.rs`.
+//! - Every notification shown in README.md and docs/*.md validates against
+//!   its kind's schema, or, abridged, still shows every required field.
 
 #![allow(
     clippy::unwrap_used,
@@ -927,4 +929,146 @@ fn every_subject_of_the_contract_is_in_the_asyncapi_document() {
             subjects::ingest(ty)
         );
     }
+}
+
+// ---- notification samples in the documentation ------------------------------
+
+/// The notification kinds, each with its schema `notifications/<kind>.json`.
+const NOTIFICATION_KINDS: &[&str] = &["reminder", "rescheduled", "cancelled", "corrected"];
+
+/// Every JSON sample of README.md and docs/*.md, with where it is: each
+/// ```json block (whole, or line by line when it is JSON Lines) and each
+/// comment line under a command that shows an object (from its first `{`).
+fn doc_samples() -> Vec<(String, String)> {
+    let mut pages = vec![repo().join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    let mut out = Vec::new();
+    for page in pages {
+        let name = page.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&page).unwrap();
+        let mut fence: Option<(String, usize, Vec<&str>)> = None;
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if let Some(lang) = trimmed.strip_prefix("```") {
+                match fence.take() {
+                    None => fence = Some((lang.trim().to_owned(), i + 1, Vec::new())),
+                    Some((lang, start, body)) => {
+                        if lang == "json" {
+                            let whole = body.join("\n");
+                            if serde_json::from_str::<Value>(&whole).is_ok() {
+                                out.push((format!("{name}:{start}"), whole));
+                            } else {
+                                for (n, l) in body.iter().enumerate() {
+                                    if !l.trim().is_empty() {
+                                        out.push((
+                                            format!("{name}:{}", start + n + 1),
+                                            (*l).to_owned(),
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            if let Some((lang, _, body)) = &mut fence {
+                if lang == "json" {
+                    body.push(line);
+                } else if let Some(comment) = trimmed.strip_prefix('#')
+                    && let Some(at) = comment.find('{')
+                {
+                    out.push((format!("{name}:{}", i + 1), comment[at..].trim().to_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A sample's text with its string literals taken out, so what is left
+/// shows whether fields were elided (a bare `…`).
+fn outside_strings(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every notification the documentation shows is what the notifier sends:
+/// a complete sample validates against its kind's schema, and an abridged
+/// one (a value written `"…"`) still shows every field the schema requires;
+/// one that says it leaves fields out (a bare `…`) is not checked.
+#[test]
+fn every_notification_sample_in_the_docs_matches_its_schema() {
+    let schemas = Schemas::load();
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (at, sample) in doc_samples() {
+        let kind = NOTIFICATION_KINDS.iter().find(|k| {
+            let compact: String = sample.split_whitespace().collect();
+            compact.contains(&format!("\"kind\":\"{k}\""))
+        });
+        let Some(kind) = kind else { continue };
+        let path = format!("notifications/{kind}.json");
+        checked += 1;
+        if outside_strings(&sample).contains('…') {
+            // Says it leaves fields out.
+            continue;
+        }
+        if sample.contains('…') {
+            // Abridged: every required field is still shown.
+            let schema = read_json(&repo().join("docs/schemas").join(&path));
+            let missing: Vec<&str> = schema["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|key| !sample.contains(&format!("\"{key}\"")))
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "{at}: a {kind} sample without {missing:?} (required by {path}); show them, `…` for a value that varies"
+                ));
+            }
+            continue;
+        }
+        match serde_json::from_str::<Value>(&sample) {
+            Ok(value) => {
+                let errors = schemas.errors(&path, &value);
+                if !errors.is_empty() {
+                    problems.push(format!(
+                        "{at}: does not validate against {path}: {errors:?}"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{at}: a {kind} sample that is not JSON: {e}")),
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(
+        checked >= 8,
+        "only {checked} notification samples found in the docs"
+    );
 }
