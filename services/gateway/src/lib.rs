@@ -167,6 +167,8 @@ pub struct App {
     listener: TcpListener,
     state: http::AppState,
     max_requests: usize,
+    /// Connections served at once: see [`server::max_connections`].
+    max_connections: usize,
     live: Live,
 }
 
@@ -200,13 +202,18 @@ impl App {
         })?;
         let client = upr_nats::setup::connect(&config.common.nats, services::GATEWAY).await?;
         info!(addr = %listener.local_addr()?, "HTTP listening");
-        let state = http::AppState::new(client.clone());
+        let mut state = http::AppState::new(client.clone());
+        let max_connections =
+            server::max_connections(config.max_requests, config.notifications.sse_max_clients);
         let live = Live::start(&state, config.notifications)?;
+        state.webhooks = live.webhooks.metrics();
+        state.events = Some(live.hub.clone());
         Ok(Self {
             client,
             listener,
             state,
             max_requests: config.max_requests,
+            max_connections,
             live,
         })
     }
@@ -235,7 +242,7 @@ impl App {
             shutdown.await;
             let _ = stop.send(true);
         };
-        server::serve(self.listener, router, shutdown).await;
+        server::serve(self.listener, router, self.max_connections, shutdown).await;
         self.live.stopped().await;
         self.client.drain().await?;
         Ok(())
