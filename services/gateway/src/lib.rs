@@ -88,7 +88,8 @@ impl NotificationsConfig {
                 &format!("must be a whole number from 1 to 100000, got {text:?}"),
             ));
         };
-        let webhooks = match lookup(env::UPR_WEBHOOKS) {
+        // Empty is unset: compose passes `${UPR_WEBHOOKS:-}` on as it is.
+        let webhooks = match lookup(env::UPR_WEBHOOKS).filter(|p| !p.trim().is_empty()) {
             None => Vec::new(),
             Some(path) => webhooks::config::load(std::path::Path::new(path.trim()))
                 .map_err(|e| config::err(env::UPR_WEBHOOKS, &e))?,
@@ -313,6 +314,9 @@ mod tests {
         assert_eq!(c.notifications.sse_max_clients, 1000);
         assert!(c.notifications.webhooks.is_empty());
         assert_eq!(c.notifications.webhook_retry_max, Duration::from_secs(300));
+        // Compose passes an unset UPR_WEBHOOKS on as empty: no webhooks.
+        let c = Config::from_lookup(&lookup(&[("UPR_WEBHOOKS", " ")])).unwrap();
+        assert!(c.notifications.webhooks.is_empty());
     }
 
     #[test]
