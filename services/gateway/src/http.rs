@@ -18,7 +18,7 @@ use serde_json::json;
 use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 use upr_domain::{ErrorCode, RejectError};
 
-use crate::{api, calendar, metrics::Metrics, ops, pages};
+use crate::{api, calendar, events, metrics::Metrics, ops, pages, webhooks};
 
 /// What every handler shares. Cheap to clone: the NATS client and the
 /// JetStream context are handles to one connection.
@@ -32,6 +32,12 @@ pub struct AppState {
     pub js: jetstream::Context,
     /// The request counters and latency histogram of `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The webhook counters per subscription, for `/metrics` (none until
+    /// the deliveries start).
+    pub webhooks: webhooks::Metrics,
+    /// The `/events` hub, for `/metrics` to count its open streams (`None`
+    /// until the live feed starts).
+    pub events: Option<events::Hub>,
 }
 
 impl AppState {
@@ -42,6 +48,8 @@ impl AppState {
             nats,
             js,
             metrics: Arc::default(),
+            webhooks: webhooks::Metrics::default(),
+            events: None,
         }
     }
 }

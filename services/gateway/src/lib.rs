@@ -88,7 +88,8 @@ impl NotificationsConfig {
                 &format!("must be a whole number from 1 to 100000, got {text:?}"),
             ));
         };
-        let webhooks = match lookup(env::UPR_WEBHOOKS) {
+        // Empty is unset: compose passes `${UPR_WEBHOOKS:-}` on as it is.
+        let webhooks = match lookup(env::UPR_WEBHOOKS).filter(|p| !p.trim().is_empty()) {
             None => Vec::new(),
             Some(path) => webhooks::config::load(std::path::Path::new(path.trim()))
                 .map_err(|e| config::err(env::UPR_WEBHOOKS, &e))?,
@@ -167,6 +168,8 @@ pub struct App {
     listener: TcpListener,
     state: http::AppState,
     max_requests: usize,
+    /// Connections served at once: see [`server::max_connections`].
+    max_connections: usize,
     live: Live,
 }
 
@@ -200,13 +203,18 @@ impl App {
         })?;
         let client = upr_nats::setup::connect(&config.common.nats, services::GATEWAY).await?;
         info!(addr = %listener.local_addr()?, "HTTP listening");
-        let state = http::AppState::new(client.clone());
+        let mut state = http::AppState::new(client.clone());
+        let max_connections =
+            server::max_connections(config.max_requests, config.notifications.sse_max_clients);
         let live = Live::start(&state, config.notifications)?;
+        state.webhooks = live.webhooks.metrics();
+        state.events = Some(live.hub.clone());
         Ok(Self {
             client,
             listener,
             state,
             max_requests: config.max_requests,
+            max_connections,
             live,
         })
     }
@@ -235,7 +243,7 @@ impl App {
             shutdown.await;
             let _ = stop.send(true);
         };
-        server::serve(self.listener, router, shutdown).await;
+        server::serve(self.listener, router, self.max_connections, shutdown).await;
         self.live.stopped().await;
         self.client.drain().await?;
         Ok(())
@@ -306,6 +314,9 @@ mod tests {
         assert_eq!(c.notifications.sse_max_clients, 1000);
         assert!(c.notifications.webhooks.is_empty());
         assert_eq!(c.notifications.webhook_retry_max, Duration::from_secs(300));
+        // Compose passes an unset UPR_WEBHOOKS on as empty: no webhooks.
+        let c = Config::from_lookup(&lookup(&[("UPR_WEBHOOKS", " ")])).unwrap();
+        assert!(c.notifications.webhooks.is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `/metrics`: the gateway's own request figures and, read at each scrape,
-//! the system's: events in the log, the projection's applied sequence and
-//! lag, the notifier's pending, sent and late reminders.
+//! `/metrics`: the gateway's own request figures, its live notifications
+//! (open `/events` streams, webhook deliveries and failed attempts per
+//! subscription) and, read at each scrape, the system's: events in the log,
+//! the projection's applied sequence and lag, the notifier's pending, sent
+//! and late reminders.
 //!
 //! The system figures are asked of the projection (`upr.query.status`) and
 //! the notifier (`upr.notifier.status`) when Prometheus scrapes, not kept
@@ -212,17 +214,84 @@ impl SystemFigures {
     }
 }
 
+/// The gateway's live notifications, as read at one scrape.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LiveFigures {
+    /// `/events` streams open now.
+    pub event_streams: u64,
+    /// Per webhook subscription, in the file's order: `(name, delivered,
+    /// failed attempts)` since the gateway started.
+    pub webhooks: Vec<(String, u64, u64)>,
+}
+
+impl LiveFigures {
+    /// Reads the hub's open streams and the webhook counters.
+    pub fn read(hub: Option<&crate::events::Hub>, webhooks: &crate::webhooks::Metrics) -> Self {
+        Self {
+            event_streams: hub.map_or(0, |h| u64::try_from(h.clients()).unwrap_or(u64::MAX)),
+            webhooks: webhooks
+                .subscriptions()
+                .iter()
+                .map(|c| (c.name.clone(), c.delivered(), c.failed_attempts()))
+                .collect(),
+        }
+    }
+
+    /// The figures as a registry, for one exposition. The webhook series
+    /// are counters (they only rise while the gateway runs; Prometheus'
+    /// `rate()` and `increase()` handle the reset of a restart).
+    fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("upr_gateway");
+        let streams: Gauge = Gauge::default();
+        streams.set(i64::try_from(self.event_streams).unwrap_or(i64::MAX));
+        registry.register(
+            "events_streams_open",
+            "GET /events streams open now (at most UPR_SSE_MAX_CLIENTS)",
+            streams,
+        );
+        let delivered: Family<SubscriptionLabels, Counter> = Family::default();
+        let failed: Family<SubscriptionLabels, Counter> = Family::default();
+        for (name, ok, failures) in &self.webhooks {
+            let labels = SubscriptionLabels {
+                subscription: name.clone(),
+            };
+            delivered.get_or_create(&labels).inc_by(*ok);
+            failed.get_or_create(&labels).inc_by(*failures);
+        }
+        registry.register(
+            "webhook_delivered",
+            "Notifications a webhook receiver accepted (2xx), by subscription",
+            delivered,
+        );
+        registry.register(
+            "webhook_failed_attempts",
+            "Webhook attempts that failed (non-2xx, timeout, no connection), by subscription",
+            failed,
+        );
+        registry
+    }
+}
+
+/// Label of the webhook series: the subscription's name from
+/// `UPR_WEBHOOKS` (a set the operator wrote, so a bounded number).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    subscription: String,
+}
+
 /// Label of [`SystemFigures`]' `source_up`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
 
-/// The exposition: the gateway's figures, then the system's.
-pub fn exposition(metrics: &Metrics, system: &SystemFigures) -> String {
+/// The exposition: the gateway's figures, its live notifications, then the
+/// system's.
+pub fn exposition(metrics: &Metrics, live: &LiveFigures, system: &SystemFigures) -> String {
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = encode_registry(&mut text, &metrics.registry);
+    let _ = encode_registry(&mut text, &live.registry());
     let _ = encode_registry(&mut text, &system.registry());
     let _ = encode_eof(&mut text);
     text
@@ -246,9 +315,10 @@ pub async fn handler(State(state): State<AppState>) -> Response {
     };
     let (projection, notifier) = tokio::join!(ask(query::STATUS), ask(notifier::STATUS));
     let system = SystemFigures::from_answers(projection.as_ref(), notifier.as_ref());
+    let live = LiveFigures::read(state.events.as_ref(), &state.webhooks);
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        exposition(&state.metrics, &system),
+        exposition(&state.metrics, &live, &system),
     )
         .into_response()
 }
@@ -266,8 +336,17 @@ mod tests {
         );
         assert_eq!(figures.projection, Some((90, 100)));
         assert_eq!(figures.notifier, Some((3, 7, 1)));
-        let text = exposition(&Metrics::default(), &figures);
+        let live = LiveFigures {
+            event_streams: 2,
+            webhooks: vec![("chat".into(), 5, 0), ("down".into(), 0, 3)],
+        };
+        let text = exposition(&Metrics::default(), &live, &figures);
         for line in [
+            "upr_gateway_events_streams_open 2",
+            "upr_gateway_webhook_delivered_total{subscription=\"chat\"} 5",
+            "upr_gateway_webhook_failed_attempts_total{subscription=\"chat\"} 0",
+            "upr_gateway_webhook_delivered_total{subscription=\"down\"} 0",
+            "upr_gateway_webhook_failed_attempts_total{subscription=\"down\"} 3",
             "upr_events_in_log 100",
             "upr_projection_applied_seq 90",
             "upr_projection_lag 10",
@@ -288,7 +367,7 @@ mod tests {
             None,
         );
         assert_eq!(figures, SystemFigures::default());
-        let text = exposition(&Metrics::default(), &figures);
+        let text = exposition(&Metrics::default(), &LiveFigures::default(), &figures);
         assert!(
             text.contains("upr_source_up{source=\"projection\"} 0"),
             "{text}"

@@ -5,7 +5,7 @@
 //! needs. Here the request head is bounded to [`MAX_HEAD_BYTES`] (hyper
 //! answers 431 past it), a client must send its whole head within
 //! [`HEAD_TIMEOUT`] (a slow client holding a connection is closed), and at
-//! most [`MAX_CONNECTIONS`] connections are served at once (more are
+//! most [`max_connections`] connections are served at once (more are
 //! closed on accept), so slow or idle clients cannot exhaust the process.
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -29,22 +29,44 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// connection.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections above the requests and event streams the limits allow: room
+/// for kept-alive connections between two requests and for clients still
+/// sending their head, so that a request past `UPR_HTTP_MAX_REQUESTS` is
+/// answered 503 rather than its connection closed unanswered.
+pub const CONNECTION_MARGIN: usize = 64;
+
 /// Connections served at once; past it new connections are closed at once.
 /// Each costs a task and a buffer of at most [`MAX_HEAD_BYTES`].
-pub const MAX_CONNECTIONS: usize = 1024;
+///
+/// Derived from the two limits, not fixed: every event stream
+/// (`UPR_SSE_MAX_CLIENTS`, 1,000 by default) holds a connection for hours,
+/// so a fixed cap near that number would leave ordinary requests
+/// (`UPR_HTTP_MAX_REQUESTS`) without a connection once the streams are
+/// open. With the defaults: 256 + 1,000 + 64 = 1,320.
+pub fn max_connections(max_requests: usize, sse_max_clients: usize) -> usize {
+    max_requests
+        .saturating_add(sse_max_clients)
+        .saturating_add(CONNECTION_MARGIN)
+}
 
 /// How long requests in progress may take to finish after shutdown began.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits up to [`GRACE`] for the connections in progress.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+/// Serves `router` on `listener`, at most `max_connections` connections at
+/// once, until `shutdown` resolves, then stops accepting and waits up to
+/// [`GRACE`] for the connections in progress.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -406,7 +406,24 @@ fn compose_builds_the_image_once_and_starts_each_service_after_nats_is_healthy()
             "{service} gets its own key ({user}.nk) at {key}, and only that: {:?}",
             mounts(s)
         );
-        assert_eq!(mounts(s).len(), 1, "{service} mounts nothing else");
+        // The gateway also reads its webhook subscriptions and their
+        // secrets from the checkout's webhooks/ directory, read-only, and
+        // refuses to start without it rather than creating it.
+        let extra = if service == "gateway" {
+            assert!(
+                mounts_secret(s, "./webhooks", "/etc/upr/webhooks"),
+                "the gateway mounts ./webhooks read-only: {:?}",
+                mounts(s)
+            );
+            assert!(
+                root().join("webhooks/.gitignore").exists(),
+                "webhooks/ is in the checkout"
+            );
+            1
+        } else {
+            0
+        };
+        assert_eq!(mounts(s).len(), 1 + extra, "{service} mounts nothing else");
         assert!(
             env_var(s, "NATS_PASSWORD").is_none() && env_var(s, "NATS_USER").is_none(),
             "{service} has no password"

@@ -280,6 +280,87 @@ async fn event_streams_have_their_own_cap_outside_the_request_limit_and_end_on_s
     assert!(third.ends_within(Duration::from_secs(1)).await);
 }
 
+/// The answer to one `GET path` on a new connection: `Some(status)`, or
+/// `None` when the gateway closed the connection without answering.
+async fn status_on_new_connection(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // A connection closed on accept may refuse the write or the read.
+    socket.write_all(request.as_bytes()).await.ok()?;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut bytes))
+        .await
+        .expect("an answer or a close within 5 s")
+        .ok()?;
+    upr_tests::http::parse(&bytes).map(|a| a.status)
+}
+
+/// The connection cap is derived from the two limits
+/// (`UPR_HTTP_MAX_REQUESTS` + `UPR_SSE_MAX_CLIENTS` + a margin), not fixed:
+/// with every stream slot taken and the margin's idle connections open, a
+/// plain GET still gets a connection and an answer (a JSON 404, which needs
+/// no other service); one connection more is closed on accept.
+#[tokio::test]
+async fn with_every_stream_slot_taken_a_plain_request_still_gets_a_connection() {
+    let (max_requests, sse_max) = (1, 2);
+    let app = TestApp::builder()
+        .env(env::UPR_SSE_MAX_CLIENTS, &sse_max.to_string())
+        .env(env::UPR_HTTP_MAX_REQUESTS, &max_requests.to_string())
+        .ingest()
+        .notifier()
+        .gateway()
+        .start()
+        .await;
+    let addr = app.http_addr();
+    let cap = upr_gateway::server::max_connections(max_requests, sse_max);
+    let mut streams = Vec::new();
+    for _ in 0..sse_max {
+        streams.push(SseClient::connect(addr, "/events", &[]).await.unwrap());
+    }
+    let refused = SseClient::connect(addr, "/events", &[])
+        .await
+        .err()
+        .expect("the stream cap is full");
+    assert_eq!(refused.status, 503);
+
+    // Idle connections (a client that has not sent its head yet) fill all
+    // but one of the connections left; they are closed after the head
+    // timeout (5 s), so what follows runs within it.
+    let mut idle = Vec::new();
+    for _ in 0..cap - sse_max - 1 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        status_on_new_connection(addr, "/no/such/page").await,
+        Some(404),
+        "the last connection the cap allows is served"
+    );
+    // That one is closed after its answer; one more idle one fills the cap
+    // and the next connection is closed on accept, unanswered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        status_on_new_connection(addr, "/no/such/page").await,
+        None,
+        "past {cap} connections the gateway closes new ones"
+    );
+    assert!(
+        started.elapsed() < upr_gateway::server::HEAD_TIMEOUT,
+        "checked before the idle connections timed out"
+    );
+    // A freed place is served again.
+    drop(idle.pop());
+    let answered = eventually(WAIT, "a freed connection served", || async {
+        status_on_new_connection(addr, "/no/such/page").await
+    })
+    .await;
+    assert_eq!(answered, 404);
+    drop(streams);
+}
+
 #[tokio::test]
 async fn a_client_too_slow_for_the_live_feed_reads_the_gap_from_the_stream_and_loses_nothing() {
     let addr = format!("127.0.0.1:{}", upr_tests::free_port());

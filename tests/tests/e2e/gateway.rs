@@ -3,6 +3,10 @@
 
 use std::{
     collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -10,8 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use serde_json::json;
-use upr_nats::contract::services;
-use upr_tests::{NatsServer, ServiceProcess, TestApp, browser, eventually, http, start_services};
+use upr_nats::contract::{self, env, services};
+use upr_tests::{
+    NatsServer, ServiceProcess, TestApp, browser, eventually, http, sse::SseClient, start_services,
+};
 
 #[tokio::test]
 async fn healthz_is_ok_while_the_projection_answers_and_unknown_paths_are_json_404() {
@@ -247,21 +253,71 @@ async fn a_calendar_program_subscribed_over_http_sees_a_reschedule_as_a_change()
     }
 }
 
+/// A stand-in for a webhook receiver on a loopback port that accepts
+/// everything (204) and keeps each body. Returns its port and the bodies.
+async fn accepting_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let kept = kept.clone();
+        async move {
+            kept.lock().unwrap().push(body);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, bodies)
+}
+
 /// The shipped configuration: the gateway as its own user answers with the
-/// projection's data, and that user can write nothing.
+/// projection's data, serves `/events` and delivers webhooks, and that
+/// user can write nothing.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the shipped user's whole surface, read then live then refused, in one walk"
+)]
 #[tokio::test]
 async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configuration() {
     let nats = NatsServer::start_secured();
     let _services = start_services(&nats, &nats.url(), &[]).await;
     let seed = nats.seed_file("gateway").display().to_string();
     let addr = format!("127.0.0.1:{}", upr_tests::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (port, bodies) = accepting_receiver().await;
+    let hooks = webhooks_file(dir.path(), "chat", &format!("http://127.0.0.1:{port}/upr"));
     let gateway = ServiceProcess::start(
         services::GATEWAY,
         &nats.url(),
-        &[("NATS_NKEY", &seed), ("UPR_HTTP_ADDR", &addr)],
+        &[
+            ("NATS_NKEY", &seed),
+            ("UPR_HTTP_ADDR", &addr),
+            (env::UPR_WEBHOOKS, &hooks),
+        ],
     );
     gateway.wait_healthy().await;
     let addr = addr.parse().unwrap();
+    let admin = async_nats::jetstream::new(nats.client_as("admin").await);
+    eventually(
+        Duration::from_secs(20),
+        "the webhook's consumer",
+        || async {
+            let stream = admin
+                .get_stream(contract::NOTIFICATIONS_STREAM)
+                .await
+                .ok()?;
+            stream
+                .consumer_info(contract::gateway::webhook_consumer("chat"))
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
+    let mut live = SseClient::connect(addr, "/events", &[])
+        .await
+        .unwrap_or_else(|a| panic!("{}", a.text()));
 
     let publisher = nats.client_as("publisher").await;
     let reply = publisher
@@ -288,6 +344,33 @@ async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configurati
         let answer = http::get(addr, &path, &[]).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
     }
+
+    // A reschedule sends a notice at once: it reaches the open event stream
+    // and the webhook receiver, both read through the gateway's user.
+    publisher
+        .request(
+            "upr.ingest.review_rescheduled",
+            json!({"country": "KZ", "session": 48, "scheduled_for": "2099-01-24T08:30:00Z"})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let event = live
+        .next(Duration::from_secs(20))
+        .await
+        .expect("the notice on /events");
+    assert_eq!(event.event, "rescheduled", "{event:?}");
+    assert_eq!(event.json()["country"], "KZ");
+    let delivered = eventually(Duration::from_secs(20), "the webhook delivered", || async {
+        bodies.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&delivered).unwrap()["id"],
+        event.json()["id"],
+        "the same notification"
+    );
     assert!(
         !nats.log().contains("Violation"),
         "the gateway used only what it may: {}",
@@ -323,9 +406,57 @@ fn series(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A stand-in for a broken webhook receiver on a loopback port: every
+/// request is answered 500. Returns its port and how many it answered.
+async fn failing_receiver() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, hits)
+}
+
+/// A `UPR_WEBHOOKS` file in `dir` with one subscription `name` to `url`.
+fn webhooks_file(dir: &std::path::Path, name: &str, url: &str) -> String {
+    let key: Vec<u8> = (0u8..32).collect();
+    std::fs::write(
+        dir.join("hook.secret"),
+        format!("whsec_{}\n", data_encoding::BASE64.encode(&key)),
+    )
+    .unwrap();
+    let file = dir.join("webhooks.json");
+    std::fs::write(
+        &file,
+        json!([{"name": name, "url": url, "secret_file": "hook.secret"}]).to_string(),
+    )
+    .unwrap();
+    file.display().to_string()
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scrape checked series by series: the requests, the live notifications, the system"
+)]
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_the_notifier() {
-    let app = TestApp::builder().all().gateway().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, attempts) = failing_receiver().await;
+    let hooks = webhooks_file(dir.path(), "chat", &format!("http://127.0.0.1:{port}/hook"));
+    let app = TestApp::builder()
+        .env(env::UPR_WEBHOOKS, &hooks)
+        .env(env::UPR_WEBHOOK_RETRY_MAX, "1s")
+        .all()
+        .gateway()
+        .start()
+        .await;
     let seq = schedule_kz48(&app).await;
     assert_eq!(
         app.get(&format!("/api/v1/reviews/KZ/48?min_seq={seq}"))
@@ -403,6 +534,79 @@ async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_t
         series(&text, "upr_source_up{source=\"notifier\"}"),
         Some(1.0)
     );
+    assert_eq!(
+        series(&text, "upr_gateway_events_streams_open"),
+        Some(0.0),
+        "{text}"
+    );
+
+    // The live notifications: an open /events stream is counted, and a
+    // receiver that answers 500 shows its failed attempts rising while
+    // nothing is delivered.
+    eventually(
+        Duration::from_secs(20),
+        "the webhook's consumer",
+        || async {
+            let stream = app
+                .js()
+                .get_stream(contract::NOTIFICATIONS_STREAM)
+                .await
+                .ok()?;
+            stream
+                .consumer_info(contract::gateway::webhook_consumer("chat"))
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
+    let stream = SseClient::connect(app.http_addr(), "/events", &[])
+        .await
+        .unwrap_or_else(|a| panic!("{}", a.text()));
+    let delivered = "upr_gateway_webhook_delivered_total{subscription=\"chat\"}";
+    let failed = "upr_gateway_webhook_failed_attempts_total{subscription=\"chat\"}";
+    let open = "upr_gateway_events_streams_open";
+    app.accept(
+        "review_rescheduled",
+        &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-24T08:30:00Z"}),
+    )
+    .await;
+    let first = eventually(
+        Duration::from_secs(30),
+        "a failed attempt counted",
+        || async {
+            let text = app.get("/metrics").await.text();
+            (series(&text, failed)? >= 1.0).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(series(&first, open), Some(1.0), "{first}");
+    assert_eq!(series(&first, delivered), Some(0.0), "{first}");
+    let before = series(&first, failed).unwrap();
+    let later = eventually(
+        Duration::from_secs(30),
+        "failed attempts rising",
+        || async {
+            let text = app.get("/metrics").await.text();
+            (series(&text, failed)? > before).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(series(&later, delivered), Some(0.0), "{later}");
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 2,
+        "the receiver was asked each time"
+    );
+    drop(stream);
+    eventually(
+        Duration::from_secs(20),
+        "the closed stream uncounted",
+        || async {
+            let text = app.get("/metrics").await.text();
+            (series(&text, open)? == 0.0).then_some(())
+        },
+    )
+    .await;
 }
 
 #[expect(
@@ -885,4 +1089,115 @@ async fn a_bad_address_or_a_port_in_use_stops_the_gateway_naming_it() {
         "{}",
         busy.logs()
     );
+}
+
+/// A known open point (docs/security.md): the gateway's user may create
+/// consumers on `UPR_NOTIFICATIONS`, and the server does not restrict a
+/// consumer's configuration, so a stolen gateway key can create a push
+/// consumer whose deliver subject is one of `UPR_EVENTS`' subjects. This
+/// records exactly what the server (2.15) does with it: it accepts the
+/// consumer; it delivers nothing while no client listens on that subject
+/// (a stream's own capture is not counted as interest), so the log is
+/// untouched; but as soon as any connection of the account subscribes
+/// there (an operator's `nats sub 'upr.events.>'` as `admin`), each
+/// delivery is also appended to the event log, under the notification's
+/// own subject (`upr.notify.<kind>.<CC>`), outside the log's subjects. When
+/// this is shut, this test fails and must say so instead.
+#[tokio::test]
+async fn a_stolen_gateway_key_can_aim_a_push_consumer_at_the_event_log_known_open_point() {
+    let nats = NatsServer::start_secured();
+    let _services = start_services(&nats, &nats.url(), &[]).await;
+    let publisher = nats.client_as("publisher").await;
+    for (ty, when) in [
+        ("review_scheduled", "2099-01-23T08:30:00Z"),
+        ("review_rescheduled", "2099-01-24T08:30:00Z"),
+    ] {
+        let reply = publisher
+            .request(
+                format!("upr.ingest.{ty}"),
+                json!({"country": "KZ", "session": 48, "scheduled_for": when})
+                    .to_string()
+                    .into(),
+            )
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+    let admin = async_nats::jetstream::new(nats.client_as("admin").await);
+    let notifications = admin
+        .get_stream(contract::NOTIFICATIONS_STREAM)
+        .await
+        .unwrap();
+    let notice = eventually(Duration::from_secs(20), "the notice stored", || async {
+        notifications
+            .get_last_raw_message_by_subject("upr.notify.rescheduled.KZ")
+            .await
+            .ok()
+    })
+    .await;
+    let mut events = admin.get_stream(contract::EVENTS_STREAM).await.unwrap();
+    let before = events.info().await.unwrap().state.last_sequence;
+    assert_eq!(before, 2);
+
+    // The attempt, with the gateway's key and nothing else.
+    let target = "upr.events.KZ.48.review_cancelled";
+    let as_gateway = nats
+        .options_as("gateway")
+        .custom_inbox_prefix("_INBOX.upr-gateway")
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let consumer = async_nats::jetstream::new(as_gateway)
+        .get_stream(contract::NOTIFICATIONS_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            deliver_subject: target.to_string(),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("the server accepts the consumer");
+    let name = consumer.cached_info().name.clone();
+    assert!(
+        !nats.log().contains("Violation"),
+        "no permission stands in the way: {}",
+        nats.log()
+    );
+
+    // No one listens on the subject: nothing is delivered, the log is as it was.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let info = notifications.consumer_info(&name).await.unwrap();
+    assert_eq!(info.delivered.stream_sequence, 0, "{info:?}");
+    assert_eq!(events.info().await.unwrap().state.last_sequence, before);
+
+    // Someone in the account listens there: the notice is delivered, and
+    // the event log stores it as if it were an event.
+    let listener = nats.client_as("admin").await;
+    let mut heard = listener.subscribe(target).await.unwrap();
+    listener.flush().await.unwrap();
+    let delivery = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut heard),
+    )
+    .await
+    .expect("delivered once someone listens")
+    .unwrap();
+    assert_eq!(delivery.payload, notice.payload);
+    let stored = eventually(
+        Duration::from_secs(10),
+        "the delivery in UPR_EVENTS",
+        || async { events.get_raw_message(before + 1).await.ok() },
+    )
+    .await;
+    // Stored with the notification's own subject, outside the log's
+    // subjects, its payload and its `Nats-Msg-Id` as they were.
+    assert_eq!(stored.subject.as_str(), "upr.notify.rescheduled.KZ");
+    assert_eq!(
+        stored.payload, notice.payload,
+        "a notification in the event log"
+    );
+    assert_eq!(events.info().await.unwrap().state.last_sequence, before + 1);
 }

@@ -21,7 +21,11 @@
 //! - `<!-- docs-test: ... -->` lines between blocks set the scene the text
 //!   describes: `stop <binary>`, `start <binary> [VAR=value ...]`,
 //!   `empty server` (every service stopped, the server restarted with an
-//!   empty store), `start services`.
+//!   empty store), `start services`, `chat stand-in` (a receiver standing
+//!   in for a chat tool's incoming webhook, where the pages say
+//!   `127.0.0.1:9000`; a relative `UPR_WEBHOOKS` given to `start` is taken
+//!   from the checkout) and `chat receives <kind>` (it got one such
+//!   notification within 30 s).
 //! - A block is skipped only when the line before it is
 //!   `<!-- not run: <why> -->`; the skipped blocks are listed.
 //! - A block in another language must not hold a command (`nats ...`,
@@ -284,6 +288,56 @@ struct World {
     home: tempfile::TempDir,
     bin: tempfile::TempDir,
     background: Vec<(Cmd, Child, PathBuf)>,
+    /// The chat tool's stand-in, once a page asks for it.
+    chat: Option<ChatStandIn>,
+}
+
+/// Stands in for a chat tool's incoming webhook (with the adapter of
+/// docs/webhooks.md in front of it): an HTTP receiver on a free loopback
+/// port, where the pages say `127.0.0.1:9000`, that takes every POST (204)
+/// and keeps its body.
+struct ChatStandIn {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChatStandIn {
+    /// Listens on a thread of its own: the page's commands block the test's
+    /// runtime while they run.
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                }
+                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Self { port, bodies }
+    }
 }
 
 const SERVICES: [(&str, &str); 4] = [
@@ -360,6 +414,7 @@ impl World {
             home,
             bin,
             background: Vec::new(),
+            chat: None,
         };
         world.start_all().await;
         world
@@ -381,9 +436,40 @@ impl World {
         if *binary == services::GATEWAY {
             env.push(("UPR_HTTP_ADDR", &http_addr));
         }
+        // A subscriptions file named as the pages name it, from the
+        // checkout; its `127.0.0.1:9000` is where the chat stand-in listens.
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| {
+                if k != "UPR_WEBHOOKS" {
+                    return (k.clone(), v.clone());
+                }
+                let file = self.work.path().join(v);
+                if let Some(chat) = &self.chat {
+                    let text = std::fs::read_to_string(&file).unwrap();
+                    let text = text.replace("127.0.0.1:9000", &format!("127.0.0.1:{}", chat.port));
+                    std::fs::write(&file, text).unwrap();
+                }
+                (k.clone(), file.display().to_string())
+            })
+            .collect();
         env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let service = ServiceProcess::start(binary, &self.nats.url(), &env);
         service.wait_healthy().await;
+        // A new subscription starts with the notifications sent once its
+        // consumer exists: wait for it, as a person would see it in the log.
+        if extra.iter().any(|(k, _)| k == "UPR_WEBHOOKS") {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !service.logs().contains("webhook delivering") {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: the webhooks did not start: {}",
+                    self.page,
+                    service.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.services.push((binary, service));
     }
 
@@ -407,6 +493,33 @@ impl World {
         let words: Vec<&str> = what.split_whitespace().collect();
         match words.as_slice() {
             ["stop", name] => self.stop(name),
+            ["chat", "stand-in"] => self.chat = Some(ChatStandIn::start()),
+            ["chat", "receives", kind] => {
+                let chat = self
+                    .chat
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{}:{line}: no chat stand-in", self.page));
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let kinds: Vec<String> = chat
+                        .bodies
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                        .filter_map(|v| v["kind"].as_str().map(str::to_owned))
+                        .collect();
+                    if kinds.iter().any(|k| k == kind) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{}:{line}: the chat got no {kind} notification within 30 s, only {kinds:?}",
+                        self.page
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             ["start", "services"] => self.start_all().await,
             ["start", name, env @ ..] => {
                 let env: Vec<(String, String)> = env
