@@ -932,8 +932,10 @@ mod tests {
         assert_eq!(mode_of(&dir).unwrap(), 0o700);
         assert_eq!(mode_of(&dir.join(ROUTE_TLS)).unwrap(), 0o700);
         let files = secret_files(&dir).unwrap();
-        // Six seeds, route.password, route.hosts, two confs, three TLS files.
-        assert_eq!(files.len(), 13, "{files:?}");
+        // Seven seeds, route.password, route.hosts, route.conf,
+        // nats-keys.conf, the parties' registry and their accounts, three
+        // TLS files.
+        assert_eq!(files.len(), 16, "{files:?}");
         for path in &files {
             assert_eq!(mode_of(path).unwrap(), 0o600, "{}", path.display());
         }
