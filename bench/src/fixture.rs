@@ -54,16 +54,17 @@ impl Fixture {
         self.nats_pid
     }
 
-    /// Creates the event log as its owner (ingest) does, for a part that
-    /// writes the log itself; `false`, with the failure recorded in `part`,
-    /// when JetStream refuses.
-    pub async fn own_event_log(&self, part: &Part) -> bool {
+    /// [`Fixture::start`], then creates the event log as its owner (ingest)
+    /// does, for a part that writes the log itself; `None`, with the failure
+    /// recorded in `part`, when it cannot connect or JetStream refuses.
+    pub async fn start_owning_event_log(part: &Part) -> Option<Self> {
+        let bed = Self::start(part).await?;
         let events = contract::events_stream(1, contract::DEFAULT_DEDUP_WINDOW);
-        match upr_nats::setup::ensure_own_stream(&self.js, events).await {
-            Ok(_) => true,
+        match upr_nats::setup::ensure_own_stream(&bed.js, events).await {
+            Ok(_) => Some(bed),
             Err(e) => {
                 part.error(format!("cannot create the event log: {e}"));
-                false
+                None
             }
         }
     }

@@ -230,12 +230,9 @@ const DENSE_AFTER: u64 = 1_000_000;
     reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
 )]
 pub async fn run(part: Part, sizes: Sizes) {
-    let Some(bed) = Fixture::start(&part).await else {
+    let Some(bed) = Fixture::start_owning_event_log(&part).await else {
         return;
     };
-    if !bed.own_event_log(&part).await {
-        return;
-    }
     let (url, js) = (&bed.url, &bed.js);
     let full = *sizes
         .stream_lengths

@@ -169,14 +169,11 @@ async fn receive(
     reason = "a benchmark part reads as its script: services, warm-up, the measured runs and the record, in order"
 )]
 pub async fn run(part: Part, sizes: Sizes) {
-    let Some(bed) = Fixture::start(&part).await else {
-        return;
-    };
     // The benchmark writes the event log as ingest would, so it creates it
     // as its owner does; the notifier waits for it.
-    if !bed.own_event_log(&part).await {
+    let Some(bed) = Fixture::start_owning_event_log(&part).await else {
         return;
-    }
+    };
     let (url, client, js) = (&bed.url, &bed.client, &bed.js);
     let env = [
         (contract::env::RUST_LOG, "warn"),

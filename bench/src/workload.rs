@@ -25,6 +25,15 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     items.choose(rng).expect("a non-empty list")
 }
 
+/// Moves `date` 1 to 20 days later and gives the fields of the
+/// `review_rescheduled` event that says so.
+fn reschedule(date: &mut Timestamp, rng: &mut StdRng) -> Value {
+    *date = date
+        .checked_add(time::Duration::days(i64::from(rng.random_range(1..=20))))
+        .unwrap_or(*date);
+    json!({"scheduled_for": date.to_string(), "reason": pick(rng, REASONS)})
+}
+
 /// Number of distinct review keys (every UN member state at every session).
 pub const KEY_SPACE: u64 = MEMBER_STATES.len() as u64 * Session::MAX as u64;
 
@@ -263,14 +272,8 @@ impl Generator {
             // Reschedules happen early, between the first side events.
             if r_left > 0 && i >= reschedules - r_left && rng.random_bool(0.5) {
                 r_left -= 1;
-                date = date
-                    .checked_add(time::Duration::days(i64::from(rng.random_range(1..=20))))
-                    .unwrap_or(date);
-                push(
-                    EventType::ReviewRescheduled,
-                    json!({"scheduled_for": date.to_string(), "reason": pick(rng, REASONS)}),
-                    rng,
-                );
+                let fields = reschedule(&mut date, rng);
+                push(EventType::ReviewRescheduled, fields, rng);
             }
             let title: Vec<&str> = (0..rng.random_range(4..=9))
                 .map(|_| *pick(rng, WORDS))
@@ -297,14 +300,8 @@ impl Generator {
             );
         }
         for _ in 0..r_left {
-            date = date
-                .checked_add(time::Duration::days(i64::from(rng.random_range(1..=20))))
-                .unwrap_or(date);
-            push(
-                EventType::ReviewRescheduled,
-                json!({"scheduled_for": date.to_string(), "reason": pick(rng, REASONS)}),
-                rng,
-            );
+            let fields = reschedule(&mut date, rng);
+            push(EventType::ReviewRescheduled, fields, rng);
         }
         if rng.random_bool(0.05) {
             push(

@@ -723,7 +723,7 @@ impl ReadModels {
         within_days: Option<u32>,
         country: Option<Country>,
     ) -> Vec<Upcoming> {
-        let horizon = within_days.and_then(|d| now.checked_add(time::Duration::days(d.into())));
+        let horizon = Upcoming::horizon(now, within_days);
         let mut out: Vec<Upcoming> = self
             .reviews
             .values()
@@ -759,6 +759,13 @@ impl Upcoming {
             session,
             scheduled_for,
         }
+    }
+
+    /// The latest date an `upr.query.upcoming` with `within_days` admits:
+    /// `now + within_days`; `None` (no bound) without `within_days`, or when
+    /// that date is past what a timestamp can hold.
+    pub fn horizon(now: Timestamp, within_days: Option<u32>) -> Option<Timestamp> {
+        within_days.and_then(|d| now.checked_add(time::Duration::days(d.into())))
     }
 }
 

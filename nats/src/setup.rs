@@ -445,28 +445,19 @@ impl Wanted for kv::Config {
 
     /// An existing bucket must keep the same storage, history and replicas.
     fn differences(&self, have: &stream::Config, _: Owner) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut check = |field: &str, h: String, w: String| {
-            if h != w {
-                out.push(format!("{field}: found {h}, expected {w}"));
-            }
-        };
-        check(
-            "storage",
-            format!("{:?}", have.storage),
-            format!("{:?}", self.storage),
-        );
-        check(
+        let mut out = Differences::default();
+        out.check_debug("storage", &have.storage, &self.storage);
+        out.check(
             "history",
-            have.max_messages_per_subject.to_string(),
-            self.history.to_string(),
+            &have.max_messages_per_subject.to_string(),
+            &self.history.to_string(),
         );
-        check(
+        out.check(
             "replicas",
-            have.num_replicas.to_string(),
-            self.num_replicas.to_string(),
+            &have.num_replicas.to_string(),
+            &self.num_replicas.to_string(),
         );
-        out
+        out.0
     }
 
     async fn open(
@@ -529,6 +520,27 @@ async fn ensure<W: Wanted>(
     }
 }
 
+/// The settings an existing stream or bucket has other than wanted, each
+/// as `field: found H, expected W`.
+#[derive(Default)]
+struct Differences(Vec<String>);
+
+impl Differences {
+    /// Notes `field` when what the server has (`have`) is not what is
+    /// wanted (`want`).
+    fn check(&mut self, field: &str, have: &str, want: &str) {
+        if have != want {
+            self.0
+                .push(format!("{field}: found {have}, expected {want}"));
+        }
+    }
+
+    /// [`Self::check`] on the values as `Debug` writes them.
+    fn check_debug<T: std::fmt::Debug>(&mut self, field: &str, have: &T, want: &T) {
+        self.check(field, &format!("{have:?}"), &format!("{want:?}"));
+    }
+}
+
 /// A stream limit as text; 0 (what a config asks for) and -1 (what the
 /// server reports back) both mean unlimited, so they must compare equal.
 fn limit(value: i64) -> String {
@@ -544,61 +556,40 @@ fn limit(value: i64) -> String {
 /// configured with (so a bound added in a newer version reaches existing
 /// streams).
 fn stream_differences(have: &stream::Config, want: &stream::Config, owner: Owner) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |field: &str, h: String, w: String| {
-        if h != w {
-            out.push(format!("{field}: found {h}, expected {w}"));
-        }
-    };
-    check(
-        "subjects",
-        format!("{:?}", have.subjects),
-        format!("{:?}", want.subjects),
-    );
-    check(
-        "storage",
-        format!("{:?}", have.storage),
-        format!("{:?}", want.storage),
-    );
-    check(
-        "retention",
-        format!("{:?}", have.retention),
-        format!("{:?}", want.retention),
-    );
-    check(
+    let mut out = Differences::default();
+    out.check_debug("subjects", &have.subjects, &want.subjects);
+    out.check_debug("storage", &have.storage, &want.storage);
+    out.check_debug("retention", &have.retention, &want.retention);
+    out.check(
         "replicas",
-        have.num_replicas.to_string(),
-        want.num_replicas.to_string(),
+        &have.num_replicas.to_string(),
+        &want.num_replicas.to_string(),
     );
-    check(
-        "max_age",
-        format!("{:?}", have.max_age),
-        format!("{:?}", want.max_age),
-    );
-    check(
+    out.check_debug("max_age", &have.max_age, &want.max_age);
+    out.check(
         "max_msgs",
-        limit(have.max_messages),
-        limit(want.max_messages),
+        &limit(have.max_messages),
+        &limit(want.max_messages),
     );
     if owner == Owner::No {
-        check("max_bytes", limit(have.max_bytes), limit(want.max_bytes));
+        out.check("max_bytes", &limit(have.max_bytes), &limit(want.max_bytes));
     }
-    check(
+    out.check(
         "max_msgs_per_subject",
-        limit(have.max_messages_per_subject),
-        limit(want.max_messages_per_subject),
+        &limit(have.max_messages_per_subject),
+        &limit(want.max_messages_per_subject),
     );
-    check(
+    out.check(
         "allow_direct",
-        have.allow_direct.to_string(),
-        want.allow_direct.to_string(),
+        &have.allow_direct.to_string(),
+        &want.allow_direct.to_string(),
     );
-    check(
+    out.check(
         "allow_msg_schedules",
-        have.allow_message_schedules.to_string(),
-        want.allow_message_schedules.to_string(),
+        &have.allow_message_schedules.to_string(),
+        &want.allow_message_schedules.to_string(),
     );
-    out
+    out.0
 }
 
 /// Creates the bucket when missing; an existing one must keep the same

@@ -89,7 +89,7 @@ impl UpcomingIndex {
         country: Option<Country>,
     ) -> Vec<Upcoming> {
         use std::ops::Bound::{Excluded, Unbounded};
-        let horizon = within_days.and_then(|d| now.checked_add(time::Duration::days(d.into())));
+        let horizon = Upcoming::horizon(now, within_days);
         // Everything filed under `now` itself sorts below (now, max, max).
         let start = (
             now,
