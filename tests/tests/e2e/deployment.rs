@@ -698,7 +698,8 @@ fn nats_cases() -> [Case; 3] {
 
 /// Every NATS node mounts exactly what the server reads; `keys` the
 /// project; every other service exactly its own key (`./secrets/<service>.nk`,
-/// a service added later included) and, under TLS, the CA certificate.
+/// a service added later included), under TLS the CA certificate, and the
+/// gateway its webhook subscriptions (`./webhooks`).
 #[test]
 fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
     let base = compose("compose.yaml");
@@ -725,6 +726,10 @@ fn each_container_mounts_exactly_what_it_needs_and_no_other_users_key() {
                 let mut m = mount_set(&[(&format!("./secrets/{service}.nk"), "/etc/upr/nats.nk")]);
                 if tls {
                     m.extend(mount_set(&[("./secrets/tls/ca.pem", "/etc/upr/ca.pem")]));
+                }
+                if service == "gateway" {
+                    // The webhook subscriptions and their secrets, nothing else.
+                    m.extend(mount_set(&[("./webhooks", "/etc/upr/webhooks")]));
                 }
                 m
             };

@@ -421,7 +421,7 @@ async fn a_publisher_past_its_intake_rate_is_answered_unavailable_and_others_are
         assert_eq!(r["error"]["code"], "unavailable", "{r}");
         let message = r["error"]["message"].as_str().unwrap();
         assert!(
-            message.contains("PUBLISHER") && message.contains("retry"),
+            message.contains("publisher") && message.contains("retry"),
             "{message}"
         );
     }
