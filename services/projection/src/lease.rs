@@ -193,11 +193,13 @@ impl Lease {
 ///
 /// With `within` (start-up): gives up after that long (`Ok(None)`: another
 /// instance is active, and this one says it stands by), and a NATS failure
-/// stops at once (start-up reports it). Without (a standby waiting): as
-/// long as it takes, NATS failures retried.
+/// that lasts until then stops start-up (which reports it); a failure that
+/// passes is retried, as on a cluster whose node just died the lease
+/// bucket is briefly not found while its stream elects a leader. Without
+/// (a standby waiting): as long as it takes, NATS failures retried.
 ///
 /// # Errors
-/// Only with `within`: NATS did not answer.
+/// Only with `within`: NATS did not answer at the last try before the limit.
 pub async fn take(
     js: &jetstream::Context,
     replicas: usize,
@@ -207,13 +209,18 @@ pub async fn take(
 ) -> Result<Option<Lease>, kv::CreateError> {
     let deadline = within.map(|d| tokio::time::Instant::now() + d);
     loop {
-        match Lease::try_take(js, replicas, kv, holder).await {
+        let failed = match Lease::try_take(js, replicas, kv, holder).await {
             Ok(Some(lease)) => return Ok(Some(lease)),
-            Ok(None) => {}
-            Err(e) if deadline.is_some() => return Err(e),
-            Err(e) => warn!(error = %e, "cannot ask for the lease; retrying"),
-        }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot ask for the lease; retrying");
+                Some(e)
+            }
+        };
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            if let Some(e) = failed {
+                return Err(e);
+            }
             info!("another instance is active; standing by");
             return Ok(None);
         }
