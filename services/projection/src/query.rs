@@ -62,7 +62,7 @@ pub const MAX_WAITING_PER_PARTY: usize = MAX_WAITING / 4;
 
 /// The party of a request without a `Nats-Request-Info` header: one from
 /// inside the service account (the gateway, an operator) or from a server
-/// without accounts. They share one budget.
+/// without accounts. They are held by the overall [`MAX_WAITING`] only.
 pub const LOCAL_PARTY: &str = "local";
 
 /// Largest query payload accepted, in bytes (a query's options fit in a
@@ -258,7 +258,15 @@ impl PartyWaits {
     pub fn try_take(self: &Arc<Self>, party: &str) -> Option<PartyWait> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let n = held.entry(party.to_string()).or_default();
-        if *n >= MAX_WAITING_PER_PARTY {
+        // The service account (the gateway, which bounds its own clients;
+        // an operator) and a server without accounts are no party: only the
+        // overall MAX_WAITING holds them, as before parties existed.
+        let cap = if party == LOCAL_PARTY {
+            MAX_WAITING
+        } else {
+            MAX_WAITING_PER_PARTY
+        };
+        if *n >= cap {
             return None;
         }
         *n += 1;
