@@ -20,9 +20,16 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The requester's account, from the `Nats-Request-Info` header
 /// (`{"acc": "<account>", ...}`) that nats-server puts on a request crossing
 /// a service import, replacing any header of that name the client sent.
-/// `None` for a request from inside the service's own account (no header).
+/// `None` for a request from inside the service's own account (no header),
+/// and for anything the server would not have written: two copies, a header
+/// that is not JSON, an `acc` that is not a non-empty string. The one place
+/// the header is read: ingest's `recorded_by`, its intake rate and the
+/// projection's wait budget all take the account from here.
 pub fn requester_account(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
-    let info = headers?.get("Nats-Request-Info")?;
+    let mut values = headers?.get_all(crate::contract::ingest::REQUEST_INFO);
+    let (Some(info), None) = (values.next(), values.next()) else {
+        return None;
+    };
     let info: serde_json::Value = serde_json::from_str(info.as_str()).ok()?;
     info.get("acc")?
         .as_str()

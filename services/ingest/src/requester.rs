@@ -13,7 +13,7 @@
 
 use async_nats::HeaderMap;
 use upr_domain::PartyName;
-use upr_nats::contract::ingest;
+use upr_nats::{contract::ingest, service::requester_account};
 
 /// The party an intake message came from, when `trusted` (the server
 /// requires authentication) and the server's requester information names
@@ -22,12 +22,7 @@ pub fn from_request_info(headers: Option<&HeaderMap>, trusted: bool) -> Option<P
     if !trusted {
         return None;
     }
-    let mut values = headers?.get_all(ingest::REQUEST_INFO);
-    let (Some(info), None) = (values.next(), values.next()) else {
-        return None;
-    };
-    let info: serde_json::Value = serde_json::from_str(info.as_str()).ok()?;
-    PartyName::parse(info.get("acc")?.as_str()?).ok()
+    PartyName::parse(&requester_account(headers)?).ok()
 }
 
 /// The party a command handed over by another replica came from: that

@@ -28,18 +28,11 @@ pub enum StoreError {
     /// Another writer appended to the review since it was read.
     #[error("the review changed since it was read")]
     Conflict,
-    /// JetStream did not answer, or not in time, or answered with a status
-    /// that says it cannot serve the request.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The client failed while `doing` something.
-    #[error("{doing}: {source}")]
-    Client {
-        /// What ingest was doing, e.g. `reading review KZ.48`.
-        doing: String,
-        /// The client's error.
-        source: BoxError,
-    },
+    /// JetStream did not answer (in time, or with a status that says it
+    /// cannot serve the request), or the client failed: the same two ways a
+    /// read of a review's history fails, so the same type.
+    #[error(transparent)]
+    Log(#[from] HistoryError),
     /// JetStream refused the append for another reason than a conflict.
     #[error(transparent)]
     Publish(jetstream::context::PublishError),
@@ -65,15 +58,6 @@ impl HistoryInbox {
     }
 }
 
-impl From<HistoryError> for StoreError {
-    fn from(e: HistoryError) -> Self {
-        match e {
-            HistoryError::Unavailable(why) => Self::Unavailable(why),
-            HistoryError::Client { doing, source } => Self::Client { doing, source },
-        }
-    }
-}
-
 impl EventLog {
     /// An adapter over `js`, whose timeout bounds every publish acknowledgement.
     pub fn new(client: Client, js: jetstream::Context) -> Self {
@@ -86,7 +70,7 @@ impl EventLog {
     }
 
     fn connected(&self) -> Result<(), StoreError> {
-        history::connected(&self.client).map_err(StoreError::Unavailable)
+        Ok(history::connected(&self.client).map_err(HistoryError::Unavailable)?)
     }
 
     /// Reads the review's whole history (`upr.events.<C>.<S>.>`) with batched
@@ -94,7 +78,7 @@ impl EventLog {
     /// that has no events yet.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when JetStream does not answer by `deadline`.
+    /// [`HistoryError::Unavailable`] when JetStream does not answer by `deadline`.
     pub async fn load(
         &self,
         inbox: &mut HistoryInbox,
@@ -112,7 +96,7 @@ impl EventLog {
     /// has not yet stored the latest events.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the leader does not answer by `deadline`.
+    /// [`HistoryError::Unavailable`] when the leader does not answer by `deadline`.
     pub async fn is_current(
         &self,
         key: ReviewKey,
@@ -121,7 +105,7 @@ impl EventLog {
     ) -> Result<bool, StoreError> {
         self.connected()?;
         let unavailable =
-            |what: &str| StoreError::Unavailable(format!("confirming review {key}: {what}"));
+            |what: &str| HistoryError::Unavailable(format!("confirming review {key}: {what}"));
         let filter = subjects::review_events(key);
         let request = serde_json::json!({"seq": last_seq + 1, "next_by_subj": filter});
         let answer = timeout_at(
@@ -131,12 +115,12 @@ impl EventLog {
         )
         .await
         .map_err(|_| unavailable("no answer in time"))?
-        .map_err(|e| StoreError::Client {
+        .map_err(|e| HistoryError::Client {
             doing: format!("confirming review {key}"),
             source: e.into(),
         })?;
         let answer: serde_json::Value =
-            serde_json::from_slice(&answer.payload).map_err(|e| StoreError::Client {
+            serde_json::from_slice(&answer.payload).map_err(|e| HistoryError::Client {
                 doing: format!("confirming review {key}: unreadable answer"),
                 source: e.into(),
             })?;
@@ -145,7 +129,7 @@ impl EventLog {
         }
         match answer["error"]["code"].as_u64() {
             Some(404) => Ok(true),
-            _ => Err(unavailable(&answer["error"].to_string())),
+            _ => Err(unavailable(&answer["error"].to_string()).into()),
         }
     }
 
@@ -154,7 +138,7 @@ impl EventLog {
     /// (usually one event another replica appended), not the whole history.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when JetStream does not answer by
+    /// [`HistoryError::Unavailable`] when JetStream does not answer by
     /// `deadline`; `log` may then have taken part of what it missed, which
     /// is still a true prefix of the history.
     pub async fn catch_up(
@@ -182,7 +166,7 @@ impl EventLog {
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when the review moved on;
-    /// [`StoreError::Unavailable`] when JetStream refused or did not answer by `deadline`.
+    /// [`HistoryError::Unavailable`] when JetStream refused or did not answer by `deadline`.
     pub async fn append(
         &self,
         key: ReviewKey,
@@ -202,7 +186,7 @@ impl EventLog {
                 subjects::review_events(key).as_str(),
             );
         let timed_out =
-            || StoreError::Unavailable("the event stream did not acknowledge in time".into());
+            || HistoryError::Unavailable("the event stream did not acknowledge in time".into());
         let ack = timeout_at(deadline, self.js.send_publish(subject.to_owned(), message))
             .await
             .map_err(|_| timed_out())?
@@ -218,10 +202,10 @@ impl EventLog {
     /// ingest) or is gone.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when JetStream does not answer by `deadline`.
+    /// [`HistoryError::Unavailable`] when JetStream does not answer by `deadline`.
     pub async fn get(&self, seq: u64, deadline: Instant) -> Result<Option<Envelope>, StoreError> {
         self.connected()?;
-        let client_error = |e: BoxError| StoreError::Client {
+        let client_error = |e: BoxError| HistoryError::Client {
             doing: format!("reading event {seq}"),
             source: e,
         };
@@ -231,12 +215,13 @@ impl EventLog {
             .await
             .map_err(|e| client_error(e.into()))?;
         match timeout_at(deadline, stream.direct_get(seq)).await {
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Err(_) => Err(HistoryError::Unavailable(format!(
                 "reading event {seq}: no answer in time"
-            ))),
+            ))
+            .into()),
             Ok(Ok(m)) => Ok(subjects::decode_stored(m.subject.as_str(), &m.payload).ok()),
             Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Ok(Err(e)) => Err(client_error(e.into())),
+            Ok(Err(e)) => Err(client_error(e.into()).into()),
         }
     }
 
@@ -257,10 +242,10 @@ fn publish_error(e: jetstream::context::PublishError) -> StoreError {
     match e.kind() {
         PublishErrorKind::WrongLastSequence => StoreError::Conflict,
         PublishErrorKind::StreamNotFound => {
-            StoreError::Unavailable("no responders for the event stream".into())
+            HistoryError::Unavailable("no responders for the event stream".into()).into()
         }
         PublishErrorKind::TimedOut => {
-            StoreError::Unavailable("the event stream did not acknowledge in time".into())
+            HistoryError::Unavailable("the event stream did not acknowledge in time".into()).into()
         }
         _ => StoreError::Publish(e),
     }
