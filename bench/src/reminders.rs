@@ -368,6 +368,30 @@ pub async fn run(part: Part, sizes: Sizes) {
         );
     }
     part.detail("scheduled_reviews_total", planned.into());
+    match timing(client).await {
+        Ok(steps) => {
+            say(format!("reminders: the notifier's steps {steps}"));
+            for (step, label) in [
+                ("fired_late_ms", "timer fired − timer time"),
+                ("delivered_ms", "timer received − fired"),
+                ("checked_ms", "sent_at − max(due_at, received)"),
+            ] {
+                for p in ["p50", "p99", "max"] {
+                    if let Some(v) = steps[step][p].as_f64() {
+                        part.record(
+                            &format!("reminders.step.{step}.{p}"),
+                            &format!("Reminder step {p}: {label}"),
+                            "ms",
+                            None,
+                            v,
+                        );
+                    }
+                }
+            }
+            part.detail("notifier_timing", steps);
+        }
+        Err(e) => part.push_detail("notes", format!("notifier timing: {e}").into()),
+    }
     if let Some(mem) = mem {
         let mb = mem.stop(pid).await;
         part.record(
@@ -380,4 +404,25 @@ pub async fn run(part: Part, sizes: Sizes) {
     }
     drop(notifier);
     bed.finish(&part, 4).await;
+}
+
+/// The notifier's own account of where its last reminders' time went
+/// (micro STATS `reminder_timing`: the server's firing delay, the delivery
+/// of the fired timer, the checks before publishing): the figures that say
+/// which step a slow tail comes from.
+async fn timing(client: &async_nats::Client) -> Result<Value, String> {
+    let subject = format!("$SRV.STATS.{}", contract::services::NOTIFIER);
+    let reply = client
+        .request(subject, bytes::Bytes::new())
+        .await
+        .map_err(|e| format!("STATS: {e}"))?;
+    let stats: Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+    stats["endpoints"]
+        .as_array()
+        .and_then(|endpoints| {
+            endpoints
+                .iter()
+                .find_map(|e| e["data"].get("reminder_timing").cloned())
+        })
+        .ok_or_else(|| format!("no reminder_timing in {stats}"))
 }

@@ -8,6 +8,7 @@
 //! - [`state`]: the notifier's KV bucket: each review's date and status, and
 //!   the durable sent-marks.
 //! - [`stats`]: the counters behind micro STATS and `upr.notifier.status`.
+//! - [`timing`]: where a reminder's time goes, step by step (micro STATS).
 //!
 //! The timers live in NATS, not in this process: a notifier that is down
 //! misses nothing, any number of replicas share the work, and the process
@@ -21,6 +22,7 @@ pub mod planner;
 pub mod sender;
 pub mod state;
 pub mod stats;
+pub mod timing;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -113,6 +115,8 @@ pub struct Shared {
     timers: Stream,
     leads: Vec<Lead>,
     stats: Arc<Stats>,
+    /// [`SEND_CONCURRENCY`] permits.
+    sending: tokio::sync::Semaphore,
 }
 
 /// The running service.
@@ -198,6 +202,7 @@ impl App {
             timers,
             leads: config.leads,
             stats,
+            sending: tokio::sync::Semaphore::new(SEND_CONCURRENCY),
         });
         Ok(Self {
             client,
@@ -256,13 +261,20 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// See [`PULL_EXPIRES`].
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Fired timers handled at once by one replica: they are independent (one
-/// id each, the sent-mark settles races), and handling them one by one let a
-/// queue build when many fall due together. Each is also held up to
-/// `TIMER_EARLY` (300 ms) until due, so this bounds the rate too: 128 held
-/// for 300 ms is over 400 a second, and 10,000 reminders due within a
-/// minute need 167. (A replica killed with timers in hand leaves them for
-/// the consumer's 5 s ack wait.)
+/// Fired timers one replica holds at once. A timer fires up to
+/// `TIMER_EARLY` (2 s) before its reminder is due and is held until then,
+/// so this bounds the steady rate: 1,024 held for 2 s is 512 reminders a
+/// second (10,000 due within a minute need 167). The timers consumer's
+/// `max_ack_pending` is the same figure: the server's bound on the same
+/// thing. (A replica killed with timers in hand leaves them for the
+/// consumer's 5 s ack wait.)
+const TIMERS_IN_HAND: usize = 1024;
+
+/// Of the timers in hand, those being checked and published at once: they
+/// are independent (one id each, the sent-mark settles races), and handling
+/// them one by one let a queue build when many fall due together; but after
+/// downtime every overdue timer fires together, and that must not become a
+/// thousand reads and publishes at once.
 const SEND_CONCURRENCY: usize = 128;
 
 /// Feeds every message of a durable consumer to `handle`, with at most
@@ -458,5 +470,21 @@ mod tests {
             let e = parse_consumer_names(bad).unwrap_err();
             assert_eq!(e.var, contract::env::UPR_READER_CONSUMERS, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_server_lets_a_replica_hold_as_many_timers_as_it_takes() {
+        // Fewer acks pending than timers in hand, and timers held until due
+        // would stop the pulls while the hand has room.
+        let consumer = names::timers_consumer();
+        assert_eq!(
+            usize::try_from(consumer.max_ack_pending),
+            Ok(TIMERS_IN_HAND)
+        );
+        let early = std::time::Duration::try_from(upr_domain::TIMER_EARLY).unwrap();
+        assert!(
+            consumer.ack_wait > early * 2,
+            "a held timer is not redelivered"
+        );
     }
 }

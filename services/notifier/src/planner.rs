@@ -353,7 +353,7 @@ async fn apply_event(
         let mut acks = Vec::with_capacity(reminders.len());
         for r in &reminders {
             let mut headers = HeaderMap::new();
-            // A little early: the sender holds it until due (TIMER_EARLY).
+            // Early: the sender holds it until due (TIMER_EARLY).
             headers.insert(
                 header::NATS_SCHEDULE,
                 format!("@at {}", r.timer_at()).as_str(),

@@ -25,16 +25,17 @@ use async_nats::{
     jetstream::{AckKind, Message, consumer::PullConsumer, kv::CreateErrorKind},
 };
 use tracing::{Instrument, debug, info, info_span, warn};
-use upr_domain::{Firing, NoticeKind, Reminder, classify};
+use upr_domain::{Firing, NoticeKind, Reminder, Timestamp, classify};
 use upr_nats::{
     contract::{self, notifier as names},
     stop::Stop,
 };
 
 use crate::{
-    PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, now,
+    PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, TIMERS_IN_HAND, now,
     state::{self, SentMark},
     stats::Stats,
+    timing::Steps,
 };
 
 /// Consumes fired timers until `stop` flips, finishing the one in hand.
@@ -44,8 +45,8 @@ pub async fn run(shared: Arc<Shared>, stop: Stop) {
             .timers
             .create_consumer(names::timers_consumer())
             .await?;
-        // Timers handed to a replica that is then killed wait out the ack
-        // wait, so pull no more than are handled at once.
+        // Pull in batches of those handled at once; the stream pulls again
+        // as they are taken, up to the timers in hand.
         Ok(consumer
             .stream()
             .max_messages_per_batch(SEND_CONCURRENCY)
@@ -54,7 +55,7 @@ pub async fn run(shared: Arc<Shared>, stop: Stop) {
             .messages()
             .await?)
     };
-    crate::follow("timers", stop, SEND_CONCURRENCY, open, |msg| {
+    crate::follow("timers", stop, TIMERS_IN_HAND, open, |msg| {
         handle(&shared, msg)
     })
     .await;
@@ -63,8 +64,8 @@ pub async fn run(shared: Arc<Shared>, stop: Stop) {
 /// What became of one fired timer.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
-    /// Published now.
-    Sent { late: bool },
+    /// Published now, stamped `sent_at`.
+    Sent { late: bool, sent_at: Timestamp },
     /// Its sent-mark exists: published before.
     AlreadySent,
     /// The review moved, was cancelled or held since the timer was set.
@@ -81,8 +82,12 @@ enum Outcome {
 const PLANNER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn handle(shared: &Shared, msg: Message) {
-    let seq = match msg.info() {
-        Ok(info) => info.stream_sequence,
+    let received = now();
+    let (seq, stored) = match msg.info() {
+        Ok(info) => (
+            info.stream_sequence,
+            Timestamp::from_offset_datetime(info.published).unwrap_or(received),
+        ),
         Err(e) => {
             warn!(subject = %msg.subject, error = %e, "timer without JetStream metadata; skipped");
             return;
@@ -102,7 +107,11 @@ async fn handle(shared: &Shared, msg: Message) {
         // The timer fires a little early (TIMER_EARLY): hold it until due,
         // then check the review as it stands at that moment.
         tokio::time::sleep(reminder.wait(now())).await;
-        match deliver(shared, &reminder).await {
+        // Never closed, so a permit always comes.
+        let permit = shared.sending.acquire().await.ok();
+        let outcome = deliver(shared, &reminder).await;
+        drop(permit);
+        match outcome {
             Ok(Outcome::PlannerBehind) => {
                 debug!(id = %reminder.id, "the planner has not applied a later change of the review; waiting");
                 Stats::add(&shared.stats.held, 1);
@@ -110,8 +119,11 @@ async fn handle(shared: &Shared, msg: Message) {
             }
             Ok(outcome) => {
                 match outcome {
-                    Outcome::Sent { late } => {
+                    Outcome::Sent { late, sent_at } => {
                         Stats::add(&shared.stats.sent, 1);
+                        shared
+                            .stats
+                            .timed(Steps::of(&reminder, stored, received, sent_at));
                         if late {
                             Stats::add(&shared.stats.late, 1);
                         }
@@ -199,5 +211,5 @@ async fn deliver(shared: &Shared, reminder: &Reminder) -> Result<Outcome, async_
     }
     let lateness_ms = sent_at.since(reminder.due_at).whole_milliseconds();
     debug!(lateness_ms, "reminder published");
-    Ok(Outcome::Sent { late })
+    Ok(Outcome::Sent { late, sent_at })
 }

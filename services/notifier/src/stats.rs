@@ -5,9 +5,14 @@
 //! it started (as every micro-service STATS does); `pending` is read from the
 //! timers stream, so it is the same for every replica and survives restarts.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    Mutex, PoisonError,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use serde_json::{Value, json};
+
+use crate::timing::{Steps, Timing};
 
 /// Counters shared by the loops and the stats handler.
 #[derive(Debug, Default)]
@@ -29,6 +34,8 @@ pub struct Stats {
     /// its review the planner had not applied yet (catching up after
     /// downtime).
     pub held: AtomicU64,
+    /// Where the last reminders' time went, step by step.
+    timing: Mutex<Timing>,
 }
 
 impl Stats {
@@ -37,9 +44,23 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    /// The counters as JSON, for STATS `data`.
+    /// Keeps one sent reminder's steps.
+    pub fn timed(&self, steps: Steps) {
+        self.timing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(steps);
+    }
+
+    /// The counters as JSON, for STATS `data`, with the reminder timing.
     pub fn to_json(&self) -> Value {
+        let timing = self
+            .timing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_json();
         json!({
+            "reminder_timing": timing,
             "pending": self.pending.load(Relaxed),
             "sent": self.sent.load(Relaxed),
             "late": self.late.load(Relaxed),
