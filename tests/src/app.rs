@@ -828,3 +828,18 @@ pub async fn notifications(js: &jetstream::Context) -> Vec<(String, String, Valu
     }
     out
 }
+
+/// How far the webhook subscription `name` has been delivered, read through
+/// `js`: its position in the gateway's bucket, once the gateway has set it
+/// (`None` before: no bucket or no key yet).
+pub async fn webhook_position(js: &jetstream::Context, name: &str) -> Option<u64> {
+    let kv = js
+        .get_key_value(contract::gateway::STATE_BUCKET)
+        .await
+        .ok()?;
+    let value = kv
+        .get(contract::gateway::webhook_position_key(name))
+        .await
+        .ok()??;
+    std::str::from_utf8(&value).ok()?.parse().ok()
+}

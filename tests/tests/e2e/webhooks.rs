@@ -16,8 +16,8 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use serde_json::{Value, json};
-use upr_nats::contract::{self, env, gateway::webhook_consumer, services};
-use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, free_port};
+use upr_nats::contract::{self, env, services};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, free_port, webhook_position};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -229,14 +229,9 @@ async fn webhooks_get_every_matching_notification_in_order_through_outages_and_a
         .gateway()
         .start()
         .await;
-    eventually(WAIT, "the webhooks' durable consumers", || async {
-        let stream = app
-            .js()
-            .get_stream(contract::NOTIFICATIONS_STREAM)
-            .await
-            .ok()?;
+    eventually(WAIT, "the webhooks' positions", || async {
         for name in ["everything", "kz-reminders", "nobody-home"] {
-            stream.consumer_info(webhook_consumer(name)).await.ok()?;
+            webhook_position(app.js(), name).await?;
         }
         Some(())
     })
@@ -369,35 +364,30 @@ async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
         .gateway()
         .start()
         .await;
-    let consumer = webhook_consumer("later");
-    let ack_pending = || async {
-        let stream = app
-            .js()
-            .get_stream(contract::NOTIFICATIONS_STREAM)
-            .await
-            .ok()?;
-        Some(stream.consumer_info(&consumer).await.ok()?.num_ack_pending)
-    };
-    eventually(WAIT, "the webhook's consumer", || async {
-        ack_pending().await.map(drop)
+    eventually(WAIT, "the webhook's position", || async {
+        webhook_position(app.js(), "later").await
     })
     .await;
 
-    // Nothing listens yet: the first notice is held and retried...
+    // Nothing listens yet: the first notice is retried...
     schedule(&app, "KZ", 48, "2030-01-23T08:30:00Z").await;
     reschedule(&app, "KZ", 48, "2030-01-24T08:30:00Z").await;
-    eventually(WAIT, "the notice held in progress", || async {
-        (ack_pending().await? == 1).then_some(())
+    eventually(WAIT, "a failed attempt", || async {
+        app.gateway()
+            .logs()
+            .contains("webhook attempt failed")
+            .then_some(())
     })
     .await;
-    // ... until an operator purges the stream: then it is given up.
-    app.js()
+    let mut stream = app
+        .js()
         .get_stream(contract::NOTIFICATIONS_STREAM)
         .await
-        .unwrap()
-        .purge()
-        .await
         .unwrap();
+    let held = stream.info().await.unwrap().state.last_sequence;
+    assert_eq!(webhook_position(app.js(), "later").await, Some(held - 1));
+    // ... until an operator purges the stream: then it is given up.
+    stream.purge().await.unwrap();
     eventually(WAIT, "the purged notice given up", || async {
         app.gateway()
             .logs()
@@ -405,7 +395,10 @@ async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
             .then_some(())
     })
     .await;
-    assert_eq!(ack_pending().await, Some(0));
+    eventually(WAIT, "the position past it", || async {
+        (webhook_position(app.js(), "later").await? == held).then_some(())
+    })
+    .await;
 
     // The subscription goes on with the next notification.
     let receiver = Receiver::start(port, &secret);
@@ -467,14 +460,9 @@ async fn the_counters_show_deliveries_and_failed_attempts_per_subscription() {
         (c.delivered(), c.failed_attempts())
     };
     assert_eq!(counts("up"), (0, 0));
-    eventually(WAIT, "the webhooks' consumers", || async {
-        let stream = app
-            .js()
-            .get_stream(contract::NOTIFICATIONS_STREAM)
-            .await
-            .ok()?;
+    eventually(WAIT, "the webhooks' positions", || async {
         for name in ["up", "down"] {
-            stream.consumer_info(webhook_consumer(name)).await.ok()?;
+            webhook_position(app.js(), name).await?;
         }
         Some(())
     })
