@@ -85,6 +85,15 @@ impl TestAppBuilder {
         self.service(services::GATEWAY, &[(contract::env::UPR_HTTP_ADDR, &addr)])
     }
 
+    /// Notifications from intake to HTTP: one ingest, one notifier and one
+    /// gateway, so that what is recorded reaches `/events` and the webhooks
+    /// (the gateway reads `UPR_NOTIFICATIONS` and the notifier creates it and
+    /// the gateway's bucket).
+    #[must_use]
+    pub fn notifications(self) -> Self {
+        self.ingest().notifier().gateway()
+    }
+
     /// Ingest, the projection and the notifier, one of each.
     #[must_use]
     pub fn all(self) -> Self {

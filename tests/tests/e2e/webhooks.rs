@@ -224,9 +224,7 @@ async fn webhooks_get_every_matching_notification_in_order_through_outages_and_a
         .env(env::UPR_REMINDER_LEADS, "2s,4s")
         .env(env::UPR_WEBHOOKS, file.to_str().unwrap())
         .env(env::UPR_WEBHOOK_RETRY_MAX, "2s")
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
     eventually(WAIT, "the webhooks' positions", || async {
@@ -359,9 +357,7 @@ async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
     let app = TestApp::builder()
         .env(env::UPR_WEBHOOKS, file.to_str().unwrap())
         .env(env::UPR_WEBHOOK_RETRY_MAX, "1s")
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
     eventually(WAIT, "the webhook's position", || async {
