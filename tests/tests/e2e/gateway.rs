@@ -361,6 +361,16 @@ async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configurati
         event.json()["id"],
         "the same notification"
     );
+    // The storage figures with the shipped account limit (20G).
+    let metrics = http::get(addr, "/metrics", &[]).await.text();
+    let limit = series(&metrics, "upr_storage_limit_bytes").expect("the limit");
+    let storage = series(&metrics, "upr_storage_bytes").expect("the storage");
+    let log_bytes = series(&metrics, "upr_event_log_bytes").expect("the log's bytes");
+    assert!(limit >= 20e9, "{metrics}");
+    assert!(
+        0.0 < log_bytes && log_bytes <= storage && storage < limit,
+        "{metrics}"
+    );
     assert!(
         !nats.log().contains("Violation"),
         "the gateway used only what it may: {}",
@@ -513,6 +523,21 @@ async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_t
         "{text}"
     );
     assert_eq!(series(&text, "upr_projection_lag"), Some(0.0), "{text}");
+    // Storage, from the same status answer: the log holds the event, the
+    // account at least the log (this server has no account limit, so no
+    // limit series; the shipped configuration's is checked with its user).
+    let log_bytes = series(&text, "upr_event_log_bytes").expect("the log's bytes");
+    assert!(log_bytes > 0.0, "{text}");
+    let storage = series(&text, "upr_storage_bytes").expect("the account's bytes");
+    assert!(storage >= log_bytes, "{text}");
+    assert_eq!(series(&text, "upr_storage_limit_bytes"), None, "{text}");
+    for name in ["upr_event_log_bytes", "upr_storage_bytes"] {
+        assert!(
+            text.contains(&format!("# HELP {name} "))
+                && text.contains(&format!("# TYPE {name} gauge")),
+            "{name} in\n{text}"
+        );
+    }
     for figure in [
         "upr_notifier_reminders_pending",
         "upr_notifier_reminders_sent",
