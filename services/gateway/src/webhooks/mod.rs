@@ -191,6 +191,7 @@ struct Position {
 impl Delivery {
     async fn run(mut self) {
         let name = self.subscription.name.clone();
+        let mut told = false;
         let mut position = loop {
             let started = tokio::select! {
                 p = self.position() => p,
@@ -199,7 +200,14 @@ impl Delivery {
             match started {
                 Ok(p) => break p,
                 Err(why) => {
-                    debug!(webhook = %name, error = %why, "cannot read the webhook's position yet; trying again");
+                    // Said once where an operator sees it (a notifier older
+                    // than the bucket, say), then only in debug.
+                    if told {
+                        debug!(webhook = %name, error = %why, "cannot read the webhook's position yet; trying again");
+                    } else {
+                        warn!(webhook = %name, error = %why, "cannot read the webhook's position yet; trying again");
+                        told = true;
+                    }
                     if self.pause(NATS_RETRY).await {
                         return;
                     }
@@ -215,6 +223,10 @@ impl Delivery {
         };
         let mut reader = Reader::with_filter(&self.js, filter);
         loop {
+            // What the feed has seen so far is looked at by this read: only
+            // something newer is news afterwards (with a filter, the feed's
+            // newest may be one this subscription never matches).
+            self.newest.borrow_and_update();
             let next = tokio::select! {
                 n = reader.next_from(position.at + 1) => n,
                 () = stopping(&self.stop) => return,
@@ -234,7 +246,7 @@ impl Delivery {
                     if position.at > position.stored {
                         self.store(&mut position).await;
                     }
-                    if self.wait_for_news(position.at).await {
+                    if self.wait_for_news().await {
                         return;
                     }
                 }
@@ -311,16 +323,19 @@ impl Delivery {
         }
     }
 
-    /// Waits until the live feed has seen something after `at`, or
-    /// [`POLL_IDLE`]; true when the gateway is stopping.
-    async fn wait_for_news(&mut self, at: u64) -> bool {
+    /// Waits until the live feed has read something it had not when this
+    /// subscription last looked, or [`POLL_IDLE`] (a lagging replica may
+    /// have answered the last look); true when the gateway is stopping.
+    async fn wait_for_news(&mut self) -> bool {
         let mut stop = self.stop.clone();
         let newest = &mut self.newest;
-        tokio::select! {
-            _ = newest.wait_for(|n| *n > at) => false,
+        let feed_gone = tokio::select! {
+            changed = newest.changed() => changed.is_err(),
             () = tokio::time::sleep(POLL_IDLE) => false,
-            _ = stop.wait_for(|s| *s) => true,
-        }
+            _ = stop.wait_for(|s| *s) => return true,
+        };
+        // Without the feed (it ends only when the gateway stops), poll.
+        feed_gone && self.pause(POLL_IDLE).await
     }
 
     /// Whether the stream still keeps the message at `seq` (an error to
