@@ -233,12 +233,14 @@ impl Delivery {
             };
             match next {
                 Ok(Some(message)) => {
-                    if self.subscription.matches(&message.subject) && !self.deliver(&message).await
-                    {
+                    let wanted = self.subscription.matches(&message.subject);
+                    if wanted && !self.deliver(&message).await {
                         return;
                     }
                     position.at = message.sequence;
-                    if message.sequence > position.stored {
+                    // A delivery is recorded at once; what was passed over
+                    // (several filters, checked here) once caught up.
+                    if wanted {
                         self.store(&mut position).await;
                     }
                 }
