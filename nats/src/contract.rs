@@ -657,6 +657,8 @@ pub mod notifier {
 pub mod gateway {
     use std::time::Duration;
 
+    use async_nats::jetstream::{kv, stream::StorageType};
+
     /// Where the gateway listens when `UPR_HTTP_ADDR` is unset: loopback
     /// only, so a gateway started by hand is not reachable from the network.
     pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
@@ -674,13 +676,46 @@ pub mod gateway {
     /// The longest pause between two attempts at a webhook when
     /// `UPR_WEBHOOK_RETRY_MAX` is unset.
     pub const DEFAULT_WEBHOOK_RETRY_MAX: &str = "5m";
-    /// Prefix of the durable consumer on `UPR_NOTIFICATIONS` that delivers
-    /// one webhook subscription: `upr-gateway-webhook-<name>`.
+    /// Prefix of the durable consumer on `UPR_NOTIFICATIONS` that delivered
+    /// one webhook subscription before the gateway kept its positions in
+    /// [`STATE_BUCKET`]: `upr-gateway-webhook-<name>`. Only read now, once,
+    /// to resume a subscription where such a consumer had got to.
     pub const WEBHOOK_CONSUMER_PREFIX: &str = "upr-gateway-webhook-";
 
-    /// The durable consumer of the webhook subscription `name`.
+    /// The earlier durable consumer of the webhook subscription `name`.
     pub fn webhook_consumer(name: &str) -> String {
         format!("{WEBHOOK_CONSUMER_PREFIX}{name}")
+    }
+
+    /// The gateway's own state: how far each webhook subscription has been
+    /// delivered (`webhook.<name>`: the stream sequence in
+    /// `UPR_NOTIFICATIONS`, as decimal text).
+    ///
+    /// The notifier creates it, not the gateway: whoever may create a stream
+    /// or a consumer chooses its configuration (a stream's subjects, a push
+    /// consumer's deliver subject), which no subject permission can see. So
+    /// the gateway's user creates nothing on JetStream; all it may write is
+    /// values in this bucket.
+    pub const STATE_BUCKET: &str = "upr_gateway";
+
+    /// The key of the webhook subscription `name` in [`STATE_BUCKET`].
+    pub fn webhook_position_key(name: &str) -> String {
+        format!("webhook.{name}")
+    }
+
+    /// [`STATE_BUCKET`]: one value per subscription, small and bounded, so
+    /// that even a stolen gateway key can keep little there.
+    pub fn state_bucket(replicas: usize) -> kv::Config {
+        kv::Config {
+            bucket: STATE_BUCKET.into(),
+            description: "UPR Tracker gateway: how far each webhook has been delivered".into(),
+            history: 1,
+            max_value_size: 32,
+            max_bytes: 1024 * 1024,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        }
     }
 }
 

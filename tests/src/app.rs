@@ -85,6 +85,15 @@ impl TestAppBuilder {
         self.service(services::GATEWAY, &[(contract::env::UPR_HTTP_ADDR, &addr)])
     }
 
+    /// Notifications from intake to HTTP: one ingest, one notifier and one
+    /// gateway, so that what is recorded reaches `/events` and the webhooks
+    /// (the gateway reads `UPR_NOTIFICATIONS` and the notifier creates it and
+    /// the gateway's bucket).
+    #[must_use]
+    pub fn notifications(self) -> Self {
+        self.ingest().notifier().gateway()
+    }
+
     /// Ingest, the projection and the notifier, one of each.
     #[must_use]
     pub fn all(self) -> Self {
@@ -827,4 +836,19 @@ pub async fn notifications(js: &jetstream::Context) -> Vec<(String, String, Valu
         }
     }
     out
+}
+
+/// How far the webhook subscription `name` has been delivered, read through
+/// `js`: its position in the gateway's bucket, once the gateway has set it
+/// (`None` before: no bucket or no key yet).
+pub async fn webhook_position(js: &jetstream::Context, name: &str) -> Option<u64> {
+    let kv = js
+        .get_key_value(contract::gateway::STATE_BUCKET)
+        .await
+        .ok()?;
+    let value = kv
+        .get(contract::gateway::webhook_position_key(name))
+        .await
+        .ok()??;
+    std::str::from_utf8(&value).ok()?.parse().ok()
 }

@@ -40,7 +40,9 @@ mod raw;
 mod server;
 pub mod sse;
 
-pub use app::{READ_MODEL_BUCKETS, Snapshot, TestApp, TestAppBuilder, notifications};
+pub use app::{
+    READ_MODEL_BUCKETS, Snapshot, TestApp, TestAppBuilder, notifications, webhook_position,
+};
 pub use cluster::{NatsCluster, RouteTls, cluster_config, cluster_config_with};
 pub use fixtures::lifecycle_steps;
 pub use process::{ServiceProcess, bin_path, start_services};

@@ -4,10 +4,22 @@
 //! (`Last-Event-ID` or `?after=<seq>`) first everything the client missed.
 //!
 //! Why this shape, for many clients at once:
-//! - One live feed per gateway: a single JetStream ordered consumer (the
-//!   `feed` task) puts every notification, with its stream sequence, on a
-//!   [`broadcast`] channel. A thousand clients cost the server one consumer,
-//!   not a thousand.
+//! - One live feed per gateway (the `feed` task) puts every notification,
+//!   with its stream sequence, on a [`broadcast`] channel. A thousand
+//!   clients cost the server one reader, not a thousand.
+//! - The feed uses no consumer: it reads the stream with direct gets, in
+//!   sequence order, and is woken by the notifications themselves (a core
+//!   subscription to `upr.notify.>`, which carries every publish the stream
+//!   stores). Creating a consumer would need `CONSUMER.CREATE`, and the
+//!   server lets whoever may create one choose its whole configuration: a
+//!   push consumer aimed at the event log's subjects would have the server
+//!   write notifications into the log. So the gateway's user may create
+//!   nothing (docs/security.md). A wake-up says only "something was
+//!   published"; the stream says what and in which order. A message may be
+//!   heard before the stream stores it (a cluster stores it once a majority
+//!   has it), so the feed looks again shortly after each wake-up, and every
+//!   few seconds anyway, which also covers wake-ups lost while the
+//!   connection was down.
 //! - Each client keeps its *position*: the last stream sequence it has
 //!   looked at (sent or filtered out). It subscribes to the broadcast
 //!   *before* it replays, so nothing published meanwhile can fall between
@@ -29,8 +41,8 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self,
-    consumer::{DeliverPolicy, pull},
     context::GetStreamErrorKind,
+    message::StreamMessage,
     stream::{DirectGetErrorKind, Stream},
 };
 use axum::{
@@ -44,7 +56,7 @@ use axum::{
     },
     routing::get,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 use upr_domain::{Country, ErrorCode, RejectError};
@@ -65,6 +77,17 @@ const CLIENT_BUFFER: usize = 64;
 
 /// Pause before the live feed tries again after NATS failed it.
 const FEED_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the feed looks at the stream while no wake-up comes: the
+/// bound on how late a notification whose wake-up was lost is passed on.
+const POLL_IDLE: Duration = Duration::from_secs(5);
+
+/// How often it looks during [`WAKE_WINDOW`] after a wake-up, for a
+/// message heard before the stream had stored it.
+const POLL_AWAKE: Duration = Duration::from_millis(100);
+
+/// See [`POLL_AWAKE`].
+const WAKE_WINDOW: Duration = Duration::from_secs(2);
 
 /// Attempts at one direct get before a client's stream is ended.
 const READ_ATTEMPTS: u32 = 3;
@@ -128,6 +151,7 @@ impl Notice {
 pub struct Hub {
     js: jetstream::Context,
     live: broadcast::Sender<Arc<Notice>>,
+    newest: watch::Receiver<u64>,
     slots: Arc<Semaphore>,
     max_clients: usize,
     stop: watch::Receiver<bool>,
@@ -142,10 +166,12 @@ impl Hub {
         stop: watch::Receiver<bool>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (live, _) = broadcast::channel(BROADCAST_BUFFER);
-        let task = tokio::spawn(feed(js.clone(), live.clone(), stop.clone()));
+        let (newest_tx, newest) = watch::channel(0);
+        let task = tokio::spawn(feed(js.clone(), live.clone(), newest_tx, stop.clone()));
         let hub = Self {
             js,
             live,
+            newest,
             slots: Arc::new(Semaphore::new(max_clients)),
             max_clients,
             stop,
@@ -156,6 +182,12 @@ impl Hub {
     /// Streams open right now (for the metrics).
     pub fn clients(&self) -> usize {
         self.max_clients - self.slots.available_permits()
+    }
+
+    /// The newest sequence of `UPR_NOTIFICATIONS` the feed has read: the
+    /// webhooks wait on it instead of asking the stream themselves.
+    pub fn newest(&self) -> watch::Receiver<u64> {
+        self.newest.clone()
     }
 }
 
@@ -275,11 +307,21 @@ async fn events(
 }
 
 /// Why a client's stream ended.
-enum End {
+pub(crate) enum End {
     /// The client went away or the gateway is stopping.
     Gone,
     /// The stream could not be read; the client resumes on reconnect.
     Unreadable(String),
+}
+
+impl End {
+    /// Why, as a log line says it.
+    pub(crate) fn into_text(self) -> String {
+        match self {
+            Self::Gone => "stopped".into(),
+            Self::Unreadable(why) => why,
+        }
+    }
 }
 
 /// One client: replay from its position, then live, filling every gap from
@@ -341,9 +383,10 @@ async fn client(
     }
 }
 
-/// Reads a range of `UPR_NOTIFICATIONS` for one client with direct gets
-/// (no consumer on the server), filtered by subject.
-struct Reader {
+/// Reads `UPR_NOTIFICATIONS` with direct gets (no consumer on the server),
+/// filtered by subject: for one client, for the live feed and for each
+/// webhook subscription.
+pub(crate) struct Reader {
     js: jetstream::Context,
     stream: Option<Stream>,
     filter: String,
@@ -361,6 +404,17 @@ impl Reader {
             stream: None,
             filter,
             country,
+        }
+    }
+
+    /// A reader of the subjects matching `filter` (one subject, wildcards
+    /// allowed).
+    pub(crate) fn with_filter(js: &jetstream::Context, filter: String) -> Self {
+        Self {
+            js: js.clone(),
+            stream: None,
+            filter,
+            country: None,
         }
     }
 
@@ -400,7 +454,7 @@ impl Reader {
     }
 
     /// The stream's last sequence (0 before it exists).
-    async fn last_sequence(&mut self) -> Result<u64, End> {
+    pub(crate) async fn last_sequence(&mut self) -> Result<u64, End> {
         let mut why = String::new();
         for attempt in 0..READ_ATTEMPTS {
             if attempt > 0 {
@@ -421,10 +475,7 @@ impl Reader {
 
     /// The first message at or after `seq` on the client's subjects;
     /// `None` past the end of the stream (or before it exists).
-    async fn next_from(
-        &mut self,
-        seq: u64,
-    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, End> {
+    pub(crate) async fn next_from(&mut self, seq: u64) -> Result<Option<StreamMessage>, End> {
         let mut why = String::new();
         for attempt in 0..READ_ATTEMPTS {
             if attempt > 0 {
@@ -463,63 +514,93 @@ pub(crate) fn stream_missing(kind: &GetStreamErrorKind) -> bool {
     matches!(kind, GetStreamErrorKind::JetStream(j) if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// The live feed: one ordered consumer on `UPR_NOTIFICATIONS` from the end
-/// of the stream, every message onto the broadcast with its sequence. Made
-/// again from the next sequence when NATS fails it; waits for the stream
-/// when the notifier has not created it yet.
+/// The live feed: every notification stored after the gateway started,
+/// read in sequence order with direct gets and put on the broadcast; woken
+/// by a core subscription to the notification subjects, and looking again
+/// by itself (see the module documentation). After a NATS failure it goes
+/// on from the next sequence; it waits for the stream when the notifier
+/// has not created it yet.
 async fn feed(
     js: jetstream::Context,
     live: broadcast::Sender<Arc<Notice>>,
+    newest: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut next: Option<u64> = None;
+    let client = js.client();
+    let mut reader = Reader::new(&js, None);
+    let mut position: Option<u64> = None;
     loop {
-        let run = async {
-            let mut stream = js
-                .get_stream(NOTIFICATIONS_STREAM)
-                .await
-                .map_err(|e| e.to_string())?;
-            let start = match next {
-                Some(n) => n,
-                None => {
-                    let info = stream.info().await.map_err(|e| e.to_string())?;
-                    info.state.last_sequence + 1
-                }
-            };
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    filter_subject: subjects::NOTIFY_ALL.into(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            info!(from = start, "live notifications feed started");
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| e.to_string())?;
-                let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-                next = Some(seq + 1);
-                if let Some(notice) = Notice::from_stored(seq, &message.subject, &message.payload) {
-                    // No receiver (no client connected) is not an error.
-                    let _ = live.send(Arc::new(notice));
-                }
-            }
-            Err::<(), String>("the consumer's messages ended".into())
-        };
         tokio::select! {
-            result = run => {
-                if let Err(why) = result {
-                    debug!(error = %why, "live notifications feed interrupted; starting it again");
-                }
+            why = follow(&client, &mut reader, &mut position, &live, &newest) => {
+                debug!(error = %why, "live notifications feed interrupted; starting it again");
             }
             _ = stop.wait_for(|s| *s) => return,
         }
         tokio::select! {
             () = tokio::time::sleep(FEED_RETRY) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The feed's work until NATS fails it; returns why. `position` (the last
+/// sequence passed on) is kept up to date, so the next call goes on from
+/// there; `None` starts at the stream's end.
+async fn follow(
+    client: &async_nats::Client,
+    reader: &mut Reader,
+    position: &mut Option<u64>,
+    live: &broadcast::Sender<Arc<Notice>>,
+    newest: &watch::Sender<u64>,
+) -> String {
+    let mut wake_ups = match client.subscribe(subjects::NOTIFY_ALL).await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let mut at = match *position {
+        Some(p) => p,
+        None => match reader.last_sequence().await {
+            Ok(p) => p,
+            Err(e) => return e.into_text(),
+        },
+    };
+    *position = Some(at);
+    newest.send_replace(at);
+    info!(after = at, "live notifications feed started");
+    let mut awake_until = tokio::time::Instant::now();
+    loop {
+        loop {
+            match reader.next_from(at + 1).await {
+                Ok(Some(message)) => {
+                    at = message.sequence;
+                    if let Some(notice) =
+                        Notice::from_stored(at, &message.subject, &message.payload)
+                    {
+                        // No receiver (no client connected) is not an error.
+                        let _ = live.send(Arc::new(notice));
+                    }
+                    *position = Some(at);
+                    newest.send_replace(at);
+                }
+                Ok(None) => break,
+                Err(e) => return e.into_text(),
+            }
+        }
+        let poll = if tokio::time::Instant::now() < awake_until {
+            POLL_AWAKE
+        } else {
+            POLL_IDLE
+        };
+        tokio::select! {
+            heard = wake_ups.next() => {
+                if heard.is_none() {
+                    return "the wake-up subscription ended".into();
+                }
+                // One look serves every wake-up already waiting.
+                while let Some(Some(_)) = wake_ups.next().now_or_never() {}
+                awake_until = tokio::time::Instant::now() + WAKE_WINDOW;
+            }
+            () = tokio::time::sleep(poll) => {}
         }
     }
 }

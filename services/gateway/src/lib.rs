@@ -186,7 +186,8 @@ struct Live {
 
 impl App {
     /// Binds the HTTP address, then connects to NATS (retrying until it
-    /// answers). Nothing is created on NATS: the gateway only asks.
+    /// answers). Nothing is created on NATS: the gateway only asks, and
+    /// writes its webhook positions in the bucket the notifier made.
     ///
     /// # Errors
     /// When the address cannot be bound (in use, not this host's) or the
@@ -269,6 +270,7 @@ impl Live {
             &state.js,
             config.webhooks,
             config.webhook_retry_max,
+            &hub.newest(),
             &stopped,
         )?;
         Ok(Self {

@@ -1,8 +1,9 @@
 //! `/metrics`: the gateway's own request figures, its live notifications
 //! (open `/events` streams, webhook deliveries and failed attempts per
 //! subscription) and, read at each scrape, the system's: events in the log,
-//! the projection's applied sequence and lag, the notifier's pending, sent
-//! and late reminders.
+//! the projection's applied sequence and lag, the storage the service
+//! account uses against its limit and the log's share of it, the
+//! notifier's pending, sent and late reminders.
 //!
 //! The system figures are asked of the projection (`upr.query.status`) and
 //! the notifier (`upr.notifier.status`) when Prometheus scrapes, not kept
@@ -130,8 +131,24 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
 pub struct SystemFigures {
     /// `upr.query.status`: `(applied_seq, stream_last_seq)`.
     pub projection: Option<(u64, u64)>,
+    /// `upr.query.status`: the storage figures, when it gave them.
+    pub storage: Option<Storage>,
     /// `upr.notifier.status`: `(pending, sent, late)`.
     pub notifier: Option<(u64, u64, u64)>,
+}
+
+/// What the service account's JetStream stores, from `upr.query.status`:
+/// the figures behind an alert before the log reaches its limit (at the
+/// limit new events are refused; docs/operations.md, "Storage").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Storage {
+    /// `storage_bytes`: every stream and bucket of the account together.
+    pub bytes: u64,
+    /// `storage_max_bytes`: the account's limit; `None` when it has none
+    /// (a server without accounts).
+    pub limit: Option<u64>,
+    /// `stream_bytes`: the event log's share.
+    pub log_bytes: u64,
 }
 
 impl SystemFigures {
@@ -139,10 +156,17 @@ impl SystemFigures {
     /// or answered something else).
     pub fn from_answers(projection: Option<&Value>, notifier: Option<&Value>) -> Self {
         let u = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+        let projection = projection.filter(|v| v["ok"] == true);
         Self {
             projection: projection
-                .filter(|v| v["ok"] == true)
                 .and_then(|v| Some((u(v, "applied_seq")?, u(v, "stream_last_seq")?))),
+            storage: projection.and_then(|v| {
+                Some(Storage {
+                    bytes: u(v, "storage_bytes")?,
+                    limit: u(v, "storage_max_bytes"),
+                    log_bytes: u(v, "stream_bytes")?,
+                })
+            }),
             notifier: notifier.and_then(|v| Some((u(v, "pending")?, u(v, "sent")?, u(v, "late")?))),
         }
     }
@@ -188,6 +212,28 @@ impl SystemFigures {
                 "projection_lag",
                 "Events in the log the projection has not applied yet",
                 last.saturating_sub(applied),
+            );
+        }
+        if let Some(storage) = self.storage {
+            gauge(
+                &mut registry,
+                "storage_bytes",
+                "Bytes the service account's JetStream stores, every stream and bucket together",
+                storage.bytes,
+            );
+            if let Some(limit) = storage.limit {
+                gauge(
+                    &mut registry,
+                    "storage_limit_bytes",
+                    "The service account's JetStream storage limit; at it new events are refused",
+                    limit,
+                );
+            }
+            gauge(
+                &mut registry,
+                "event_log_bytes",
+                "Bytes of UPR_EVENTS, the event log",
+                storage.log_bytes,
             );
         }
         if let Some((pending, sent, late)) = self.notifier {
@@ -331,10 +377,22 @@ mod tests {
     #[test]
     fn the_system_figures_come_from_the_two_status_answers() {
         let figures = SystemFigures::from_answers(
-            Some(&json!({"ok": true, "applied_seq": 90, "stream_last_seq": 100})),
+            Some(
+                &json!({"ok": true, "applied_seq": 90, "stream_last_seq": 100,
+                         "stream_bytes": 4096, "stream_max_bytes": null,
+                         "storage_bytes": 9000, "storage_max_bytes": 21_474_836_480_u64}),
+            ),
             Some(&json!({"ok": true, "pending": 3, "sent": 7, "late": 1, "skipped": 0})),
         );
         assert_eq!(figures.projection, Some((90, 100)));
+        assert_eq!(
+            figures.storage,
+            Some(Storage {
+                bytes: 9000,
+                limit: Some(21_474_836_480),
+                log_bytes: 4096
+            })
+        );
         assert_eq!(figures.notifier, Some((3, 7, 1)));
         let live = LiveFigures {
             event_streams: 2,
@@ -350,6 +408,9 @@ mod tests {
             "upr_events_in_log 100",
             "upr_projection_applied_seq 90",
             "upr_projection_lag 10",
+            "upr_storage_bytes 9000",
+            "upr_storage_limit_bytes 21474836480",
+            "upr_event_log_bytes 4096",
             "upr_notifier_reminders_pending 3",
             "upr_notifier_reminders_sent 7",
             "upr_notifier_reminders_late 1",
@@ -377,5 +438,25 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("upr_projection_lag"), "{text}");
+        assert!(!text.contains("upr_storage_bytes"), "{text}");
+    }
+
+    #[test]
+    fn without_an_account_limit_the_limit_series_is_left_out() {
+        let figures = SystemFigures::from_answers(
+            Some(&json!({"ok": true, "applied_seq": 1, "stream_last_seq": 1,
+                         "stream_bytes": 300, "stream_max_bytes": null,
+                         "storage_bytes": 700, "storage_max_bytes": null})),
+            None,
+        );
+        let text = exposition(&Metrics::default(), &LiveFigures::default(), &figures);
+        assert!(text.contains("upr_storage_bytes 700"), "{text}");
+        assert!(text.contains("upr_event_log_bytes 300"), "{text}");
+        assert!(!text.contains("upr_storage_limit_bytes"), "{text}");
+        assert!(
+            text.contains("# HELP upr_storage_bytes ")
+                && text.contains("# TYPE upr_storage_bytes gauge"),
+            "{text}"
+        );
     }
 }

@@ -172,6 +172,12 @@ impl App {
             .await?;
             info!(consumer = %name, "reader consumer on UPR_NOTIFICATIONS ready");
         }
+        // The gateway's webhook positions: made here because the gateway's
+        // user may create nothing (contract::gateway::STATE_BUCKET says why).
+        patiently(|| {
+            upr_nats::setup::ensure_bucket(&js, contract::gateway::state_bucket(replicas))
+        })
+        .await?;
         let timers = patiently(|| ensure_own_stream(&js, names::timers_stream(replicas))).await?;
         let kv = patiently(|| upr_nats::setup::ensure_bucket(&js, names::state_bucket(replicas)))
             .await?;

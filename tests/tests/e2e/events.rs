@@ -113,9 +113,7 @@ fn seqs(events: &[SseEvent]) -> Vec<u64> {
 async fn events_are_live_and_a_reconnect_gets_exactly_the_missed_ones_then_live_ones() {
     let app = TestApp::builder()
         .env(env::UPR_REMINDER_LEADS, "2s,4s")
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
     let addr = app.http_addr();
@@ -209,12 +207,7 @@ async fn events_are_live_and_a_reconnect_gets_exactly_the_missed_ones_then_live_
 
 #[tokio::test]
 async fn a_bad_country_or_sequence_is_a_json_400_naming_the_field() {
-    let app = TestApp::builder()
-        .ingest()
-        .notifier()
-        .gateway()
-        .start()
-        .await;
+    let app = TestApp::builder().notifications().start().await;
     for (path, header, field) in [
         ("/events?country=XX", None, "country"),
         ("/events?country=Kazakhstan", None, "country"),
@@ -238,9 +231,7 @@ async fn event_streams_have_their_own_cap_outside_the_request_limit_and_end_on_s
     let mut app = TestApp::builder()
         .env(env::UPR_SSE_MAX_CLIENTS, "2")
         .env(env::UPR_HTTP_MAX_REQUESTS, "1")
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
     let addr = app.http_addr();
@@ -307,9 +298,7 @@ async fn with_every_stream_slot_taken_a_plain_request_still_gets_a_connection() 
     let app = TestApp::builder()
         .env(env::UPR_SSE_MAX_CLIENTS, &sse_max.to_string())
         .env(env::UPR_HTTP_MAX_REQUESTS, &max_requests.to_string())
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
     let addr = app.http_addr();

@@ -301,18 +301,8 @@ async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configurati
     let admin = async_nats::jetstream::new(nats.client_as("admin").await);
     eventually(
         Duration::from_secs(20),
-        "the webhook's consumer",
-        || async {
-            let stream = admin
-                .get_stream(contract::NOTIFICATIONS_STREAM)
-                .await
-                .ok()?;
-            stream
-                .consumer_info(contract::gateway::webhook_consumer("chat"))
-                .await
-                .ok()
-                .map(drop)
-        },
+        "the webhook's position",
+        || async { upr_tests::webhook_position(&admin, "chat").await },
     )
     .await;
     let mut live = SseClient::connect(addr, "/events", &[])
@@ -370,6 +360,16 @@ async fn the_gateway_serves_as_its_own_read_only_user_in_the_shipped_configurati
         serde_json::from_str::<serde_json::Value>(&delivered).unwrap()["id"],
         event.json()["id"],
         "the same notification"
+    );
+    // The storage figures with the shipped account limit (20G).
+    let metrics = http::get(addr, "/metrics", &[]).await.text();
+    let limit = series(&metrics, "upr_storage_limit_bytes").expect("the limit");
+    let storage = series(&metrics, "upr_storage_bytes").expect("the storage");
+    let log_bytes = series(&metrics, "upr_event_log_bytes").expect("the log's bytes");
+    assert!(limit >= 20e9, "{metrics}");
+    assert!(
+        0.0 < log_bytes && log_bytes <= storage && storage < limit,
+        "{metrics}"
     );
     assert!(
         !nats.log().contains("Violation"),
@@ -523,6 +523,21 @@ async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_t
         "{text}"
     );
     assert_eq!(series(&text, "upr_projection_lag"), Some(0.0), "{text}");
+    // Storage, from the same status answer: the log holds the event, the
+    // account at least the log (this server has no account limit, so no
+    // limit series; the shipped configuration's is checked with its user).
+    let log_bytes = series(&text, "upr_event_log_bytes").expect("the log's bytes");
+    assert!(log_bytes > 0.0, "{text}");
+    let storage = series(&text, "upr_storage_bytes").expect("the account's bytes");
+    assert!(storage >= log_bytes, "{text}");
+    assert_eq!(series(&text, "upr_storage_limit_bytes"), None, "{text}");
+    for name in ["upr_event_log_bytes", "upr_storage_bytes"] {
+        assert!(
+            text.contains(&format!("# HELP {name} "))
+                && text.contains(&format!("# TYPE {name} gauge")),
+            "{name} in\n{text}"
+        );
+    }
     for figure in [
         "upr_notifier_reminders_pending",
         "upr_notifier_reminders_sent",
@@ -545,19 +560,8 @@ async fn metrics_count_requests_by_route_and_report_the_log_the_projection_and_t
     // nothing is delivered.
     eventually(
         Duration::from_secs(20),
-        "the webhook's consumer",
-        || async {
-            let stream = app
-                .js()
-                .get_stream(contract::NOTIFICATIONS_STREAM)
-                .await
-                .ok()?;
-            stream
-                .consumer_info(contract::gateway::webhook_consumer("chat"))
-                .await
-                .ok()
-                .map(drop)
-        },
+        "the webhook's position",
+        || async { upr_tests::webhook_position(app.js(), "chat").await },
     )
     .await;
     let stream = SseClient::connect(app.http_addr(), "/events", &[])
@@ -1091,20 +1095,33 @@ async fn a_bad_address_or_a_port_in_use_stops_the_gateway_naming_it() {
     );
 }
 
-/// A known open point (docs/security.md): the gateway's user may create
-/// consumers on `UPR_NOTIFICATIONS`, and the server does not restrict a
-/// consumer's configuration, so a stolen gateway key can create a push
-/// consumer whose deliver subject is one of `UPR_EVENTS`' subjects. This
-/// records exactly what the server (2.15) does with it: it accepts the
-/// consumer; it delivers nothing while no client listens on that subject
-/// (a stream's own capture is not counted as interest), so the log is
-/// untouched; but as soon as any connection of the account subscribes
-/// there (an operator's `nats sub 'upr.events.>'` as `admin`), each
-/// delivery is also appended to the event log, under the notification's
-/// own subject (`upr.notify.<kind>.<CC>`), outside the log's subjects. When
-/// this is shut, this test fails and must say so instead.
+/// What a stolen gateway key tries besides the consumer itself: the same
+/// request by every API subject that makes one, pulling from a reader's
+/// consumer, and a stream of its own.
+const REFUSED_TO_THE_GATEWAY: [&str; 7] = [
+    "$JS.API.CONSUMER.CREATE.UPR_NOTIFICATIONS",
+    "$JS.API.CONSUMER.CREATE.UPR_NOTIFICATIONS.thief",
+    "$JS.API.CONSUMER.CREATE.UPR_NOTIFICATIONS.thief.upr.notify.reminder.KZ",
+    "$JS.API.CONSUMER.DURABLE.CREATE.UPR_NOTIFICATIONS.thief",
+    "$JS.API.CONSUMER.MSG.NEXT.UPR_NOTIFICATIONS.reader",
+    "$JS.API.STREAM.CREATE.KV_upr_gateway",
+    "$JS.API.STREAM.UPDATE.KV_upr_gateway",
+];
+
+/// A stolen gateway key cannot aim a push consumer at the event log
+/// (docs/security.md, "The gateway creates nothing"). Whoever may create a
+/// consumer chooses its configuration, and the server delivers a push
+/// consumer's messages to its deliver subject, where a stream that captures
+/// that subject stores them: with the event log's subjects, notifications
+/// would be appended to the log (seen with nats-server 2.15 while the
+/// gateway's user could create consumers). The gateway's user now may
+/// create no consumer in any form, nor pull from one, nor create a stream:
+/// the attempt is refused as a permission violation, no consumer appears,
+/// nothing is delivered even while someone listens on the subject, and the
+/// log's last sequence stays where it was.
 #[tokio::test]
-async fn a_stolen_gateway_key_can_aim_a_push_consumer_at_the_event_log_known_open_point() {
+async fn a_stolen_gateway_key_cannot_aim_a_push_consumer_at_the_event_log() {
+    use futures::TryStreamExt;
     let nats = NatsServer::start_secured();
     let _services = start_services(&nats, &nats.url(), &[]).await;
     let publisher = nats.client_as("publisher").await;
@@ -1129,7 +1146,7 @@ async fn a_stolen_gateway_key_can_aim_a_push_consumer_at_the_event_log_known_ope
         .get_stream(contract::NOTIFICATIONS_STREAM)
         .await
         .unwrap();
-    let notice = eventually(Duration::from_secs(20), "the notice stored", || async {
+    eventually(Duration::from_secs(20), "the notice stored", || async {
         notifications
             .get_last_raw_message_by_subject("upr.notify.rescheduled.KZ")
             .await
@@ -1139,65 +1156,67 @@ async fn a_stolen_gateway_key_can_aim_a_push_consumer_at_the_event_log_known_ope
     let mut events = admin.get_stream(contract::EVENTS_STREAM).await.unwrap();
     let before = events.info().await.unwrap().state.last_sequence;
     assert_eq!(before, 2);
+    let consumers = || async {
+        let mut names: Vec<String> = notifications.consumer_names().try_collect().await.unwrap();
+        names.sort();
+        names
+    };
+    let consumers_before = consumers().await;
+
+    // The worst case: someone in the account listens on the target subject
+    // (an operator's `nats sub 'upr.events.>'` as `admin`).
+    let target = "upr.events.KZ.48.review_cancelled";
+    let listener = nats.client_as("admin").await;
+    let mut heard = listener.subscribe(target).await.unwrap();
+    listener.flush().await.unwrap();
 
     // The attempt, with the gateway's key and nothing else.
-    let target = "upr.events.KZ.48.review_cancelled";
     let as_gateway = nats
         .options_as("gateway")
         .custom_inbox_prefix("_INBOX.upr-gateway")
         .connect(nats.url())
         .await
         .unwrap();
-    let consumer = async_nats::jetstream::new(as_gateway)
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(as_gateway.clone());
+    let stream = js
         .get_stream(contract::NOTIFICATIONS_STREAM)
         .await
-        .unwrap()
+        .expect("the gateway may read the stream's info");
+    let refused = stream
         .create_consumer(async_nats::jetstream::consumer::push::Config {
             deliver_subject: target.to_string(),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
             ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
-        .await
-        .expect("the server accepts the consumer");
-    let name = consumer.cached_info().name.clone();
-    assert!(
-        !nats.log().contains("Violation"),
-        "no permission stands in the way: {}",
-        nats.log()
-    );
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Every other way to the same request: each refused by the server.
+    for subject in REFUSED_TO_THE_GATEWAY {
+        let body = json!({"stream_name": contract::NOTIFICATIONS_STREAM,
+                          "config": {"deliver_subject": target, "ack_policy": "none"}});
+        as_gateway
+            .publish(subject, body.to_string().into())
+            .await
+            .unwrap();
+        as_gateway.flush().await.unwrap();
+    }
+    for subject in REFUSED_TO_THE_GATEWAY {
+        eventually(Duration::from_secs(5), "the refusal logged", || async {
+            nats.log()
+                .lines()
+                .any(|l| l.contains("Publish Violation") && l.contains(subject))
+                .then_some(())
+        })
+        .await;
+    }
 
-    // No one listens on the subject: nothing is delivered, the log is as it was.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let info = notifications.consumer_info(&name).await.unwrap();
-    assert_eq!(info.delivered.stream_sequence, 0, "{info:?}");
+    // Nothing came of it: no consumer, no delivery, the log as it was.
+    let nothing =
+        tokio::time::timeout(Duration::from_secs(3), futures::StreamExt::next(&mut heard)).await;
+    assert!(nothing.is_err(), "delivered: {nothing:?}");
+    assert_eq!(consumers().await, consumers_before);
     assert_eq!(events.info().await.unwrap().state.last_sequence, before);
-
-    // Someone in the account listens there: the notice is delivered, and
-    // the event log stores it as if it were an event.
-    let listener = nats.client_as("admin").await;
-    let mut heard = listener.subscribe(target).await.unwrap();
-    listener.flush().await.unwrap();
-    let delivery = tokio::time::timeout(
-        Duration::from_secs(10),
-        futures::StreamExt::next(&mut heard),
-    )
-    .await
-    .expect("delivered once someone listens")
-    .unwrap();
-    assert_eq!(delivery.payload, notice.payload);
-    let stored = eventually(
-        Duration::from_secs(10),
-        "the delivery in UPR_EVENTS",
-        || async { events.get_raw_message(before + 1).await.ok() },
-    )
-    .await;
-    // Stored with the notification's own subject, outside the log's
-    // subjects, its payload and its `Nats-Msg-Id` as they were.
-    assert_eq!(stored.subject.as_str(), "upr.notify.rescheduled.KZ");
-    assert_eq!(
-        stored.payload, notice.payload,
-        "a notification in the event log"
-    );
-    assert_eq!(events.info().await.unwrap().state.last_sequence, before + 1);
 }

@@ -457,7 +457,7 @@ impl World {
         let service = ServiceProcess::start(binary, &self.nats.url(), &env);
         service.wait_healthy().await;
         // A new subscription starts with the notifications sent once its
-        // consumer exists: wait for it, as a person would see it in the log.
+        // position is set: wait for it, as a person would see it in the log.
         if extra.iter().any(|(k, _)| k == "UPR_WEBHOOKS") {
             let deadline = Instant::now() + Duration::from_secs(20);
             while !service.logs().contains("webhook delivering") {

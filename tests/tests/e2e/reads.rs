@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use upr_nats::contract::{self, notifier as names};
-use upr_projection::query::MAX_WAITING;
+use upr_projection::query::{MAX_WAITING, MAX_WAITING_PER_PARTY};
 use upr_tests::{NatsServer, RawClient, ServiceProcess, TestApp, eventually, start_services};
 
 /// The shipped configuration and the three services as their own users.
@@ -502,4 +502,239 @@ async fn the_service_accounts_storage_is_limited_and_at_the_limit_the_log_refuse
     assert!(refusal.contains("resource limits exceeded"), "{refusal}");
     assert_eq!(state.first_sequence, 1, "nothing was dropped to make room");
     assert_eq!(state.messages, stored);
+}
+
+/// Holds the projection behind the log: pauses its consumer on `UPR_EVENTS`
+/// (what an operator's `nats consumer pause` does) for `for_at_most`. The
+/// server then delivers it nothing, so an event appended meanwhile is in
+/// the log but not applied, while the projection goes on answering
+/// queries from what it has. Returns the stream to resume it with.
+async fn pause_projection(
+    js: &jetstream::Context,
+    for_at_most: Duration,
+) -> jetstream::stream::Stream {
+    let events = js.get_stream(contract::EVENTS_STREAM).await.unwrap();
+    let until = time::OffsetDateTime::now_utc() + for_at_most;
+    let paused = events
+        .pause_consumer(contract::PROJECTION_CONSUMER, until)
+        .await
+        .unwrap();
+    assert!(paused.paused, "the consumer is paused");
+    events
+}
+
+/// Contract section 4: a query whose `min_seq` is in the log but not yet
+/// applied waits up to 5 s, then answers `timeout`; once the projection
+/// applies it, the same query is answered.
+#[tokio::test]
+async fn a_min_seq_in_the_log_but_not_applied_waits_5_s_then_answers_timeout() {
+    let app = TestApp::builder().ingest().projection().start().await;
+    let first = app
+        .accept(
+            "review_scheduled",
+            &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-23T08:30:00Z"}),
+        )
+        .await["seq"]
+        .as_u64()
+        .unwrap();
+    app.query("upr.query.review.KZ.48", first).await;
+    let events = pause_projection(app.js(), Duration::from_secs(120)).await;
+    let held = app
+        .accept(
+            "review_rescheduled",
+            &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-24T08:30:00Z"}),
+        )
+        .await["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(held, first + 1);
+
+    let started = Instant::now();
+    let answer = app
+        .request(
+            "upr.query.review.KZ.48",
+            json!({"min_seq": held}).to_string(),
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(answer["error"]["code"], "timeout", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("applied: {first}"))),
+        "{answer}"
+    );
+    assert!(
+        (Duration::from_millis(4900)..Duration::from_secs(7)).contains(&waited),
+        "answered after {waited:?}"
+    );
+    // Meanwhile a query without min_seq answers at once, from before it.
+    let started = Instant::now();
+    let now = app.request("upr.query.review.KZ.48", "").await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        now["review"]["scheduled_for"], "2031-01-23T08:30:00Z",
+        "{now}"
+    );
+    let status = app.request("upr.query.status", "").await;
+    assert_eq!(
+        (
+            status["applied_seq"].as_u64(),
+            status["stream_last_seq"].as_u64()
+        ),
+        (Some(first), Some(held)),
+        "{status}"
+    );
+
+    // Resumed, the projection applies it and the same query is answered.
+    events
+        .resume_consumer(contract::PROJECTION_CONSUMER)
+        .await
+        .unwrap();
+    let answer = app
+        .request(
+            "upr.query.review.KZ.48",
+            json!({"min_seq": held}).to_string(),
+        )
+        .await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["review"]["scheduled_for"], "2031-01-24T08:30:00Z");
+}
+
+/// Contract V3.4: the query waits are budgeted per party. With the
+/// projection held behind the log, one reader holds its share of waits
+/// (256) and is refused one more at once, while another reader party's
+/// query still waits and is answered once the projection applies the
+/// event. Then the service account (the gateway, the benchmark), held by
+/// the overall 1,024 only, takes them all, and every party is refused.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the two budgets, each filled and then refused, against one held projection"
+)]
+#[tokio::test]
+async fn one_party_holding_its_share_of_waits_is_refused_more_while_another_partys_waits() {
+    let (nats, _services) = stack(&[]).await;
+    nats.keys_and_reload(&["add", "reader", "press"]);
+    let publisher = nats.client_as("publisher").await;
+    let admin = nats.client_as("admin").await;
+    let reader = nats.client_as("reader").await;
+    let press = nats.client_as("press").await;
+    let admin_js = jetstream::new(admin.clone());
+    let write = |title: &'static str| {
+        let publisher = publisher.clone();
+        async move {
+            let reply = publisher
+                .request(
+                    "upr.ingest.side_event_held",
+                    json!({"country": "KZ", "session": 48, "title": title,
+                           "held_on": upr_tests::fixtures::SIDE_EVENT_DAY})
+                    .to_string()
+                    .into(),
+                )
+                .await
+                .unwrap();
+            let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+            reply["seq"].as_u64().unwrap_or_else(|| panic!("{reply}"))
+        }
+    };
+    let ask = |client: &async_nats::Client, seq: u64| {
+        let client = client.clone();
+        async move {
+            let reply = client
+                .request(
+                    "upr.query.review.KZ.48",
+                    json!({"min_seq": seq}).to_string().into(),
+                )
+                .await
+                .expect("answered");
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+    let code = |answer: &Value| answer["error"]["code"].as_str().unwrap_or("ok").to_string();
+    let says = |answer: &Value, text: &str| {
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(text))
+    };
+    let first = write("first").await;
+    assert_eq!(code(&ask(&admin, first).await), "ok");
+
+    // One party's share.
+    let events = pause_projection(&admin_js, Duration::from_secs(120)).await;
+    let held = write("held").await;
+    let readers: Vec<_> = (0..MAX_WAITING_PER_PARTY)
+        .map(|_| tokio::spawn(ask(&reader, held)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let over = ask(&reader, held).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    assert_eq!(code(&over), "unavailable", "{over}");
+    assert!(
+        says(&over, &format!("{MAX_WAITING_PER_PARTY} of your queries")),
+        "{over}"
+    );
+    let other = tokio::spawn(ask(&press, held));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    events
+        .resume_consumer(contract::PROJECTION_CONSUMER)
+        .await
+        .unwrap();
+    let other = other.await.unwrap();
+    assert_eq!(code(&other), "ok", "another party's query waited: {other}");
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for waited in readers {
+        *codes.entry(code(&waited.await.unwrap())).or_default() += 1;
+    }
+    eprintln!("query waits: the reader's {MAX_WAITING_PER_PARTY} answered {codes:?}");
+    assert_eq!(
+        codes.get("unavailable"),
+        None,
+        "each of them waited: {codes:?}"
+    );
+
+    // The overall budget: the service account fills it, then every party
+    // is refused (a query that got a slot after all waits; ask again).
+    let events = pause_projection(&admin_js, Duration::from_secs(120)).await;
+    let held = write("held again").await;
+    let service: Vec<_> = (0..MAX_WAITING)
+        .map(|_| tokio::spawn(ask(&admin, held)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let full = eventually(Duration::from_secs(3), "every party refused", || async {
+        let reply = tokio::time::timeout(
+            Duration::from_millis(500),
+            press.request(
+                "upr.query.review.KZ.48",
+                json!({"min_seq": held}).to_string().into(),
+            ),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let answer: Value = serde_json::from_slice(&reply.payload).ok()?;
+        (code(&answer) == "unavailable").then_some(answer)
+    })
+    .await;
+    assert!(
+        says(&full, &format!("{MAX_WAITING} queries already wait")),
+        "{full}"
+    );
+    events
+        .resume_consumer(contract::PROJECTION_CONSUMER)
+        .await
+        .unwrap();
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for waited in service {
+        *codes.entry(code(&waited.await.unwrap())).or_default() += 1;
+    }
+    eprintln!("query waits: the service account's {MAX_WAITING} answered {codes:?}");
+    assert_eq!(
+        codes.get("unavailable"),
+        None,
+        "each of them waited: {codes:?}"
+    );
 }

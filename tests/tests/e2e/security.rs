@@ -20,7 +20,7 @@ use upr_tests::{
 
 /// Every stream of the service account: the event log, the rejected log, the
 /// notifications, the timers and every bucket.
-const STREAMS: [&str; 8] = [
+const STREAMS: [&str; 9] = [
     "UPR_EVENTS",
     "UPR_REJECTED",
     "UPR_NOTIFICATIONS",
@@ -29,12 +29,13 @@ const STREAMS: [&str; 8] = [
     "KV_upr_sessions",
     "KV_upr_countries",
     "KV_upr_notifier",
+    "KV_upr_gateway",
 ];
 
 /// Subjects a client outside the service account must never reach, directly
 /// or as the reply subject of a request: writes into each stream above and
 /// JetStream administration of the service account.
-const PROTECTED: [&str; 19] = [
+const PROTECTED: [&str; 20] = [
     "upr.events.ZZ.1.forged",
     "upr.events.KZ.48.review_cancelled",
     "upr.rejected",
@@ -46,6 +47,7 @@ const PROTECTED: [&str; 19] = [
     "$KV.upr_sessions.48",
     "$KV.upr_countries.KZ",
     "$KV.upr_notifier.review.KZ.48",
+    "$KV.upr_gateway.webhook.chat",
     "$JS.API.STREAM.DELETE.UPR_EVENTS",
     "$JS.API.STREAM.PURGE.UPR_EVENTS",
     "$JS.API.STREAM.PURGE.UPR_NOTIFIER_TIMERS",

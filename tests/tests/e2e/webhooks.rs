@@ -16,8 +16,8 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use serde_json::{Value, json};
-use upr_nats::contract::{self, env, gateway::webhook_consumer, services};
-use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, free_port};
+use upr_nats::contract::{self, env, services};
+use upr_tests::{NatsServer, ServiceProcess, TestApp, eventually, free_port, webhook_position};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -224,19 +224,12 @@ async fn webhooks_get_every_matching_notification_in_order_through_outages_and_a
         .env(env::UPR_REMINDER_LEADS, "2s,4s")
         .env(env::UPR_WEBHOOKS, file.to_str().unwrap())
         .env(env::UPR_WEBHOOK_RETRY_MAX, "2s")
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
-    eventually(WAIT, "the webhooks' durable consumers", || async {
-        let stream = app
-            .js()
-            .get_stream(contract::NOTIFICATIONS_STREAM)
-            .await
-            .ok()?;
+    eventually(WAIT, "the webhooks' positions", || async {
         for name in ["everything", "kz-reminders", "nobody-home"] {
-            stream.consumer_info(webhook_consumer(name)).await.ok()?;
+            webhook_position(app.js(), name).await?;
         }
         Some(())
     })
@@ -364,40 +357,33 @@ async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
     let app = TestApp::builder()
         .env(env::UPR_WEBHOOKS, file.to_str().unwrap())
         .env(env::UPR_WEBHOOK_RETRY_MAX, "1s")
-        .ingest()
-        .notifier()
-        .gateway()
+        .notifications()
         .start()
         .await;
-    let consumer = webhook_consumer("later");
-    let ack_pending = || async {
-        let stream = app
-            .js()
-            .get_stream(contract::NOTIFICATIONS_STREAM)
-            .await
-            .ok()?;
-        Some(stream.consumer_info(&consumer).await.ok()?.num_ack_pending)
-    };
-    eventually(WAIT, "the webhook's consumer", || async {
-        ack_pending().await.map(drop)
+    eventually(WAIT, "the webhook's position", || async {
+        webhook_position(app.js(), "later").await
     })
     .await;
 
-    // Nothing listens yet: the first notice is held and retried...
+    // Nothing listens yet: the first notice is retried...
     schedule(&app, "KZ", 48, "2030-01-23T08:30:00Z").await;
     reschedule(&app, "KZ", 48, "2030-01-24T08:30:00Z").await;
-    eventually(WAIT, "the notice held in progress", || async {
-        (ack_pending().await? == 1).then_some(())
+    eventually(WAIT, "a failed attempt", || async {
+        app.gateway()
+            .logs()
+            .contains("webhook attempt failed")
+            .then_some(())
     })
     .await;
-    // ... until an operator purges the stream: then it is given up.
-    app.js()
+    let mut stream = app
+        .js()
         .get_stream(contract::NOTIFICATIONS_STREAM)
         .await
-        .unwrap()
-        .purge()
-        .await
         .unwrap();
+    let held = stream.info().await.unwrap().state.last_sequence;
+    assert_eq!(webhook_position(app.js(), "later").await, Some(held - 1));
+    // ... until an operator purges the stream: then it is given up.
+    stream.purge().await.unwrap();
     eventually(WAIT, "the purged notice given up", || async {
         app.gateway()
             .logs()
@@ -405,7 +391,10 @@ async fn a_notification_no_longer_kept_is_given_up_so_the_next_ones_go_out() {
             .then_some(())
     })
     .await;
-    assert_eq!(ack_pending().await, Some(0));
+    eventually(WAIT, "the position past it", || async {
+        (webhook_position(app.js(), "later").await? == held).then_some(())
+    })
+    .await;
 
     // The subscription goes on with the next notification.
     let receiver = Receiver::start(port, &secret);
@@ -467,14 +456,9 @@ async fn the_counters_show_deliveries_and_failed_attempts_per_subscription() {
         (c.delivered(), c.failed_attempts())
     };
     assert_eq!(counts("up"), (0, 0));
-    eventually(WAIT, "the webhooks' consumers", || async {
-        let stream = app
-            .js()
-            .get_stream(contract::NOTIFICATIONS_STREAM)
-            .await
-            .ok()?;
+    eventually(WAIT, "the webhooks' positions", || async {
         for name in ["up", "down"] {
-            stream.consumer_info(webhook_consumer(name)).await.ok()?;
+            webhook_position(app.js(), name).await?;
         }
         Some(())
     })
@@ -500,4 +484,124 @@ async fn the_counters_show_deliveries_and_failed_attempts_per_subscription() {
         .expect("the gateway stopped within 5 s")
         .unwrap()
         .unwrap();
+}
+
+/// CPU time (user + system) the process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The upgrade from a gateway that delivered through durable consumers: a
+/// subscription without a stored position, whose consumer
+/// `upr-gateway-webhook-<name>` is there, resumes after that consumer's ack
+/// floor (nothing acknowledged again, nothing after it skipped). And a
+/// subscription whose filter matches none of the notifications stays idle:
+/// it waits for the live feed's next news, not for a match.
+#[tokio::test]
+async fn a_subscription_resumes_after_its_earlier_consumers_ack_floor_and_an_unmatched_one_idles() {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = new_secret();
+    std::fs::write(dir.path().join("hook.secret"), &secret).unwrap();
+    let port = free_port();
+    let file = dir.path().join("webhooks.json");
+    std::fs::write(
+        &file,
+        json!([
+            {"name": "chat", "url": format!("http://127.0.0.1:{port}/"), "secret_file": "hook.secret"},
+            {"name": "fr-only", "url": format!("http://127.0.0.1:{port}/fr"), "secret_file": "hook.secret",
+             "countries": ["FR"]},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let app = TestApp::builder().all().start().await;
+    schedule(&app, "KZ", 48, "2030-01-23T08:30:00Z").await;
+    for day in 24..=26 {
+        reschedule(&app, "KZ", 48, &format!("2030-01-{day}T08:30:00Z")).await;
+    }
+    eventually(WAIT, "three notices stored", || async {
+        (stored(&app).await.len() == 3).then_some(())
+    })
+    .await;
+
+    // What an earlier gateway left: its consumer, two notices acknowledged.
+    let stream = app
+        .js()
+        .get_stream(contract::NOTIFICATIONS_STREAM)
+        .await
+        .unwrap();
+    let earlier = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(contract::gateway::webhook_consumer("chat")),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            filter_subject: contract::subjects::NOTIFY_ALL.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = earlier.fetch().max_messages(2).messages().await.unwrap();
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        message.unwrap().double_ack().await.unwrap();
+    }
+
+    let receiver = Receiver::start(port, &secret);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let gateway = app
+        .spawn(
+            services::GATEWAY,
+            &[
+                (env::UPR_WEBHOOKS, file.to_str().unwrap()),
+                (env::UPR_HTTP_ADDR, &addr),
+            ],
+        )
+        .await;
+    let got = eventually(WAIT, "the third notice delivered", || async {
+        let got = receiver.accepted("/");
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    eventually(WAIT, "chat's position stored", || async {
+        (webhook_position(app.js(), "chat").await? == 3).then_some(())
+    })
+    .await;
+    assert_eq!(webhook_position(app.js(), "fr-only").await, Some(3));
+    assert!(
+        gateway
+            .logs()
+            .contains("resuming where the earlier durable consumer got to"),
+        "{}",
+        gateway.logs()
+    );
+
+    assert_eq!(got[0].body, stored(&app).await[2].1, "the third notice");
+
+    // One more that `fr-only` does not match: `chat` sends it, and then a
+    // few seconds with nothing new cost the gateway next to no CPU, though
+    // the feed's newest is past where `fr-only` matched anything.
+    reschedule(&app, "KZ", 48, "2030-01-27T08:30:00Z").await;
+    eventually(WAIT, "the fourth notice delivered", || async {
+        (receiver.accepted("/").len() == 2).then_some(())
+    })
+    .await;
+    let pid = gateway.pid().unwrap();
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_time(pid).saturating_sub(before);
+    assert!(used < Duration::from_millis(300), "{used:?} of CPU in 3 s");
+    let got = receiver.accepted("/");
+    let kept = stored(&app).await;
+    assert_eq!(
+        got.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(),
+        [kept[2].1.as_str(), kept[3].1.as_str()],
+        "nothing acknowledged before sent again, nothing sent twice"
+    );
+    assert!(receiver.accepted("/fr").is_empty());
 }

@@ -18,8 +18,9 @@ use super::sign::parse_secret;
 /// One subscription, checked.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Subscription {
-    /// `[a-z][a-z0-9-]{0,31}`: also names its durable consumer, so it must
-    /// stay the same for deliveries to resume where they were.
+    /// `[a-z][a-z0-9-]{0,31}`: also names its position in the gateway's
+    /// bucket, so it must stay the same for deliveries to resume where they
+    /// were.
     pub name: String,
     /// Where notifications are sent with `POST` (http or https).
     pub url: reqwest::Url,
@@ -45,12 +46,26 @@ impl fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// Its durable consumer on `UPR_NOTIFICATIONS`.
+    /// The durable consumer on `UPR_NOTIFICATIONS` that delivered it in
+    /// earlier versions.
     pub fn consumer_name(&self) -> String {
         webhook_consumer(&self.name)
     }
 
-    /// The consumer's filter: `upr.notify.<kind>.<COUNTRY>` for every kind
+    /// Whether a notification stored under `subject`
+    /// (`upr.notify.<kind>.<COUNTRY>`) is one this subscription wants.
+    pub fn matches(&self, subject: &str) -> bool {
+        let Some((kind, country)) = subject
+            .strip_prefix("upr.notify.")
+            .and_then(|rest| rest.split_once('.'))
+        else {
+            return false;
+        };
+        (self.kinds.is_empty() || self.kinds.iter().any(|k| k.as_str() == kind))
+            && (self.countries.is_empty() || self.countries.iter().any(|c| c.as_str() == country))
+    }
+
+    /// The subjects it wants: `upr.notify.<kind>.<COUNTRY>` for every kind
     /// and country asked for, `*` standing for "any".
     pub fn filter_subjects(&self) -> Vec<String> {
         if self.kinds.is_empty() && self.countries.is_empty() {
@@ -126,7 +141,7 @@ pub fn parse(
         if !valid_name(&entry.name) {
             return Err(field(
                 "name",
-                &"must match [a-z][a-z0-9-]{0,31} (it names a NATS consumer)",
+                &"must match [a-z][a-z0-9-]{0,31} (it names a NATS key)",
             ));
         }
         if !names.insert(entry.name.clone()) {

@@ -4,26 +4,38 @@
 //!
 //! The guarantees, and what gives each:
 //! - At least once, across gateway restarts and receiver outages: each
-//!   subscription reads `UPR_NOTIFICATIONS` through its own durable
-//!   consumer (`upr-gateway-webhook-<name>`), and a notification is acked
-//!   only after the receiver answered 2xx. The server keeps the position,
-//!   so a restarted gateway goes on where the last one stopped.
-//! - In order: the consumer holds at most one notification unacked
-//!   (`max_ack_pending` 1). While a receiver fails, the gateway keeps that
-//!   one notification in progress (progress acks) and retries it with
-//!   back-off, for as long as it is kept; letting it be redelivered
-//!   instead would add nothing but a race. On shutdown it is handed back
-//!   at once (nak), so the next gateway retries it without waiting.
-//! - Isolation: each subscription is its own task with its own consumer,
+//!   subscription reads `UPR_NOTIFICATIONS` in sequence order with direct
+//!   gets, and its position (the last sequence handled) is written to the
+//!   gateway's bucket (`upr_gateway`, key `webhook.<name>`) only after the
+//!   receiver answered 2xx, so a restarted gateway goes on where the last
+//!   one stopped.
+//! - In order: one notification at a time per subscription. While a
+//!   receiver fails, the gateway retries that one notification with
+//!   back-off; the next waits behind it.
+//! - Isolation: each subscription is its own task with its own position,
 //!   so a slow or dead receiver delays no other.
 //! - A notification the stream no longer keeps (aged out, purged by an
-//!   operator) is given up after a failed attempt (`Term`), so one lost
+//!   operator) is given up after a failed attempt, so one lost
 //!   notification cannot stop a subscription for ever.
 //! - The same `webhook-id` (the notification's `id`) on every attempt, so
 //!   a receiver can drop a second copy of one it already took.
 //!
-//! A subscription created for the first time starts with the notifications
-//! published from then on, not the whole history.
+//! Why no consumer: the gateway's NATS user may create none (a consumer's
+//! creator chooses its configuration, a push consumer's deliver subject
+//! included; docs/security.md), and a durable consumer made by another
+//! service would have to be configured from this file in two places. A
+//! position in a bucket the notifier creates is all the state a
+//! subscription needs; the live feed ([`crate::events::Hub::newest`])
+//! says when there is something new to read.
+//!
+//! Run one gateway with a given subscription file: two would each deliver
+//! every notification (a receiver that drops repeated `webhook-id`s sees
+//! each once).
+//!
+//! A subscription seen for the first time starts with the notifications
+//! published from then on, not the whole history; one that an earlier
+//! version delivered through a durable consumer
+//! (`upr-gateway-webhook-<name>`) resumes after that consumer's ack floor.
 
 pub mod config;
 pub mod sign;
@@ -36,32 +48,29 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use async_nats::jetstream::{
-    self, AckKind, Message,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-};
-use futures::StreamExt;
+use async_nats::jetstream::{self, kv, message::StreamMessage, stream::DirectGetErrorKind};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
-use upr_nats::contract::NOTIFICATIONS_STREAM;
+use upr_nats::contract::{
+    NOTIFICATIONS_STREAM,
+    gateway::{STATE_BUCKET, webhook_position_key},
+    subjects,
+};
+
+use crate::events::Reader;
 
 pub use config::Subscription;
 
 /// How long one attempt may take, connection to answer.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the server waits for an ack before it would redeliver. Well
-/// above [`ATTEMPT_TIMEOUT`] and the progress interval (5 s), so the message in
-/// hand is never redelivered while the gateway holds it.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
-
-/// How often a held notification is marked in progress while it waits for
-/// its next attempt.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// Pause before a subscription tries NATS again (no stream yet, consumer
-/// not created, connection lost).
+/// Pause before a subscription tries NATS again (no stream or bucket yet,
+/// connection lost).
 const NATS_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a subscription that has read everything waits for the live
+/// feed's word before it looks at the stream itself.
+const POLL_IDLE: Duration = Duration::from_secs(5);
 
 /// The counters of one subscription, for `/metrics`.
 #[derive(Debug, Default)]
@@ -110,6 +119,7 @@ impl Webhooks {
         js: &jetstream::Context,
         subscriptions: Vec<Subscription>,
         retry_max: Duration,
+        newest: &watch::Receiver<u64>,
         stop: &watch::Receiver<bool>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -134,6 +144,7 @@ impl Webhooks {
                 subscription,
                 counters,
                 retry_max,
+                newest: newest.clone(),
                 stop: stop.clone(),
             };
             tasks.push(tokio::spawn(delivery.run()));
@@ -157,14 +168,6 @@ impl Webhooks {
     }
 }
 
-/// Why a subscription cannot pull yet.
-enum Unready {
-    /// `UPR_NOTIFICATIONS` does not exist yet (the notifier creates it).
-    NoStream,
-    /// Anything else, logged.
-    Failed(String),
-}
-
 /// One subscription's task.
 struct Delivery {
     js: jetstream::Context,
@@ -172,111 +175,169 @@ struct Delivery {
     subscription: Subscription,
     counters: Arc<Counters>,
     retry_max: Duration,
+    /// The newest sequence the live feed has seen.
+    newest: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
 }
 
-/// The consumer of `subscription`: durable, one notification at a time,
-/// explicit acks, never given up on (`max_deliver` unlimited).
-pub fn consumer_config(subscription: &Subscription) -> pull::Config {
-    let mut filters = subscription.filter_subjects();
-    let (filter_subject, filter_subjects) = if filters.len() == 1 {
-        (filters.remove(0), Vec::new())
-    } else {
-        (String::new(), filters)
-    };
-    pull::Config {
-        durable_name: Some(subscription.consumer_name()),
-        description: Some(format!(
-            "UPR Tracker gateway: webhook {} to {}",
-            subscription.name,
-            subscription.url.host_str().unwrap_or("?")
-        )),
-        deliver_policy: DeliverPolicy::New,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
-        max_ack_pending: 1,
-        max_deliver: -1,
-        filter_subject,
-        filter_subjects,
-        ..Default::default()
-    }
+/// Where a subscription is: its bucket and the last sequence handled.
+struct Position {
+    kv: kv::Store,
+    at: u64,
+    /// The value last written to the bucket.
+    stored: u64,
 }
 
 impl Delivery {
-    async fn run(self) {
+    async fn run(mut self) {
         let name = self.subscription.name.clone();
-        loop {
-            let consumer = tokio::select! {
-                c = self.consumer() => c,
+        let mut told = false;
+        let mut position = loop {
+            let started = tokio::select! {
+                p = self.position() => p,
                 () = stopping(&self.stop) => return,
             };
-            let consumer = match consumer {
-                Ok(c) => c,
-                Err(Unready::NoStream) => {
-                    debug!(webhook = %name, "waiting for the notifier to create UPR_NOTIFICATIONS");
+            match started {
+                Ok(p) => break p,
+                Err(why) => {
+                    // Said once where an operator sees it (a notifier older
+                    // than the bucket, say), then only in debug.
+                    if told {
+                        debug!(webhook = %name, error = %why, "cannot read the webhook's position yet; trying again");
+                    } else {
+                        warn!(webhook = %name, error = %why, "cannot read the webhook's position yet; trying again");
+                        told = true;
+                    }
                     if self.pause(NATS_RETRY).await {
                         return;
                     }
-                    continue;
                 }
-                Err(Unready::Failed(why)) => {
-                    warn!(webhook = %name, error = %why, "cannot create the webhook's consumer; trying again");
-                    if self.pause(NATS_RETRY).await {
-                        return;
-                    }
-                    continue;
-                }
+            }
+        };
+        info!(webhook = %name, url = %self.subscription.url, after = position.at, "webhook delivering");
+        let filters = self.subscription.filter_subjects();
+        // One filter is asked of the server; several are checked here.
+        let filter = match filters.as_slice() {
+            [one] => one.clone(),
+            _ => subjects::NOTIFY_ALL.to_owned(),
+        };
+        let mut reader = Reader::with_filter(&self.js, filter);
+        loop {
+            // What the feed has seen so far is looked at by this read: only
+            // something newer is news afterwards (with a filter, the feed's
+            // newest may be one this subscription never matches).
+            self.newest.borrow_and_update();
+            let next = tokio::select! {
+                n = reader.next_from(position.at + 1) => n,
+                () = stopping(&self.stop) => return,
             };
-            let mut messages = match consumer.messages().await {
-                Ok(m) => m,
+            match next {
+                Ok(Some(message)) => {
+                    let wanted = self.subscription.matches(&message.subject);
+                    if wanted && !self.deliver(&message).await {
+                        return;
+                    }
+                    position.at = message.sequence;
+                    // A delivery is recorded at once; what was passed over
+                    // (several filters, checked here) once caught up.
+                    if wanted {
+                        self.store(&mut position).await;
+                    }
+                }
+                Ok(None) => {
+                    if position.at > position.stored {
+                        self.store(&mut position).await;
+                    }
+                    if self.wait_for_news().await {
+                        return;
+                    }
+                }
                 Err(e) => {
-                    debug!(webhook = %name, error = %e, "cannot pull; trying again");
+                    debug!(webhook = %name, error = %e.into_text(), "cannot read the notifications; trying again");
                     if self.pause(NATS_RETRY).await {
                         return;
                     }
-                    continue;
-                }
-            };
-            info!(webhook = %name, url = %self.subscription.url, "webhook delivering");
-            loop {
-                let next = tokio::select! {
-                    n = messages.next() => n,
-                    () = stopping(&self.stop) => return,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        if !self.deliver(&message).await {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        debug!(webhook = %name, error = %e, "pull interrupted; starting it again");
-                        break;
-                    }
-                    None => break,
                 }
             }
         }
     }
 
-    /// Creates the consumer, or updates it when the file's filters changed
-    /// (its position stays).
-    async fn consumer(&self) -> Result<PullConsumer, Unready> {
-        let stream = self
+    /// The subscription's position from the bucket; the first time, the
+    /// stream's end (or an earlier version's consumer's ack floor), written
+    /// at once so that what is published while this gateway is down later
+    /// is not skipped.
+    async fn position(&self) -> Result<Position, String> {
+        let kv = self
+            .js
+            .get_key_value(STATE_BUCKET)
+            .await
+            .map_err(|e| format!("the bucket {STATE_BUCKET} (the notifier creates it): {e}"))?;
+        let key = webhook_position_key(&self.subscription.name);
+        if let Some(value) = kv.get(&key).await.map_err(|e| e.to_string())? {
+            let at = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| format!("{STATE_BUCKET} {key} holds {value:?}, not a sequence"))?;
+            return Ok(Position { kv, at, stored: at });
+        }
+        let mut stream = self
             .js
             .get_stream(NOTIFICATIONS_STREAM)
             .await
-            .map_err(|e| {
-                if crate::events::stream_missing(&e.kind()) {
-                    Unready::NoStream
-                } else {
-                    Unready::Failed(e.to_string())
-                }
-            })?;
-        stream
-            .create_consumer(consumer_config(&self.subscription))
+            .map_err(|e| format!("{NOTIFICATIONS_STREAM} (the notifier creates it): {e}"))?;
+        let at = match stream
+            .consumer_info(self.subscription.consumer_name())
             .await
-            .map_err(|e| Unready::Failed(e.to_string()))
+        {
+            Ok(earlier) => {
+                info!(
+                    webhook = %self.subscription.name,
+                    consumer = %earlier.name,
+                    "resuming where the earlier durable consumer got to; an operator may delete it"
+                );
+                earlier.ack_floor.stream_sequence
+            }
+            Err(_) => {
+                stream
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .last_sequence
+            }
+        };
+        kv.put(&key, at.to_string().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Position { kv, at, stored: at })
+    }
+
+    /// Writes the position; a failure is logged and the write tried again
+    /// with the next one (until then a restart would deliver again, which
+    /// at least once allows).
+    async fn store(&self, position: &mut Position) {
+        let key = webhook_position_key(&self.subscription.name);
+        match position.kv.put(&key, position.at.to_string().into()).await {
+            Ok(_) => position.stored = position.at,
+            Err(e) => {
+                warn!(webhook = %self.subscription.name, error = %e, "cannot write the webhook's position; trying again with the next");
+            }
+        }
+    }
+
+    /// Waits until the live feed has read something it had not when this
+    /// subscription last looked, or [`POLL_IDLE`] (a lagging replica may
+    /// have answered the last look); true when the gateway is stopping.
+    async fn wait_for_news(&mut self) -> bool {
+        let mut stop = self.stop.clone();
+        let newest = &mut self.newest;
+        let feed_gone = tokio::select! {
+            changed = newest.changed() => changed.is_err(),
+            () = tokio::time::sleep(POLL_IDLE) => false,
+            _ = stop.wait_for(|s| *s) => return true,
+        };
+        // Without the feed (it ends only when the gateway stops), poll.
+        feed_gone && self.pause(POLL_IDLE).await
     }
 
     /// Whether the stream still keeps the message at `seq` (an error to
@@ -287,7 +348,7 @@ impl Delivery {
         };
         !matches!(
             stream.direct_get(seq).await,
-            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound
         )
     }
 
@@ -299,28 +360,20 @@ impl Delivery {
         }
     }
 
-    /// Delivers `message` until the receiver takes it; false when the
-    /// gateway is stopping (the message is then handed back).
-    async fn deliver(&self, message: &Message) -> bool {
+    /// Delivers `message` until the receiver takes it (or the stream no
+    /// longer keeps it); false when the gateway is stopping, which leaves
+    /// it to the next gateway.
+    async fn deliver(&self, message: &StreamMessage) -> bool {
         let name = self.subscription.name.clone();
         let id = notification_id(message);
         let mut failures = 0u32;
         loop {
-            let _ = message.ack_with(AckKind::Progress).await;
             let attempt = tokio::select! {
                 a = self.attempt(&id, &message.payload) => a,
-                () = stopping(&self.stop) => {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                    return false;
-                }
+                () = stopping(&self.stop) => return false,
             };
             match attempt {
                 Ok(()) => {
-                    // Confirmed by the server, so the next notification is
-                    // not taken before this one is recorded as done.
-                    if let Err(e) = message.double_ack().await {
-                        warn!(webhook = %name, %id, error = %e, "delivered but the ack was not confirmed; it may be delivered again");
-                    }
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     debug!(webhook = %name, %id, "delivered");
                     return true;
@@ -332,34 +385,15 @@ impl Delivery {
                     failures = failures.saturating_add(1);
                     let wait = sign::backoff(failures, self.retry_max);
                     warn!(webhook = %name, %id, error = %why, retry_in = ?wait, "webhook attempt failed");
-                    let seq = message.info().map_or(0, |i| i.stream_sequence);
-                    if !self.still_kept(seq).await {
+                    if !self.still_kept(message.sequence).await {
                         warn!(webhook = %name, %id, "no longer kept by UPR_NOTIFICATIONS; giving up on it");
-                        let _ = message.ack_with(AckKind::Term).await;
                         return true;
                     }
-                    if self.hold(message, wait).await {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    if self.pause(wait).await {
                         return false;
                     }
                 }
             }
-        }
-    }
-
-    /// Waits `wait` while keeping `message` in progress; true when the
-    /// gateway is stopping.
-    async fn hold(&self, message: &Message, wait: Duration) -> bool {
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            if self.pause(left.min(PROGRESS_EVERY)).await {
-                return true;
-            }
-            let _ = message.ack_with(AckKind::Progress).await;
         }
     }
 
@@ -400,7 +434,7 @@ fn stopping(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
 
 /// The notification's `id` (also its `Nats-Msg-Id`); for a message
 /// without one, its place in the stream, which is just as stable.
-fn notification_id(message: &Message) -> String {
+fn notification_id(message: &StreamMessage) -> String {
     #[derive(serde::Deserialize)]
     struct Head {
         id: String,
@@ -408,15 +442,10 @@ fn notification_id(message: &Message) -> String {
     if let Ok(head) = serde_json::from_slice::<Head>(&message.payload) {
         return head.id;
     }
-    if let Some(id) = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-    {
+    if let Some(id) = message.headers.get(async_nats::header::NATS_MESSAGE_ID) {
         return id.to_string();
     }
-    let seq = message.info().map_or(0, |i| i.stream_sequence);
-    format!("{NOTIFICATIONS_STREAM}.{seq}")
+    format!("{NOTIFICATIONS_STREAM}.{}", message.sequence)
 }
 
 /// An error with its causes ("connection refused" is a cause of
@@ -437,22 +466,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_filter_goes_in_filter_subject_several_in_filter_subjects() {
+    fn a_subscription_matches_the_subjects_of_its_kinds_and_countries() {
         let text = r#"[{"name": "a", "url": "http://h/", "secret_file": "s"},
-                       {"name": "b", "url": "http://h/", "secret_file": "s", "countries": ["KZ", "CH"]}]"#;
+                       {"name": "b", "url": "http://h/", "secret_file": "s", "countries": ["KZ", "CH"]},
+                       {"name": "c", "url": "http://h/", "secret_file": "s", "kinds": ["reminder"], "countries": ["KZ"]}]"#;
         let subs = config::parse(text, std::path::Path::new("."), &|_| {
             Ok("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())
         })
         .unwrap();
-        let a = consumer_config(&subs[0]);
-        assert_eq!(
-            (a.filter_subject.as_str(), a.filter_subjects.len()),
-            ("upr.notify.>", 0)
-        );
-        assert_eq!(a.durable_name.as_deref(), Some("upr-gateway-webhook-a"));
-        assert_eq!((a.max_ack_pending, a.max_deliver), (1, -1));
-        let b = consumer_config(&subs[1]);
-        assert_eq!(b.filter_subject, "");
-        assert_eq!(b.filter_subjects, ["upr.notify.*.KZ", "upr.notify.*.CH"]);
+        for (sub, subject, wanted) in [
+            (0, "upr.notify.reminder.KZ", true),
+            (0, "upr.notify.cancelled.FR", true),
+            (1, "upr.notify.cancelled.CH", true),
+            (1, "upr.notify.cancelled.FR", false),
+            (2, "upr.notify.reminder.KZ", true),
+            (2, "upr.notify.rescheduled.KZ", false),
+            (2, "upr.notify.reminder.CH", false),
+            (0, "upr.notify.reminder", false),
+            (0, "upr.events.KZ.48.review_held", false),
+        ] {
+            assert_eq!(
+                subs[sub].matches(subject),
+                wanted,
+                "{} {subject}",
+                subs[sub].name
+            );
+        }
     }
 }
