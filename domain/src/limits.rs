@@ -181,6 +181,7 @@ mod tests {
     use super::*;
     use crate::EventType;
     use crate::error::{ErrorCode, RejectError};
+    use crate::party::{MAX_PARTY_NAME, PartyName};
     use crate::read_models::tests::envelope;
     use serde_json::json;
 
@@ -263,6 +264,37 @@ mod tests {
         );
         // A small one still fits in what is left.
         size.check(&side(100, 0)).unwrap();
+    }
+
+    /// The side events' byte limit counts the recorder's name as the review
+    /// value holds it, so a long name can never carry a value past its
+    /// bound: a side event that fits when nobody is named is refused when a
+    /// party of the longest name records it and the room is short by that
+    /// name.
+    #[test]
+    fn the_byte_limit_counts_the_name_of_the_recorder() {
+        let anonymous = side(1, 0);
+        let mut named = anonymous.clone();
+        named.recorded_by = Some(PartyName::parse(&"n".repeat(MAX_PARTY_NAME)).unwrap());
+        let bytes = |e: &Envelope| match &e.data {
+            EventData::SideEventHeld(d) => side_event_bytes(e.id, e.recorded_by.as_ref(), d),
+            _ => unreachable!(),
+        };
+        // `null` becomes the name in quotes.
+        assert_eq!(bytes(&named), bytes(&anonymous) + MAX_PARTY_NAME + 2 - 4);
+        let size = ReviewSize {
+            side_event_bytes: MAX_SIDE_EVENT_BYTES - bytes(&anonymous),
+            ..ReviewSize::default()
+        };
+        size.check(&anonymous).unwrap();
+        let e = then_limit(size.check(&named));
+        assert!(
+            matches!(e, LimitError::SideEventBytes { adding, .. } if adding == bytes(&named)),
+            "{e:?}"
+        );
+        let mut filled = ReviewSize::default();
+        filled.add(&named);
+        assert_eq!(filled.side_event_bytes, bytes(&named));
     }
 
     /// The wire text of every limit, as clients and the documentation read

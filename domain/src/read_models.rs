@@ -1223,7 +1223,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// The largest values intake lets through stay under the bound.
+    /// The largest values intake lets through stay under the bound, with
+    /// every event recorded by a party of the longest name allowed.
     mod sizes {
         use super::*;
         use crate::intake::parse_intake;
@@ -1234,8 +1235,19 @@ pub(crate) mod tests {
         const LATEST: &str = "9999-12-31T23:59:59.999999999Z";
         /// A character JSON writes as six bytes (`\u0001`).
         const WIDE: &str = "\u{1}";
+        /// A party name as long as names may be: every event here is
+        /// recorded by it, so `recorded_by` takes all the room a name can in
+        /// each history and side-event entry.
+        const LONGEST_PARTY: &str = "ngo-with-a-name-of-32-characters";
 
-        /// Accepted by intake, or the test is wrong.
+        #[test]
+        fn the_recorder_has_the_longest_name_a_party_may_have() {
+            assert_eq!(LONGEST_PARTY.len(), crate::party::MAX_PARTY_NAME);
+            PartyName::parse(LONGEST_PARTY).unwrap();
+        }
+
+        /// Accepted by intake and recorded by [`LONGEST_PARTY`], or the test
+        /// is wrong.
         fn accepted(n: u64, ty: &str, mut payload: serde_json::Value) -> Envelope {
             payload["occurred_at"] = LATEST.into();
             payload["source"] = WIDE.repeat(200).into();
@@ -1245,7 +1257,7 @@ pub(crate) mod tests {
                 .into_envelope(
                     Uuid::from_u128(u128::MAX - u128::from(n)),
                     Timestamp::parse_rfc3339(LATEST).unwrap(),
-                    None,
+                    Some(PartyName::parse(LONGEST_PARTY).unwrap()),
                 )
         }
 
@@ -1256,6 +1268,16 @@ pub(crate) mod tests {
             json!({"country": country, "session": session, "title": WIDE.repeat(300),
                    "held_on": LATEST, "speakers": speakers, "participating_states": 10_000,
                    "topics": [WIDE.repeat(100)]})
+        }
+
+        /// Bytes the side event `e` takes in its review value.
+        fn side_bytes(e: &Envelope) -> usize {
+            match &e.data {
+                EventData::SideEventHeld(d) => {
+                    SideEventView::of(e.id, e.recorded_by.as_ref(), d).encoded_len()
+                }
+                _ => 0,
+            }
         }
 
         fn fold_all(events: &[Envelope]) -> ReadModels {
@@ -1330,7 +1352,9 @@ pub(crate) mod tests {
         }
 
         /// The other worst case: 100 side events in force, 100 retracted
-        /// (each marked with a reason), 100 lifecycle events, 100 retractions.
+        /// (each marked with a reason), 100 lifecycle events, 100 retractions:
+        /// the most history entries a review holds, each naming its recorder,
+        /// beside side events that fill their byte limit.
         #[test]
         fn a_review_value_full_of_retractions_stays_under_256_kib() {
             let mut log = vec![accepted(
@@ -1347,12 +1371,18 @@ pub(crate) mod tests {
                     "scheduled_for": LATEST}),
                 ));
             }
-            // Side events just small enough that 100 fit in the byte limit.
+            // Side events as large as 100 of them may be together: each
+            // takes a hundredth of the byte limit in the value, to the byte
+            // (its title fills what its other fields and its recorder leave).
             let side = |n: u64| {
-                let mut s = largest_side_event("KZ", 999, 0);
-                s["title"] = WIDE.repeat(180).into();
-                s["topics"] = json!([]);
-                accepted(n, "side_event_held", s)
+                let titled = |title: String| {
+                    let mut s = largest_side_event("KZ", 999, 0);
+                    s["title"] = title.into();
+                    s["topics"] = json!([]);
+                    accepted(n, "side_event_held", s)
+                };
+                let room = MAX_SIDE_EVENT_BYTES / 100 - side_bytes(&titled("x".into()));
+                titled(WIDE.repeat(room / 6) + &"x".repeat(1 + room % 6))
             };
             for n in 100..200 {
                 log.push(side(n));
@@ -1376,6 +1406,8 @@ pub(crate) mod tests {
                 (kz.history.len(), retracted, kz.side_events.len()),
                 (400, 100, 100)
             );
+            let in_force: usize = kz.side_events.iter().map(SideEventView::encoded_len).sum();
+            assert_eq!(in_force, MAX_SIDE_EVENT_BYTES / 100 * 100);
             let len = kz.to_json().len();
             assert!(len < MAX_VALUE_BYTES, "review value of {len} bytes");
         }

@@ -10,10 +10,11 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{NatsServer, bin_path, eventually, free_port, secured_config_dir};
+use crate::{NatsServer, bin_path, eventually, free_port, secured_config_dir_with_parties};
 
-/// Writes `name` into `dir` (which holds a [`secured_config_dir`]): the
-/// shipped `deploy/nats/cluster.conf` with its listen address set to
+/// Writes `name` into `dir` (which holds a
+/// [`secured_config_dir`](crate::secured_config_dir)): the shipped
+/// `deploy/nats/cluster.conf` with its listen address set to
 /// `127.0.0.1:<listen_port>`. The routes are the installation's (`upr-keys
 /// routes`), unless `forged` gives a password and route addresses of its
 /// own, for a node that is not one of the installation's.
@@ -158,7 +159,13 @@ impl NatsCluster {
     /// accounts, users and authenticated routes), the route list and listen
     /// address pointed at loopback ports; all nodes share one set of keys.
     pub async fn start_secured(size: usize) -> Self {
-        let dir = secured_config_dir();
+        Self::start_secured_with_parties(size, &[]).await
+    }
+
+    /// Like [`NatsCluster::start_secured`], with `parties` (`(kind, name)`)
+    /// registered by `upr-keys add` before the first node starts.
+    pub async fn start_secured_with_parties(size: usize, parties: &[(&str, &str)]) -> Self {
+        let dir = secured_config_dir_with_parties(parties);
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let routes: Vec<String> = cluster_ports

@@ -47,7 +47,9 @@ pub use cluster::{NatsCluster, RouteTls, cluster_config, cluster_config_with};
 pub use fixtures::lifecycle_steps;
 pub use process::{ServiceProcess, bin_path, start_services};
 pub use raw::RawClient;
-pub use server::{NatsServer, free_port, nats_server_bin, secured_config_dir};
+pub use server::{
+    NatsServer, free_port, nats_server_bin, secured_config_dir, secured_config_dir_with_parties,
+};
 
 use std::time::{Duration, Instant};
 

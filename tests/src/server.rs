@@ -46,6 +46,14 @@ pub fn nats_server_bin() -> PathBuf {
 /// and the keys `upr-keys init` generates beside it (`secrets/`), as the
 /// configuration's `include` expects them.
 pub fn secured_config_dir() -> TempDir {
+    secured_config_dir_with_parties(&[])
+}
+
+/// [`secured_config_dir`] with more parties registered before any server
+/// reads it, as `upr-keys add KIND NAME` does: `(kind, name)` pairs, kind
+/// `publisher` or `reader`. A server started on it admits them at once,
+/// without the reloads a running server needs.
+pub fn secured_config_dir_with_parties(parties: &[(&str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf");
     std::fs::copy(&shipped, dir.path().join("nats.conf")).expect("copy deploy/nats/nats.conf");
@@ -56,6 +64,15 @@ pub fn secured_config_dir() -> TempDir {
         .status()
         .expect("run upr-keys");
     assert!(status.success(), "upr-keys init failed");
+    for (kind, name) in parties {
+        let status = Command::new(bin_path("upr-keys"))
+            .args(["add", kind, name, "--dir"])
+            .arg(dir.path().join("secrets"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run upr-keys");
+        assert!(status.success(), "upr-keys add {kind} {name} failed");
+    }
     dir
 }
 
@@ -325,6 +342,13 @@ impl NatsServer {
     /// users and permissions, as compose and `scripts/run` use it.
     pub fn start_secured() -> Self {
         Self::start_secured_with(Vec::new(), |_| String::new())
+    }
+
+    /// Like [`NatsServer::start_secured`], with `parties` (`(kind, name)`)
+    /// registered by `upr-keys add` before the server starts
+    /// ([`secured_config_dir_with_parties`]).
+    pub fn start_secured_with_parties(parties: &[(&str, &str)]) -> Self {
+        Self::start_secured_in(secured_config_dir_with_parties(parties), Vec::new())
     }
 
     /// Like [`NatsServer::start_secured`], with extra arguments and extra

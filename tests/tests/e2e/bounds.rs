@@ -482,10 +482,33 @@ async fn a_review_holds_at_most_200_side_events_also_after_a_restart() {
     assert_eq!(log.info().await.unwrap().state.messages, 201);
 }
 
+/// A party name as long as names may be (32 characters).
+const LONGEST_PARTY: &str = "ngo-with-a-name-of-32-characters";
+
+/// With the shipped configuration and a publisher of the longest name a
+/// party may have, so its name is in every side event the values list: the
+/// byte limit holds, and every value stays under its bound.
 #[tokio::test]
 async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays_under_256_kib() {
-    let app = TestApp::builder().ingest().projection().start().await;
-    let client = app.client().clone();
+    assert!(
+        upr_domain::PartyName::parse(LONGEST_PARTY).is_ok()
+            && upr_domain::PartyName::parse(&format!("{LONGEST_PARTY}x")).is_err(),
+        "the longest name a party may have"
+    );
+    let nats = NatsServer::start_secured_with_parties(&[("publisher", LONGEST_PARTY)]);
+    let start = |binary: &str, user: &str| {
+        let seed = nats.seed_file(user).display().to_string();
+        ServiceProcess::start(binary, &nats.url(), &[("NATS_NKEY", &seed)])
+    };
+    let services = [
+        start(services::INGEST, "ingest"),
+        start(services::PROJECTION, "projection"),
+    ];
+    for s in &services {
+        s.wait_healthy().await;
+    }
+    let client = nats.client_as(LONGEST_PARTY).await;
+    let reader = nats.client_as("reader").await;
     // About 48 KB each: 100 speakers with 200-character names and roles,
     // 50 topics of 100 characters.
     let large = |i: usize| {
@@ -531,7 +554,7 @@ async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays
         ("upr.query.session.48", 1024),
         ("upr.query.country.KZ", 1024),
     ] {
-        let answer = client.request(query, min_seq.clone().into()).await.unwrap();
+        let answer = reader.request(query, min_seq.clone().into()).await.unwrap();
         assert!(
             answer.payload.len() < max,
             "{query}: {} bytes",
@@ -540,13 +563,16 @@ async fn large_side_events_are_refused_past_the_byte_limit_and_every_value_stays
         let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
         assert_eq!(v["ok"], true, "{v}");
         if query.contains("review") {
-            let titles: Vec<_> = v["review"]["side_events"]
-                .as_array()
-                .unwrap()
+            let listed = v["review"]["side_events"].as_array().unwrap();
+            let titles: Vec<_> = listed
                 .iter()
                 .map(|s| s["title"].as_str().unwrap().to_owned())
                 .collect();
             assert_eq!(titles, ["Side event 0", "Side event 1", "Briefing"]);
+            assert!(
+                listed.iter().all(|s| s["recorded_by"] == LONGEST_PARTY),
+                "{v}"
+            );
         } else {
             // Session and country values carry counts, not the side events.
             let body = &v[if query.contains("session") {

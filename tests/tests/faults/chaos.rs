@@ -5,7 +5,7 @@
 //! nats-server was away.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +17,7 @@ use rand::{RngExt, rngs::StdRng};
 use upr_nats::contract::{self, services};
 use upr_tests::{NatsCluster, NatsServer, ServiceProcess};
 
-use crate::{LEADS, Layout, now_ms};
+use crate::{EDITOR, LEADS, Layout, PARTIES, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Target {
@@ -46,6 +46,14 @@ pub(crate) enum Nats {
 }
 
 impl Nats {
+    /// The nkey seed file of `user` (a service, `admin` or a party).
+    pub(crate) fn seed_file(&self, user: &str) -> PathBuf {
+        match self {
+            Nats::Single(n) => n.seed_file(user),
+            Nats::Cluster(c) => c.seed_file(user),
+        }
+    }
+
     /// What `NATS_URL` takes: every node, comma-separated.
     pub(crate) fn url(&self) -> String {
         match self {
@@ -88,28 +96,46 @@ pub(crate) struct System {
 
 impl System {
     /// nats-server (one, or a cluster with every stream and bucket in
-    /// `layout.nodes` replicas), then the services in `layout`'s numbers
-    /// (the notifiers with the run's short reminder leads), all answering.
+    /// `layout.nodes` replicas) with the shipped configuration and the
+    /// run's [`PARTIES`] registered, then the services in `layout`'s
+    /// numbers, each as its own user (ingest with [`EDITOR`] in
+    /// `UPR_EDITORS`, the notifiers with the run's short reminder leads),
+    /// all answering.
     pub(crate) async fn start(layout: Layout) -> Self {
+        let parties: Vec<(&str, &str)> = PARTIES
+            .iter()
+            .filter(|name| **name != "publisher")
+            .map(|name| ("publisher", *name))
+            .collect();
         let nats = if layout.nodes == 1 {
-            Nats::Single(NatsServer::start())
+            Nats::Single(NatsServer::start_secured_with_parties(&parties))
         } else {
-            Nats::Cluster(NatsCluster::start(layout.nodes).await)
+            Nats::Cluster(NatsCluster::start_secured_with_parties(layout.nodes, &parties).await)
         };
         let url = nats.url();
         let replicas = layout.nodes.to_string();
-        let start = |name: &str, extra: &[(&str, &str)]| {
-            let mut env = vec![(contract::env::UPR_REPLICAS, replicas.as_str())];
+        let start = |name: &str, user: &str, extra: &[(&str, &str)]| {
+            let seed = nats.seed_file(user).display().to_string();
+            let mut env = vec![
+                (contract::env::UPR_REPLICAS, replicas.as_str()),
+                (contract::env::NATS_NKEY, seed.as_str()),
+            ];
             env.extend_from_slice(extra);
             ServiceProcess::start(name, &url, &env)
         };
         let ingest: Vec<_> = (0..layout.ingest)
-            .map(|_| start(services::INGEST, &[]))
+            .map(|_| {
+                start(
+                    services::INGEST,
+                    "ingest",
+                    &[(contract::env::UPR_EDITORS, EDITOR)],
+                )
+            })
             .collect();
         // One at a time: the first takes the lease, the others stand by.
         let mut projection = Vec::new();
         for _ in 0..layout.projections {
-            let p = start(services::PROJECTION, &[]);
+            let p = start(services::PROJECTION, "projection", &[]);
             p.wait_healthy().await;
             projection.push(p);
         }
@@ -117,6 +143,7 @@ impl System {
             .map(|_| {
                 start(
                     services::NOTIFIER,
+                    "notifier",
                     &[(contract::env::UPR_REMINDER_LEADS, LEADS)],
                 )
             })

@@ -2,6 +2,11 @@
 //! same payload again on timeout, "no responders" and `unavailable`) and
 //! writes down every definitive answer, because the checks compare the log
 //! with what the client was told, not with what it sent.
+//!
+//! Each command goes out on the connection of one party (its own account
+//! and key, as `upr-keys add` makes them), so the ledger also knows who
+//! recorded every acknowledged event: what the log must say in
+//! `recorded_by`, and who may retract it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,12 +37,21 @@ pub(crate) enum Outcome {
     Refused { code: String },
 }
 
+/// One party of the run: its name (its account, so what `recorded_by`
+/// says), its own connection, and whether it is named in `UPR_EDITORS`.
+pub(crate) struct Party {
+    pub(crate) name: &'static str,
+    pub(crate) client: Client,
+    pub(crate) editor: bool,
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) commands: AtomicU64,
     pub(crate) stored: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) forbidden: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) no_responders: AtomicU64,
     pub(crate) unavailable: AtomicU64,
@@ -57,6 +71,8 @@ pub(crate) fn get(c: &AtomicU64) -> u64 {
 pub(crate) struct Ledger {
     /// event id -> the seq an `ok` reply gave.
     pub(crate) acked: HashMap<Uuid, u64>,
+    /// event id -> the party whose request got the `ok` reply.
+    pub(crate) recorded_by: HashMap<Uuid, &'static str>,
     /// event ids definitively refused.
     pub(crate) refused: HashSet<Uuid>,
     /// Things that contradict the contract, found while running.
@@ -65,7 +81,11 @@ pub(crate) struct Ledger {
 
 #[derive(Clone)]
 pub(crate) struct Driver {
+    /// The operators' connection (`admin`, in the service account): reads
+    /// back the streams, buckets and consumers; never sends a command.
     pub(crate) client: Client,
+    /// Who sends the commands.
+    pub(crate) parties: Arc<[Party]>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) ledger: Arc<Mutex<Ledger>>,
     /// The highest sequence an `ok` reply gave.
@@ -76,9 +96,10 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(client: Client) -> Self {
+    pub(crate) fn new(client: Client, parties: Vec<Party>) -> Self {
         Self {
             client,
+            parties: parties.into(),
             counters: Arc::new(Counters::default()),
             ledger: Arc::new(Mutex::new(Ledger::default())),
             max_seq: Arc::new(AtomicU64::new(0)),
@@ -86,9 +107,17 @@ impl Driver {
         }
     }
 
-    /// Sends one command until it gets a definitive answer, retrying with the
-    /// same payload (so the same `event_id`) as the contract tells clients to.
-    pub(crate) async fn send(&self, ty: EventType, id: Uuid, mut payload: Value) -> Outcome {
+    /// Sends one command as party number `party` until it gets a definitive
+    /// answer, retrying with the same payload (so the same `event_id`) on
+    /// the same connection, as the contract tells clients to.
+    pub(crate) async fn send(
+        &self,
+        party: usize,
+        ty: EventType,
+        id: Uuid,
+        mut payload: Value,
+    ) -> Outcome {
+        let party = &self.parties[party];
         payload["event_id"] = id.to_string().into();
         let subject = subjects::ingest(ty);
         let body = Bytes::from(payload.to_string());
@@ -99,7 +128,7 @@ impl Driver {
             let request = async_nats::Request::new()
                 .payload(body.clone())
                 .timeout(Some(REQUEST_TIMEOUT));
-            match self.client.send_request(subject.clone(), request).await {
+            match party.client.send_request(subject.clone(), request).await {
                 Ok(reply) => {
                     let reply: Value = match serde_json::from_slice(&reply.payload) {
                         Ok(v) => v,
@@ -127,6 +156,7 @@ impl Driver {
                                 "{id} acknowledged twice with different seqs {before} and {seq}"
                             ));
                         }
+                        ledger.recorded_by.insert(id, party.name);
                         return Outcome::Stored;
                     }
                     let code = reply["error"]["code"]
@@ -136,8 +166,10 @@ impl Driver {
                     if code == "unavailable" {
                         add(&self.counters.unavailable);
                     } else if !code.is_empty() {
-                        if code == "conflict" {
-                            add(&self.counters.conflicts);
+                        match code.as_str() {
+                            "conflict" => add(&self.counters.conflicts),
+                            "forbidden" => add(&self.counters.forbidden),
+                            _ => {}
                         }
                         self.ledger.lock().unwrap().refused.insert(id);
                         return Outcome::Refused { code };
@@ -151,7 +183,8 @@ impl Driver {
             }
             assert!(
                 Instant::now() < deadline,
-                "{ty} {id} got no definitive answer within {COMMAND_DEADLINE:?}: the system did not recover"
+                "{ty} {id} from {} got no definitive answer within {COMMAND_DEADLINE:?}: the system did not recover",
+                party.name
             );
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));

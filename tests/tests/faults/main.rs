@@ -15,9 +15,19 @@
 //!   invariants are checked for it: never twice, never one that must not
 //!   exist, never at or after its review date.
 //! - Every reschedule and cancel has exactly one change notice.
+//! - Every event says who recorded it: the server runs the shipped
+//!   configuration (`deploy/nats/nats.conf`, keys from `upr-keys`), each
+//!   party sends from its own account, and `recorded_by` in the log and in
+//!   the read models' history is the party whose request was acknowledged.
+//!   A retraction by a party that neither recorded the event nor is an
+//!   editor (`UPR_EDITORS`) is refused with `forbidden` and stores nothing;
+//!   the recorder's or an editor's is decided by the lifecycle, and the
+//!   `corrected` notice names who retracted.
 //!
 //! The client follows the contract: requests with its own `event_id`, retried
-//! with the same id on timeout, "no responders" and `unavailable`.
+//! with the same id on timeout, "no responders" and `unavailable`. A request
+//! whose answer was lost is sent again until it gets one, so every command
+//! ends acknowledged (then it is in the log once) or refused (then it is not).
 //!
 //! Knobs: `UPR_FAULT_SEED` (printed at the start; the kill schedule and the
 //! workload's choices derive from it, so a seed repeats them for a given
@@ -54,6 +64,12 @@ use upr_domain::Timestamp;
 
 /// Reminder leads of the run: short, so reminders fall due while it runs.
 const LEADS: &str = "4s,2s";
+/// The parties that record events, each its own account and key
+/// (`upr-keys add publisher NAME`): `publisher`, which every installation
+/// gets first, another organisation, and [`EDITOR`], which records too.
+const PARTIES: [&str; 3] = ["publisher", "ngo-a", EDITOR];
+/// The one party named in `UPR_EDITORS`: it may retract anyone's event.
+const EDITOR: &str = "desk";
 /// How many of each process a run has.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use upr_domain::{
-    Envelope, EventData, EventType, ReadModels, ReviewKey, ReviewState, Timestamp, parse_leads,
-    plan,
+    Envelope, EventData, EventType, PartyName, ReadModels, ReviewKey, ReviewState, Timestamp,
+    parse_leads, plan,
 };
 use upr_nats::contract::{self, subjects};
 use uuid::Uuid;
@@ -321,6 +321,8 @@ pub(crate) struct Notices {
     pub(crate) sent: HashMap<String, Value>,
     /// Change notices, by id, with how often each is there.
     pub(crate) changes: HashMap<String, u32>,
+    /// `corrected` notices, by id: the `retracted_by` each says.
+    pub(crate) retracted_by: HashMap<String, Value>,
     /// Reminders marked late.
     pub(crate) late: u32,
 }
@@ -350,6 +352,10 @@ pub(crate) fn check_notifications(
             format!("notification {id}: Nats-Msg-Id is {:?}", m.msg_id)
         });
         if v["kind"] != "reminder" {
+            if v["kind"] == "corrected" {
+                out.retracted_by
+                    .insert(id.clone(), v["retracted_by"].clone());
+            }
             *out.changes.entry(id).or_default() += 1;
             continue;
         }
@@ -472,12 +478,14 @@ pub(crate) struct Changes {
 }
 
 /// Every reschedule, cancel and announced correction has exactly one change
-/// notice, and there is none without such an event. (`changes` is consumed:
-/// what is left in it has no event.)
+/// notice, and there is none without such an event; a `corrected` notice's
+/// `retracted_by` is the party that recorded the retraction. (`changes` is
+/// consumed: what is left in it has no event.)
 pub(crate) fn check_change_notices(
     report: &mut Report,
     envelopes: &[(u64, Envelope)],
     mut changes: HashMap<String, u32>,
+    retracted_by: &HashMap<String, Value>,
 ) -> Changes {
     let (mut expected, mut corrections, mut corrected) = (0, 0, 0);
     // A correction is announced when it takes back what subscribers were
@@ -508,6 +516,12 @@ pub(crate) fn check_change_notices(
         report.check(n == 1, || {
             format!("change notice {id} is in UPR_NOTIFICATIONS {n} times")
         });
+        if let Some(said) = retracted_by.get(&id) {
+            let recorder = recorder(e);
+            report.check(said.as_str() == recorder, || {
+                format!("corrected notice {id} says retracted_by {said}, the retraction was recorded by {recorder:?}")
+            });
+        }
     }
     report.check(changes.is_empty(), || {
         format!(
@@ -520,4 +534,104 @@ pub(crate) fn check_change_notices(
         corrections,
         corrected,
     }
+}
+
+/// Who recorded `e`, as text.
+fn recorder(e: &Envelope) -> Option<&str> {
+    e.recorded_by.as_ref().map(PartyName::as_str)
+}
+
+/// The figures of [`check_parties`].
+#[derive(Default)]
+pub(crate) struct Attribution {
+    /// Events in the log, by the party that recorded them.
+    pub(crate) recorded: BTreeMap<String, u32>,
+    /// Retractions in the log sent by the recorder of the event they name.
+    pub(crate) retracted_by_recorder: u32,
+    /// ... and by an editor that did not record it.
+    pub(crate) retracted_by_editor: u32,
+    /// History and side-event entries of the review values checked.
+    pub(crate) entries: u32,
+}
+
+/// Who recorded what (contract V3.1) and who took what back (V3.2), in the
+/// log and in what readers see:
+/// - every stored event's `recorded_by` is the party whose request was
+///   acknowledged (the ledger), never another and never `null`;
+/// - every stored retraction that names an event of the log was sent by
+///   that event's recorder or by one of `editors`;
+/// - every `history` and `side_events` entry of every `upr_reviews` value
+///   names the party that recorded that event.
+///
+/// (A refused retraction is not in the log: [`check_log`] checks that.)
+pub(crate) fn check_parties(
+    report: &mut Report,
+    envelopes: &[(u64, Envelope)],
+    ledger: &Ledger,
+    editors: &[&str],
+    reviews: &BTreeMap<String, Bytes>,
+) -> Attribution {
+    let mut out = Attribution::default();
+    let by_id: HashMap<Uuid, &Envelope> = envelopes.iter().map(|(_, e)| (e.id, e)).collect();
+    for (seq, e) in envelopes {
+        let acknowledged_by = ledger.recorded_by.get(&e.id).copied();
+        report.check(recorder(e) == acknowledged_by && recorder(e).is_some(), || {
+            format!(
+                "seq {seq}: event {} says recorded_by {:?}, but {acknowledged_by:?} recorded it",
+                e.id,
+                recorder(e)
+            )
+        });
+        *out.recorded
+            .entry(recorder(e).unwrap_or("(null)").to_owned())
+            .or_default() += 1;
+        let EventData::EventRetracted(r) = &e.data else {
+            continue;
+        };
+        let Some(target) = by_id.get(&r.retracts) else {
+            continue;
+        };
+        if recorder(target) == recorder(e) {
+            out.retracted_by_recorder += 1;
+        } else if recorder(e).is_some_and(|by| editors.contains(&by)) {
+            out.retracted_by_editor += 1;
+        } else {
+            report.check(false, || {
+                format!(
+                    "seq {seq}: {:?} retracted event {}, recorded by {:?}, without being an editor",
+                    recorder(e),
+                    r.retracts,
+                    recorder(target)
+                )
+            });
+        }
+    }
+    for (key, value) in reviews {
+        let Ok(v) = serde_json::from_slice::<Value>(value) else {
+            report.check(false, || format!("upr_reviews {key} is not JSON"));
+            continue;
+        };
+        let entries = v["history"]
+            .as_array()
+            .into_iter()
+            .chain(v["side_events"].as_array())
+            .flatten();
+        for entry in entries {
+            out.entries += 1;
+            let id = entry["event_id"]
+                .as_str()
+                .and_then(|id| Uuid::parse_str(id).ok());
+            let due = id.and_then(|id| ledger.recorded_by.get(&id).copied());
+            report.check(
+                due.is_some() && entry["recorded_by"].as_str() == due,
+                || {
+                    format!(
+                        "upr_reviews {key}: the entry of {:?} says recorded_by {}, but {due:?} recorded it",
+                        entry["event_id"], entry["recorded_by"]
+                    )
+                },
+            );
+        }
+    }
+    out
 }

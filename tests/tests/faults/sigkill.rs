@@ -14,16 +14,17 @@ use std::{
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use upr_domain::{Country, Envelope, EventData, MEMBER_STATES, ReviewKey, Session};
 use upr_nats::contract;
+use upr_tests::NatsServer;
 
 use crate::{
-    Layout,
+    EDITOR, Layout, PARTIES,
     chaos::{ChaosGuard, System},
-    client::{Driver, get},
+    client::{Driver, Party, get},
     now_ms,
     observe::{applied_by, read_bucket, read_stream, sample_notifier_floor, wait_caught_up},
     oracle::{
         Report, Timeline, check_bucket, check_change_notices, check_log, check_notifications,
-        check_required, expected_buckets, expected_reminders,
+        check_parties, check_required, expected_buckets, expected_reminders,
     },
     workload::{bulk_client, near_review},
 };
@@ -92,14 +93,32 @@ async fn fault_run(layout: Layout, target: u64) {
     let run_start = now_ms();
 
     let system = System::start(layout).await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 50).min(500)))
-        .connect(system.nats.addrs().as_slice())
-        .await
-        .expect("connect");
-    let driver = Driver::new(client.clone());
+    // One connection per user, each failing over between the nodes and
+    // reconnecting for as long as the run lasts.
+    let connect = |user: &str| {
+        let options = NatsServer::options_from(&system.nats.seed_file(user));
+        let addrs = system.nats.addrs();
+        let user = user.to_owned();
+        async move {
+            options
+                .retry_on_initial_connect()
+                .max_reconnects(None)
+                .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 50).min(500)))
+                .connect(addrs.as_slice())
+                .await
+                .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+        }
+    };
+    let client = connect("admin").await;
+    let mut parties = Vec::new();
+    for name in PARTIES {
+        parties.push(Party {
+            name,
+            client: connect(name).await,
+            editor: name == EDITOR,
+        });
+    }
+    let driver = Driver::new(client.clone(), parties);
 
     let guard = ChaosGuard::start(system, rng.fork());
     let stop_sampling = Arc::new(AtomicBool::new(false));
@@ -187,13 +206,20 @@ async fn fault_run(layout: Layout, target: u64) {
 
     // 2. The read models: every key of the three buckets, byte for byte.
     let mut values_checked = 0;
+    let mut reviews = BTreeMap::new();
     for (bucket, expected) in expected_buckets(&envelopes) {
         let actual = read_bucket(&client, bucket).await;
         check_bucket(&mut report, bucket, &expected, &actual);
         values_checked += expected.len();
+        if bucket == contract::REVIEWS_BUCKET {
+            reviews = actual;
+        }
     }
 
-    // 3. Notifications: reminders and change notices.
+    // 3. Who recorded and who retracted, in the log and the review values.
+    let parties = check_parties(&mut report, &envelopes, &ledger, &[EDITOR], &reviews);
+
+    // 4. Notifications: reminders and change notices.
     let notices = read_stream(&client, contract::NOTIFICATIONS_STREAM).await;
     let timeline = Timeline {
         floor: &floor,
@@ -211,7 +237,7 @@ async fn fault_run(layout: Layout, target: u64) {
         &outages,
         &system.notifier_logs(),
     );
-    let changes = check_change_notices(&mut report, &envelopes, seen.changes);
+    let changes = check_change_notices(&mut report, &envelopes, seen.changes, &seen.retracted_by);
 
     // The figures of the run.
     let c = &driver.counters;
@@ -236,6 +262,16 @@ async fn fault_run(layout: Layout, target: u64) {
     ));
     report.line(format!(
         "read models: {values_checked} values compared byte for byte"
+    ));
+    report.line(format!(
+        "parties: recorded {:?}; retractions {} forbidden (refused), {} by their recorder and {} by the editor stored; \
+         recorded_by checked on every event and on {} history and side-event entries, retracted_by on {} corrected notices",
+        parties.recorded,
+        get(&c.forbidden),
+        parties.retracted_by_recorder,
+        parties.retracted_by_editor,
+        parties.entries,
+        seen.retracted_by.len(),
     ));
     report.line(format!(
         "reminders: {} planned, {} fell due during the run; {} sent ({} late); {} required, {} of them missing; ambiguous (count, sent): {:?}",

@@ -1,6 +1,9 @@
-//! The workload: what each review's next command is, given what the client
-//! knows of it. The client keeps its own model of every review's lifecycle,
-//! so each answer can be judged as it arrives: a command the lifecycle allows
+//! The workload: what each review's next command is, and which party sends
+//! it, given what the client knows of the review. The client keeps its own
+//! model of every review's lifecycle and of who recorded each of its events,
+//! so each answer can be judged as it arrives: a retraction by a party that
+//! neither recorded the event nor is an editor must be refused with
+//! `forbidden` (contract V3.2); otherwise a command the lifecycle allows
 //! must be stored, one it forbids must be refused with `conflict`.
 //!
 //! Every choice comes from a seeded generator, so `UPR_FAULT_SEED` repeats
@@ -18,7 +21,7 @@ use upr_domain::{EventType, ReviewKey, ReviewState, ReviewStatus, evolve};
 use uuid::Uuid;
 
 use crate::{
-    client::{Driver, Outcome, get},
+    client::{Driver, Outcome, Party, get},
     now_ms, ts,
 };
 
@@ -39,15 +42,47 @@ struct ReviewModel {
     dates: HashSet<i64>,
     /// Lifecycle events in force, oldest first (what a retraction may take back).
     in_force: Vec<(Uuid, EventType)>,
-    /// Every stored event: its type and whether it was retracted.
-    events: HashMap<Uuid, (EventType, bool)>,
+    /// Every stored event, by id.
+    events: HashMap<Uuid, Stored>,
 }
 
-/// A command and whether the lifecycle allows it (else `conflict` is due).
+/// What the client knows of one stored event.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    ty: EventType,
+    retracted: bool,
+    /// The party that recorded it (its index in [`Driver::parties`]).
+    by: usize,
+}
+
+/// A command, the party that sends it, and the answer due.
 struct Next {
     ty: EventType,
     payload: Value,
-    allowed: bool,
+    party: usize,
+    expect: Expect,
+}
+
+/// The answer a command must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Stored,
+    /// Refused with this code (`conflict` or `forbidden`).
+    Refused(&'static str),
+}
+
+/// `Stored` when the lifecycle allows it, else a `conflict`.
+fn lifecycle(allowed: bool) -> Expect {
+    if allowed {
+        Expect::Stored
+    } else {
+        Expect::Refused("conflict")
+    }
+}
+
+/// Any party, for a command that is not a retraction: each records.
+fn any_party(rng: &mut StdRng, parties: &[Party]) -> usize {
+    rng.random_range(0..parties.len())
 }
 
 impl ReviewModel {
@@ -64,12 +99,15 @@ impl ReviewModel {
     /// A correction of a long-lived review: mostly of the latest lifecycle
     /// event in force or of a side event, some of an event the rules do not
     /// let it take back (an older lifecycle event, one already retracted, an
-    /// unknown id), which must be refused with `conflict`.
-    fn retraction(&self, rng: &mut StdRng) -> Next {
+    /// unknown id), which must be refused with `conflict`. Sent by the
+    /// event's recorder, by an editor, or by a party that is neither, which
+    /// must be refused with `forbidden` whatever the lifecycle says (the
+    /// right to retract is checked first).
+    fn retraction(&self, rng: &mut StdRng, parties: &[Party]) -> Next {
         let side: Vec<Uuid> = self
             .events
             .iter()
-            .filter(|(_, (ty, retracted))| *ty == EventType::SideEventHeld && !retracted)
+            .filter(|(_, e)| e.ty == EventType::SideEventHeld && !e.retracted)
             .map(|(id, _)| *id)
             .collect();
         let target = match rng.random_range(0..100) {
@@ -96,11 +134,32 @@ impl ReviewModel {
                 .collect(),
         };
         let known = self.events.get(&target).copied();
-        let allowed = state.decide_retraction(target, known, self.key).is_ok();
+        let recorder = known.map(|e| e.by);
+        let others: Vec<usize> = (0..parties.len())
+            .filter(|&i| Some(i) != recorder && !parties[i].editor)
+            .collect();
+        let party = match rng.random_range(0..100) {
+            0..45 => recorder,
+            45..70 => parties.iter().position(|p| p.editor),
+            _ => others.choose(rng).copied(),
+        }
+        .unwrap_or_else(|| any_party(rng, parties));
+        // V3.2: only the recorder or an editor may take an event back.
+        let forbidden = recorder.is_some_and(|r| r != party && !parties[party].editor);
+        let expect = if forbidden {
+            Expect::Refused("forbidden")
+        } else {
+            lifecycle(
+                state
+                    .decide_retraction(target, known.map(|e| (e.ty, e.retracted)), self.key)
+                    .is_ok(),
+            )
+        };
         Next {
             ty: EventType::EventRetracted,
             payload: p,
-            allowed,
+            party,
+            expect,
         }
     }
 
@@ -143,7 +202,13 @@ impl ReviewModel {
         self.fresh_date(ms / 60_000 * 60_000)
     }
 
-    fn command(&self, ty: EventType, rng: &mut StdRng, date: Option<String>) -> Next {
+    fn command(
+        &self,
+        ty: EventType,
+        rng: &mut StdRng,
+        parties: &[Party],
+        date: Option<String>,
+    ) -> Next {
         let mut p = self.base(rng);
         let day = |rng: &mut StdRng| {
             ts(now_ms() - i64::from(rng.random_range(0..=400)) * 86_400_000).to_string()[..10]
@@ -218,16 +283,17 @@ impl ReviewModel {
         Next {
             ty,
             payload: p,
-            allowed,
+            party: any_party(rng, parties),
+            expect: lifecycle(allowed),
         }
     }
 
     /// The next command of a long-lived review: mostly what the lifecycle
     /// allows, some conflicts on purpose.
-    fn next_bulk(&mut self, rng: &mut StdRng) -> Next {
+    fn next_bulk(&mut self, rng: &mut StdRng, parties: &[Party]) -> Next {
         use EventType::*;
         if rng.random_ratio(6, 100) && !self.events.is_empty() {
-            return self.retraction(rng);
+            return self.retraction(rng, parties);
         }
         let roll = rng.random_range(0..100u64);
         let ty = match self.status {
@@ -268,10 +334,11 @@ impl ReviewModel {
             },
         };
         let date = matches!(ty, ReviewScheduled | ReviewRescheduled).then(|| self.far_date(rng));
-        self.command(ty, rng, date)
+        self.command(ty, rng, parties, date)
     }
 
-    fn accepted(&mut self, id: Uuid, ty: EventType, payload: &Value) {
+    fn accepted(&mut self, id: Uuid, next: &Next) {
+        let (ty, payload) = (next.ty, &next.payload);
         match ty {
             EventType::EventRetracted => {
                 let target = payload["retracts"]
@@ -281,38 +348,47 @@ impl ReviewModel {
                     self.in_force.pop();
                 }
                 if let Some(entry) = target.and_then(|t| self.events.get_mut(&t)) {
-                    entry.1 = true;
+                    entry.retracted = true;
                 }
             }
             EventType::SideEventHeld => {}
             _ => self.in_force.push((id, ty)),
         }
-        self.events.insert(id, (ty, false));
+        self.events.insert(
+            id,
+            Stored {
+                ty,
+                retracted: false,
+                by: next.party,
+            },
+        );
         self.status = self.in_force.iter().fold(None, |s, e| evolve(s, e.1));
     }
 }
 
 /// Sends `next` and keeps the model in step; records a violation when the
-/// answer is not the one the lifecycle calls for. `true` when stored.
+/// answer is not the one the rights and the lifecycle call for. `true` when
+/// stored.
 async fn drive(driver: &Driver, model: &mut ReviewModel, next: Next, rng: &mut StdRng) -> bool {
     let id = random_uuid(rng);
     let ty = next.ty;
-    match driver.send(ty, id, next.payload.clone()).await {
+    let who = driver.parties[next.party].name;
+    match driver.send(next.party, ty, id, next.payload.clone()).await {
         Outcome::Stored => {
-            if !next.allowed {
+            if next.expect != Expect::Stored {
                 driver.violation(format!(
-                    "{ty} {id} on {} accepted while the review was {:?}",
-                    model.key, model.status
+                    "{ty} {id} on {} from {who} accepted while {:?} was due (status {:?}): {}",
+                    model.key, next.expect, model.status, next.payload
                 ));
             }
-            model.accepted(id, ty, &next.payload);
+            model.accepted(id, &next);
             true
         }
         Outcome::Refused { code } => {
-            if next.allowed || code != "conflict" {
+            if !matches!(next.expect, Expect::Refused(due) if due == code) {
                 driver.violation(format!(
-                    "{ty} {id} on {} (status {:?}) refused with {code}: {}",
-                    model.key, model.status, next.payload
+                    "{ty} {id} on {} from {who} (status {:?}) refused with {code} while {:?} was due: {}",
+                    model.key, model.status, next.expect, next.payload
                 ));
             }
             false
@@ -334,7 +410,7 @@ pub(crate) async fn bulk_client(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let i = rng.random_range(0..models.len());
-        let next = models[i].next_bulk(&mut rng);
+        let next = models[i].next_bulk(&mut rng, &driver.parties);
         drive(&driver, &mut models[i], next, &mut rng).await;
     }
 }
@@ -351,7 +427,7 @@ pub(crate) async fn near_review(driver: Driver, key: ReviewKey, mut rng: StdRng)
     };
     let pause = |rng: &mut StdRng| Duration::from_millis(rng.random_range(100..=7000));
     let date = soon(&mut m, &mut rng);
-    let next = m.command(ReviewScheduled, &mut rng, date);
+    let next = m.command(ReviewScheduled, &mut rng, &driver.parties, date);
     drive(&driver, &mut m, next, &mut rng).await;
     let plan: &[EventType] = match rng.random_range(0..100) {
         0..35 => &[],
@@ -369,7 +445,7 @@ pub(crate) async fn near_review(driver: Driver, key: ReviewKey, mut rng: StdRng)
         } else {
             None
         };
-        let next = m.command(ty, &mut rng, date);
+        let next = m.command(ty, &mut rng, &driver.parties, date);
         drive(&driver, &mut m, next, &mut rng).await;
     }
 }
