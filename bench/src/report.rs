@@ -58,7 +58,7 @@ impl Report {
     pub fn from_json(v: &Value) -> Option<Self> {
         let text = |v: &Value| v.as_str().map(str::to_string);
         let unit = |u: &str| -> &'static str {
-            ["events/s", "reviews/s", "ms", "MB", "s", ""]
+            ["events/s", "reviews/s", "requests/s", "ms", "MB", "s", ""]
                 .into_iter()
                 .find(|k| *k == u)
                 .unwrap_or("")
