@@ -165,6 +165,11 @@ pub async fn lag_pass(
         .await
         .map_err(|e| format!("subscribe {SCHEDULES}: {e}"))?;
     client.flush().await.map_err(|e| format!("flush: {e}"))?;
+    // A planner still working through earlier events would put their
+    // backlog into every figure.
+    wait_planned(js, Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("before the pass: {e}"))?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(watch_schedules(sub, stopped));
     let first = last_sequence(js).await? + 1;
