@@ -2,6 +2,12 @@
 //! (R3, as `compose.cluster.yaml` runs it), against the raw publisher on the
 //! same cluster, with 1 and 2 ingest replicas. A replicated append waits for
 //! a quorum of nodes, so both sides pay it; the ratio shows what ingest adds.
+//!
+//! Then, on a fresh cluster with one ingest replica and the notifier (its
+//! streams and bucket R3 too), one ingest pass measures the planner's lag
+//! behind ingest on the cluster, as part 9 does on one node (no goal: a
+//! reference for batching the planner's replicated writes). It comes last
+//! so the notifier's work does not weigh on the ratios above.
 
 use upr_nats::contract;
 use upr_tests::{NatsCluster, ServiceProcess};
@@ -11,6 +17,7 @@ use crate::{
     drive::Mode,
     ingest::{SERVICE_ENV, pass},
     part::{Part, say},
+    planner,
     stats::Goal,
     workload::Keys,
 };
@@ -27,7 +34,7 @@ pub async fn run(part: Part, sizes: Sizes) {
     let Ok(client) = crate::drive::connect(&url).await else {
         return part.error("cannot connect to the benchmark's cluster");
     };
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let mut pids: Vec<(String, u32)> = vec![("upr-bench".into(), std::process::id())];
     for i in 0..3 {
         if let Some(p) = crate::system::nats_pid(cluster.node(i).port()) {
@@ -99,5 +106,57 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
     }
     drop(services);
+    drop(cluster);
+    planner_lag(&part, &sizes, &env).await;
+}
+
+/// The planner's lag behind one ingest pass on a fresh cluster, with one
+/// ingest replica and the notifier: a cluster of its own because the
+/// notifier plans the whole log from its start (the log cannot be
+/// purged), and the passes above left it a backlog.
+async fn planner_lag(part: &Part, sizes: &Sizes, env: &[(&str, &str)]) {
+    let cluster = NatsCluster::start(3).await;
+    let urls = cluster.urls();
+    let url = cluster.node(0).url();
+    let Ok(client) = crate::drive::connect(&url).await else {
+        return part.error("cannot connect to the planner's cluster");
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let ingest = ServiceProcess::start(contract::services::INGEST, &urls, env);
+    ingest.wait_healthy().await;
+    let notifier = ServiceProcess::start(contract::services::NOTIFIER, &urls, env);
+    notifier.wait_healthy().await;
+    say(format!(
+        "cluster: upr-ingest pid {:?}, upr-notifier pid {:?}",
+        ingest.pid(),
+        notifier.pid()
+    ));
+    let mut keys = Keys::default();
+    match planner::lag_pass(
+        &client,
+        &js,
+        &url,
+        &mut keys,
+        3100,
+        sizes,
+        sizes.ingest_events,
+    )
+    .await
+    {
+        Ok(lag) if !lag.samples.is_empty() => planner::record(
+            part,
+            0,
+            &lag,
+            "cluster.planner",
+            ", 3 nodes R3, 1 ingest replica",
+            None,
+        ),
+        Ok(lag) => part.error(format!(
+            "cluster: no schedule seen for any of {} scheduling events",
+            lag.scheduling_events
+        )),
+        Err(e) => part.error(format!("cluster planner lag: {e}")),
+    }
+    drop((notifier, ingest));
     drop(cluster);
 }

@@ -4,10 +4,13 @@
 //!
 //! Parts: 1 ingest against a raw publisher; 2 projection rebuild against a
 //! raw pull consumer; 3 end-to-end latency at a steady rate; 4 reminder
-//! timing; 5 peak memory (taken during 1–4); 6 scaling (ingest replicas,
-//! rebuild time against stream length). Writes `latest.json`, `README.md`
-//! and `chart.svg` to `--out` (default `docs/benchmarks`; `--quick` writes
-//! to a temporary directory unless `--out` is given).
+//! timing; 5 failover; 6 ingest on a 3-node cluster; 7 reads through the
+//! HTTP gateway against a direct KV get; 8 the gateway's live notifications
+//! (event streams, webhooks); 9 the notifier planner's lag behind ingest.
+//! Peak memory and the scaling curves are taken within those parts. Writes
+//! `latest.json`, `README.md` and `chart.svg` to `--out` (default
+//! `docs/benchmarks`; `--quick` writes to a temporary directory unless
+//! `--out` is given).
 //!
 //! Exit status: 0 when every part ran and checked out (all events stored,
 //! all reminders received, ...), 1 when a part failed, 2 on bad arguments.
@@ -17,9 +20,12 @@ mod cluster;
 mod drive;
 mod failover;
 mod fixture;
+mod gateway;
 mod ingest;
 mod latency;
+mod live;
 mod part;
+mod planner;
 mod projection;
 mod reminders;
 mod report;
@@ -75,6 +81,22 @@ pub struct Sizes {
     pub background_reviews: usize,
     /// Longest the notifier may take to plan the background.
     pub plan_timeout: Duration,
+    /// Requests per second of part 7's steady runs (each path).
+    pub gateway_rate: u32,
+    /// How long each of those runs lasts.
+    pub gateway_run: Duration,
+    /// Clients of part 7's closed-loop runs (gateway and KV get alike).
+    pub gateway_clients: usize,
+    /// How long each closed-loop run lasts.
+    pub gateway_closed_run: Duration,
+    /// Reviews stored before part 7 reads them.
+    pub gateway_reviews: usize,
+    /// Event streams held open in part 8.
+    pub sse_clients: usize,
+    /// Notifications per fan-out run in part 8.
+    pub sse_notices: usize,
+    /// Notifications per webhook run in part 8.
+    pub webhook_notices: usize,
 }
 
 impl Sizes {
@@ -99,6 +121,15 @@ impl Sizes {
             reminder_spread: Duration::from_secs(60),
             background_reviews: 90_000,
             plan_timeout: Duration::from_secs(900),
+            gateway_rate: 1000,
+            gateway_run: Duration::from_secs(10),
+            gateway_clients: 32,
+            gateway_closed_run: Duration::from_secs(5),
+            // About one review per member state: a cycle's calendar.
+            gateway_reviews: 250,
+            sse_clients: 1000,
+            sse_notices: 50,
+            webhook_notices: 100,
         }
     }
 
@@ -120,6 +151,14 @@ impl Sizes {
             reminder_spread: Duration::from_secs(3),
             background_reviews: 0,
             plan_timeout: Duration::from_secs(60),
+            gateway_rate: 1000,
+            gateway_run: Duration::from_secs(2),
+            gateway_clients: 32,
+            gateway_closed_run: Duration::from_secs(1),
+            gateway_reviews: 50,
+            sse_clients: 50,
+            sse_notices: 20,
+            webhook_notices: 20,
         }
     }
 
@@ -139,6 +178,14 @@ impl Sizes {
             "reminders_per_run": self.reminders,
             "reminder_spread_s": self.reminder_spread.as_secs_f64(),
             "background_reviews": self.background_reviews,
+            "gateway_rate_per_s": self.gateway_rate,
+            "gateway_run_s": self.gateway_run.as_secs_f64(),
+            "gateway_closed_loop_clients": self.gateway_clients,
+            "gateway_closed_loop_run_s": self.gateway_closed_run.as_secs_f64(),
+            "gateway_reviews": self.gateway_reviews,
+            "sse_clients": self.sse_clients,
+            "sse_notices_per_run": self.sse_notices,
+            "webhook_notices_per_run": self.webhook_notices,
         })
     }
 }
@@ -181,13 +228,16 @@ fn run_order() -> impl Iterator<Item = (&'static str, &'static str)> {
 }
 
 /// The parts: name (for `--parts` and the JSON) and title (for the table).
-pub const PARTS: [(&str, &str); 6] = [
+pub const PARTS: [(&str, &str); 9] = [
     ("ingest", "1 Ingest"),
     ("projection", "2 Projection"),
     ("latency", "3 Latency"),
     ("reminders", "4 Reminders"),
     ("failover", "5 Failover"),
     ("cluster", "6 Cluster"),
+    ("gateway", "7 Gateway reads"),
+    ("live", "8 Live notifications"),
+    ("planner", "9 Planner lag"),
 ];
 
 /// Measures the UPR Tracker services against raw JetStream on this machine,
@@ -331,6 +381,9 @@ async fn run(options: Options) -> ExitCode {
                     "latency" => latency::run(p, s).await,
                     "failover" => failover::run(p, s).await,
                     "cluster" => cluster::run(p, s).await,
+                    "gateway" => gateway::run(p, s).await,
+                    "live" => live::run(p, s).await,
+                    "planner" => planner::run(p, s).await,
                     _ => reminders::run(p, s).await,
                 }
             });

@@ -81,7 +81,10 @@ async fn write(js: &jetstream::Context, events: Vec<Event>) -> Result<(), String
 
 /// Waits until the notifier's consumer of `UPR_EVENTS` has acknowledged
 /// every event in the stream: all reviews are planned.
-async fn wait_planned(js: &jetstream::Context, timeout: Duration) -> Result<Duration, String> {
+pub(crate) async fn wait_planned(
+    js: &jetstream::Context,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut last = String::from("no answer");
     while started.elapsed() < timeout {

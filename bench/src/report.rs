@@ -58,7 +58,7 @@ impl Report {
     pub fn from_json(v: &Value) -> Option<Self> {
         let text = |v: &Value| v.as_str().map(str::to_string);
         let unit = |u: &str| -> &'static str {
-            ["events/s", "reviews/s", "ms", "MB", "s", ""]
+            ["events/s", "reviews/s", "requests/s", "ms", "MB", "s", ""]
                 .into_iter()
                 .find(|k| *k == u)
                 .unwrap_or("")
@@ -371,11 +371,57 @@ impl Report {
                 Some(100.0),
             ));
         }
+        let pick = |bars: &[(&str, &str)]| -> Vec<Bar> {
+            bars.iter()
+                .filter_map(|(l, id)| {
+                    self.figure(id)
+                        .map(|f| Bar::new(l, f.median(), LATENCY).spread(f))
+                })
+                .collect()
+        };
+        let bars = pick(&[
+            ("review p50", "gateway.review_p50"),
+            ("review p99", "gateway.review_p99"),
+            ("calendar p50", "gateway.calendar_p50"),
+            ("calendar p99", "gateway.calendar_p99"),
+        ]);
+        if !bars.is_empty() {
+            panels.push(Panel::new(
+                "Gateway reads at 1,000 requests/s",
+                "ms",
+                bars,
+                Some(5.0),
+            ));
+        }
+        let bars = pick(&[
+            ("SSE p50", "live.sse_p50"),
+            ("SSE p99", "live.sse_p99"),
+            ("webhook p50", "live.webhook_p50"),
+            ("webhook p99", "live.webhook_p99"),
+        ]);
+        if !bars.is_empty() {
+            panels.push(Panel::new(
+                "Live notifications after storing",
+                "ms",
+                bars,
+                Some(50.0),
+            ));
+        }
+        let bars = lat("planner.lag_");
+        if !bars.is_empty() {
+            panels.push(Panel::new(
+                "Planner lag behind ingest (one node)",
+                "ms",
+                bars,
+                Some(1000.0),
+            ));
+        }
         let bars: Vec<Bar> = [
             ("ingest", "memory.ingest"),
             ("projection", "memory.projection"),
             ("projection (live)", "memory.projection_live"),
             ("notifier", "memory.notifier"),
+            ("gateway (SSE)", "memory.gateway"),
         ]
         .iter()
         .filter_map(|(l, id)| {
@@ -716,6 +762,9 @@ mod tests {
         f.values = vec![8.1, 15.7, 32.0];
         let mut state = PartState::default();
         state.figures.push(f);
+        let mut rate = Figure::new("gateway.kv_rate", "Direct KV gets", "requests/s");
+        rate.values = vec![5000.0];
+        state.figures.push(rate);
         state.errors.push("a | b".into());
         let report = Report {
             mode: "full",
@@ -744,6 +793,10 @@ mod tests {
             "| 3 Latency | End-to-end p99 | 15.7 ms | 8.10–32.0 | 3 | < 10.0 ms | **no** |"
         ));
         assert!(back.table().contains("a \\| b"));
+        assert!(
+            back.table()
+                .contains("| Direct KV gets | 5,000 requests/s |")
+        );
         assert!(back.svg().starts_with("<svg"));
     }
 }

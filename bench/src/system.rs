@@ -171,3 +171,17 @@ impl CpuMeter {
             .collect()
     }
 }
+
+/// Raises this process's soft limit on open files to its hard limit, so a
+/// part can hold a thousand sockets open (many systems start processes at a
+/// soft limit of 1,024). The processes it starts afterwards inherit it.
+/// Returns the (soft, hard) limits now in force, `None` when they cannot be
+/// read.
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some((hard, hard));
+    }
+    Some((soft, hard))
+}
