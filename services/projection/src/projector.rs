@@ -26,7 +26,7 @@ use upr_domain::{CalendarEntry, CountryView, Envelope, ReviewKey, ReviewView, Se
 use upr_nats::{contract::subjects, retry::Backoff, service::BoxError, stop::Stop};
 
 use crate::{
-    batcher::{Batcher, Delivered, Pulled},
+    batcher::{Batcher, Pulled},
     cache::{Applied, Table, View, WorkingSet},
     lease::Lease,
     policy::{self, IDLE_CHECKPOINT, Progress, checkpoint_due},
@@ -410,7 +410,7 @@ impl Projector {
         clippy::too_many_lines,
         reason = "the batch fold in the order of its steps (metadata, sequence checks, fold, cold writes, checkpoint), which is the exactly-once argument"
     )]
-    async fn process(&mut self, batch: Vec<Delivered>) -> Result<(), Interrupt> {
+    async fn process(&mut self, batch: Vec<jetstream::Message>) -> Result<(), Interrupt> {
         let stamp = self.set.tick();
         let mut events = Vec::with_capacity(batch.len());
         let mut last_seq = self.folded;
@@ -419,18 +419,14 @@ impl Projector {
         let mut gap = None;
         // The last message taken from the batch: acking it acks all before it.
         let mut ack = None;
-        for Delivered {
-            message,
-            info,
-            event,
-        } in batch
-        {
-            let Some((seq, pending)) = info else {
+        for (i, message) in batch.iter().enumerate() {
+            let Ok(info) = message.info() else {
                 warn!(subject = %message.subject, "message without JetStream metadata; skipped");
                 continue;
             };
+            let seq = info.stream_sequence;
             if seq <= self.folded {
-                ack = Some(message);
+                ack = Some(i);
                 continue; // redelivered, already folded
             }
             if seq != last_seq + 1 && !self.accept_gap {
@@ -441,17 +437,16 @@ impl Projector {
                 break;
             }
             self.accept_gap = false;
-            lag = Some(pending);
+            ack = Some(i);
+            lag = Some(info.pending);
             last_seq = seq;
-            // Decoded on the batcher's task.
-            match event {
+            match subjects::decode_stored(message.subject.as_str(), &message.payload) {
                 Ok(event) => events.push((seq, event)),
                 Err(reason) => {
                     malformed += 1;
                     warn!(seq, subject = %message.subject, %reason, "skipping a message that is not a valid event");
                 }
             }
-            ack = Some(message);
         }
         let span = info_span!(
             "batch",
@@ -483,8 +478,8 @@ impl Projector {
             }
             let folded = started.elapsed();
             self.folded = last_seq;
-            if ack.is_some() {
-                self.unacked = ack;
+            if let Some(i) = ack {
+                self.unacked = batch.into_iter().nth(i);
             }
             self.shared.events_applied.fetch_add(applied, Ordering::Relaxed);
             self.shared.malformed_skipped.fetch_add(malformed, Ordering::Relaxed);
