@@ -42,7 +42,7 @@ use time::OffsetDateTime;
 use tokio::{sync::Semaphore, time::Instant};
 use upr_domain::{ChangeNotice, MEMBER_STATES, Timestamp, parse_intake};
 use upr_nats::{
-    contract::{self, gateway::webhook_consumer, notifier as names},
+    contract::{self, notifier as names},
     setup::ensure_own_stream,
 };
 use upr_tests::sse::SseClient;
@@ -69,7 +69,7 @@ const CONNECTING_AT_ONCE: usize = 64;
 /// Longest the deliveries of one run may take after its last notification.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The webhook subscription's name (and so its consumer's).
+/// The webhook subscription's name (and so its position's key).
 const WEBHOOK: &str = "bench";
 
 /// The country of the webhook run's notifications; the fan-out uses others.
@@ -256,12 +256,21 @@ pub async fn run(part: Part, sizes: Sizes) {
     let Some(bed) = Fixture::start(&part).await else {
         return;
     };
-    // The notifier owns the stream; the benchmark stands in for it.
+    // The notifier owns the stream and the gateway's bucket; the benchmark
+    // stands in for it.
     let stream = contract::notifications_stream(1, names::NOTIFICATIONS_DEDUP_WINDOW);
     if let Err(e) = ensure_own_stream(&bed.js, stream).await {
         return part.error(format!(
             "cannot create {}: {e}",
             contract::NOTIFICATIONS_STREAM
+        ));
+    }
+    if let Err(e) =
+        upr_nats::setup::ensure_bucket(&bed.js, contract::gateway::state_bucket(1)).await
+    {
+        return part.error(format!(
+            "cannot create {}: {e}",
+            contract::gateway::STATE_BUCKET
         ));
     }
     let (receiver_addr, log, receiver) = match start_receiver().await {
@@ -290,12 +299,14 @@ pub async fn run(part: Part, sizes: Sizes) {
     let pid = gateway.pid();
     let mem = pid.map(MemWatch::start);
     say(format!("upr-gateway pid {pid:?} on http://{addr}"));
-    // A webhook starts with what is stored after its consumer exists.
-    let consumer_ready = async {
+    // A webhook starts with what is stored after its position is first
+    // written.
+    let position_stored = async {
         let until = Instant::now() + Duration::from_secs(20);
+        let key = contract::gateway::webhook_position_key(WEBHOOK);
         while Instant::now() < until {
-            if let Ok(s) = bed.js.get_stream(contract::NOTIFICATIONS_STREAM).await
-                && s.consumer_info(webhook_consumer(WEBHOOK)).await.is_ok()
+            if let Ok(kv) = bed.js.get_key_value(contract::gateway::STATE_BUCKET).await
+                && matches!(kv.get(&key).await, Ok(Some(_)))
             {
                 return true;
             }
@@ -303,8 +314,8 @@ pub async fn run(part: Part, sizes: Sizes) {
         }
         false
     };
-    if !consumer_ready.await {
-        return part.error("the gateway created no webhook consumer within 20 s");
+    if !position_stored.await {
+        return part.error("the gateway stored no webhook position within 20 s");
     }
 
     // Fan-out: every client opens its stream, then the notices come.
