@@ -67,14 +67,13 @@ async fn healthz_is_503_while_the_projection_does_not_answer() {
 
 /// A scheduled review of KZ at session 48; returns the stream sequence.
 async fn schedule_kz48(app: &TestApp) -> u64 {
-    app.accept(
+    app.record(
         "review_scheduled",
         &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-23T08:30:00Z",
                 "location": "Palais des Nations, Room XX", "troika": ["BO", "FR", "JP"]}),
     )
-    .await["seq"]
-        .as_u64()
-        .unwrap()
+    .await
+    .1
 }
 
 #[tokio::test]
@@ -215,13 +214,12 @@ async fn a_calendar_program_subscribed_over_http_sees_a_reschedule_as_a_change()
 
     // The review moves: the same event, a newer version of it.
     let moved = app
-        .accept(
+        .record(
             "review_rescheduled",
             &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-24T08:30:00Z"}),
         )
-        .await["seq"]
-        .as_u64()
-        .unwrap();
+        .await
+        .1;
     let after = app
         .get_with(
             &format!("/calendar/KZ.ics?min_seq={moved}"),

@@ -530,23 +530,21 @@ async fn pause_projection(
 async fn a_min_seq_in_the_log_but_not_applied_waits_5_s_then_answers_timeout() {
     let app = TestApp::builder().ingest().projection().start().await;
     let first = app
-        .accept(
+        .record(
             "review_scheduled",
             &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-23T08:30:00Z"}),
         )
-        .await["seq"]
-        .as_u64()
-        .unwrap();
+        .await
+        .1;
     app.query("upr.query.review.KZ.48", first).await;
     let events = pause_projection(app.js(), Duration::from_secs(120)).await;
     let held = app
-        .accept(
+        .record(
             "review_rescheduled",
             &json!({"country": "KZ", "session": 48, "scheduled_for": "2031-01-24T08:30:00Z"}),
         )
-        .await["seq"]
-        .as_u64()
-        .unwrap();
+        .await
+        .1;
     assert_eq!(held, first + 1);
 
     let started = Instant::now();
