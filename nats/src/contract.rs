@@ -633,8 +633,17 @@ pub mod notifier {
     /// Events the pinned planner holds at once.
     pub const PLANNER_IN_FLIGHT: usize = 256;
 
+    /// Fired timers one notifier replica holds at once. A timer fires up
+    /// to `TIMER_EARLY` (2 s) before its reminder is due and is held until
+    /// then, so this bounds the steady rate: 1,024 held for 2 s is 512
+    /// reminders a second (10,000 due within a minute need 167). The timers
+    /// consumer's `max_ack_pending`, so the server and the sender bound the
+    /// same thing with the same figure.
+    pub const TIMERS_IN_HAND: usize = 1024;
+
     /// The notifier's consumer of fired timers: each goes to one replica; a
     /// short ack wait so a killed replica's reminder is retried within seconds.
+    #[allow(clippy::cast_possible_wrap, reason = "TIMERS_IN_HAND is 1024")]
     pub fn timers_consumer() -> pull::Config {
         pull::Config {
             durable_name: Some(TIMERS_CONSUMER.into()),
@@ -642,7 +651,7 @@ pub mod notifier {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(5),
-            max_ack_pending: 1024,
+            max_ack_pending: TIMERS_IN_HAND as i64,
             filter_subject: DUE_ALL.into(),
             ..Default::default()
         }

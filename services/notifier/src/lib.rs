@@ -115,8 +115,6 @@ pub struct Shared {
     timers: Stream,
     leads: Vec<Lead>,
     stats: Arc<Stats>,
-    /// [`SEND_CONCURRENCY`] permits.
-    sending: tokio::sync::Semaphore,
 }
 
 /// The running service.
@@ -208,7 +206,6 @@ impl App {
             timers,
             leads: config.leads,
             stats,
-            sending: tokio::sync::Semaphore::new(SEND_CONCURRENCY),
         });
         Ok(Self {
             client,
@@ -267,16 +264,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// See [`PULL_EXPIRES`].
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Fired timers one replica holds at once. A timer fires up to
-/// `TIMER_EARLY` (2 s) before its reminder is due and is held until then,
-/// so this bounds the steady rate: 1,024 held for 2 s is 512 reminders a
-/// second (10,000 due within a minute need 167). The timers consumer's
-/// `max_ack_pending` is the same figure: the server's bound on the same
-/// thing. (A replica killed with timers in hand leaves them for the
-/// consumer's 5 s ack wait.)
-const TIMERS_IN_HAND: usize = 1024;
-
-/// Of the timers in hand, those being checked and published at once: they
+/// Of the timers in hand ([`names::TIMERS_IN_HAND`]), those being checked and published at once: they
 /// are independent (one id each, the sent-mark settles races), and handling
 /// them one by one let a queue build when many fall due together; but after
 /// downtime every overdue timer fires together, and that must not become a
@@ -485,7 +473,7 @@ mod tests {
         let consumer = names::timers_consumer();
         assert_eq!(
             usize::try_from(consumer.max_ack_pending),
-            Ok(TIMERS_IN_HAND)
+            Ok(names::TIMERS_IN_HAND)
         );
         let early = std::time::Duration::try_from(upr_domain::TIMER_EARLY).unwrap();
         assert!(

@@ -32,7 +32,7 @@ use upr_nats::{
 };
 
 use crate::{
-    PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, TIMERS_IN_HAND, now,
+    PULL_EXPIRES, PULL_HEARTBEAT, SEND_CONCURRENCY, Shared, now,
     state::{self, SentMark},
     stats::Stats,
     timing::Steps,
@@ -40,6 +40,7 @@ use crate::{
 
 /// Consumes fired timers until `stop` flips, finishing the one in hand.
 pub async fn run(shared: Arc<Shared>, stop: Stop) {
+    let sending = tokio::sync::Semaphore::new(SEND_CONCURRENCY);
     let open = || async {
         let consumer: PullConsumer = shared
             .timers
@@ -55,8 +56,8 @@ pub async fn run(shared: Arc<Shared>, stop: Stop) {
             .messages()
             .await?)
     };
-    crate::follow("timers", stop, TIMERS_IN_HAND, open, |msg| {
-        handle(&shared, msg)
+    crate::follow("timers", stop, names::TIMERS_IN_HAND, open, |msg| {
+        handle(&shared, &sending, msg)
     })
     .await;
 }
@@ -81,7 +82,8 @@ enum Outcome {
 /// checked again.
 const PLANNER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-async fn handle(shared: &Shared, msg: Message) {
+/// Handles one fired timer, publishing under one of `sending`'s permits.
+async fn handle(shared: &Shared, sending: &tokio::sync::Semaphore, msg: Message) {
     let received = now();
     let (seq, stored) = match msg.info() {
         Ok(info) => (
@@ -108,7 +110,7 @@ async fn handle(shared: &Shared, msg: Message) {
         // then check the review as it stands at that moment.
         tokio::time::sleep(reminder.wait(now())).await;
         // Never closed, so a permit always comes.
-        let permit = shared.sending.acquire().await.ok();
+        let permit = sending.acquire().await.ok();
         let outcome = deliver(shared, &reminder).await;
         drop(permit);
         match outcome {
