@@ -60,7 +60,10 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 use upr_domain::{Country, ErrorCode, RejectError};
-use upr_nats::contract::{NOTIFICATIONS_STREAM, subjects};
+use upr_nats::{
+    contract::{NOTIFICATIONS_STREAM, subjects},
+    stop::Stop,
+};
 
 use crate::http::error_response;
 
@@ -154,16 +157,16 @@ pub struct Hub {
     newest: watch::Receiver<u64>,
     slots: Arc<Semaphore>,
     max_clients: usize,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 }
 
 impl Hub {
     /// Starts the live feed on `js` and returns the hub with the feed's
-    /// task, which ends when `stop` turns true (as do all client streams).
+    /// task, which ends when `stop` fires (as do all client streams).
     pub fn start(
         js: jetstream::Context,
         max_clients: usize,
-        stop: watch::Receiver<bool>,
+        stop: Stop,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (live, _) = broadcast::channel(BROADCAST_BUFFER);
         let (newest_tx, newest) = watch::channel(0);
@@ -333,7 +336,7 @@ async fn client(
     out: mpsc::Sender<Event>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let mut stop = hub.stop.clone();
+    let stop = hub.stop.clone();
     let mut reader = Reader::new(&hub.js, request.country);
     let mut position = request.after;
     let ended = async {
@@ -362,7 +365,7 @@ async fn client(
                     Err(broadcast::error::RecvError::Closed) => return Err(End::Gone),
                 },
                 () = out.closed() => return Err(End::Gone),
-                _ = stop.wait_for(|s| *s) => return Err(End::Gone),
+                () = stop.stopped() => return Err(End::Gone),
             };
             match position {
                 Some(p) if notice.seq <= p => continue,
@@ -524,7 +527,7 @@ async fn feed(
     js: jetstream::Context,
     live: broadcast::Sender<Arc<Notice>>,
     newest: watch::Sender<u64>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     let client = js.client();
     let mut reader = Reader::new(&js, None);
@@ -534,11 +537,10 @@ async fn feed(
             why = follow(&client, &mut reader, &mut position, &live, &newest) => {
                 debug!(error = %why, "live notifications feed interrupted; starting it again");
             }
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.stopped() => return,
         }
-        tokio::select! {
-            () = tokio::time::sleep(FEED_RETRY) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if stop.pause(FEED_RETRY).await {
+            return;
         }
     }
 }

@@ -181,7 +181,8 @@ struct Live {
     hub: events::Hub,
     feed: tokio::task::JoinHandle<()>,
     webhooks: webhooks::Webhooks,
-    stop: tokio::sync::watch::Sender<bool>,
+    /// Fired (or dropped) when shutdown begins.
+    stop: upr_nats::stop::Stopper,
 }
 
 impl App {
@@ -239,13 +240,20 @@ impl App {
         // long-lived streams are not counted in it (events.rs has its cap).
         let router = http::router(self.state, self.max_requests)
             .merge(events::routes(self.live.hub.clone()));
-        let stop = self.live.stop.clone();
+        let Live {
+            feed,
+            webhooks,
+            stop,
+            ..
+        } = self.live;
+        // Should serving end without the shutdown, dropping `stop` with
+        // this future stops them too.
         let shutdown = async move {
             shutdown.await;
-            let _ = stop.send(true);
+            stop.stop();
         };
         server::serve(self.listener, router, self.max_connections, shutdown).await;
-        self.live.stopped().await;
+        Live::stopped(feed, webhooks).await;
         self.client.drain().await?;
         Ok(())
     }
@@ -263,7 +271,7 @@ impl App {
 
 impl Live {
     fn start(state: &http::AppState, config: NotificationsConfig) -> Result<Self, BoxError> {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = upr_nats::stop::channel();
         let (hub, feed) =
             events::Hub::start(state.js.clone(), config.sse_max_clients, stopped.clone());
         let webhooks = webhooks::Webhooks::start(
@@ -281,13 +289,12 @@ impl Live {
         })
     }
 
-    /// Stops the feed and the deliveries (a delivery in progress hands its
-    /// notification back) and waits for them, at most a few seconds.
-    async fn stopped(self) {
-        let _ = self.stop.send(true);
+    /// Waits for the feed and the deliveries, once told to stop (a delivery
+    /// in progress hands its notification back), at most a few seconds.
+    async fn stopped(feed: tokio::task::JoinHandle<()>, webhooks: webhooks::Webhooks) {
         let all = async {
-            let _ = self.feed.await;
-            self.webhooks.join().await;
+            let _ = feed.await;
+            webhooks.join().await;
         };
         if tokio::time::timeout(Duration::from_secs(5), all)
             .await

@@ -51,10 +51,13 @@ use std::{
 use async_nats::jetstream::{self, kv, message::StreamMessage, stream::DirectGetErrorKind};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
-use upr_nats::contract::{
-    NOTIFICATIONS_STREAM,
-    gateway::{STATE_BUCKET, webhook_position_key},
-    subjects,
+use upr_nats::{
+    contract::{
+        NOTIFICATIONS_STREAM,
+        gateway::{STATE_BUCKET, webhook_position_key},
+        subjects,
+    },
+    stop::Stop,
 };
 
 use crate::events::Reader;
@@ -111,7 +114,7 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Starts one task per subscription; they end when `stop` turns true.
+    /// Starts one task per subscription; they end when `stop` fires.
     ///
     /// # Errors
     /// When the HTTP client cannot be built (no TLS roots, say).
@@ -120,7 +123,7 @@ impl Webhooks {
         subscriptions: Vec<Subscription>,
         retry_max: Duration,
         newest: &watch::Receiver<u64>,
-        stop: &watch::Receiver<bool>,
+        stop: &Stop,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
@@ -177,7 +180,7 @@ struct Delivery {
     retry_max: Duration,
     /// The newest sequence the live feed has seen.
     newest: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 }
 
 /// Where a subscription is: its bucket and the last sequence handled.
@@ -195,7 +198,7 @@ impl Delivery {
         let mut position = loop {
             let started = tokio::select! {
                 p = self.position() => p,
-                () = stopping(&self.stop) => return,
+                () = self.stop.stopped() => return,
             };
             match started {
                 Ok(p) => break p,
@@ -208,7 +211,7 @@ impl Delivery {
                         warn!(webhook = %name, error = %why, "cannot read the webhook's position yet; trying again");
                         told = true;
                     }
-                    if self.pause(NATS_RETRY).await {
+                    if self.stop.pause(NATS_RETRY).await {
                         return;
                     }
                 }
@@ -229,7 +232,7 @@ impl Delivery {
             self.newest.borrow_and_update();
             let next = tokio::select! {
                 n = reader.next_from(position.at + 1) => n,
-                () = stopping(&self.stop) => return,
+                () = self.stop.stopped() => return,
             };
             match next {
                 Ok(Some(message)) => {
@@ -254,7 +257,7 @@ impl Delivery {
                 }
                 Err(e) => {
                     debug!(webhook = %name, error = %e.into_text(), "cannot read the notifications; trying again");
-                    if self.pause(NATS_RETRY).await {
+                    if self.stop.pause(NATS_RETRY).await {
                         return;
                     }
                 }
@@ -329,15 +332,13 @@ impl Delivery {
     /// subscription last looked, or [`POLL_IDLE`] (a lagging replica may
     /// have answered the last look); true when the gateway is stopping.
     async fn wait_for_news(&mut self) -> bool {
-        let mut stop = self.stop.clone();
-        let newest = &mut self.newest;
         let feed_gone = tokio::select! {
-            changed = newest.changed() => changed.is_err(),
+            changed = self.newest.changed() => changed.is_err(),
             () = tokio::time::sleep(POLL_IDLE) => false,
-            _ = stop.wait_for(|s| *s) => return true,
+            () = self.stop.stopped() => return true,
         };
         // Without the feed (it ends only when the gateway stops), poll.
-        feed_gone && self.pause(POLL_IDLE).await
+        feed_gone && self.stop.pause(POLL_IDLE).await
     }
 
     /// Whether the stream still keeps the message at `seq` (an error to
@@ -352,14 +353,6 @@ impl Delivery {
         )
     }
 
-    /// Sleeps `pause`; true when the gateway is stopping.
-    async fn pause(&self, pause: Duration) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(pause) => false,
-            () = stopping(&self.stop) => true,
-        }
-    }
-
     /// Delivers `message` until the receiver takes it (or the stream no
     /// longer keeps it); false when the gateway is stopping, which leaves
     /// it to the next gateway.
@@ -370,7 +363,7 @@ impl Delivery {
         loop {
             let attempt = tokio::select! {
                 a = self.attempt(&id, &message.payload) => a,
-                () = stopping(&self.stop) => return false,
+                () = self.stop.stopped() => return false,
             };
             match attempt {
                 Ok(()) => {
@@ -389,7 +382,7 @@ impl Delivery {
                         warn!(webhook = %name, %id, "no longer kept by UPR_NOTIFICATIONS; giving up on it");
                         return true;
                     }
-                    if self.pause(wait).await {
+                    if self.stop.pause(wait).await {
                         return false;
                     }
                 }
@@ -420,15 +413,6 @@ impl Delivery {
         } else {
             Err(format!("the receiver answered {status}"))
         }
-    }
-}
-
-/// Resolves when the gateway is stopping; borrows nothing, so it can race
-/// a call on the delivery itself.
-fn stopping(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
-    let mut stop = stop.clone();
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
     }
 }
 
