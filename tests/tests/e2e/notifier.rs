@@ -198,6 +198,26 @@ async fn reminders_arrive_on_time_with_the_contract_payload_on_core_nats_and_in_
         (Some(2), Some(0))
     );
     assert_eq!(status["pending"], 0);
+
+    // Micro STATS say where the two reminders' time went, step by step.
+    let stats = bed
+        .client()
+        .request(format!("$SRV.STATS.{}", services::NOTIFIER), "".into())
+        .await
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    let timing = &stats["endpoints"][0]["data"]["reminder_timing"];
+    assert_eq!(timing["reminders"], 2, "{stats}");
+    for step in ["fired_late_ms", "delivered_ms", "checked_ms"] {
+        let max = timing[step]["max"].as_f64();
+        assert!(max.is_some_and(f64::is_finite), "{step}: {timing}");
+    }
+    // Both were held until due, so the checks count from the due time and
+    // stay under the 1.5 s the notices themselves were held to above.
+    assert!(
+        timing["checked_ms"]["max"].as_f64().unwrap() < 1_500.0,
+        "{timing}"
+    );
 }
 
 #[tokio::test]
